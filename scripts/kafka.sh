@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# A real single-node Apache Kafka (KRaft, broker+controller) for development and
+# tests, run with the JDK from jars resolved on Maven Central. Idempotent.
+#   scripts/kafka.sh fetch    resolve jars into the cache (once)
+#   scripts/kafka.sh ensure   fetch + start on 127.0.0.1:9092 unless it answers
+#   scripts/kafka.sh stop|kill|restart|status
+# Env: KAFKA_VERSION (4.3.1), KAFKA_PG_SINK_CACHE (~/.cache/kafka-pg-sink),
+#      KAFKA_STATE_DIR (/tmp/kafka-pg-sink-kafka), KAFKA_PORT (9092)
+set -euo pipefail
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
+CACHE="${KAFKA_PG_SINK_CACHE:-$HOME/.cache/kafka-pg-sink}"
+LIB="$CACHE/kafka-$KAFKA_VERSION/lib"
+STATE="${KAFKA_STATE_DIR:-/tmp/kafka-pg-sink-kafka}"
+PORT="${KAFKA_PORT:-9092}"
+CPORT=$((PORT + 1))
+PIDFILE="$STATE/kafka.pid"
+
+log() { echo "[kafka] $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+fetch() {
+  if [ -f "$LIB/.complete" ]; then return; fi
+  log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $LIB"
+  local work; work="$(mktemp -d)"
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.kafka-pg-sink</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+  </dependencies>
+</project>
+POM
+  mkdir -p "$LIB.tmp"
+  (cd "$work" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$LIB.tmp" >"$work/mvn.log" 2>&1) || { cat "$work/mvn.log" >&2; exit 1; }
+  rm -rf "$LIB"; mv "$LIB.tmp" "$LIB"; touch "$LIB/.complete"; rm -rf "$work"
+  log "cached $(ls "$LIB" | wc -l) jars"
+}
+
+write_config() {
+  mkdir -p "$STATE/logs"
+  cat >"$STATE/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$STATE/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.consumer.heartbeat.interval.ms=1000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.session.timeout.ms=10000
+group.consumer.min.session.timeout.ms=6000
+auto.create.topics.enable=true
+log.retention.hours=-1
+PROPS
+  cat >"$STATE/log4j2.yaml" <<'L4J'
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        Pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaServer
+        level: INFO
+L4J
+}
+
+java_opts() {
+  echo "-Xmx512m -Xms256m -XX:+UseG1GC -Djava.awt.headless=true -Dlog4j2.configurationFile=$STATE/log4j2.yaml"
+}
+
+start() {
+  fetch
+  write_config
+  if [ ! -f "$STATE/data/meta.properties" ]; then
+    log "formatting $STATE/data"
+    # shellcheck disable=SC2046
+    java $(java_opts) -cp "$LIB/*" kafka.tools.StorageTool format --standalone \
+      -t "kpgsink-$(date +%s)-cluster" -c "$STATE/server.properties" >"$STATE/logs/format.log" 2>&1 \
+      || { cat "$STATE/logs/format.log" >&2; exit 1; }
+  fi
+  log "starting broker on 127.0.0.1:$PORT (state $STATE)"
+  # shellcheck disable=SC2046
+  nohup java $(java_opts) -cp "$LIB/*" kafka.Kafka "$STATE/server.properties" \
+    >>"$STATE/logs/server.log" 2>&1 </dev/null &
+  echo $! >"$PIDFILE"
+  for _ in $(seq 1 120); do
+    if port_open "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; return; fi
+    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then tail -50 "$STATE/logs/server.log" >&2; exit 1; fi
+    sleep 0.5
+  done
+  log "broker did not open $PORT"; tail -50 "$STATE/logs/server.log" >&2; exit 1
+}
+
+ensure() {
+  if port_open "$PORT"; then log "already answering on $PORT"; fetch; return; fi
+  start
+}
+
+stop_sig() {
+  local sig="$1"
+  [ -f "$PIDFILE" ] || return 0
+  local pid; pid="$(cat "$PIDFILE")"
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }; sleep 0.25; done
+  kill -9 "$pid" 2>/dev/null || true; rm -f "$PIDFILE"
+}
+
+cmd="${1:-ensure}"
+case "$cmd" in
+  fetch) fetch ;;
+  ensure) ensure ;;
+  start) start ;;
+  stop) stop_sig TERM ;;
+  kill) stop_sig KILL ;;
+  restart) stop_sig TERM; start ;;
+  status) port_open "$PORT" && echo up || echo down ;;
+  lib) fetch; echo "$LIB" ;;
+  *) echo "usage: $0 [fetch|ensure|start|stop|kill|restart|status|lib]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,174 @@
+//! Offsets administration: `offsets show` and `replay`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::config::{Config, Route, TopicMatcher};
+use crate::consumer::client_config;
+use crate::store::offsets;
+use crate::types::{Offset, TopicPartition};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub stored_next_offset: Option<i64>,
+    pub low_watermark: i64,
+    pub high_watermark: i64,
+    pub lag: i64,
+}
+
+fn admin_consumer(cfg: &Config) -> anyhow::Result<BaseConsumer> {
+    client_config(cfg).create().context("creating Kafka client")
+}
+
+/// All partitions of the topics the routes consume, from broker metadata.
+fn routed_partitions(consumer: &BaseConsumer, routes: &[Route]) -> anyhow::Result<Vec<TopicPartition>> {
+    let md = consumer
+        .fetch_metadata(None, TIMEOUT)
+        .context("fetching Kafka metadata")?;
+    let mut out = Vec::new();
+    for t in md.topics() {
+        if t.name().starts_with("__") || !routes.iter().any(|r| r.topic.matches(t.name())) {
+            continue;
+        }
+        for p in t.partitions() {
+            out.push(TopicPartition::new(t.name(), p.id()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub async fn show(cfg: &Config, routes: &[Route], pool: &PgPool) -> anyhow::Result<Vec<PartitionStatus>> {
+    let consumer = admin_consumer(cfg)?;
+    let stored = offsets::read_group(pool, &cfg.kafka.group_id).await?;
+    let mut tps = routed_partitions(&consumer, routes)?;
+    for (tp, _) in &stored {
+        if !tps.contains(tp) {
+            tps.push(tp.clone());
+        }
+    }
+    tps.sort();
+    let mut out = Vec::new();
+    for tp in tps {
+        let (low, high) = consumer
+            .fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)
+            .with_context(|| format!("watermarks of {tp}"))?;
+        let s = stored.iter().find(|(t, _)| *t == tp).map(|(_, o)| o.0);
+        out.push(PartitionStatus {
+            lag: high - s.unwrap_or(low).max(low),
+            topic: tp.topic,
+            partition: tp.partition,
+            stored_next_offset: s,
+            low_watermark: low,
+            high_watermark: high,
+        });
+    }
+    Ok(out)
+}
+
+pub fn render_table(rows: &[PartitionStatus]) -> String {
+    let mut s = format!("{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n", "TOPIC", "PARTITION", "STORED_NEXT", "LOW", "HIGH", "LAG");
+    for r in rows {
+        s.push_str(&format!(
+            "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n",
+            r.topic,
+            r.partition,
+            r.stored_next_offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+            r.low_watermark,
+            r.high_watermark,
+            r.lag
+        ));
+    }
+    s
+}
+
+#[derive(Clone, Debug)]
+pub enum ReplayTarget {
+    Earliest,
+    Offset(i64),
+    /// Milliseconds since the epoch.
+    Timestamp(i64),
+}
+
+/// Rewrites stored positions of the selected partitions in one transaction.
+pub async fn replay(
+    cfg: &Config,
+    routes: &[Route],
+    pool: &PgPool,
+    target: ReplayTarget,
+    topic: Option<&str>,
+    partition: Option<i32>,
+) -> anyhow::Result<Vec<(TopicPartition, Offset)>> {
+    let consumer = admin_consumer(cfg)?;
+    let mut tps = routed_partitions(&consumer, routes)?;
+    if let Some(t) = topic {
+        if !routes.iter().any(|r| r.topic.matches(t)) {
+            bail!("topic `{t}` is not consumed by any [[route]]");
+        }
+        tps.retain(|tp| tp.topic == t);
+    }
+    if let Some(p) = partition {
+        tps.retain(|tp| tp.partition == p);
+    }
+    if tps.is_empty() {
+        bail!("no partition matches the selection");
+    }
+    let mut positions = Vec::with_capacity(tps.len());
+    match target {
+        ReplayTarget::Earliest => {
+            for (i, tp) in tps.iter().enumerate() {
+                let (low, _) = consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?;
+                positions.push((tp.clone(), Offset(low)));
+                eprint!("\rresolving earliest offsets: {}/{}", i + 1, tps.len());
+            }
+            eprintln!();
+        }
+        ReplayTarget::Offset(n) => {
+            for tp in &tps {
+                let (low, high) = consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?;
+                if n < low || n > high {
+                    bail!("offset {n} is outside {tp}'s range [{low}, {high}]");
+                }
+                positions.push((tp.clone(), Offset(n)));
+            }
+        }
+        ReplayTarget::Timestamp(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for tp in &tps {
+                tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(ms))?;
+            }
+            let found = consumer.offsets_for_times(tpl, TIMEOUT).context("offsets for timestamp")?;
+            for e in found.elements() {
+                let tp = TopicPartition::new(e.topic(), e.partition());
+                let off = match e.offset() {
+                    rdkafka::Offset::Offset(o) => o,
+                    // No message at or after the timestamp: start at the end.
+                    _ => consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?.1,
+                };
+                positions.push((tp, Offset(off)));
+            }
+        }
+    }
+    offsets::rewrite(pool, &cfg.kafka.group_id, &positions).await?;
+    Ok(positions)
+}
+
+/// Topics to subscribe to (librdkafka takes `^regex` as a pattern).
+pub fn subscriptions(routes: &[Route]) -> Vec<String> {
+    routes
+        .iter()
+        .map(|r| match &r.topic {
+            TopicMatcher::Exact(t) => t.clone(),
+            p => p.subscription(),
+        })
+        .collect()
+}

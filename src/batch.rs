@@ -1,0 +1,513 @@
+//! Turning a slice of Kafka messages into one prepared batch: parse, derive the
+//! row key and event hash, fold messages with the same key (in offset order)
+//! into the one write that has the same effect, and classify every message.
+//!
+//! Pure: no I/O, so it is tested exhaustively (unit + property tests).
+//!
+//! The fold mirrors applying the messages one by one to the table, so batch
+//! boundaries never change the result (see docs/guarantees.md):
+//! * same hash as the key's current state → duplicate (the earlier message
+//!   stays; its offset is the row's source position, as it would be if the two
+//!   had been in different batches);
+//! * older version than the current state (routes with `version`) → stale;
+//! * otherwise the new message replaces the state; the old one is superseded.
+//! * A tombstone followed by an upsert of the same key deletes first, then
+//!   inserts, exactly like the sequence would.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::config::{Route, RowKeySource, TombstonePolicy};
+use crate::hash;
+use crate::types::{EventHash, Offset, RowKey, TopicPartition};
+
+/// One message as the consumer hands it over (owned; the consumer thread has
+/// already returned librdkafka's buffer).
+#[derive(Clone, Debug)]
+pub struct SourceMessage {
+    pub tp: TopicPartition,
+    pub offset: Offset,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A row to upsert into a route's table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowUpsert {
+    pub key: RowKey,
+    pub hash: EventHash,
+    /// The payload exactly as received; Postgres parses it into jsonb.
+    pub payload: String,
+    pub version: Option<i64>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: Offset,
+}
+
+/// Why a message could not be applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PoisonReason {
+    InvalidJson,
+    MissingKey,
+    BadVersion,
+    NoRoute,
+    /// Rejected by the database (type conversion, constraint, jsonb limits).
+    Database,
+}
+
+impl PoisonReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoisonReason::InvalidJson => "invalid_json",
+            PoisonReason::MissingKey => "missing_key",
+            PoisonReason::BadVersion => "bad_version",
+            PoisonReason::NoRoute => "no_route",
+            PoisonReason::Database => "database",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub tp: TopicPartition,
+    pub offset: Offset,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub reason: PoisonReason,
+    pub error: String,
+}
+
+/// The writes for one route's table.
+#[derive(Clone, Debug, Default)]
+pub struct RouteWrites {
+    /// Keys deleted before the upserts (a tombstone followed by a re-insert).
+    pub pre_deletes: Vec<RowKey>,
+    pub upserts: Vec<RowUpsert>,
+    /// Final tombstones: delete these keys.
+    pub deletes: Vec<RowKey>,
+}
+
+/// Per-message outcomes decided before the database is involved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub consumed: u64,
+    pub duplicate_in_batch: u64,
+    pub superseded: u64,
+    pub stale_in_batch: u64,
+    pub tombstone_ignored: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PreparedBatch {
+    /// Indexed like the configured routes.
+    pub writes: Vec<RouteWrites>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// First and last offset seen per partition; the batch end is last + 1.
+    pub ranges: BTreeMap<TopicPartition, (Offset, Offset)>,
+    pub counts: BatchCounts,
+}
+
+impl PreparedBatch {
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    pub fn message_count(&self) -> u64 {
+        self.counts.consumed
+    }
+}
+
+enum KeyState {
+    Upsert(RowUpsert),
+    Delete,
+}
+
+struct KeyFold {
+    state: KeyState,
+    pre_delete: bool,
+}
+
+/// What a single message turned into.
+enum Parsed {
+    Upsert(RowUpsert),
+    Tombstone(RowKey),
+    Ignored,
+    Poison(PoisonReason, String),
+}
+
+/// Prepares a batch. `messages` must be in offset order within each partition.
+pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
+    let mut batch = PreparedBatch {
+        writes: vec![RouteWrites::default(); routes.len()],
+        ..Default::default()
+    };
+    let mut folds: Vec<HashMap<RowKey, KeyFold>> = (0..routes.len()).map(|_| HashMap::new()).collect();
+    // Remember first-seen order of keys so the statement order is deterministic.
+    let mut key_order: Vec<Vec<RowKey>> = vec![Vec::new(); routes.len()];
+
+    for m in messages {
+        batch.counts.consumed += 1;
+        batch
+            .ranges
+            .entry(m.tp.clone())
+            .and_modify(|r| r.1 = m.offset)
+            .or_insert((m.offset, m.offset));
+        let Some(ri) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
+            let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
+            batch.dead_letters.push(dead_letter(m, PoisonReason::NoRoute, error));
+            continue;
+        };
+        let route = &routes[ri];
+        match parse(route, &m) {
+            Parsed::Ignored => batch.counts.tombstone_ignored += 1,
+            Parsed::Poison(reason, error) => batch.dead_letters.push(dead_letter(m, reason, error)),
+            Parsed::Upsert(row) => {
+                let versioned = route.version.is_some();
+                match folds[ri].get_mut(&row.key) {
+                    None => {
+                        key_order[ri].push(row.key.clone());
+                        folds[ri].insert(
+                            row.key.clone(),
+                            KeyFold {
+                                state: KeyState::Upsert(row),
+                                pre_delete: false,
+                            },
+                        );
+                    }
+                    Some(f) => match &f.state {
+                        KeyState::Upsert(cur) if cur.hash == row.hash => {
+                            batch.counts.duplicate_in_batch += 1
+                        }
+                        KeyState::Upsert(cur) if versioned && row.version < cur.version => {
+                            batch.counts.stale_in_batch += 1
+                        }
+                        KeyState::Upsert(_) => {
+                            batch.counts.superseded += 1;
+                            f.state = KeyState::Upsert(row);
+                        }
+                        KeyState::Delete => {
+                            batch.counts.superseded += 1;
+                            f.pre_delete = true;
+                            f.state = KeyState::Upsert(row);
+                        }
+                    },
+                }
+            }
+            Parsed::Tombstone(key) => match folds[ri].get_mut(&key) {
+                None => {
+                    key_order[ri].push(key.clone());
+                    folds[ri].insert(
+                        key,
+                        KeyFold {
+                            state: KeyState::Delete,
+                            pre_delete: false,
+                        },
+                    );
+                }
+                Some(f) => match f.state {
+                    KeyState::Delete => batch.counts.duplicate_in_batch += 1,
+                    KeyState::Upsert(_) => {
+                        batch.counts.superseded += 1;
+                        f.pre_delete = false;
+                        f.state = KeyState::Delete;
+                    }
+                },
+            },
+        }
+    }
+
+    for (ri, order) in key_order.into_iter().enumerate() {
+        let w = &mut batch.writes[ri];
+        let mut folds = std::mem::take(&mut folds[ri]);
+        for key in order {
+            let f = folds.remove(&key).expect("every ordered key has a fold");
+            if f.pre_delete {
+                w.pre_deletes.push(key.clone());
+            }
+            match f.state {
+                KeyState::Upsert(row) => w.upserts.push(row),
+                KeyState::Delete => w.deletes.push(key),
+            }
+        }
+    }
+    batch
+}
+
+fn dead_letter(m: SourceMessage, reason: PoisonReason, error: String) -> DeadLetter {
+    DeadLetter {
+        tp: m.tp,
+        offset: m.offset,
+        key: m.key,
+        payload: m.payload,
+        reason,
+        error,
+    }
+}
+
+fn parse(route: &Route, m: &SourceMessage) -> Parsed {
+    let Some(payload) = &m.payload else {
+        if route.tombstones == TombstonePolicy::Ignore {
+            return Parsed::Ignored;
+        }
+        return match tombstone_key(route, m.key.as_deref()) {
+            Ok(k) => Parsed::Tombstone(k),
+            Err(e) => Parsed::Poison(PoisonReason::MissingKey, e),
+        };
+    };
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, format!("payload is not UTF-8: {e}")),
+    };
+    let mut value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, format!("payload is not JSON: {e}")),
+    };
+    // jsonb cannot hold U+0000; reject here with a clear message rather than
+    // failing the statement.
+    if text.contains("\\u0000") {
+        return Parsed::Poison(
+            PoisonReason::InvalidJson,
+            "payload contains \\u0000, which PostgreSQL jsonb cannot store".into(),
+        );
+    }
+    let version = match &route.version {
+        None => None,
+        Some(p) => match value.pointer(p).and_then(as_integer) {
+            Some(v) => Some(v),
+            None => {
+                return Parsed::Poison(
+                    PoisonReason::BadVersion,
+                    format!("version pointer {p} is missing or not an integer"),
+                )
+            }
+        },
+    };
+    let key_from_doc = match &route.key {
+        RowKeySource::Pointers(ps) => match key_from_pointers(&value, ps) {
+            Ok(k) => Some(k),
+            Err(e) => return Parsed::Poison(PoisonReason::MissingKey, e),
+        },
+        RowKeySource::KafkaKey => match m.key.as_deref() {
+            Some(k) => Some(key_from_bytes(k)),
+            None => return Parsed::Poison(PoisonReason::MissingKey, "message has no Kafka key".into()),
+        },
+        RowKeySource::EventHash => None,
+    };
+    hash::remove_pointers(&mut value, &route.hash_exclude);
+    let h = hash::hash_value(&value);
+    Parsed::Upsert(RowUpsert {
+        key: key_from_doc.unwrap_or_else(|| RowKey(h.to_string())),
+        hash: h,
+        payload: text.to_string(),
+        version,
+        topic: m.tp.topic.clone(),
+        partition: m.tp.partition,
+        offset: m.offset,
+    })
+}
+
+fn as_integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Renders the row key from JSON pointers: one string value is used as is,
+/// anything else (numbers, several pointers) as canonical JSON, so `1` and
+/// `1.0` are the same key and composite keys cannot collide by concatenation.
+pub fn key_from_pointers(value: &Value, pointers: &[String]) -> Result<RowKey, String> {
+    let mut parts = Vec::with_capacity(pointers.len());
+    for p in pointers {
+        match value.pointer(p) {
+            None | Some(Value::Null) => return Err(format!("key pointer {p} is missing or null")),
+            Some(v) => parts.push(v),
+        }
+    }
+    Ok(RowKey(match parts.as_slice() {
+        [Value::String(s)] => s.clone(),
+        [v] => hash::canonical_string(v),
+        many => {
+            let arr = Value::Array(many.iter().map(|v| (*v).clone()).collect());
+            hash::canonical_string(&arr)
+        }
+    }))
+}
+
+/// A Kafka key as a row key: UTF-8 text as is, other bytes as `\x` + hex.
+pub fn key_from_bytes(k: &[u8]) -> RowKey {
+    match std::str::from_utf8(k) {
+        Ok(s) => RowKey(s.to_string()),
+        Err(_) => RowKey(format!("\\x{}", hex::encode(k))),
+    }
+}
+
+/// The key a tombstone deletes. Pointer-keyed routes read the pointers from
+/// the Kafka key parsed as JSON (e.g. `{"order_id": 7}`), or, with a single
+/// pointer, take the Kafka key text itself.
+fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
+    let Some(k) = key else {
+        return Err("tombstone without a Kafka key".into());
+    };
+    match &route.key {
+        RowKeySource::KafkaKey => Ok(key_from_bytes(k)),
+        RowKeySource::EventHash => Err("tombstones cannot address rows keyed by @event_hash".into()),
+        RowKeySource::Pointers(ps) => {
+            if let Ok(v) = serde_json::from_slice::<Value>(k) {
+                if let Ok(rk) = key_from_pointers(&v, ps) {
+                    return Ok(rk);
+                }
+            }
+            if ps.len() == 1 {
+                Ok(key_from_bytes(k))
+            } else {
+                Err("tombstone key is not a JSON object holding the key pointers".into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn routes(extra: &str) -> Vec<Route> {
+        let toml = format!(
+            r#"
+            [kafka]
+            brokers = "x:1"
+            group_id = "g"
+            [postgres]
+            url = "postgres://h/db"
+            [[route]]
+            topic = "t"
+            table = "t"
+            key = "/id"
+            {extra}
+            "#
+        );
+        Config::from_toml(&toml).unwrap().1
+    }
+
+    fn msg(p: i32, off: i64, payload: Option<&str>) -> SourceMessage {
+        SourceMessage {
+            tp: TopicPartition::new("t", p),
+            offset: Offset(off),
+            key: None,
+            payload: payload.map(|s| s.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn duplicates_fold_to_one_row_keeping_first_offset() {
+        let b = prepare(
+            &routes(""),
+            vec![
+                msg(0, 10, Some(r#"{"id":1,"v":"a"}"#)),
+                msg(0, 11, Some(r#"{ "v":"a", "id":1 }"#)),
+                msg(0, 12, Some(r#"{"id":2}"#)),
+            ],
+        );
+        assert_eq!(b.counts.consumed, 3);
+        assert_eq!(b.counts.duplicate_in_batch, 1);
+        let ups = &b.writes[0].upserts;
+        assert_eq!(ups.len(), 2);
+        assert_eq!(ups[0].key, RowKey("1".into()));
+        assert_eq!(ups[0].offset, Offset(10));
+        assert_eq!(b.ranges[&TopicPartition::new("t", 0)], (Offset(10), Offset(12)));
+    }
+
+    #[test]
+    fn last_version_wins_and_earlier_is_superseded() {
+        let b = prepare(
+            &routes(""),
+            vec![msg(0, 1, Some(r#"{"id":1,"v":1}"#)), msg(0, 2, Some(r#"{"id":1,"v":2}"#))],
+        );
+        assert_eq!(b.counts.superseded, 1);
+        assert_eq!(b.writes[0].upserts.len(), 1);
+        assert_eq!(b.writes[0].upserts[0].offset, Offset(2));
+    }
+
+    #[test]
+    fn version_guard_drops_older_versions_in_batch() {
+        let b = prepare(
+            &routes(r#"version = "/ver""#),
+            vec![
+                msg(0, 1, Some(r#"{"id":1,"ver":5,"x":"new"}"#)),
+                msg(0, 2, Some(r#"{"id":1,"ver":4,"x":"old"}"#)),
+            ],
+        );
+        assert_eq!(b.counts.stale_in_batch, 1);
+        assert_eq!(b.writes[0].upserts[0].version, Some(5));
+    }
+
+    #[test]
+    fn poison_messages_become_dead_letters_with_reasons() {
+        let b = prepare(
+            &routes(r#"version = "/ver""#),
+            vec![
+                msg(0, 1, Some("not json")),
+                msg(0, 2, Some(r#"{"no_id":1,"ver":1}"#)),
+                msg(0, 3, Some(r#"{"id":1,"ver":"x"}"#)),
+                msg(0, 4, Some(r#"{"id":1,"ver":1,"s":"\u0000"}"#)),
+            ],
+        );
+        let reasons: Vec<_> = b.dead_letters.iter().map(|d| (d.offset.0, d.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, PoisonReason::InvalidJson),
+                (2, PoisonReason::MissingKey),
+                (3, PoisonReason::BadVersion),
+                (4, PoisonReason::InvalidJson)
+            ]
+        );
+        assert!(b.dead_letters[1].error.contains("/id"));
+        assert_eq!(b.ranges[&TopicPartition::new("t", 0)].1, Offset(4));
+    }
+
+    #[test]
+    fn tombstones_delete_and_reinsert_in_order() {
+        let mut t = msg(0, 2, None);
+        t.key = Some(br#"{"id":1}"#.to_vec());
+        let b = prepare(
+            &routes(""),
+            vec![msg(0, 1, Some(r#"{"id":1}"#)), t.clone(), msg(0, 3, Some(r#"{"id":1}"#))],
+        );
+        assert_eq!(b.writes[0].pre_deletes, vec![RowKey("1".into())]);
+        assert_eq!(b.writes[0].upserts[0].offset, Offset(3));
+        assert_eq!(b.counts.superseded, 2);
+
+        let b = prepare(&routes(""), vec![msg(0, 1, Some(r#"{"id":1}"#)), t.clone()]);
+        assert_eq!(b.writes[0].deletes, vec![RowKey("1".into())]);
+        assert!(b.writes[0].upserts.is_empty());
+
+        let b = prepare(&routes(r#"tombstones = "ignore""#), vec![t]);
+        assert_eq!(b.counts.tombstone_ignored, 1);
+    }
+
+    #[test]
+    fn key_rendering() {
+        let v: Value = serde_json::from_str(r#"{"a":"x","b":1.0,"c":{"z":1,"y":2}}"#).unwrap();
+        assert_eq!(key_from_pointers(&v, &["/a".into()]).unwrap().0, "x");
+        assert_eq!(key_from_pointers(&v, &["/b".into()]).unwrap().0, "1");
+        assert_eq!(key_from_pointers(&v, &["/c".into()]).unwrap().0, r#"{"y":2,"z":1}"#);
+        assert_eq!(key_from_pointers(&v, &["/a".into(), "/b".into()]).unwrap().0, r#"["x",1]"#);
+        assert_eq!(key_from_bytes(&[0xff, 0x00]).0, "\\xff00");
+    }
+
+    #[test]
+    fn event_hash_key_and_kafka_key() {
+        let r = routes("").into_iter().map(|mut r| {
+            r.key = RowKeySource::EventHash;
+            r
+        });
+        let r: Vec<_> = r.collect();
+        let b = prepare(&r, vec![msg(0, 1, Some(r#"{"a":1}"#)), msg(0, 2, Some(r#"{"a": 1}"#))]);
+        assert_eq!(b.writes[0].upserts.len(), 1);
+        assert_eq!(b.writes[0].upserts[0].key.0.len(), 64);
+        assert_eq!(b.counts.duplicate_in_batch, 1);
+    }
+}

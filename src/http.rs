@@ -1,0 +1,57 @@
+//! `/metrics` (Prometheus text), `/healthz` (process up), `/readyz` (database
+//! reachable and the consumer has joined its group).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::SharedAssignment;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Metrics,
+    pub pool: PgPool,
+    pub assignment: SharedAssignment,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(state))
+}
+
+async fn metrics(State(s): State<Arc<HttpState>>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
+    let db = tokio::time::timeout(std::time::Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool)).await;
+    let db_ok = matches!(db, Ok(Ok(_)));
+    let (joined, parts) = {
+        let a = s.assignment.lock().unwrap();
+        (a.joined, a.parts.len())
+    };
+    let body = format!("database: {}\nconsumer: {}\npartitions: {parts}\n",
+        if db_ok { "ok" } else { "unreachable" },
+        if joined { "joined" } else { "waiting for assignment" });
+    let code = if db_ok && joined { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, body)
+}
+
+/// Serves until `cancel` fires.
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, cancel: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}

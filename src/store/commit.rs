@@ -1,0 +1,338 @@
+//! The exactly-once transaction, top to bottom in the order of
+//! docs/design.md §1:
+//!
+//! ```text
+//! BEGIN
+//!   fence: compare-and-set next_offset of every partition in the batch
+//!          (0 rows for any partition => ROLLBACK, report Fenced)
+//!   per route: delete re-inserted tombstoned keys, upsert rows
+//!              (no-op when event_hash is unchanged), delete tombstoned keys
+//!   dead letters
+//! COMMIT
+//! ```
+//!
+//! A statement that fails because of its data (SQLSTATE class 22/23) is rolled
+//! back to a savepoint and bisected until the offending rows are isolated;
+//! those become dead letters in the same transaction.
+
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::{is_data_error, StoreError};
+use crate::batch::{DeadLetter, PoisonReason, PreparedBatch, RowUpsert};
+use crate::config::{OnError, Route};
+use crate::types::{Offset, RowKey, TopicPartition};
+
+/// The position a consumer believes it owns for one partition in the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub tp: TopicPartition,
+    /// `None` when no row exists yet (first batch ever for the partition).
+    pub expected: Option<Offset>,
+    /// The batch end: last offset in the batch + 1.
+    pub new_next: Offset,
+}
+
+/// Outcomes decided by the database.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub duplicate_in_table: u64,
+    pub stale_in_table: u64,
+    pub tombstone_noop: u64,
+    /// Rows the database rejected, moved to dead letters.
+    pub rejected: Vec<DeadLetter>,
+}
+
+#[derive(Debug)]
+pub enum CommitOutcome {
+    Committed(TableCounts),
+    /// Another owner (or a replay) moved these partitions: nothing was written.
+    Fenced(Vec<TopicPartition>),
+    /// `on_error = "stop"` and the batch holds a message the database rejects.
+    Poison(DeadLetter),
+}
+
+/// Commits one prepared batch atomically with its offsets.
+pub async fn commit_batch(
+    pool: &PgPool,
+    group: &str,
+    routes: &[Route],
+    batch: &PreparedBatch,
+    expected: &[Expected],
+    on_error: OnError,
+) -> Result<CommitOutcome, StoreError> {
+    let mut tx = pool.begin().await?;
+
+    let fenced = fence(&mut tx, group, expected).await?;
+    if !fenced.is_empty() {
+        tx.rollback().await?;
+        return Ok(CommitOutcome::Fenced(fenced));
+    }
+
+    let mut counts = TableCounts::default();
+    for (route, writes) in routes.iter().zip(&batch.writes) {
+        let table = route.table.quoted();
+        if !writes.pre_deletes.is_empty() {
+            delete_keys(&mut tx, &table, &writes.pre_deletes).await?;
+        }
+        if !writes.upserts.is_empty() {
+            let mut rejected = Vec::new();
+            upsert_isolating(&mut tx, route, &writes.upserts, &mut counts, &mut rejected).await?;
+            if on_error == OnError::Stop {
+                if let Some(first) = rejected.into_iter().next() {
+                    tx.rollback().await?;
+                    return Ok(CommitOutcome::Poison(first));
+                }
+            } else {
+                counts.rejected.extend(rejected);
+            }
+        }
+        if !writes.deletes.is_empty() {
+            let n = delete_keys(&mut tx, &table, &writes.deletes).await?;
+            counts.deleted += n;
+            counts.tombstone_noop += writes.deletes.len() as u64 - n;
+        }
+    }
+
+    let dead: Vec<&DeadLetter> = batch.dead_letters.iter().chain(&counts.rejected).collect();
+    if !dead.is_empty() {
+        insert_dead_letters(&mut tx, group, &dead).await?;
+    }
+
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed(counts))
+}
+
+/// The fence: compare-and-set on every partition. Returns the partitions whose
+/// stored position is not what this consumer expected (empty = we own them).
+async fn fence(
+    conn: &mut PgConnection,
+    group: &str,
+    expected: &[Expected],
+) -> Result<Vec<TopicPartition>, sqlx::Error> {
+    // Sorted so concurrent committers lock offset rows in the same order.
+    let mut exp: Vec<&Expected> = expected.iter().collect();
+    exp.sort_by(|a, b| a.tp.cmp(&b.tp));
+    let (existing, new): (Vec<&Expected>, Vec<&Expected>) =
+        exp.into_iter().partition(|e| e.expected.is_some());
+
+    let mut won: Vec<TopicPartition> = Vec::with_capacity(expected.len());
+    if !existing.is_empty() {
+        let rows = sqlx::query(
+            "UPDATE sink_offsets o SET next_offset = u.new_next, updated_at = now() \
+             FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) \
+                  AS u(topic, partition, expected, new_next) \
+             WHERE o.consumer_group = $1 AND o.topic = u.topic \
+               AND o.partition = u.partition AND o.next_offset = u.expected \
+             RETURNING o.topic, o.partition",
+        )
+        .bind(group)
+        .bind(existing.iter().map(|e| e.tp.topic.as_str()).collect::<Vec<_>>())
+        .bind(existing.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
+        .bind(existing.iter().map(|e| e.expected.unwrap().0).collect::<Vec<_>>())
+        .bind(existing.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+        won.extend(rows.iter().map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))));
+    }
+    if !new.is_empty() {
+        let rows = sqlx::query(
+            "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
+             SELECT $1, u.topic, u.partition, u.new_next \
+             FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS u(topic, partition, new_next) \
+             ON CONFLICT (consumer_group, topic, partition) DO NOTHING \
+             RETURNING topic, partition",
+        )
+        .bind(group)
+        .bind(new.iter().map(|e| e.tp.topic.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
+        .bind(new.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+        won.extend(rows.iter().map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))));
+    }
+    Ok(expected
+        .iter()
+        .filter(|e| !won.contains(&e.tp))
+        .map(|e| e.tp.clone())
+        .collect())
+}
+
+/// Upserts `rows`; on a data error bisects under savepoints so only the rows
+/// the database rejects are dead-lettered.
+async fn upsert_isolating(
+    conn: &mut PgConnection,
+    route: &Route,
+    rows: &[RowUpsert],
+    counts: &mut TableCounts,
+    rejected: &mut Vec<DeadLetter>,
+) -> Result<(), StoreError> {
+    // Explicit stack instead of recursion (async recursion needs boxing).
+    let mut pending: Vec<&[RowUpsert]> = vec![rows];
+    while let Some(chunk) = pending.pop() {
+        sqlx::query("SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+        match upsert(conn, route, chunk).await {
+            Ok(c) => {
+                sqlx::query("RELEASE SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+                counts.inserted += c.inserted;
+                counts.updated += c.updated;
+                counts.duplicate_in_table += c.duplicate;
+                counts.stale_in_table += c.stale;
+            }
+            Err(e) if is_data_error(&e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+                if chunk.len() == 1 {
+                    let r = &chunk[0];
+                    rejected.push(DeadLetter {
+                        tp: TopicPartition::new(r.topic.clone(), r.partition),
+                        offset: r.offset,
+                        key: Some(r.key.0.clone().into_bytes()),
+                        payload: Some(r.payload.clone().into_bytes()),
+                        reason: PoisonReason::Database,
+                        error: db_error_text(&e),
+                    });
+                } else {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+struct UpsertCounts {
+    inserted: u64,
+    updated: u64,
+    duplicate: u64,
+    stale: u64,
+}
+
+/// One statement for all rows: arrays bound once, unnested server side.
+async fn upsert(conn: &mut PgConnection, route: &Route, rows: &[RowUpsert]) -> Result<UpsertCounts, sqlx::Error> {
+    let t = route.table.quoted();
+    let versioned = route.version.is_some();
+    let guard = if versioned {
+        "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash \
+         AND (t.version IS NULL OR EXCLUDED.version >= t.version)"
+    } else {
+        "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash"
+    };
+    // For versioned routes, a no-op is either a duplicate (same hash stored)
+    // or stale (older version); the pre-statement snapshot (`cur`) tells which.
+    let same_hash = if versioned {
+        format!("(SELECT count(*) FROM input i JOIN {t} cur ON cur.key = i.key AND cur.event_hash = i.event_hash)")
+    } else {
+        "NULL::bigint".to_string()
+    };
+    let sql = format!(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::text[], $6::int4[], $7::int8[]) \
+             AS u(key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset)), \
+         applied AS ( \
+           INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \
+           SELECT key, event_hash, payload::jsonb, version, kafka_topic, kafka_partition, kafka_offset FROM input \
+           ON CONFLICT (key) DO UPDATE SET event_hash = EXCLUDED.event_hash, payload = EXCLUDED.payload, \
+             version = EXCLUDED.version, kafka_topic = EXCLUDED.kafka_topic, \
+             kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset \
+           WHERE {guard} \
+           RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same_hash} FROM applied"
+    );
+    let row = sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.hash.0.to_vec()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>())
+        .fetch_one(&mut *conn)
+        .await?;
+    let inserted = row.get::<i64, _>(0) as u64;
+    let updated = row.get::<i64, _>(1) as u64;
+    let noop = rows.len() as u64 - inserted - updated;
+    let duplicate = match row.get::<Option<i64>, _>(2) {
+        Some(same) => (same as u64).min(noop),
+        None => noop,
+    };
+    Ok(UpsertCounts {
+        inserted,
+        updated,
+        duplicate,
+        stale: noop - duplicate,
+    })
+}
+
+async fn delete_keys(conn: &mut PgConnection, table: &str, keys: &[RowKey]) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(&format!("DELETE FROM {table} WHERE key = ANY($1::text[])"))
+        .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+async fn insert_dead_letters(conn: &mut PgConnection, group: &str, dead: &[&DeadLetter]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sink_dead_letters \
+           (consumer_group, topic, partition, kafka_offset, message_key, payload, reason, error) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[], $8::text[]) \
+         ON CONFLICT (consumer_group, topic, partition, kafka_offset) DO NOTHING",
+    )
+    .bind(group)
+    .bind(dead.iter().map(|d| d.tp.topic.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.tp.partition).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.offset.0).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.key.clone()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.payload.clone()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.error.replace('\0', "")).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn db_error_text(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!(
+            "{} (SQLSTATE {})",
+            db.message(),
+            db.code().unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// After an error whose outcome is unknown (e.g. the connection dropped during
+/// COMMIT), the stored offsets tell what happened — never a guess.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Every partition is at the batch end: the commit went through.
+    Committed,
+    /// Every partition is where we expected: nothing was applied; retry.
+    NotApplied,
+    /// Someone else moved at least one partition.
+    Fenced(Vec<TopicPartition>),
+}
+
+pub async fn resolve(pool: &PgPool, group: &str, expected: &[Expected]) -> Result<Resolution, sqlx::Error> {
+    let tps: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
+    let stored = super::offsets::read(pool, group, &tps).await?;
+    if expected.iter().all(|e| stored.get(&e.tp) == Some(&e.new_next)) {
+        return Ok(Resolution::Committed);
+    }
+    let moved: Vec<TopicPartition> = expected
+        .iter()
+        .filter(|e| stored.get(&e.tp).copied() != e.expected)
+        .map(|e| e.tp.clone())
+        .collect();
+    if moved.is_empty() {
+        Ok(Resolution::NotApplied)
+    } else {
+        Ok(Resolution::Fenced(moved))
+    }
+}
