@@ -1,0 +1,384 @@
+//! Shared integration-test harness: a fresh database per test, a topic per
+//! test on the real broker, the sink as a real child process, and
+//! `wait_until` instead of sleeps.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A unique lowercase name for databases, topics and groups.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// A database created for one test and dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin_url = database_url();
+        let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await
+            .expect("PostgreSQL must be reachable at DATABASE_URL (scripts/test.sh starts it)");
+        let name = unique("kpgs_test");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        let url = url.to_string();
+        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        TestDb { name, url, pool }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.unwrap_or(-1)
+    }
+
+    /// Order-independent checksum of a document table's full content.
+    pub async fn checksum(&self, table: &str) -> String {
+        sqlx::query_scalar::<_, Option<String>>(&format!(
+            "SELECT md5(string_agg(concat_ws('|', key, encode(event_hash, 'hex'), payload::text, \
+               coalesce(version::text, ''), kafka_topic, kafka_partition, kafka_offset), E'\\n' ORDER BY key)) FROM {table}"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    /// key → payload (as JSON) of a document table.
+    pub async fn rows(&self, table: &str) -> BTreeMap<String, serde_json::Value> {
+        sqlx::query(&format!("SELECT key, payload::text FROM {table}"))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<String, _>(0), serde_json::from_str(&r.get::<String, _>(1)).unwrap()))
+            .collect()
+    }
+
+    /// Stored next offsets of a group: partition → next offset.
+    pub async fn stored_offsets(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+        sqlx::query("SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = $1 AND topic = $2")
+            .bind(group)
+            .bind(topic)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| (r.get::<i32, _>(0), r.get::<i64, _>(1)))
+            .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Drop cannot await; a short-lived runtime on a thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&database_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A topic created for one test.
+pub struct TestTopic {
+    pub name: String,
+    pub partitions: i32,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl TestTopic {
+    pub async fn new(partitions: i32) -> TestTopic {
+        let name = unique("kpgs_topic");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+        let res = admin
+            .create_topics(
+                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+            )
+            .await
+            .expect("Kafka must be reachable (scripts/test.sh starts it)");
+        for r in res {
+            r.expect("create topic");
+        }
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        TestTopic { name, partitions, producer }
+    }
+
+    /// Sends to an explicit partition (None value = tombstone).
+    pub fn send(&self, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
+        loop {
+            let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.name).partition(partition);
+            if let Some(k) = key {
+                rec = rec.key(k);
+            }
+            if let Some(v) = value {
+                rec = rec.payload(v);
+            }
+            match self.producer.send(rec) {
+                Ok(()) => return,
+                Err((e, _)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    /// High watermarks per partition (what `sink_offsets` must reach).
+    pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        (0..self.partitions)
+            .map(|p| (p, c.fetch_watermarks(&self.name, p, Duration::from_secs(10)).unwrap().1))
+            .collect()
+    }
+}
+
+/// Writes a sink configuration for one test and returns its path.
+pub struct SinkConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub group: String,
+    pub http_port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl SinkConfig {
+    /// `route_extra` is appended to the `[[route]]` table (e.g. `version = "/v"`).
+    pub fn new(db: &TestDb, topic: &str, route_extra: &str, extra: &str) -> SinkConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let group = unique("kpgs_group");
+        let http_port = free_port();
+        let toml = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+
+[postgres]
+url = "{url}"
+
+[batch]
+max_messages = 500
+max_wait = "50ms"
+
+[http]
+bind = "127.0.0.1:{http_port}"
+
+[sink]
+shutdown_timeout = "10s"
+{extra}
+
+[[route]]
+topic = "{topic}"
+table = "events"
+key = "/id"
+{route_extra}
+"#,
+            brokers = brokers(),
+            url = db.url,
+        );
+        let path = dir.path().join("sink.toml");
+        std::fs::write(&path, toml).unwrap();
+        SinkConfig { dir, path, group, http_port }
+    }
+}
+
+/// The sink binary as a child process; killed on drop.
+pub struct SinkProcess {
+    pub child: Child,
+    pub log: PathBuf,
+    pub http_port: u16,
+}
+
+pub fn sink_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_kafka-pg-sink")
+}
+
+impl SinkProcess {
+    pub fn start(cfg: &SinkConfig) -> SinkProcess {
+        Self::start_with(cfg, cfg.http_port, &[])
+    }
+
+    pub fn start_with(cfg: &SinkConfig, http_port: u16, env: &[(&str, &str)]) -> SinkProcess {
+        let log = cfg.dir.path().join(format!("sink-{}.log", unique("run")));
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(sink_binary());
+        cmd.arg("--config")
+            .arg(&cfg.path)
+            .arg("--http-bind")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("run")
+            .env_remove("DATABASE_URL")
+            .env("KAFKA_PG_SINK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start sink");
+        SinkProcess { child, log, http_port }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.http_port, "/metrics").await
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP GET over a raw socket (no extra client dependency in tests).
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+/// Polls `check` until it returns true or `timeout` passes; panics with `what`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of a metric family in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    kafka_pg_sink::metrics::sum_family(text, name)
+}
+
+/// consumed = inserted + updated + deleted + duplicates + dead letters + skipped.
+pub fn assert_metrics_identity(text: &str) {
+    let consumed = metric(text, "kafka_pg_sink_messages_consumed_total");
+    let parts: f64 = [
+        "kafka_pg_sink_rows_inserted_total",
+        "kafka_pg_sink_rows_updated_total",
+        "kafka_pg_sink_rows_deleted_total",
+        "kafka_pg_sink_duplicates_total",
+        "kafka_pg_sink_dead_letters_total",
+        "kafka_pg_sink_messages_skipped_total",
+    ]
+    .iter()
+    .map(|n| metric(text, n))
+    .sum();
+    assert_eq!(consumed, parts, "metrics identity broken:\n{text}");
+}
+
+/// The partition a key lives in (keyed partitioning, like a real producer).
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    let h = key.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    (h % partitions as u32) as i32
+}
+
+pub fn event(id: &str, seq: u64) -> String {
+    format!(r#"{{"id":"{id}","seq":{seq},"amount":{}.{:02},"note":"event {seq} of {id}"}}"#, seq * 7 % 1000, seq % 100)
+}
+
+/// Produces a workload and returns the expected final document per key,
+/// computed independently of the sink: the last event produced for each key.
+pub struct Workload {
+    pub expected: BTreeMap<String, serde_json::Value>,
+    pub produced: u64,
+}
+
+impl Workload {
+    pub fn new() -> Self {
+        Workload { expected: BTreeMap::new(), produced: 0 }
+    }
+
+    pub fn send(&mut self, topic: &TestTopic, id: &str, payload: &str) {
+        topic.send(partition_of(id, topic.partitions), Some(id), Some(payload.as_bytes()));
+        self.expected.insert(id.to_string(), serde_json::from_str(payload).unwrap());
+        self.produced += 1;
+    }
+}
+
+/// Waits until the sink has stored the end offset of every partition.
+pub async fn wait_caught_up(db: &TestDb, group: &str, topic: &TestTopic, timeout: Duration) {
+    let end = topic.end_offsets();
+    wait_until(timeout, "sink_offsets to reach the end offsets", || {
+        let end = end.clone();
+        async move { db.stored_offsets(group, &topic.name).await == end }
+    })
+    .await;
+}
