@@ -30,6 +30,11 @@ install_server() {
 }
 
 ensure() {
+  if ! command -v psql >/dev/null; then
+    log "installing postgresql-client"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-client >/dev/null
+  fi
   if answers; then log "reachable at ${DATABASE_URL%%@*}@…"; return; fi
   install_server
   local ver; ver="$(server_version)"

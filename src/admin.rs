@@ -30,7 +30,10 @@ fn admin_consumer(cfg: &Config) -> anyhow::Result<BaseConsumer> {
 }
 
 /// All partitions of the topics the routes consume, from broker metadata.
-fn routed_partitions(consumer: &BaseConsumer, routes: &[Route]) -> anyhow::Result<Vec<TopicPartition>> {
+fn routed_partitions(
+    consumer: &BaseConsumer,
+    routes: &[Route],
+) -> anyhow::Result<Vec<TopicPartition>> {
     let md = consumer
         .fetch_metadata(None, TIMEOUT)
         .context("fetching Kafka metadata")?;
@@ -47,7 +50,11 @@ fn routed_partitions(consumer: &BaseConsumer, routes: &[Route]) -> anyhow::Resul
     Ok(out)
 }
 
-pub async fn show(cfg: &Config, routes: &[Route], pool: &PgPool) -> anyhow::Result<Vec<PartitionStatus>> {
+pub async fn show(
+    cfg: &Config,
+    routes: &[Route],
+    pool: &PgPool,
+) -> anyhow::Result<Vec<PartitionStatus>> {
     let consumer = admin_consumer(cfg)?;
     let stored = offsets::read_group(pool, &cfg.kafka.group_id).await?;
     let mut tps = routed_partitions(&consumer, routes)?;
@@ -76,13 +83,18 @@ pub async fn show(cfg: &Config, routes: &[Route], pool: &PgPool) -> anyhow::Resu
 }
 
 pub fn render_table(rows: &[PartitionStatus]) -> String {
-    let mut s = format!("{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n", "TOPIC", "PARTITION", "STORED_NEXT", "LOW", "HIGH", "LAG");
+    let mut s = format!(
+        "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n",
+        "TOPIC", "PARTITION", "STORED_NEXT", "LOW", "HIGH", "LAG"
+    );
     for r in rows {
         s.push_str(&format!(
             "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n",
             r.topic,
             r.partition,
-            r.stored_next_offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+            r.stored_next_offset
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.low_watermark,
             r.high_watermark,
             r.lag
@@ -146,13 +158,19 @@ pub async fn replay(
             for tp in &tps {
                 tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(ms))?;
             }
-            let found = consumer.offsets_for_times(tpl, TIMEOUT).context("offsets for timestamp")?;
+            let found = consumer
+                .offsets_for_times(tpl, TIMEOUT)
+                .context("offsets for timestamp")?;
             for e in found.elements() {
                 let tp = TopicPartition::new(e.topic(), e.partition());
                 let off = match e.offset() {
                     rdkafka::Offset::Offset(o) => o,
                     // No message at or after the timestamp: start at the end.
-                    _ => consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?.1,
+                    _ => {
+                        consumer
+                            .fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?
+                            .1
+                    }
                 };
                 positions.push((tp, Offset(off)));
             }

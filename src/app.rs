@@ -17,16 +17,22 @@ use crate::store;
 
 /// Connects, migrates and creates route tables; fails with context.
 pub async fn setup(cfg: &Config, routes: &[Route]) -> anyhow::Result<sqlx::PgPool> {
-    let pool = store::connect(&cfg.postgres)
-        .await
-        .with_context(|| format!("connecting to {}", crate::config::redact_url(&cfg.postgres.url)))?;
+    let pool = store::connect(&cfg.postgres).await.with_context(|| {
+        format!(
+            "connecting to {}",
+            crate::config::redact_url(&cfg.postgres.url)
+        )
+    })?;
     store::migrate(&pool).await.context("applying migrations")?;
     store::schema::ensure_tables(&pool, routes)
         .await
         .context("creating route tables")?;
     let problems = store::schema::check_tables(&pool, routes).await?;
     if !problems.is_empty() {
-        anyhow::bail!("route tables are not usable:\n  - {}", problems.join("\n  - "));
+        anyhow::bail!(
+            "route tables are not usable:\n  - {}",
+            problems.join("\n  - ")
+        );
     }
     Ok(pool)
 }
@@ -67,7 +73,14 @@ pub async fn run(cfg: Config, routes: Vec<Route>, cancel: CancellationToken) -> 
     .context("creating Kafka consumer")?;
     tracing::info!(group = %cfg.kafka.group_id, topics = ?subscriptions(&routes), "consuming");
 
-    let pipeline = Pipeline::new(&cfg, routes, pool.clone(), assignment, metrics, handle.commands.clone());
+    let pipeline = Pipeline::new(
+        &cfg,
+        routes,
+        pool.clone(),
+        assignment,
+        metrics,
+        handle.commands.clone(),
+    );
     let result = pipeline.run(rx, cancel.clone()).await;
 
     // Stop order: the pipeline has finished its in-flight commit; now leave

@@ -141,7 +141,8 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
         writes: vec![RouteWrites::default(); routes.len()],
         ..Default::default()
     };
-    let mut folds: Vec<HashMap<RowKey, KeyFold>> = (0..routes.len()).map(|_| HashMap::new()).collect();
+    let mut folds: Vec<HashMap<RowKey, KeyFold>> =
+        (0..routes.len()).map(|_| HashMap::new()).collect();
     // Remember first-seen order of keys so the statement order is deterministic.
     let mut key_order: Vec<Vec<RowKey>> = vec![Vec::new(); routes.len()];
 
@@ -154,7 +155,9 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
             .or_insert((m.offset, m.offset));
         let Some(ri) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
             let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
-            batch.dead_letters.push(dead_letter(m, PoisonReason::NoRoute, error));
+            batch
+                .dead_letters
+                .push(dead_letter(m, PoisonReason::NoRoute, error));
             continue;
         };
         let route = &routes[ri];
@@ -256,11 +259,21 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
     };
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
-        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, format!("payload is not UTF-8: {e}")),
+        Err(e) => {
+            return Parsed::Poison(
+                PoisonReason::InvalidJson,
+                format!("payload is not UTF-8: {e}"),
+            )
+        }
     };
     let mut value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, format!("payload is not JSON: {e}")),
+        Err(e) => {
+            return Parsed::Poison(
+                PoisonReason::InvalidJson,
+                format!("payload is not JSON: {e}"),
+            )
+        }
     };
     // jsonb cannot hold U+0000; reject here with a clear message rather than
     // failing the statement.
@@ -289,7 +302,9 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
         },
         RowKeySource::KafkaKey => match m.key.as_deref() {
             Some(k) => Some(key_from_bytes(k)),
-            None => return Parsed::Poison(PoisonReason::MissingKey, "message has no Kafka key".into()),
+            None => {
+                return Parsed::Poison(PoisonReason::MissingKey, "message has no Kafka key".into())
+            }
         },
         RowKeySource::EventHash => None,
     };
@@ -352,7 +367,9 @@ fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
     };
     match &route.key {
         RowKeySource::KafkaKey => Ok(key_from_bytes(k)),
-        RowKeySource::EventHash => Err("tombstones cannot address rows keyed by @event_hash".into()),
+        RowKeySource::EventHash => {
+            Err("tombstones cannot address rows keyed by @event_hash".into())
+        }
         RowKeySource::Pointers(ps) => {
             if let Ok(v) = serde_json::from_slice::<Value>(k) {
                 if let Ok(rk) = key_from_pointers(&v, ps) {
@@ -416,14 +433,20 @@ mod tests {
         assert_eq!(ups.len(), 2);
         assert_eq!(ups[0].key, RowKey("1".into()));
         assert_eq!(ups[0].offset, Offset(10));
-        assert_eq!(b.ranges[&TopicPartition::new("t", 0)], (Offset(10), Offset(12)));
+        assert_eq!(
+            b.ranges[&TopicPartition::new("t", 0)],
+            (Offset(10), Offset(12))
+        );
     }
 
     #[test]
     fn last_version_wins_and_earlier_is_superseded() {
         let b = prepare(
             &routes(""),
-            vec![msg(0, 1, Some(r#"{"id":1,"v":1}"#)), msg(0, 2, Some(r#"{"id":1,"v":2}"#))],
+            vec![
+                msg(0, 1, Some(r#"{"id":1,"v":1}"#)),
+                msg(0, 2, Some(r#"{"id":1,"v":2}"#)),
+            ],
         );
         assert_eq!(b.counts.superseded, 1);
         assert_eq!(b.writes[0].upserts.len(), 1);
@@ -454,7 +477,11 @@ mod tests {
                 msg(0, 4, Some(r#"{"id":1,"ver":1,"s":"\u0000"}"#)),
             ],
         );
-        let reasons: Vec<_> = b.dead_letters.iter().map(|d| (d.offset.0, d.reason)).collect();
+        let reasons: Vec<_> = b
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset.0, d.reason))
+            .collect();
         assert_eq!(
             reasons,
             vec![
@@ -474,7 +501,11 @@ mod tests {
         t.key = Some(br#"{"id":1}"#.to_vec());
         let b = prepare(
             &routes(""),
-            vec![msg(0, 1, Some(r#"{"id":1}"#)), t.clone(), msg(0, 3, Some(r#"{"id":1}"#))],
+            vec![
+                msg(0, 1, Some(r#"{"id":1}"#)),
+                t.clone(),
+                msg(0, 3, Some(r#"{"id":1}"#)),
+            ],
         );
         assert_eq!(b.writes[0].pre_deletes, vec![RowKey("1".into())]);
         assert_eq!(b.writes[0].upserts[0].offset, Offset(3));
@@ -493,8 +524,16 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"a":"x","b":1.0,"c":{"z":1,"y":2}}"#).unwrap();
         assert_eq!(key_from_pointers(&v, &["/a".into()]).unwrap().0, "x");
         assert_eq!(key_from_pointers(&v, &["/b".into()]).unwrap().0, "1");
-        assert_eq!(key_from_pointers(&v, &["/c".into()]).unwrap().0, r#"{"y":2,"z":1}"#);
-        assert_eq!(key_from_pointers(&v, &["/a".into(), "/b".into()]).unwrap().0, r#"["x",1]"#);
+        assert_eq!(
+            key_from_pointers(&v, &["/c".into()]).unwrap().0,
+            r#"{"y":2,"z":1}"#
+        );
+        assert_eq!(
+            key_from_pointers(&v, &["/a".into(), "/b".into()])
+                .unwrap()
+                .0,
+            r#"["x",1]"#
+        );
         assert_eq!(key_from_bytes(&[0xff, 0x00]).0, "\\xff00");
     }
 
@@ -505,7 +544,13 @@ mod tests {
             r
         });
         let r: Vec<_> = r.collect();
-        let b = prepare(&r, vec![msg(0, 1, Some(r#"{"a":1}"#)), msg(0, 2, Some(r#"{"a": 1}"#))]);
+        let b = prepare(
+            &r,
+            vec![
+                msg(0, 1, Some(r#"{"a":1}"#)),
+                msg(0, 2, Some(r#"{"a": 1}"#)),
+            ],
+        );
         assert_eq!(b.writes[0].upserts.len(), 1);
         assert_eq!(b.writes[0].upserts[0].key.0.len(), 64);
         assert_eq!(b.counts.duplicate_in_batch, 1);

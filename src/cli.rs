@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
-#[command(name = "kafka-pg-sink", version, about = "Kafka → PostgreSQL with exactly-once effect")]
+#[command(
+    name = "kafka-pg-sink",
+    version,
+    about = "Kafka → PostgreSQL with exactly-once effect"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -18,7 +22,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Configuration file (TOML). Environment: KAFKA_PG_SINK__SECTION__KEY overrides.
-    #[arg(short, long, global = true, env = "KAFKA_PG_SINK_CONFIG", default_value = "config/local.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KAFKA_PG_SINK_CONFIG",
+        default_value = "config/local.toml"
+    )]
     pub config: PathBuf,
     /// Override kafka.brokers.
     #[arg(long, global = true)]

@@ -381,7 +381,9 @@ impl Config {
             let key = match &r.key {
                 KeySpec::One(s) if s == "@kafka_key" => Some(RowKeySource::KafkaKey),
                 KeySpec::One(s) if s == "@event_hash" => Some(RowKeySource::EventHash),
-                KeySpec::One(s) => check_pointers(&format!("{at}.key"), std::slice::from_ref(s), &mut p),
+                KeySpec::One(s) => {
+                    check_pointers(&format!("{at}.key"), std::slice::from_ref(s), &mut p)
+                }
                 KeySpec::Many(v) if v.is_empty() => {
                     p.push(format!("{at}.key: list must not be empty"));
                     None
@@ -491,7 +493,11 @@ pub fn redact_url(s: &str) -> String {
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if is_secret_key(&k) { "***".into() } else { v.into_owned() };
+                    let v = if is_secret_key(&k) {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -526,7 +532,10 @@ mod tests {
         assert_eq!(c.batch.max_messages, 5000);
         assert_eq!(c.sink.on_error, OnError::DeadLetter);
         assert_eq!(routes.len(), 1);
-        assert_eq!(routes[0].key, RowKeySource::Pointers(vec!["/order_id".into()]));
+        assert_eq!(
+            routes[0].key,
+            RowKeySource::Pointers(vec!["/order_id".into()])
+        );
         assert_eq!(routes[0].table.quoted(), r#""public"."orders""#);
     }
 
@@ -572,7 +581,8 @@ mod tests {
     fn unknown_keys_and_wrong_types_name_the_key() {
         let err = Config::from_toml(&GOOD.replace("group_id", "groupid")).unwrap_err();
         assert!(err.to_string().contains("groupid"), "{err}");
-        let err = Config::from_toml(&format!("{GOOD}\n[batch]\nmax_messages = \"many\"")).unwrap_err();
+        let err =
+            Config::from_toml(&format!("{GOOD}\n[batch]\nmax_messages = \"many\"")).unwrap_err();
         assert!(err.to_string().contains("batch.max_messages"), "{err}");
     }
 
@@ -592,11 +602,18 @@ mod tests {
 
     #[test]
     fn special_keys() {
-        for (k, want) in [("@kafka_key", RowKeySource::KafkaKey), ("@event_hash", RowKeySource::EventHash)] {
-            let (_, r) = Config::from_toml(&GOOD.replace("\"/order_id\"", &format!("\"{k}\""))).unwrap();
+        for (k, want) in [
+            ("@kafka_key", RowKeySource::KafkaKey),
+            ("@event_hash", RowKeySource::EventHash),
+        ] {
+            let (_, r) =
+                Config::from_toml(&GOOD.replace("\"/order_id\"", &format!("\"{k}\""))).unwrap();
             assert_eq!(r[0].key, want);
         }
         let (_, r) = Config::from_toml(&GOOD.replace("\"/order_id\"", r#"["/a", "/b"]"#)).unwrap();
-        assert_eq!(r[0].key, RowKeySource::Pointers(vec!["/a".into(), "/b".into()]));
+        assert_eq!(
+            r[0].key,
+            RowKeySource::Pointers(vec!["/a".into(), "/b".into()])
+        );
     }
 }

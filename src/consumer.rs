@@ -86,8 +86,16 @@ pub struct SinkContext {
 impl ClientContext for SinkContext {}
 
 impl ConsumerContext for SinkContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -121,7 +129,11 @@ impl ConsumerContext for SinkContext {
                     let _ = tpl.set_partition_offset(&tp.topic, tp.partition, off);
                 }
                 tracing::info!(partitions = ?tps, "assigned; starting from offsets stored in Postgres");
-                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
                 if let Err(e) = r {
                     tracing::error!(error = %e, "assign failed");
                 }
@@ -144,7 +156,11 @@ impl ConsumerContext for SinkContext {
                     self.metrics.assigned_partitions.set(a.parts.len() as i64);
                 }
                 tracing::info!(partitions = ?tps, "revoked");
-                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "unassign failed");
                 }
@@ -171,7 +187,10 @@ impl SinkContext {
     fn read_offsets_blocking(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, Offset> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.rt.block_on(offsets::read(&self.pool, &self.group, tps)) {
+            match self
+                .rt
+                .block_on(offsets::read(&self.pool, &self.group, tps))
+            {
                 Ok(m) => return m,
                 Err(e) if !self.cancel.is_cancelled() => {
                     self.metrics.db_retries.inc();
@@ -248,9 +267,22 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
-        .spawn(move || poll_loop(consumer, assignment, metrics, out, rx, cancel, reset_earliest))
+        .spawn(move || {
+            poll_loop(
+                consumer,
+                assignment,
+                metrics,
+                out,
+                rx,
+                cancel,
+                reset_earliest,
+            )
+        })
         .expect("spawn consumer thread");
-    Ok(ConsumerHandle { thread, commands: tx })
+    Ok(ConsumerHandle {
+        thread,
+        commands: tx,
+    })
 }
 
 fn poll_loop(
@@ -271,13 +303,18 @@ fn poll_loop(
                 Command::CommitToKafka(positions) => {
                     let mut tpl = TopicPartitionList::new();
                     for (tp, o) in positions {
-                        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(o.0));
+                        let _ = tpl.add_partition_offset(
+                            &tp.topic,
+                            tp.partition,
+                            rdkafka::Offset::Offset(o.0),
+                        );
                     }
                     let _ = consumer.commit(&tpl, CommitMode::Async);
                 }
             }
         }
-        pending_seeks.retain(|(tp, off)| !do_seek(&consumer, &assignment, tp, *off, reset_earliest));
+        pending_seeks
+            .retain(|(tp, off)| !do_seek(&consumer, &assignment, tp, *off, reset_earliest));
 
         if last_lag.elapsed() > Duration::from_secs(5) {
             last_lag = Instant::now();
@@ -296,7 +333,9 @@ fn poll_loop(
                         _ => None,
                     }
                 };
-                let Some(generation) = generation else { continue };
+                let Some(generation) = generation else {
+                    continue;
+                };
                 let env = Envelope {
                     msg: SourceMessage {
                         tp,
@@ -369,13 +408,22 @@ fn do_seek(
     }
 }
 
-fn update_lag(consumer: &BaseConsumer<SinkContext>, assignment: &SharedAssignment, metrics: &Metrics) {
+fn update_lag(
+    consumer: &BaseConsumer<SinkContext>,
+    assignment: &SharedAssignment,
+    metrics: &Metrics,
+) {
     let parts: Vec<(TopicPartition, Option<Offset>)> = {
         let a = assignment.lock().unwrap();
-        a.parts.iter().map(|(tp, s)| (tp.clone(), s.planned)).collect()
+        a.parts
+            .iter()
+            .map(|(tp, s)| (tp.clone(), s.planned))
+            .collect()
     };
     for (tp, planned) in parts {
-        if let Ok((low, high)) = consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_millis(500)) {
+        if let Ok((low, high)) =
+            consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_millis(500))
+        {
             let pos = planned.map(|o| o.0).unwrap_or(low);
             metrics
                 .lag

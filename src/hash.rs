@@ -200,7 +200,12 @@ mod tests {
             let mut value: Value = serde_json::from_str(&v.input).unwrap();
             remove_pointers(&mut value, &v.exclude);
             assert_eq!(canonical_string(&value), v.canonical, "vector {}", v.name);
-            assert_eq!(hash_value(&value).to_string(), v.sha256, "vector {}", v.name);
+            assert_eq!(
+                hash_value(&value).to_string(),
+                v.sha256,
+                "vector {}",
+                v.name
+            );
         }
     }
 

@@ -36,21 +36,39 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> ([(&'static str, &'static s
 }
 
 async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
-    let db = tokio::time::timeout(std::time::Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool)).await;
+    let db = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&s.pool),
+    )
+    .await;
     let db_ok = matches!(db, Ok(Ok(_)));
     let (joined, parts) = {
         let a = s.assignment.lock().unwrap();
         (a.joined, a.parts.len())
     };
-    let body = format!("database: {}\nconsumer: {}\npartitions: {parts}\n",
+    let body = format!(
+        "database: {}\nconsumer: {}\npartitions: {parts}\n",
         if db_ok { "ok" } else { "unreachable" },
-        if joined { "joined" } else { "waiting for assignment" });
-    let code = if db_ok && joined { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        if joined {
+            "joined"
+        } else {
+            "waiting for assignment"
+        }
+    );
+    let code = if db_ok && joined {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, body)
 }
 
 /// Serves until `cancel` fires.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

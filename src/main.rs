@@ -42,7 +42,10 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
             Ok(())
         }
         Command::Setup => {
-            eprintln!("applying migrations and creating {} route table(s)…", routes.len());
+            eprintln!(
+                "applying migrations and creating {} route table(s)…",
+                routes.len()
+            );
             app::setup(&cfg, &routes).await?;
             for r in &routes {
                 eprintln!("  ready: {}", r.table);
@@ -55,7 +58,10 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
             let c = cancel.clone();
             tokio::spawn(async move {
                 wait_for_signal().await;
-                tracing::info!(?timeout, "shutdown requested; finishing the in-flight batch");
+                tracing::info!(
+                    ?timeout,
+                    "shutdown requested; finishing the in-flight batch"
+                );
                 c.cancel();
                 tokio::time::sleep(timeout).await;
                 tracing::error!("shutdown exceeded its bound; exiting");
@@ -63,7 +69,9 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
             });
             app::run(cfg, routes, cancel).await
         }
-        Command::Offsets { command: OffsetsCommand::Show { json } } => {
+        Command::Offsets {
+            command: OffsetsCommand::Show { json },
+        } => {
             let pool = app::setup(&cfg, &routes).await?;
             let rows = admin::show(&cfg, &routes, &pool).await?;
             if json {
@@ -85,11 +93,22 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
                 ReplayTarget::Timestamp(ts.timestamp_millis())
             };
             let pool = app::setup(&cfg, &routes).await?;
-            let moved = admin::replay(&cfg, &routes, &pool, target, a.topic.as_deref(), a.partition).await?;
+            let moved = admin::replay(
+                &cfg,
+                &routes,
+                &pool,
+                target,
+                a.topic.as_deref(),
+                a.partition,
+            )
+            .await?;
             for (tp, o) in &moved {
                 println!("{tp} -> {o}");
             }
-            println!("rewrote {} partition position(s); running sinks re-read them now", moved.len());
+            println!(
+                "rewrote {} partition position(s); running sinks re-read them now",
+                moved.len()
+            );
             Ok(())
         }
     }
@@ -107,7 +126,9 @@ async fn wait_for_signal() {
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_env("KAFKA_PG_SINK_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {

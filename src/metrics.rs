@@ -13,8 +13,8 @@
 //! batch (`superseded`), ignored or no-op tombstones.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::batch::BatchCounts;
@@ -123,13 +123,23 @@ impl Metrics {
     }
 
     /// Records one committed batch: every message lands in one outcome.
-    pub fn record_batch(&self, b: &BatchCounts, t: &TableCounts, dead: &[(&'static str, u64)], seconds: f64) {
+    pub fn record_batch(
+        &self,
+        b: &BatchCounts,
+        t: &TableCounts,
+        dead: &[(&'static str, u64)],
+        seconds: f64,
+    ) {
         self.messages_consumed.inc_by(b.consumed);
         self.rows_inserted.inc_by(t.inserted);
         self.rows_updated.inc_by(t.updated);
         self.rows_deleted.inc_by(t.deleted);
-        self.duplicates.with_label_values(&["batch"]).inc_by(b.duplicate_in_batch);
-        self.duplicates.with_label_values(&["table"]).inc_by(t.duplicate_in_table);
+        self.duplicates
+            .with_label_values(&["batch"])
+            .inc_by(b.duplicate_in_batch);
+        self.duplicates
+            .with_label_values(&["table"])
+            .inc_by(t.duplicate_in_table);
         for (reason, n) in [
             ("superseded", b.superseded),
             ("stale", b.stale_in_batch + t.stale_in_table),
@@ -145,12 +155,16 @@ impl Metrics {
         }
         self.batches.inc();
         self.batch_size.observe(b.consumed as f64);
-        self.commit_duration.with_label_values(&["committed"]).observe(seconds);
+        self.commit_duration
+            .with_label_values(&["committed"])
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).unwrap();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .unwrap();
         String::from_utf8(buf).unwrap()
     }
 }
@@ -165,7 +179,9 @@ impl Default for Metrics {
 pub fn sum_family(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -177,8 +193,22 @@ mod tests {
     #[test]
     fn identity_holds_for_recorded_batches() {
         let m = Metrics::new();
-        let b = BatchCounts { consumed: 20, duplicate_in_batch: 3, superseded: 2, stale_in_batch: 1, tombstone_ignored: 1 };
-        let t = TableCounts { inserted: 5, updated: 2, deleted: 1, duplicate_in_table: 2, stale_in_table: 1, tombstone_noop: 0, rejected: vec![] };
+        let b = BatchCounts {
+            consumed: 20,
+            duplicate_in_batch: 3,
+            superseded: 2,
+            stale_in_batch: 1,
+            tombstone_ignored: 1,
+        };
+        let t = TableCounts {
+            inserted: 5,
+            updated: 2,
+            deleted: 1,
+            duplicate_in_table: 2,
+            stale_in_table: 1,
+            tombstone_noop: 0,
+            rejected: vec![],
+        };
         m.record_batch(&b, &t, &[("invalid_json", 2)], 0.01);
         let text = m.render();
         let consumed = sum_family(&text, "kafka_pg_sink_messages_consumed_total");

@@ -83,14 +83,19 @@ impl Pipeline {
     /// Runs until `cancel` fires (then the buffered, uncommitted messages are
     /// abandoned — they are re-read from the stored offsets on restart) or a
     /// non-retryable error happens.
-    pub async fn run(self, mut rx: mpsc::Receiver<Envelope>, cancel: CancellationToken) -> Result<(), PipelineError> {
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<Envelope>,
+        cancel: CancellationToken,
+    ) -> Result<(), PipelineError> {
         let mut listener = self.listen().await;
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let flush_now = buf.len() >= self.max_messages;
             if !flush_now {
-                let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                let sleep_until = deadline
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => {
@@ -159,7 +164,9 @@ impl Pipeline {
             let mut plan: BTreeMap<TopicPartition, (u64, Option<Offset>)> = BTreeMap::new();
             let mut messages: Vec<SourceMessage> = Vec::with_capacity(envs.len());
             for e in envs {
-                let Some(s) = a.parts.get(&e.msg.tp) else { continue };
+                let Some(s) = a.parts.get(&e.msg.tp) else {
+                    continue;
+                };
                 if s.seeking || s.generation != e.generation {
                     continue;
                 }
@@ -168,7 +175,8 @@ impl Pipeline {
                         continue;
                     }
                 }
-                plan.entry(e.msg.tp.clone()).or_insert((s.generation, s.planned));
+                plan.entry(e.msg.tp.clone())
+                    .or_insert((s.generation, s.planned));
                 messages.push(e.msg);
             }
             (messages, plan)
@@ -212,7 +220,15 @@ impl Pipeline {
         loop {
             let started = Instant::now();
             let result = if attempt == 0 {
-                commit_batch(&self.pool, &self.group, &self.routes, batch, expected, self.on_error).await
+                commit_batch(
+                    &self.pool,
+                    &self.group,
+                    &self.routes,
+                    batch,
+                    expected,
+                    self.on_error,
+                )
+                .await
             } else {
                 // Unknown outcome of the previous attempt: ask the offsets.
                 match resolve(&self.pool, &self.group, expected).await {
@@ -228,7 +244,15 @@ impl Pipeline {
                     }
                     Ok(Resolution::Fenced(tps)) => Ok(CommitOutcome::Fenced(tps)),
                     Ok(Resolution::NotApplied) => {
-                        commit_batch(&self.pool, &self.group, &self.routes, batch, expected, self.on_error).await
+                        commit_batch(
+                            &self.pool,
+                            &self.group,
+                            &self.routes,
+                            batch,
+                            expected,
+                            self.on_error,
+                        )
+                        .await
                     }
                     Err(e) => Err(StoreError::from(e)),
                 }
@@ -277,16 +301,24 @@ impl Pipeline {
         }
         // A row the database rejected was counted nowhere else.
         let dead: Vec<(&'static str, u64)> = dead.into_iter().collect();
-        self.metrics.record_batch(&batch.counts, counts, &dead, seconds);
+        self.metrics
+            .record_batch(&batch.counts, counts, &dead, seconds);
     }
 
-    fn after_commit(&self, expected: &[Expected], plan: &BTreeMap<TopicPartition, (u64, Option<Offset>)>) {
+    fn after_commit(
+        &self,
+        expected: &[Expected],
+        plan: &BTreeMap<TopicPartition, (u64, Option<Offset>)>,
+    ) {
         let mut copied = Vec::new();
         {
             let mut a = self.assignment.lock().unwrap();
             for e in expected {
                 let labels = [e.tp.topic.as_str(), &e.tp.partition.to_string()];
-                self.metrics.stored_offset.with_label_values(&labels).set(e.new_next.0);
+                self.metrics
+                    .stored_offset
+                    .with_label_values(&labels)
+                    .set(e.new_next.0);
                 if let Some(s) = a.parts.get_mut(&e.tp) {
                     if s.generation == plan[&e.tp].0 {
                         s.planned = Some(e.new_next);
@@ -329,7 +361,10 @@ impl Pipeline {
     async fn resync_all(&self) {
         let owned: Vec<(TopicPartition, Option<Offset>)> = {
             let a = self.assignment.lock().unwrap();
-            a.parts.iter().map(|(tp, s)| (tp.clone(), s.planned)).collect()
+            a.parts
+                .iter()
+                .map(|(tp, s)| (tp.clone(), s.planned))
+                .collect()
         };
         let tps: Vec<TopicPartition> = owned.iter().map(|(tp, _)| tp.clone()).collect();
         let Ok(stored) = offsets::read(&self.pool, &self.group, &tps).await else {

@@ -31,7 +31,11 @@ async fn duplicates_collapse_to_one_row_per_key() {
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
 
-    assert_eq!(db.rows("events").await, w.expected, "table differs from the expected final state");
+    assert_eq!(
+        db.rows("events").await,
+        w.expected,
+        "table differs from the expected final state"
+    );
     let m = sink.metrics().await.expect("metrics endpoint");
     assert_eq!(metric(&m, "kafka_pg_sink_messages_consumed_total"), 690.0);
     assert_eq!(metric(&m, "kafka_pg_sink_duplicates_total"), 390.0, "{m}");
@@ -81,20 +85,39 @@ async fn sigkill_mid_stream_five_times_loses_and_doubles_nothing() {
     produce(&mut w, 4000);
     for kill in 0..5 {
         let mut sink = SinkProcess::start(&cfg);
-        let before: i64 = db.stored_offsets(&cfg.group, &topic.name).await.values().sum();
+        let before: i64 = db
+            .stored_offsets(&cfg.group, &topic.name)
+            .await
+            .values()
+            .sum();
         // Kill only after the sink made progress, while more data is arriving.
         wait_until(T, "progress before kill", || async {
-            db.stored_offsets(&cfg.group, &topic.name).await.values().sum::<i64>() > before
+            db.stored_offsets(&cfg.group, &topic.name)
+                .await
+                .values()
+                .sum::<i64>()
+                > before
         })
         .await;
         produce(&mut w, 3000);
         sink.kill9();
-        assert!(!sink.logs().contains("panicked"), "kill {kill}: {}", sink.logs());
+        assert!(
+            !sink.logs().contains("panicked"),
+            "kill {kill}: {}",
+            sink.logs()
+        );
     }
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
-    assert_eq!(db.rows("events").await, w.expected, "after 5 SIGKILLs the table is not exact");
-    assert_eq!(db.stored_offsets(&cfg.group, &topic.name).await, topic.end_offsets());
+    assert_eq!(
+        db.rows("events").await,
+        w.expected,
+        "after 5 SIGKILLs the table is not exact"
+    );
+    assert_eq!(
+        db.stored_offsets(&cfg.group, &topic.name).await,
+        topic.end_offsets()
+    );
     drop(sink);
 
     // Byte-identical to an uninterrupted run (same rows, hashes, source offsets).
@@ -123,7 +146,11 @@ async fn changed_events_update_and_old_versions_follow_the_route_policy() {
     let rows = db.rows("events").await;
     assert_eq!(rows["order-1"]["status"], "paid");
     let m = sink.metrics().await.unwrap();
-    assert_eq!(metric(&m, "kafka_pg_sink_messages_skipped_total"), 2.0, "{m}"); // v1 superseded in batch or updated, plus stale
+    assert_eq!(
+        metric(&m, "kafka_pg_sink_messages_skipped_total"),
+        2.0,
+        "{m}"
+    ); // v1 superseded in batch or updated, plus stale
     assert_metrics_identity(&m);
 
     // Without it, Kafka order wins: the last message (v1 again) is the state.
@@ -163,15 +190,17 @@ async fn malformed_messages_become_dead_letters_and_the_rest_flows() {
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(expected_rows, 93);
     assert_eq!(db.count("SELECT count(*) FROM events").await, 93);
-    let offsets: Vec<i64> = sqlx::query_scalar("SELECT kafka_offset FROM sink_dead_letters ORDER BY kafka_offset")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let offsets: Vec<i64> =
+        sqlx::query_scalar("SELECT kafka_offset FROM sink_dead_letters ORDER BY kafka_offset")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(offsets, bad_at.to_vec());
-    let errors: Vec<(String, String)> = sqlx::query_as("SELECT reason, error FROM sink_dead_letters ORDER BY kafka_offset")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let errors: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason, error FROM sink_dead_letters ORDER BY kafka_offset")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(errors[0].0, "invalid_json");
     assert_eq!(errors[1].0, "missing_key");
     assert!(errors[1].1.contains("/id"), "{:?}", errors[1]);
@@ -201,28 +230,50 @@ async fn replay_to_earliest_on_a_running_sink_converges_to_the_same_table() {
     let dups_before = metric(&m, "kafka_pg_sink_duplicates_total");
 
     let out = std::process::Command::new(sink_binary())
-        .args(["--config", cfg.path.to_str().unwrap(), "replay", "--to-earliest"])
+        .args([
+            "--config",
+            cfg.path.to_str().unwrap(),
+            "replay",
+            "--to-earliest",
+        ])
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The running sink re-reads every message: all of them are duplicates now.
     wait_until(T, "replayed messages consumed", || async {
         match sink.metrics().await {
-            Some(m) => metric(&m, "kafka_pg_sink_messages_consumed_total") >= consumed_before + 800.0,
+            Some(m) => {
+                metric(&m, "kafka_pg_sink_messages_consumed_total") >= consumed_before + 800.0
+            }
             None => false,
         }
     })
     .await;
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     let m = sink.metrics().await.unwrap();
-    assert_eq!(metric(&m, "kafka_pg_sink_messages_consumed_total"), consumed_before + 800.0);
+    assert_eq!(
+        metric(&m, "kafka_pg_sink_messages_consumed_total"),
+        consumed_before + 800.0
+    );
     // Every replayed message repeats a stored event: all are duplicates.
-    assert_eq!(metric(&m, "kafka_pg_sink_duplicates_total"), dups_before + 800.0, "{m}");
+    assert_eq!(
+        metric(&m, "kafka_pg_sink_duplicates_total"),
+        dups_before + 800.0,
+        "{m}"
+    );
     assert_eq!(metric(&m, "kafka_pg_sink_rows_inserted_total"), 250.0);
     assert_eq!(metric(&m, "kafka_pg_sink_rows_updated_total"), 0.0);
-    assert_eq!(db.checksum("events").await, before, "replay changed the table");
+    assert_eq!(
+        db.checksum("events").await,
+        before,
+        "replay changed the table"
+    );
     assert_eq!(db.rows("events").await, w.expected);
     assert_metrics_identity(&m);
 }
@@ -249,7 +300,10 @@ async fn sigterm_exits_zero_quickly_and_restart_completes() {
         if let Some(s) = sink.child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "no exit within the 10 s bound");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no exit within the 10 s bound"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}\n{}", sink.logs());

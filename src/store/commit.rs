@@ -129,13 +129,26 @@ async fn fence(
              RETURNING o.topic, o.partition",
         )
         .bind(group)
-        .bind(existing.iter().map(|e| e.tp.topic.as_str()).collect::<Vec<_>>())
+        .bind(
+            existing
+                .iter()
+                .map(|e| e.tp.topic.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(existing.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
-        .bind(existing.iter().map(|e| e.expected.unwrap().0).collect::<Vec<_>>())
+        .bind(
+            existing
+                .iter()
+                .map(|e| e.expected.unwrap().0)
+                .collect::<Vec<_>>(),
+        )
         .bind(existing.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
-        won.extend(rows.iter().map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))));
+        won.extend(
+            rows.iter()
+                .map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))),
+        );
     }
     if !new.is_empty() {
         let rows = sqlx::query(
@@ -151,7 +164,10 @@ async fn fence(
         .bind(new.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
-        won.extend(rows.iter().map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))));
+        won.extend(
+            rows.iter()
+                .map(|r| TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))),
+        );
     }
     Ok(expected
         .iter()
@@ -172,17 +188,23 @@ async fn upsert_isolating(
     // Explicit stack instead of recursion (async recursion needs boxing).
     let mut pending: Vec<&[RowUpsert]> = vec![rows];
     while let Some(chunk) = pending.pop() {
-        sqlx::query("SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+        sqlx::query("SAVEPOINT kpgs_upsert")
+            .execute(&mut *conn)
+            .await?;
         match upsert(conn, route, chunk).await {
             Ok(c) => {
-                sqlx::query("RELEASE SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+                sqlx::query("RELEASE SAVEPOINT kpgs_upsert")
+                    .execute(&mut *conn)
+                    .await?;
                 counts.inserted += c.inserted;
                 counts.updated += c.updated;
                 counts.duplicate_in_table += c.duplicate;
                 counts.stale_in_table += c.stale;
             }
             Err(e) if is_data_error(&e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_upsert").execute(&mut *conn).await?;
+                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_upsert")
+                    .execute(&mut *conn)
+                    .await?;
                 if chunk.len() == 1 {
                     let r = &chunk[0];
                     rejected.push(DeadLetter {
@@ -213,7 +235,11 @@ struct UpsertCounts {
 }
 
 /// One statement for all rows: arrays bound once, unnested server side.
-async fn upsert(conn: &mut PgConnection, route: &Route, rows: &[RowUpsert]) -> Result<UpsertCounts, sqlx::Error> {
+async fn upsert(
+    conn: &mut PgConnection,
+    route: &Route,
+    rows: &[RowUpsert],
+) -> Result<UpsertCounts, sqlx::Error> {
     let t = route.table.quoted();
     let versioned = route.version.is_some();
     let guard = if versioned {
@@ -268,7 +294,11 @@ async fn upsert(conn: &mut PgConnection, route: &Route, rows: &[RowUpsert]) -> R
     })
 }
 
-async fn delete_keys(conn: &mut PgConnection, table: &str, keys: &[RowKey]) -> Result<u64, sqlx::Error> {
+async fn delete_keys(
+    conn: &mut PgConnection,
+    table: &str,
+    keys: &[RowKey],
+) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(&format!("DELETE FROM {table} WHERE key = ANY($1::text[])"))
         .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
@@ -276,7 +306,11 @@ async fn delete_keys(conn: &mut PgConnection, table: &str, keys: &[RowKey]) -> R
     Ok(r.rows_affected())
 }
 
-async fn insert_dead_letters(conn: &mut PgConnection, group: &str, dead: &[&DeadLetter]) -> Result<(), sqlx::Error> {
+async fn insert_dead_letters(
+    conn: &mut PgConnection,
+    group: &str,
+    dead: &[&DeadLetter],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO sink_dead_letters \
            (consumer_group, topic, partition, kafka_offset, message_key, payload, reason, error) \
@@ -319,10 +353,17 @@ pub enum Resolution {
     Fenced(Vec<TopicPartition>),
 }
 
-pub async fn resolve(pool: &PgPool, group: &str, expected: &[Expected]) -> Result<Resolution, sqlx::Error> {
+pub async fn resolve(
+    pool: &PgPool,
+    group: &str,
+    expected: &[Expected],
+) -> Result<Resolution, sqlx::Error> {
     let tps: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
     let stored = super::offsets::read(pool, group, &tps).await?;
-    if expected.iter().all(|e| stored.get(&e.tp) == Some(&e.new_next)) {
+    if expected
+        .iter()
+        .all(|e| stored.get(&e.tp) == Some(&e.new_next))
+    {
         return Ok(Resolution::Committed);
     }
     let moved: Vec<TopicPartition> = expected

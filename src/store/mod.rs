@@ -72,9 +72,9 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
 pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
     let mut opts = PgConnectOptions::from_str(&cfg.url)?.application_name("kafka-pg-sink");
     if let Some(f) = &cfg.password_file {
-        let pw = std::fs::read_to_string(f).map_err(|e| sqlx::Error::Configuration(
-            format!("postgres.password_file {f}: {e}").into(),
-        ))?;
+        let pw = std::fs::read_to_string(f).map_err(|e| {
+            sqlx::Error::Configuration(format!("postgres.password_file {f}: {e}").into())
+        })?;
         opts = opts.password(pw.trim_end_matches(['\n', '\r']));
     }
     PgPoolOptions::new()

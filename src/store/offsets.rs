@@ -43,7 +43,10 @@ pub async fn read(
 }
 
 /// Every stored position of a group, sorted.
-pub async fn read_group(pool: &PgPool, group: &str) -> Result<Vec<(TopicPartition, Offset)>, sqlx::Error> {
+pub async fn read_group(
+    pool: &PgPool,
+    group: &str,
+) -> Result<Vec<(TopicPartition, Offset)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT topic, partition, next_offset FROM sink_offsets \
          WHERE consumer_group = $1 ORDER BY topic, partition",
@@ -65,7 +68,11 @@ pub async fn read_group(pool: &PgPool, group: &str) -> Result<Vec<(TopicPartitio
 /// Rewrites positions in one transaction and notifies running sinks. Running
 /// consumers' next compare-and-set fails, they re-read and seek: replay works
 /// without a restart, and idempotent writes make it converge.
-pub async fn rewrite(pool: &PgPool, group: &str, positions: &[(TopicPartition, Offset)]) -> Result<(), sqlx::Error> {
+pub async fn rewrite(
+    pool: &PgPool,
+    group: &str,
+    positions: &[(TopicPartition, Offset)],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
@@ -74,8 +81,18 @@ pub async fn rewrite(pool: &PgPool, group: &str, positions: &[(TopicPartition, O
          DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
     )
     .bind(group)
-    .bind(positions.iter().map(|(t, _)| t.topic.as_str()).collect::<Vec<_>>())
-    .bind(positions.iter().map(|(t, _)| t.partition).collect::<Vec<_>>())
+    .bind(
+        positions
+            .iter()
+            .map(|(t, _)| t.topic.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        positions
+            .iter()
+            .map(|(t, _)| t.partition)
+            .collect::<Vec<_>>(),
+    )
     .bind(positions.iter().map(|(_, o)| o.0).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;

@@ -47,7 +47,10 @@ pub async fn check_tables(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>
             .fetch_one(pool)
             .await?;
         let Some(oid) = rel else {
-            problems.push(format!("table {} does not exist (run `kafka-pg-sink setup`)", r.table));
+            problems.push(format!(
+                "table {} does not exist (run `kafka-pg-sink setup`)",
+                r.table
+            ));
             continue;
         };
         let cols: Vec<String> = sqlx::query(
@@ -59,7 +62,15 @@ pub async fn check_tables(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>
         .iter()
         .map(|row| row.get(0))
         .collect();
-        for c in ["key", "event_hash", "payload", "version", "kafka_topic", "kafka_partition", "kafka_offset"] {
+        for c in [
+            "key",
+            "event_hash",
+            "payload",
+            "version",
+            "kafka_topic",
+            "kafka_partition",
+            "kafka_offset",
+        ] {
             if !cols.iter().any(|x| x == c) {
                 problems.push(format!("table {} has no column `{c}`", r.table));
             }
@@ -73,7 +84,10 @@ pub async fn check_tables(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>
         .fetch_one(pool)
         .await?;
         if !unique {
-            problems.push(format!("table {}: column `key` needs a unique constraint", r.table));
+            problems.push(format!(
+                "table {}: column `key` needs a unique constraint",
+                r.table
+            ));
         }
     }
     Ok(problems)

@@ -18,7 +18,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn brokers() -> String {
@@ -32,7 +33,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
 }
 
-/// A database created for one test and dropped afterwards.
+/// A database created for one test and dropped afterwards. Tests using it
+/// must run on a multi-thread runtime: `Drop` blocks its thread while
+/// another thread drops the database.
 pub struct TestDb {
     pub name: String,
     pub url: String,
@@ -42,20 +45,33 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let admin_url = database_url();
-        let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
             .expect("PostgreSQL must be reachable at DATABASE_URL (scripts/test.sh starts it)");
         let name = unique("kpgs_test");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let mut url = url::Url::parse(&admin_url).unwrap();
         url.set_path(&format!("/{name}"));
         let url = url.to_string();
-        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
         TestDb { name, url, pool }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.unwrap_or(-1)
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(-1)
     }
 
     /// Order-independent checksum of a document table's full content.
@@ -77,7 +93,12 @@ impl TestDb {
             .await
             .unwrap()
             .iter()
-            .map(|r| (r.get::<String, _>(0), serde_json::from_str(&r.get::<String, _>(1)).unwrap()))
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    serde_json::from_str(&r.get::<String, _>(1)).unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -101,11 +122,20 @@ impl Drop for TestDb {
         let pool = self.pool.clone();
         // Drop cannot await; a short-lived runtime on a thread does the cleanup.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 pool.close().await;
-                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&database_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&database_url())
+                    .await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })
@@ -143,13 +173,18 @@ impl TestTopic {
             .set("enable.idempotence", "true")
             .create()
             .unwrap();
-        TestTopic { name, partitions, producer }
+        TestTopic {
+            name,
+            partitions,
+            producer,
+        }
     }
 
     /// Sends to an explicit partition (None value = tombstone).
     pub fn send(&self, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
         loop {
-            let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(&self.name).partition(partition);
+            let mut rec: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(&self.name).partition(partition);
             if let Some(k) = key {
                 rec = rec.key(k);
             }
@@ -158,7 +193,10 @@ impl TestTopic {
             }
             match self.producer.send(rec) {
                 Ok(()) => return,
-                Err((e, _)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 Err((e, _)) => panic!("produce failed: {e}"),
@@ -172,9 +210,19 @@ impl TestTopic {
 
     /// High watermarks per partition (what `sink_offsets` must reach).
     pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
-        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
         (0..self.partitions)
-            .map(|p| (p, c.fetch_watermarks(&self.name, p, Duration::from_secs(10)).unwrap().1))
+            .map(|p| {
+                (
+                    p,
+                    c.fetch_watermarks(&self.name, p, Duration::from_secs(10))
+                        .unwrap()
+                        .1,
+                )
+            })
             .collect()
     }
 }
@@ -188,7 +236,11 @@ pub struct SinkConfig {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl SinkConfig {
@@ -228,7 +280,12 @@ key = "/id"
         );
         let path = dir.path().join("sink.toml");
         std::fs::write(&path, toml).unwrap();
-        SinkConfig { dir, path, group, http_port }
+        SinkConfig {
+            dir,
+            path,
+            group,
+            http_port,
+        }
     }
 }
 
@@ -265,11 +322,18 @@ impl SinkProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start sink");
-        SinkProcess { child, log, http_port }
+        SinkProcess {
+            child,
+            log,
+            http_port,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     pub fn kill9(&mut self) {
@@ -296,8 +360,12 @@ impl Drop for SinkProcess {
 /// Minimal HTTP GET over a raw socket (no extra client dependency in tests).
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
@@ -346,12 +414,18 @@ pub fn assert_metrics_identity(text: &str) {
 
 /// The partition a key lives in (keyed partitioning, like a real producer).
 pub fn partition_of(key: &str, partitions: i32) -> i32 {
-    let h = key.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    let h = key
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
     (h % partitions as u32) as i32
 }
 
 pub fn event(id: &str, seq: u64) -> String {
-    format!(r#"{{"id":"{id}","seq":{seq},"amount":{}.{:02},"note":"event {seq} of {id}"}}"#, seq * 7 % 1000, seq % 100)
+    format!(
+        r#"{{"id":"{id}","seq":{seq},"amount":{}.{:02},"note":"event {seq} of {id}"}}"#,
+        seq * 7 % 1000,
+        seq % 100
+    )
 }
 
 /// Produces a workload and returns the expected final document per key,
@@ -363,12 +437,20 @@ pub struct Workload {
 
 impl Workload {
     pub fn new() -> Self {
-        Workload { expected: BTreeMap::new(), produced: 0 }
+        Workload {
+            expected: BTreeMap::new(),
+            produced: 0,
+        }
     }
 
     pub fn send(&mut self, topic: &TestTopic, id: &str, payload: &str) {
-        topic.send(partition_of(id, topic.partitions), Some(id), Some(payload.as_bytes()));
-        self.expected.insert(id.to_string(), serde_json::from_str(payload).unwrap());
+        topic.send(
+            partition_of(id, topic.partitions),
+            Some(id),
+            Some(payload.as_bytes()),
+        );
+        self.expected
+            .insert(id.to_string(), serde_json::from_str(payload).unwrap());
         self.produced += 1;
     }
 }

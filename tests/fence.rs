@@ -1,0 +1,170 @@
+//! The fence: a zombie that lost its partition cannot commit, and two
+//! committers racing for one position never both win.
+
+mod common;
+
+use common::*;
+use kafka_pg_sink::batch::{prepare, SourceMessage};
+use kafka_pg_sink::config::{Config, OnError, Route};
+use kafka_pg_sink::store::{self, commit_batch, CommitOutcome, Expected};
+use kafka_pg_sink::types::{Offset, TopicPartition};
+
+fn routes() -> Vec<Route> {
+    Config::from_toml(
+        r#"
+        [kafka]
+        brokers = "unused:9092"
+        group_id = "g"
+        [postgres]
+        url = "postgres://unused/db"
+        [[route]]
+        topic = "orders"
+        table = "events"
+        key = "/id"
+        "#,
+    )
+    .unwrap()
+    .1
+}
+
+fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
+    (from..from + n)
+        .map(|o| SourceMessage {
+            tp: TopicPartition::new("orders", 0),
+            offset: Offset(o),
+            key: None,
+            payload: Some(format!(r#"{{"id":"{prefix}-{o}"}}"#).into_bytes()),
+        })
+        .collect()
+}
+
+async fn setup() -> (TestDb, Vec<Route>) {
+    let db = TestDb::new().await;
+    let routes = routes();
+    store::migrate(&db.pool).await.unwrap();
+    store::schema::ensure_tables(&db.pool, &routes)
+        .await
+        .unwrap();
+    (db, routes)
+}
+
+fn exp(expected: Option<i64>, last: i64) -> Vec<Expected> {
+    vec![Expected {
+        tp: TopicPartition::new("orders", 0),
+        expected: expected.map(Offset),
+        new_next: Offset(last + 1),
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_commit_is_refused_after_the_new_owner_commits() {
+    let (db, routes) = setup().await;
+    // First owner commits offsets 0..9.
+    let first = prepare(&routes, msgs("a", 0, 10));
+    let r = commit_batch(
+        &db.pool,
+        "g",
+        &routes,
+        &first,
+        &exp(None, 9),
+        OnError::DeadLetter,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, CommitOutcome::Committed(_)));
+
+    // Zombie A holds a batch for 10..19 believing it owns position 10.
+    let zombie = prepare(&routes, msgs("zombie", 10, 10));
+    // Meanwhile the partition moved to B, which read 10 and committed 10..14.
+    let b = prepare(&routes, msgs("b", 10, 5));
+    let r = commit_batch(
+        &db.pool,
+        "g",
+        &routes,
+        &b,
+        &exp(Some(10), 14),
+        OnError::DeadLetter,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, CommitOutcome::Committed(_)));
+
+    // A wakes up and tries to commit: the compare-and-set refuses it.
+    let r = commit_batch(
+        &db.pool,
+        "g",
+        &routes,
+        &zombie,
+        &exp(Some(10), 19),
+        OnError::DeadLetter,
+    )
+    .await
+    .unwrap();
+    match r {
+        CommitOutcome::Fenced(tps) => assert_eq!(tps, vec![TopicPartition::new("orders", 0)]),
+        other => panic!("zombie was not fenced: {other:?}"),
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE key LIKE 'zombie-%'")
+            .await,
+        0
+    );
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 15);
+    assert_eq!(db.stored_offsets("g", "orders").await[&0], 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_commit_race_has_exactly_one_winner() {
+    let (db, routes) = setup().await;
+    let a = prepare(&routes, msgs("a", 0, 50));
+    let b = prepare(&routes, msgs("b", 0, 50));
+    let e = exp(None, 49);
+    let (ra, rb) = tokio::join!(
+        commit_batch(&db.pool, "g", &routes, &a, &e, OnError::DeadLetter),
+        commit_batch(&db.pool, "g", &routes, &b, &e, OnError::DeadLetter),
+    );
+    let wins = [ra.unwrap(), rb.unwrap()]
+        .iter()
+        .filter(|r| matches!(r, CommitOutcome::Committed(_)))
+        .count();
+    assert_eq!(wins, 1);
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 50);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT split_part(key, '-', 1)) FROM events")
+            .await,
+        1,
+        "rows of both committers landed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_owners_of_a_stored_position_never_both_commit() {
+    let (db, routes) = setup().await;
+    let seed = prepare(&routes, msgs("s", 0, 1));
+    commit_batch(
+        &db.pool,
+        "g",
+        &routes,
+        &seed,
+        &exp(None, 0),
+        OnError::DeadLetter,
+    )
+    .await
+    .unwrap();
+    for round in 0..20 {
+        let at = db.stored_offsets("g", "orders").await[&0];
+        let a = prepare(&routes, msgs(&format!("a{round}"), at, 3));
+        let b = prepare(&routes, msgs(&format!("b{round}"), at, 3));
+        let e = exp(Some(at), at + 2);
+        let (ra, rb) = tokio::join!(
+            commit_batch(&db.pool, "g", &routes, &a, &e, OnError::DeadLetter),
+            commit_batch(&db.pool, "g", &routes, &b, &e, OnError::DeadLetter),
+        );
+        let wins = [ra.unwrap(), rb.unwrap()]
+            .iter()
+            .filter(|r| matches!(r, CommitOutcome::Committed(_)))
+            .count();
+        assert_eq!(wins, 1, "round {round}");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 1 + 20 * 3);
+}
