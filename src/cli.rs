@@ -49,11 +49,13 @@ pub struct Global {
 
 impl Global {
     pub fn overrides(&self) -> Overrides {
+        // An empty variable (e.g. `DATABASE_URL=`) means "not set".
+        let set = |o: &Option<String>| o.clone().filter(|s| !s.trim().is_empty());
         Overrides {
-            brokers: self.brokers.clone(),
-            group_id: self.group.clone(),
-            database_url: self.database_url.clone(),
-            http_bind: self.http_bind.clone(),
+            brokers: set(&self.brokers),
+            group_id: set(&self.group),
+            database_url: set(&self.database_url),
+            http_bind: set(&self.http_bind),
         }
     }
 }

@@ -291,9 +291,12 @@ impl Config {
         if let Some(h) = &overrides.http_bind {
             fig = fig.merge(Serialized::default("http.bind", h));
         }
-        let cfg: Config = fig.extract().map_err(|e| ConfigError {
+        let mut cfg: Config = fig.extract().map_err(|e| ConfigError {
             problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
         })?;
+        cfg.kafka
+            .properties
+            .extend(kafka_properties_from_env(std::env::vars()));
         let routes = cfg.validate()?;
         Ok((cfg, routes))
     }
@@ -447,6 +450,22 @@ fn toml_string(c: &Config) -> String {
     serde_json::to_string_pretty(c).unwrap_or_default()
 }
 
+/// Prefix of environment variables that set librdkafka properties, whose
+/// names contain dots and so cannot use the `__` nesting:
+/// `KAFKA_PG_SINK_KAFKA_PROPERTY__SASL_PASSWORD` sets `sasl.password`
+/// (librdkafka property names have no underscores).
+pub const KAFKA_PROPERTY_ENV_PREFIX: &str = "KAFKA_PG_SINK_KAFKA_PROPERTY__";
+
+pub fn kafka_properties_from_env(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    vars.filter_map(|(k, v)| {
+        let name = k.strip_prefix(KAFKA_PROPERTY_ENV_PREFIX)?;
+        Some((name.to_ascii_lowercase().replace('_', "."), v))
+    })
+    .collect()
+}
+
 /// Properties the sink sets itself; a user override would break the guarantee.
 pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.commit",
@@ -598,6 +617,29 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(!shown.contains("abc"), "{shown}");
         assert!(shown.contains("sslmode=require"), "{shown}");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_env_with_dots() {
+        let vars = vec![
+            (
+                "KAFKA_PG_SINK_KAFKA_PROPERTY__SASL_PASSWORD".to_string(),
+                "pw".to_string(),
+            ),
+            (
+                "KAFKA_PG_SINK_KAFKA_PROPERTY__SECURITY_PROTOCOL".to_string(),
+                "SASL_SSL".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let got = kafka_properties_from_env(vars.into_iter());
+        assert_eq!(
+            got,
+            vec![
+                ("sasl.password".to_string(), "pw".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string())
+            ]
+        );
     }
 
     #[test]
