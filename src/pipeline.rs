@@ -55,6 +55,10 @@ pub struct Pipeline {
     pub assignment: SharedAssignment,
     pub metrics: Metrics,
     pub commands: std::sync::mpsc::Sender<Command>,
+    /// Fault injection for tests: hold each prepared batch this long before
+    /// committing (`KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS`), so a test can freeze
+    /// the process while it holds a batch and check that the fence refuses it.
+    pub fault_commit_delay: Option<Duration>,
 }
 
 impl Pipeline {
@@ -77,6 +81,10 @@ impl Pipeline {
             assignment,
             metrics,
             commands,
+            fault_commit_delay: std::env::var("KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
         }
     }
 
@@ -207,6 +215,10 @@ impl Pipeline {
                 new_next: last.next(),
             })
             .collect();
+        if let Some(d) = self.fault_commit_delay {
+            tracing::warn!(?d, "fault injection: holding the batch before commit");
+            tokio::time::sleep(d).await;
+        }
         self.commit_with_retry(&batch, &expected, &plan).await
     }
 
