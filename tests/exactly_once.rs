@@ -84,12 +84,14 @@ async fn sigkill_mid_stream_five_times_loses_and_doubles_nothing() {
     };
     produce(&mut w, 4000);
     for kill in 0..5 {
-        let mut sink = SinkProcess::start(&cfg);
         let before: i64 = db
             .stored_offsets(&cfg.group, &topic.name)
             .await
             .values()
             .sum();
+        // New data first, so the restarted sink always has work to be killed in.
+        produce(&mut w, 2000);
+        let mut sink = SinkProcess::start(&cfg);
         // Kill only after the sink made progress, while more data is arriving.
         wait_until(T, "progress before kill", || async {
             db.stored_offsets(&cfg.group, &topic.name)

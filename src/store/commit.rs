@@ -5,8 +5,10 @@
 //! BEGIN
 //!   fence: compare-and-set next_offset of every partition in the batch
 //!          (0 rows for any partition => ROLLBACK, report Fenced)
-//!   per route: delete re-inserted tombstoned keys, upsert rows
-//!              (no-op when event_hash is unchanged), delete tombstoned keys
+//!   per route: delete re-inserted tombstoned keys,
+//!              upsert previous states of keys that changed in the batch,
+//!              upsert final states (no-op when event_hash is unchanged),
+//!              delete tombstoned keys
 //!   dead letters
 //! COMMIT
 //! ```
@@ -76,6 +78,25 @@ pub async fn commit_batch(
         let table = route.table.quoted();
         if !writes.pre_deletes.is_empty() {
             delete_keys(&mut tx, &table, &writes.pre_deletes).await?;
+        }
+        if !writes.previous.is_empty() {
+            // Round 1: intermediate states (their messages are counted as
+            // superseded, so their row counts are not added to the metrics;
+            // a rejected one is still recorded as a dead letter).
+            let mut ignored = TableCounts::default();
+            let mut rejected = Vec::new();
+            upsert_isolating(
+                &mut tx,
+                route,
+                &writes.previous,
+                &mut ignored,
+                &mut rejected,
+            )
+            .await?;
+            if !rejected.is_empty() {
+                let refs: Vec<&DeadLetter> = rejected.iter().collect();
+                insert_dead_letters(&mut tx, group, &refs).await?;
+            }
         }
         if !writes.upserts.is_empty() {
             let mut rejected = Vec::new();
