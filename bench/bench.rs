@@ -39,7 +39,11 @@ fn generate(n: usize) -> (Vec<Event>, usize) {
         rng ^= rng << 17;
         if i % 10 == 9 && !out.is_empty() {
             let e = &out[(rng as usize) % out.len()];
-            out.push(Event { key: e.key.clone(), partition: e.partition, payload: e.payload.clone() });
+            out.push(Event {
+                key: e.key.clone(),
+                partition: e.partition,
+                payload: e.payload.clone(),
+            });
             continue;
         }
         let d = distinct;
@@ -52,13 +56,27 @@ fn generate(n: usize) -> (Vec<Event>, usize) {
             rng % 100,
             rng % 1_000_000
         );
-        let partition = (key.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619)) % PARTITIONS as u32) as i32;
-        out.push(Event { key, partition, payload });
+        let partition = (key
+            .bytes()
+            .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+            % PARTITIONS as u32) as i32;
+        out.push(Event {
+            key,
+            partition,
+            payload,
+        });
     }
     (out, distinct)
 }
 
-fn routes_toml(brokers: &str, group: &str, url: &str, topic: &str, table: &str, port: u16) -> String {
+fn routes_toml(
+    brokers: &str,
+    group: &str,
+    url: &str,
+    topic: &str,
+    table: &str,
+    port: u16,
+) -> String {
     format!(
         r#"
 [kafka]
@@ -79,13 +97,15 @@ key = ["/tenant", "/region", "/seq"]
 }
 
 async fn stored_sum(pool: &PgPool, group: &str) -> i64 {
-    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(next_offset)::bigint FROM sink_offsets WHERE consumer_group = $1")
-        .bind(group)
-        .fetch_one(pool)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0)
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(next_offset)::bigint FROM sink_offsets WHERE consumer_group = $1",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }
 
 fn proc_stats(pid: u32) -> (f64, f64) {
@@ -96,19 +116,39 @@ fn proc_stats(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     (hwm_kb / 1024.0, ticks / 100.0)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let naive_n: usize = std::env::var("BENCH_NAIVE_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000).min(n);
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let naive_n: usize = std::env::var("BENCH_NAIVE_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000)
+        .min(n);
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let sink_bin = std::env::var("SINK_BIN").unwrap_or_else(|_| "target/release/kafka-pg-sink".into());
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let sink_bin =
+        std::env::var("SINK_BIN").unwrap_or_else(|_| "target/release/kafka-pg-sink".into());
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let db_name = format!("kpgs_bench_{}", stamp.to_lowercase());
     let topic = format!("kpgs-bench-{stamp}");
@@ -118,12 +158,20 @@ async fn main() -> anyhow::Result<()> {
     let avg_len = events.iter().map(|e| e.payload.len()).sum::<usize>() / n;
 
     // Database and topic.
-    let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&admin)
+        .await?;
     let mut url = url::Url::parse(&admin_url)?;
     url.set_path(&format!("/{db_name}"));
     let url = url.to_string();
-    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
     let toml = routes_toml(&brokers, "bench-unused", &url, &topic, "sink_events", 0);
     let (cfg, _) = Config::from_toml(&toml)?;
     let all_tables = ["ceiling", "write_path", "sink_events", "naive"];
@@ -135,9 +183,18 @@ async fn main() -> anyhow::Result<()> {
     store::migrate(&pool).await?;
     store::schema::ensure_tables(&pool, &routes_all).await?;
 
-    let ac: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+    let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()?;
     for r in ac
-        .create_topics(&[NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
         .await?
     {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
@@ -153,7 +210,12 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     for e in &events {
         loop {
-            match producer.send(BaseRecord::to(&topic).partition(e.partition).key(&e.key).payload(&e.payload)) {
+            match producer.send(
+                BaseRecord::to(&topic)
+                    .partition(e.partition)
+                    .key(&e.key)
+                    .payload(&e.payload),
+            ) {
                 Ok(()) => break,
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
@@ -198,10 +260,18 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let mut conn = PgConnection::connect(&url).await?;
-    sqlx::query("CREATE UNLOGGED TABLE staging (LIKE ceiling)").execute(&mut conn).await?;
+    // Staged with the payload as text: the measured statement parses it into
+    // jsonb, the same server-side work the sink's statement (and COPY) does.
+    sqlx::query("CREATE UNLOGGED TABLE staging (LIKE ceiling)")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("ALTER TABLE staging ALTER COLUMN payload TYPE text")
+        .execute(&mut conn)
+        .await?;
     copy(&mut conn, "COPY staging FROM STDIN", &copy_text).await?;
     sqlx::query("ANALYZE staging").execute(&mut conn).await?;
-    let upsert_sql = "INSERT INTO ceiling AS t SELECT * FROM staging ON CONFLICT (key) DO UPDATE SET \
+    let upsert_sql = "INSERT INTO ceiling AS t SELECT key, event_hash, payload::jsonb, version, kafka_topic, \
+        kafka_partition, kafka_offset FROM staging ON CONFLICT (key) DO UPDATE SET \
         event_hash = EXCLUDED.event_hash, payload = EXCLUDED.payload, kafka_offset = EXCLUDED.kafka_offset \
         WHERE t.event_hash IS DISTINCT FROM EXCLUDED.event_hash";
     let t = Instant::now();
@@ -252,9 +322,21 @@ async fn main() -> anyhow::Result<()> {
         let expected: Vec<Expected> = b
             .ranges
             .iter()
-            .map(|(tp, (_, last))| Expected { tp: tp.clone(), expected: planned.get(tp).copied(), new_next: last.next() })
+            .map(|(tp, (_, last))| Expected {
+                tp: tp.clone(),
+                expected: planned.get(tp).copied(),
+                new_next: last.next(),
+            })
             .collect();
-        commit_batch(&pool, "bench-write-path", &wp_route, &b, &expected, OnError::DeadLetter).await?;
+        commit_batch(
+            &pool,
+            "bench-write-path",
+            &wp_route,
+            &b,
+            &expected,
+            OnError::DeadLetter,
+        )
+        .await?;
         for e in expected {
             planned.insert(e.tp, e.new_next);
         }
@@ -265,9 +347,14 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("running kafka-pg-sink end to end…");
     let dir = tempfile::tempdir()?;
     let group = format!("bench-sink-{stamp}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let cfg_path = dir.path().join("bench.toml");
-    std::fs::write(&cfg_path, routes_toml(&brokers, &group, &url, &topic, "sink_events", port))?;
+    std::fs::write(
+        &cfg_path,
+        routes_toml(&brokers, &group, &url, &topic, "sink_events", port),
+    )?;
     let log = std::fs::File::create(dir.path().join("sink.log"))?;
     let t = Instant::now();
     let mut child = std::process::Command::new(&sink_bin)
@@ -291,17 +378,31 @@ async fn main() -> anyhow::Result<()> {
     let sink_s = t.elapsed().as_secs_f64();
     let sink_events_per_s = n as f64 / sink_s;
     let (peak_rss_mb, cpu_s) = proc_stats(pid);
-    let rows_in_table: i64 = sqlx::query_scalar("SELECT count(*) FROM sink_events").fetch_one(&pool).await?;
-    anyhow::ensure!(rows_in_table as usize == distinct, "sink wrote {rows_in_table} rows, expected {distinct}");
+    let rows_in_table: i64 = sqlx::query_scalar("SELECT count(*) FROM sink_events")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        rows_in_table as usize == distinct,
+        "sink wrote {rows_in_table} rows, expected {distinct}"
+    );
 
     // 5. Replay: all duplicates, with the sink still running.
     eprintln!("replaying (all duplicates)…");
     let t = Instant::now();
     let st = std::process::Command::new(&sink_bin)
-        .args(["--config", cfg_path.to_str().unwrap(), "replay", "--to-earliest"])
+        .args([
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "replay",
+            "--to-earliest",
+        ])
         .env_remove("DATABASE_URL")
         .output()?;
-    anyhow::ensure!(st.status.success(), "replay failed: {}", String::from_utf8_lossy(&st.stderr));
+    anyhow::ensure!(
+        st.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     // Wait for the rewind to be visible, then for the sink to reach the end again.
     while stored_sum(&pool, &group).await >= n as i64 && t.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -314,7 +415,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let replay_events_per_s = n as f64 / t.elapsed().as_secs_f64();
     let (peak_rss_after_replay_mb, _) = proc_stats(pid);
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
     let _ = child.wait();
 
     // 4. Naive at-least-once consumer: one transaction per message.
@@ -330,7 +434,9 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut done = 0usize;
     while done < naive_n {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let payload = std::str::from_utf8(m.payload().unwrap_or_default())?.to_string();
         let v: serde_json::Value = serde_json::from_str(&payload)?;
         let key = format!("{}|{}|{}", v["tenant"], v["region"], v["seq"]);
@@ -349,7 +455,11 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
         let mut c = TopicPartitionList::new();
-        c.add_partition_offset(m.topic(), m.partition(), rdkafka::Offset::Offset(m.offset() + 1))?;
+        c.add_partition_offset(
+            m.topic(),
+            m.partition(),
+            rdkafka::Offset::Offset(m.offset() + 1),
+        )?;
         consumer.commit(&c, rdkafka::consumer::CommitMode::Async)?;
         done += 1;
     }
@@ -384,8 +494,16 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("\n{:<34} {:>14}", "measure", "value");
     for k in [
-        "ceiling_rows_per_s", "dup_ceiling_rows_per_s", "copy_rows_per_s", "broker_read_per_s", "write_path_per_s",
-        "sink_events_per_s", "replay_events_per_s", "naive_events_per_s", "peak_rss_mb", "sink_cpu_seconds",
+        "ceiling_rows_per_s",
+        "dup_ceiling_rows_per_s",
+        "copy_rows_per_s",
+        "broker_read_per_s",
+        "write_path_per_s",
+        "sink_events_per_s",
+        "replay_events_per_s",
+        "naive_events_per_s",
+        "peak_rss_mb",
+        "sink_cpu_seconds",
     ] {
         println!("{:<34} {:>14.1}", k, result[k].as_f64().unwrap_or(0.0));
     }
@@ -396,7 +514,12 @@ async fn main() -> anyhow::Result<()> {
         ("sink_vs_ceiling", ">= 0.5"),
         ("sink_vs_naive", ">= 20"),
     ] {
-        println!("{:<34} {:>8.2} {:>8}", k, result[k].as_f64().unwrap_or(0.0), target);
+        println!(
+            "{:<34} {:>8.2} {:>8}",
+            k,
+            result[k].as_f64().unwrap_or(0.0),
+            target
+        );
     }
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&out_dir)?;
@@ -405,7 +528,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("wrote {}", path.display());
 
     pool.close().await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&admin).await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
     Ok(())
 }
 

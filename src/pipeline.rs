@@ -31,6 +31,12 @@ use crate::store::offsets::{self, REPLAY_CHANNEL};
 use crate::store::{commit_batch, CommitOutcome, Expected, StoreError, TableCounts};
 use crate::types::{Offset, TopicPartition};
 
+/// A prepared batch on its way to the committer.
+struct Prepared {
+    batch: PreparedBatch,
+    expected: Vec<Expected>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("poison message at {tp} offset {offset} ({reason}): {error} — on_error = \"stop\"")]
@@ -89,12 +95,41 @@ impl Pipeline {
     }
 
     /// Runs until `cancel` fires (then the buffered, uncommitted messages are
-    /// abandoned — they are re-read from the stored offsets on restart) or a
+    /// abandoned — they are re-read from the stored offsets on restart — and
+    /// the batch already handed to the committer is finished) or a
     /// non-retryable error happens.
+    ///
+    /// Preparing (parse, hash, fold) overlaps with committing: the committer
+    /// task takes one batch at a time from a channel of capacity one, while
+    /// this loop accumulates and prepares the next. Positions advance
+    /// optimistically when a batch is handed over; a fence resets them.
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<Envelope>,
         cancel: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let this = std::sync::Arc::new(self);
+        let (to_committer, mut batches) = mpsc::channel::<Prepared>(1);
+        let committer = {
+            let this = this.clone();
+            tokio::spawn(async move {
+                while let Some(p) = batches.recv().await {
+                    this.commit_with_retry(&p.batch, &p.expected).await?;
+                }
+                Ok::<(), PipelineError>(())
+            })
+        };
+        let result = this.accumulate(&mut rx, &cancel, &to_committer).await;
+        drop(to_committer);
+        let committed = committer.await.expect("committer does not panic");
+        result.and(committed)
+    }
+
+    async fn accumulate(
+        &self,
+        rx: &mut mpsc::Receiver<Envelope>,
+        cancel: &CancellationToken,
+        to_committer: &mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         let mut listener = self.listen().await;
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
@@ -143,7 +178,12 @@ impl Pipeline {
             }
             let envs = std::mem::take(&mut buf);
             deadline = None;
-            self.flush(envs).await?;
+            if let Some(p) = self.prepare(envs).await? {
+                if to_committer.send(p).await.is_err() {
+                    // The committer stopped on an error; run() reports it.
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -163,8 +203,8 @@ impl Pipeline {
         }
     }
 
-    /// Filters stale messages, prepares and commits one batch.
-    async fn flush(&self, envs: Vec<Envelope>) -> Result<(), PipelineError> {
+    /// Filters stale messages and prepares one batch for the committer.
+    async fn prepare(&self, envs: Vec<Envelope>) -> Result<Option<Prepared>, PipelineError> {
         // Keep only messages of the current generation at or after the
         // planned position; note the expected position of each partition.
         let (messages, plan) = {
@@ -190,7 +230,7 @@ impl Pipeline {
             (messages, plan)
         };
         if messages.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let routes = self.routes.clone();
         let batch = tokio::task::spawn_blocking(move || batch::prepare(&routes, messages))
@@ -215,18 +255,28 @@ impl Pipeline {
                 new_next: last.next(),
             })
             .collect();
+        // Optimistic: the next batch continues where this one ends.
+        {
+            let mut a = self.assignment.lock().unwrap();
+            for e in &expected {
+                if let Some(s) = a.parts.get_mut(&e.tp) {
+                    if s.generation == plan[&e.tp].0 && !s.seeking {
+                        s.planned = Some(e.new_next);
+                    }
+                }
+            }
+        }
         if let Some(d) = self.fault_commit_delay {
             tracing::warn!(?d, "fault injection: holding the batch before commit");
             tokio::time::sleep(d).await;
         }
-        self.commit_with_retry(&batch, &expected, &plan).await
+        Ok(Some(Prepared { batch, expected }))
     }
 
     async fn commit_with_retry(
         &self,
         batch: &PreparedBatch,
         expected: &[Expected],
-        plan: &BTreeMap<TopicPartition, (u64, Option<Offset>)>,
     ) -> Result<(), PipelineError> {
         let mut attempt: u32 = 0;
         loop {
@@ -251,7 +301,7 @@ impl Pipeline {
                             .with_label_values(&["outcome_unknown"])
                             .inc_by(batch.message_count());
                         self.metrics.messages_consumed.inc_by(batch.message_count());
-                        self.after_commit(expected, plan);
+                        self.after_commit(expected);
                         return Ok(());
                     }
                     Ok(Resolution::Fenced(tps)) => Ok(CommitOutcome::Fenced(tps)),
@@ -272,7 +322,7 @@ impl Pipeline {
             match result {
                 Ok(CommitOutcome::Committed(counts)) => {
                     self.record(batch, &counts, started.elapsed().as_secs_f64());
-                    self.after_commit(expected, plan);
+                    self.after_commit(expected);
                     return Ok(());
                 }
                 Ok(CommitOutcome::Fenced(tps)) => {
@@ -317,27 +367,16 @@ impl Pipeline {
             .record_batch(&batch.counts, counts, &dead, seconds);
     }
 
-    fn after_commit(
-        &self,
-        expected: &[Expected],
-        plan: &BTreeMap<TopicPartition, (u64, Option<Offset>)>,
-    ) {
+    fn after_commit(&self, expected: &[Expected]) {
+        // Positions already advanced when the batch was prepared.
         let mut copied = Vec::new();
-        {
-            let mut a = self.assignment.lock().unwrap();
-            for e in expected {
-                let labels = [e.tp.topic.as_str(), &e.tp.partition.to_string()];
-                self.metrics
-                    .stored_offset
-                    .with_label_values(&labels)
-                    .set(e.new_next.0);
-                if let Some(s) = a.parts.get_mut(&e.tp) {
-                    if s.generation == plan[&e.tp].0 {
-                        s.planned = Some(e.new_next);
-                    }
-                }
-                copied.push((e.tp.clone(), e.new_next));
-            }
+        for e in expected {
+            let labels = [e.tp.topic.as_str(), &e.tp.partition.to_string()];
+            self.metrics
+                .stored_offset
+                .with_label_values(&labels)
+                .set(e.new_next.0);
+            copied.push((e.tp.clone(), e.new_next));
         }
         if self.commit_to_kafka {
             let _ = self.commands.send(Command::CommitToKafka(copied));
