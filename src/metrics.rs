@@ -160,6 +160,34 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Names of every registered metric family (also those without series yet).
+    pub fn family_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let mut names: Vec<String> = [
+            &self.messages_consumed as &dyn Collector,
+            &self.rows_inserted,
+            &self.rows_updated,
+            &self.rows_deleted,
+            &self.duplicates,
+            &self.dead_letters,
+            &self.skipped,
+            &self.batches,
+            &self.batch_size,
+            &self.commit_duration,
+            &self.fenced_batches,
+            &self.db_retries,
+            &self.rebalances,
+            &self.assigned_partitions,
+            &self.lag,
+            &self.stored_offset,
+        ]
+        .iter()
+        .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+        .collect();
+        names.push("kafka_pg_sink_build_info".into());
+        names
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()

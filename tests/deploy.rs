@@ -73,3 +73,34 @@ fn invalid_config_exits_2_naming_the_key() {
     let (code, _) = check_config("/nonexistent/config.toml", &[]);
     assert_eq!(code, 2);
 }
+
+/// The recording rule and dashboard reference metrics the binary exports.
+#[test]
+fn rules_and_dashboard_use_real_metric_names() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let exported = kafka_pg_sink::metrics::Metrics::new().family_names();
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/rules.yml")).unwrap();
+    let dash =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/kafka-pg-sink.json")).unwrap();
+    let dash_json: serde_json::Value = serde_json::from_str(&dash).expect("dashboard is JSON");
+    assert!(dash_json["panels"].as_array().unwrap().len() >= 5);
+    assert!(rules.contains("record: kafka_pg_sink:duplicate_rate:ratio_rate5m"));
+    let mut checked = 0;
+    for text in [&rules, &dash] {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if let Some(name) = word.strip_prefix("kafka_pg_sink_") {
+                let base = name
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                let family = format!("kafka_pg_sink_{base}");
+                assert!(
+                    exported.contains(&family),
+                    "{family} is not a metric the sink exports"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} metric references found");
+}

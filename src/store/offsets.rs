@@ -74,6 +74,11 @@ pub async fn rewrite(
     positions: &[(TopicPartition, Offset)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Marks this transaction as a replay, for audit triggers: outside a
+    // replay, next_offset only ever moves forward.
+    sqlx::query("SELECT set_config('kafka_pg_sink.replay', 'on', true)")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
          SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[]) \
