@@ -16,6 +16,9 @@ echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== deployment files"
+scripts/check-deploy.sh
+
 echo "== tests"
 # Test binaries run one after another; tests inside one run in parallel.
 # Tests that restart shared services live in their own binaries.

@@ -220,7 +220,7 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "8192");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }

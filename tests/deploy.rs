@@ -5,6 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use serde::Deserialize;
+
 fn check_config(path: &str, env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(common::sink_binary());
     cmd.args(["--config", path, "check-config"])
@@ -103,4 +105,89 @@ fn rules_and_dashboard_use_real_metric_names() {
         }
     }
     assert!(checked >= 8, "only {checked} metric references found");
+}
+
+/// docker-compose.yml, parsed: the sink service's command is a real
+/// subcommand, its config mount is where KAFKA_PG_SINK_CONFIG points, and the
+/// same config with the compose environment passes check-config. The k8s
+/// example's ConfigMap config passes check-config too.
+#[test]
+fn compose_and_k8s_match_what_the_binary_accepts() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let sink = &compose["services"]["sink"];
+    let command: Vec<&str> = sink["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let help = Command::new(common::sink_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(&format!("  {} ", command[0])),
+        "`{}` is not a subcommand:\n{help}",
+        command[0]
+    );
+    let env = sink["environment"].as_mapping().unwrap();
+    let config_path = env[&serde_yaml::Value::from("KAFKA_PG_SINK_CONFIG")]
+        .as_str()
+        .unwrap();
+    let mounts: Vec<&str> = sink["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mount = mounts
+        .iter()
+        .find(|m| m.contains(config_path))
+        .expect("config mounted at KAFKA_PG_SINK_CONFIG");
+    let host_file = mount.split(':').next().unwrap().trim_start_matches("./");
+    let secret_file = std::env::temp_dir().join("kpgs-compose-secret");
+    std::fs::write(&secret_file, "pw\n").unwrap();
+    let (code, out) = check_config(
+        &format!("{root}/{host_file}"),
+        &[(
+            "KAFKA_PG_SINK__POSTGRES__PASSWORD_FILE",
+            secret_file.to_str().unwrap(),
+        )],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(sink["deploy"]["replicas"].as_u64().unwrap() >= 2);
+
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/k8s/kafka-pg-sink.yaml")).unwrap(),
+    )
+    .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    .collect();
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.toml");
+    std::fs::write(&p, cm["data"]["config.toml"].as_str().unwrap()).unwrap();
+    let (code, out) = check_config(p.to_str().unwrap(), &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Prometheus rules parse as YAML and every rule has an expression.
+#[test]
+fn prometheus_rules_are_well_formed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/prometheus/rules.yml")).unwrap(),
+    )
+    .unwrap();
+    let group = &rules["groups"][0];
+    let list = group["rules"].as_sequence().unwrap();
+    assert!(list.len() >= 3);
+    for r in list {
+        assert!(r["expr"].as_str().is_some_and(|e| !e.is_empty()), "{r:?}");
+        assert!(r["record"].is_string() || r["alert"].is_string(), "{r:?}");
+    }
 }
