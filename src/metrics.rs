@@ -203,6 +203,24 @@ impl Default for Metrics {
     }
 }
 
+/// The outcome families that add up to `messages_consumed_total`.
+pub const OUTCOME_FAMILIES: &[&str] = &[
+    "kafka_pg_sink_rows_inserted_total",
+    "kafka_pg_sink_rows_updated_total",
+    "kafka_pg_sink_rows_deleted_total",
+    "kafka_pg_sink_duplicates_total",
+    "kafka_pg_sink_dead_letters_total",
+    "kafka_pg_sink_messages_skipped_total",
+];
+
+/// `(consumed, sum of outcomes)` from Prometheus text; equal when the
+/// identity holds.
+pub fn identity(text: &str) -> (f64, f64) {
+    let consumed = sum_family(text, "kafka_pg_sink_messages_consumed_total");
+    let outcomes = OUTCOME_FAMILIES.iter().map(|n| sum_family(text, n)).sum();
+    (consumed, outcomes)
+}
+
 /// Sum of all series of a metric family in Prometheus text (for tests/tools).
 pub fn sum_family(text: &str, name: &str) -> f64 {
     text.lines()
@@ -239,18 +257,7 @@ mod tests {
         };
         m.record_batch(&b, &t, &[("invalid_json", 2)], 0.01);
         let text = m.render();
-        let consumed = sum_family(&text, "kafka_pg_sink_messages_consumed_total");
-        let parts: f64 = [
-            "kafka_pg_sink_rows_inserted_total",
-            "kafka_pg_sink_rows_updated_total",
-            "kafka_pg_sink_rows_deleted_total",
-            "kafka_pg_sink_duplicates_total",
-            "kafka_pg_sink_dead_letters_total",
-            "kafka_pg_sink_messages_skipped_total",
-        ]
-        .iter()
-        .map(|n| sum_family(&text, n))
-        .sum();
+        let (consumed, parts) = identity(&text);
         assert_eq!(consumed, 20.0);
         assert_eq!(parts, consumed, "{text}");
         assert!(text.contains("kafka_pg_sink_build_info{version="));

@@ -282,15 +282,7 @@ impl Pipeline {
         loop {
             let started = Instant::now();
             let result = if attempt == 0 {
-                commit_batch(
-                    &self.pool,
-                    &self.group,
-                    &self.routes,
-                    batch,
-                    expected,
-                    self.on_error,
-                )
-                .await
+                self.try_commit(batch, expected).await
             } else {
                 // Unknown outcome of the previous attempt: ask the offsets.
                 match resolve(&self.pool, &self.group, expected).await {
@@ -305,17 +297,7 @@ impl Pipeline {
                         return Ok(());
                     }
                     Ok(Resolution::Fenced(tps)) => Ok(CommitOutcome::Fenced(tps)),
-                    Ok(Resolution::NotApplied) => {
-                        commit_batch(
-                            &self.pool,
-                            &self.group,
-                            &self.routes,
-                            batch,
-                            expected,
-                            self.on_error,
-                        )
-                        .await
-                    }
+                    Ok(Resolution::NotApplied) => self.try_commit(batch, expected).await,
                     Err(e) => Err(StoreError::from(e)),
                 }
             };
@@ -354,6 +336,22 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    async fn try_commit(
+        &self,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+    ) -> Result<CommitOutcome, StoreError> {
+        commit_batch(
+            &self.pool,
+            &self.group,
+            &self.routes,
+            batch,
+            expected,
+            self.on_error,
+        )
+        .await
     }
 
     fn record(&self, batch: &PreparedBatch, counts: &TableCounts, seconds: f64) {

@@ -331,21 +331,7 @@ async fn chaos_three_replicas_seeded_faults() {
                     .success());
             }
             Fault::Replay => {
-                let out = std::process::Command::new(sink_binary())
-                    .args([
-                        "--config",
-                        cfg.path.to_str().unwrap(),
-                        "replay",
-                        "--to-earliest",
-                    ])
-                    .env_remove("DATABASE_URL")
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "replay: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                replay_to_earliest(&cfg);
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;

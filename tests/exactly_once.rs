@@ -231,21 +231,7 @@ async fn replay_to_earliest_on_a_running_sink_converges_to_the_same_table() {
     let consumed_before = metric(&m, "kafka_pg_sink_messages_consumed_total");
     let dups_before = metric(&m, "kafka_pg_sink_duplicates_total");
 
-    let out = std::process::Command::new(sink_binary())
-        .args([
-            "--config",
-            cfg.path.to_str().unwrap(),
-            "replay",
-            "--to-earliest",
-        ])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_earliest(&cfg);
 
     // The running sink re-reads every message: all of them are duplicates now.
     wait_until(T, "replayed messages consumed", || async {

@@ -11,6 +11,14 @@ use crate::types::{Offset, TopicPartition};
 /// LISTEN/NOTIFY channel; the payload is the consumer group.
 pub const REPLAY_CHANNEL: &str = "kafka_pg_sink_offsets";
 
+/// `(topic, partition, next_offset)` row → position.
+fn position(r: &sqlx::postgres::PgRow) -> (TopicPartition, Offset) {
+    (
+        TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1)),
+        Offset(r.get::<i64, _>(2)),
+    )
+}
+
 /// Stored next offsets of the given partitions (absent = never committed).
 pub async fn read(
     pool: &PgPool,
@@ -31,15 +39,7 @@ pub async fn read(
     .bind(tps.iter().map(|t| t.partition).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1)),
-                Offset(r.get::<i64, _>(2)),
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(position).collect())
 }
 
 /// Every stored position of a group, sorted.
@@ -54,15 +54,7 @@ pub async fn read_group(
     .bind(group)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1)),
-                Offset(r.get::<i64, _>(2)),
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(position).collect())
 }
 
 /// Rewrites positions in one transaction and notifies running sinks. Running

@@ -405,19 +405,24 @@ pub fn metric(text: &str, name: &str) -> f64 {
 
 /// consumed = inserted + updated + deleted + duplicates + dead letters + skipped.
 pub fn assert_metrics_identity(text: &str) {
-    let consumed = metric(text, "kafka_pg_sink_messages_consumed_total");
-    let parts: f64 = [
-        "kafka_pg_sink_rows_inserted_total",
-        "kafka_pg_sink_rows_updated_total",
-        "kafka_pg_sink_rows_deleted_total",
-        "kafka_pg_sink_duplicates_total",
-        "kafka_pg_sink_dead_letters_total",
-        "kafka_pg_sink_messages_skipped_total",
-    ]
-    .iter()
-    .map(|n| metric(text, n))
-    .sum();
-    assert_eq!(consumed, parts, "metrics identity broken:\n{text}");
+    let (consumed, outcomes) = kafka_pg_sink::metrics::identity(text);
+    assert_eq!(consumed, outcomes, "metrics identity broken:\n{text}");
+}
+
+/// Runs `replay --to-earliest` for a test's sink configuration.
+pub fn replay_to_earliest(cfg: &SinkConfig) {
+    let out = Command::new(sink_binary())
+        .arg("--config")
+        .arg(&cfg.path)
+        .args(["replay", "--to-earliest"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The partition a key lives in (keyed partitioning, like a real producer).
