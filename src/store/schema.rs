@@ -19,10 +19,12 @@ pub async fn ensure_tables(pool: &PgPool, routes: &[Route]) -> Result<(), sqlx::
                 .await?;
         }
         // No column depends on wall-clock time: replaying the same input leaves
-        // the table byte-identical.
+        // the table byte-identical. The key uses the "C" collation: equality is
+        // byte equality either way, and btree comparisons become memcmp instead
+        // of locale-aware strcoll (the top Postgres symbol in the profile).
         sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {} ( \
-               key             text    PRIMARY KEY, \
+               key             text    COLLATE \"C\" PRIMARY KEY, \
                event_hash      bytea   NOT NULL, \
                payload         jsonb   NOT NULL, \
                version         bigint, \
