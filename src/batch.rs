@@ -121,9 +121,6 @@ pub struct PreparedBatch {
 }
 
 impl PreparedBatch {
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
     pub fn message_count(&self) -> u64 {
         self.counts.consumed
     }

@@ -99,11 +99,6 @@ impl TableName {
             None => quote_ident(&self.name),
         }
     }
-
-    /// An identifier derived from the table name for index/constraint names.
-    pub fn unqualified(&self) -> &str {
-        &self.name
-    }
 }
 
 impl fmt::Display for TableName {
