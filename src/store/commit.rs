@@ -74,40 +74,33 @@ pub async fn commit_batch(
     }
 
     let mut counts = TableCounts::default();
+    let mut uncounted_rejects: Vec<DeadLetter> = Vec::new();
     for (route, writes) in routes.iter().zip(&batch.writes) {
         let table = route.table.quoted();
         if !writes.pre_deletes.is_empty() {
             delete_keys(&mut tx, &table, &writes.pre_deletes).await?;
         }
-        if !writes.previous.is_empty() {
-            // Round 1: intermediate states (their messages are counted as
-            // superseded, so their row counts are not added to the metrics;
-            // a rejected one is still recorded as a dead letter).
-            let mut ignored = TableCounts::default();
-            let mut rejected = Vec::new();
-            upsert_isolating(
-                &mut tx,
-                route,
-                &writes.previous,
-                &mut ignored,
-                &mut rejected,
-            )
-            .await?;
-            if !rejected.is_empty() {
-                let refs: Vec<&DeadLetter> = rejected.iter().collect();
-                insert_dead_letters(&mut tx, group, &refs).await?;
+        // Round 1 writes the previous state of keys that changed within the
+        // batch, round 2 every final state. Round-1 messages are counted as
+        // superseded, so their row counts stay out of the metrics; a row the
+        // database rejects in either round is a dead letter (or stops the sink).
+        for (rows, counted) in [(&writes.previous, false), (&writes.upserts, true)] {
+            if rows.is_empty() {
+                continue;
             }
-        }
-        if !writes.upserts.is_empty() {
+            let mut scratch = TableCounts::default();
+            let target = if counted { &mut counts } else { &mut scratch };
             let mut rejected = Vec::new();
-            upsert_isolating(&mut tx, route, &writes.upserts, &mut counts, &mut rejected).await?;
+            upsert_isolating(&mut tx, route, rows, target, &mut rejected).await?;
             if on_error == OnError::Stop {
                 if let Some(first) = rejected.into_iter().next() {
                     tx.rollback().await?;
                     return Ok(CommitOutcome::Poison(first));
                 }
-            } else {
+            } else if counted {
                 counts.rejected.extend(rejected);
+            } else {
+                uncounted_rejects.extend(rejected);
             }
         }
         if !writes.deletes.is_empty() {
@@ -117,7 +110,12 @@ pub async fn commit_batch(
         }
     }
 
-    let dead: Vec<&DeadLetter> = batch.dead_letters.iter().chain(&counts.rejected).collect();
+    let dead: Vec<&DeadLetter> = batch
+        .dead_letters
+        .iter()
+        .chain(&counts.rejected)
+        .chain(&uncounted_rejects)
+        .collect();
     if !dead.is_empty() {
         insert_dead_letters(&mut tx, group, &dead).await?;
     }
