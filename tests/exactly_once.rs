@@ -123,11 +123,7 @@ async fn sigkill_mid_stream_five_times_loses_and_doubles_nothing() {
     drop(sink);
 
     // Byte-identical to an uninterrupted run (same rows, hashes, source offsets).
-    let clean = TestDb::new().await;
-    let clean_cfg = SinkConfig::new(&clean, &topic.name, "", "");
-    let _s = SinkProcess::start(&clean_cfg);
-    wait_caught_up(&clean, &clean_cfg.group, &topic, T).await;
-    assert_eq!(db.checksum("events").await, clean.checksum("events").await);
+    assert_same_as_clean_run(&db, &topic, T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,11 +58,7 @@ async fn killed_replica_hands_its_partitions_to_the_survivor_exactly() {
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(db.rows("events").await, w.expected);
 
-    let clean = TestDb::new().await;
-    let clean_cfg = SinkConfig::new(&clean, &topic.name, "", "");
-    let _c = SinkProcess::start(&clean_cfg);
-    wait_caught_up(&clean, &clean_cfg.group, &topic, T).await;
-    assert_eq!(db.checksum("events").await, clean.checksum("events").await);
+    assert_same_as_clean_run(&db, &topic, T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,3 +477,14 @@ pub async fn wait_caught_up(db: &TestDb, group: &str, topic: &TestTopic, timeout
     })
     .await;
 }
+
+/// The checksum of `events` equals that of a single uninterrupted sink run
+/// over the same topic into a fresh database (same rows, hashes and source
+/// offsets): whatever happened to `db`'s run left no trace.
+pub async fn assert_same_as_clean_run(db: &TestDb, topic: &TestTopic, timeout: Duration) {
+    let clean = TestDb::new().await;
+    let clean_cfg = SinkConfig::new(&clean, &topic.name, "", "");
+    let _sink = SinkProcess::start(&clean_cfg);
+    wait_caught_up(&clean, &clean_cfg.group, topic, timeout).await;
+    assert_eq!(db.checksum("events").await, clean.checksum("events").await);
+}
