@@ -236,6 +236,8 @@ async fn main() -> anyhow::Result<()> {
                 offset: Offset(o),
                 key: Some(e.key.clone().into_bytes()),
                 payload: Some(e.payload.clone().into_bytes()),
+                timestamp: None,
+                headers: Vec::new(),
             }
         })
         .collect();

@@ -16,7 +16,8 @@ use crate::pipeline::Pipeline;
 use crate::store;
 
 /// Connects, migrates and creates route tables; fails with context.
-pub async fn setup(cfg: &Config, routes: &[Route]) -> anyhow::Result<sqlx::PgPool> {
+/// Typed routes learn their column types here.
+pub async fn setup(cfg: &Config, routes: &mut [Route]) -> anyhow::Result<sqlx::PgPool> {
     let pool = store::connect(&cfg.postgres).await.with_context(|| {
         format!(
             "connecting to {}",
@@ -38,9 +39,13 @@ pub async fn setup(cfg: &Config, routes: &[Route]) -> anyhow::Result<sqlx::PgPoo
 }
 
 /// Runs until `cancel` fires or a fatal error; returns after a bounded drain.
-pub async fn run(cfg: Config, routes: Vec<Route>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    mut routes: Vec<Route>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let pool = setup(&cfg, &routes).await?;
+    let pool = setup(&cfg, &mut routes).await?;
     let assignment = SharedAssignment::default();
 
     let http_task = if cfg.http.bind.is_empty() {

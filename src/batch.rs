@@ -38,6 +38,9 @@ pub struct SourceMessage {
     pub offset: Offset,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// Message timestamp, milliseconds since the epoch.
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// A row to upsert into a route's table.
@@ -47,6 +50,8 @@ pub struct RowUpsert {
     pub hash: EventHash,
     /// The payload exactly as received; Postgres parses it into jsonb.
     pub payload: String,
+    /// Typed tables: the `{"column": value}` object Postgres converts.
+    pub row: Option<String>,
     pub version: Option<i64>,
     pub topic: String,
     pub partition: i32,
@@ -86,18 +91,27 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// A key to delete, with the tombstone that asked for it (named if the
+/// database rejects the key).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowDelete {
+    pub key: RowKey,
+    pub tp: TopicPartition,
+    pub offset: Offset,
+}
+
 /// The writes for one route's table.
 #[derive(Clone, Debug, Default)]
 pub struct RouteWrites {
     /// Keys deleted before the upserts (a tombstone followed by a re-insert).
-    pub pre_deletes: Vec<RowKey>,
+    pub pre_deletes: Vec<RowDelete>,
     /// Round 1: the state before the final one, for keys that changed within
     /// the batch (already counted as superseded).
     pub previous: Vec<RowUpsert>,
     /// Round 2: the final state of every upserted key.
     pub upserts: Vec<RowUpsert>,
     /// Final tombstones: delete these keys.
-    pub deletes: Vec<RowKey>,
+    pub deletes: Vec<RowDelete>,
 }
 
 /// Per-message outcomes decided before the database is involved.
@@ -128,20 +142,21 @@ impl PreparedBatch {
 
 enum KeyState {
     Upsert(RowUpsert),
-    Delete,
+    Delete(RowDelete),
 }
 
 struct KeyFold {
     state: KeyState,
     /// The previous distinct upsert state since the last tombstone.
     previous: Option<RowUpsert>,
-    pre_delete: bool,
+    /// A tombstone to apply before the final upsert.
+    pre_delete: Option<RowDelete>,
 }
 
 /// What a single message turned into.
 enum Parsed {
     Upsert(RowUpsert),
-    Tombstone(RowKey),
+    Tombstone(RowDelete),
     Ignored,
     Poison(PoisonReason, String),
 }
@@ -185,7 +200,7 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
                             KeyFold {
                                 state: KeyState::Upsert(row),
                                 previous: None,
-                                pre_delete: false,
+                                pre_delete: None,
                             },
                         );
                     }
@@ -204,34 +219,37 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
                                 f.previous = Some(prev);
                             }
                         }
-                        KeyState::Delete => {
+                        KeyState::Delete(_) => {
                             batch.counts.superseded += 1;
-                            f.pre_delete = true;
                             f.previous = None;
-                            f.state = KeyState::Upsert(row);
+                            if let KeyState::Delete(d) =
+                                std::mem::replace(&mut f.state, KeyState::Upsert(row))
+                            {
+                                f.pre_delete = Some(d);
+                            }
                         }
                     },
                 }
             }
-            Parsed::Tombstone(key) => match folds[ri].get_mut(&key) {
+            Parsed::Tombstone(del) => match folds[ri].get_mut(&del.key) {
                 None => {
-                    key_order[ri].push(key.clone());
+                    key_order[ri].push(del.key.clone());
                     folds[ri].insert(
-                        key,
+                        del.key.clone(),
                         KeyFold {
-                            state: KeyState::Delete,
+                            state: KeyState::Delete(del),
                             previous: None,
-                            pre_delete: false,
+                            pre_delete: None,
                         },
                     );
                 }
                 Some(f) => match f.state {
-                    KeyState::Delete => batch.counts.duplicate_in_batch += 1,
+                    KeyState::Delete(_) => batch.counts.duplicate_in_batch += 1,
                     KeyState::Upsert(_) => {
                         batch.counts.superseded += 1;
-                        f.pre_delete = false;
+                        f.pre_delete = None;
                         f.previous = None;
-                        f.state = KeyState::Delete;
+                        f.state = KeyState::Delete(del);
                     }
                 },
             },
@@ -243,15 +261,15 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
         let mut folds = std::mem::take(&mut folds[ri]);
         for key in order {
             let f = folds.remove(&key).expect("every ordered key has a fold");
-            if f.pre_delete {
-                w.pre_deletes.push(key.clone());
+            if let Some(d) = f.pre_delete {
+                w.pre_deletes.push(d);
             }
             if let Some(prev) = f.previous {
                 w.previous.push(prev);
             }
             match f.state {
                 KeyState::Upsert(row) => w.upserts.push(row),
-                KeyState::Delete => w.deletes.push(key),
+                KeyState::Delete(d) => w.deletes.push(d),
             }
         }
     }
@@ -274,8 +292,16 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
         if route.tombstones == TombstonePolicy::Ignore {
             return Parsed::Ignored;
         }
-        return match tombstone_key(route, m.key.as_deref()) {
-            Ok(k) => Parsed::Tombstone(k),
+        let key = match &route.columns {
+            Some(map) => map.tombstone_key(m),
+            None => tombstone_key(route, m.key.as_deref()),
+        };
+        return match key {
+            Ok(key) => Parsed::Tombstone(RowDelete {
+                key,
+                tp: m.tp.clone(),
+                offset: m.offset,
+            }),
             Err(e) => Parsed::Poison(PoisonReason::MissingKey, e),
         };
     };
@@ -317,6 +343,21 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
             }
         },
     };
+    if let Some(map) = &route.columns {
+        return match map.row(m, text, &value, &route.hash_exclude) {
+            Ok(row) => Parsed::Upsert(RowUpsert {
+                key: row.key,
+                hash: row.content_hash,
+                payload: text.to_string(),
+                row: Some(row.doc),
+                version,
+                topic: m.tp.topic.clone(),
+                partition: m.tp.partition,
+                offset: m.offset,
+            }),
+            Err(e) => Parsed::Poison(PoisonReason::MissingKey, e),
+        };
+    }
     let key_from_doc = match &route.key {
         RowKeySource::Pointers(ps) => match key_from_pointers(&value, ps) {
             Ok(k) => Some(k),
@@ -328,7 +369,7 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
                 return Parsed::Poison(PoisonReason::MissingKey, "message has no Kafka key".into())
             }
         },
-        RowKeySource::EventHash => None,
+        RowKeySource::EventHash | RowKeySource::Columns => None,
     };
     hash::remove_pointers(&mut value, &route.hash_exclude);
     let h = hash::hash_value(&value);
@@ -336,6 +377,7 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
         key: key_from_doc.unwrap_or_else(|| RowKey(h.to_string())),
         hash: h,
         payload: text.to_string(),
+        row: None,
         version,
         topic: m.tp.topic.clone(),
         partition: m.tp.partition,
@@ -392,6 +434,7 @@ fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
         RowKeySource::EventHash => {
             Err("tombstones cannot address rows keyed by @event_hash".into())
         }
+        RowKeySource::Columns => unreachable!("typed routes derive keys in columns.rs"),
         RowKeySource::Pointers(ps) => {
             if let Ok(v) = serde_json::from_slice::<Value>(k) {
                 if let Ok(rk) = key_from_pointers(&v, ps) {
@@ -436,6 +479,8 @@ mod tests {
             offset: Offset(off),
             key: None,
             payload: payload.map(|s| s.as_bytes().to_vec()),
+            timestamp: None,
+            headers: Vec::new(),
         }
     }
 
@@ -529,12 +574,13 @@ mod tests {
                 msg(0, 3, Some(r#"{"id":1}"#)),
             ],
         );
-        assert_eq!(b.writes[0].pre_deletes, vec![RowKey("1".into())]);
+        assert_eq!(b.writes[0].pre_deletes[0].key, RowKey("1".into()));
+        assert_eq!(b.writes[0].pre_deletes[0].offset, Offset(2));
         assert_eq!(b.writes[0].upserts[0].offset, Offset(3));
         assert_eq!(b.counts.superseded, 2);
 
         let b = prepare(&routes(""), vec![msg(0, 1, Some(r#"{"id":1}"#)), t.clone()]);
-        assert_eq!(b.writes[0].deletes, vec![RowKey("1".into())]);
+        assert_eq!(b.writes[0].deletes[0].key, RowKey("1".into()));
         assert!(b.writes[0].upserts.is_empty());
 
         let b = prepare(&routes(r#"tombstones = "ignore""#), vec![t]);
@@ -601,11 +647,18 @@ mod fold_model {
 
     type Table = BTreeMap<RowKey, Row>;
 
-    fn route(versioned: bool) -> Vec<Route> {
+    /// A document route, or a typed one that maps `/v` but not `/c`: events
+    /// differing only in `c` are then the same content.
+    fn route(versioned: bool, typed: bool) -> Vec<Route> {
         let v = if versioned { r#"version = "/v""# } else { "" };
+        let shape = if typed {
+            "key = \"id\"\ncolumns = { id = \"/id\", v = \"/v\", o = \"@kafka_offset\" }"
+        } else {
+            "key = \"/id\""
+        };
         Config::from_toml(&format!(
             "[kafka]\nbrokers = \"x:1\"\ngroup_id = \"g\"\n[postgres]\nurl = \"postgres://h/d\"\n\
-             [[route]]\ntopic = \"t\"\ntable = \"t\"\nkey = \"/id\"\n{v}\n"
+             [[route]]\ntopic = \"t\"\ntable = \"t\"\n{shape}\n{v}\n"
         ))
         .unwrap()
         .1
@@ -631,8 +684,8 @@ mod fold_model {
 
     fn apply(b: &PreparedBatch, t: &mut Table) {
         let w = &b.writes[0];
-        for k in &w.pre_deletes {
-            t.remove(k);
+        for d in &w.pre_deletes {
+            t.remove(&d.key);
         }
         for r in w.previous.iter().chain(&w.upserts) {
             upsert(
@@ -645,8 +698,8 @@ mod fold_model {
                 },
             );
         }
-        for k in &w.deletes {
-            t.remove(k);
+        for d in &w.deletes {
+            t.remove(&d.key);
         }
     }
 
@@ -667,6 +720,8 @@ mod fold_model {
                 key: Some(format!("k{k}").into_bytes()),
                 payload: body
                     .map(|(c, v)| format!(r#"{{"id":"k{k}","c":{c},"v":{v}}}"#).into_bytes()),
+                timestamp: None,
+                headers: Vec::new(),
             })
             .collect()
     }
@@ -678,8 +733,9 @@ mod fold_model {
             spec in messages(),
             cuts in prop::collection::vec(0usize..40, 0..6),
             versioned in any::<bool>(),
+            typed in any::<bool>(),
         ) {
-            let routes = route(versioned);
+            let routes = route(versioned, typed);
             let msgs = build(&spec);
             let mut expected = Table::new();
             sequential(&routes, &msgs, &mut expected);

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::columns::ColumnMap;
 use crate::types::TableName;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -206,6 +207,12 @@ pub struct RouteConfig {
     pub version: Option<String>,
     #[serde(default)]
     pub tombstones: TombstonePolicy,
+    /// Typed table mode: column name → source (`/pointer`, `@payload`,
+    /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
+    /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`). `key` then names
+    /// columns. Without it the route writes a document table.
+    #[serde(default)]
+    pub columns: Option<BTreeMap<String, String>>,
 }
 
 /// A validated route, ready for the pipeline.
@@ -217,6 +224,8 @@ pub struct Route {
     pub hash_exclude: Vec<String>,
     pub version: Option<String>,
     pub tombstones: TombstonePolicy,
+    /// Typed table mode (see `columns.rs`); `None` = document table.
+    pub columns: Option<ColumnMap>,
 }
 
 #[derive(Clone, Debug)]
@@ -246,6 +255,8 @@ pub enum RowKeySource {
     Pointers(Vec<String>),
     KafkaKey,
     EventHash,
+    /// Typed tables: the key is the mapped columns listed in `ColumnMap::key`.
+    Columns,
 }
 
 /// Everything that can be wrong with a configuration, each naming its key.
@@ -381,7 +392,20 @@ impl Config {
             let table = TableName::parse(&r.table)
                 .map_err(|e| p.push(format!("{at}.table: {e}")))
                 .ok();
+            let columns = r.columns.as_ref().and_then(|cols| {
+                ColumnMap::from_config(&at, cols, &r.key, r.version.as_deref(), &mut p)
+            });
+            if r.columns.is_some()
+                && !r.hash_exclude.is_empty()
+                && columns.as_ref().is_some_and(|c| !c.maps_event_hash())
+            {
+                p.push(format!(
+                    "{at}.hash_exclude: typed routes detect duplicates by the mapped column values; \
+                     hash_exclude only shapes an `@event_hash` column, and none is mapped"
+                ));
+            }
             let key = match &r.key {
+                _ if r.columns.is_some() => columns.as_ref().map(|_| RowKeySource::Columns),
                 KeySpec::One(s) if s == "@kafka_key" => Some(RowKeySource::KafkaKey),
                 KeySpec::One(s) if s == "@event_hash" => Some(RowKeySource::EventHash),
                 KeySpec::One(s) => {
@@ -415,6 +439,7 @@ impl Config {
                     hash_exclude: r.hash_exclude.clone(),
                     version: r.version.clone(),
                     tombstones: r.tombstones,
+                    columns,
                 });
             }
         }

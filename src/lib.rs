@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod batch;
 pub mod cli;
+pub mod columns;
 pub mod config;
 pub mod consumer;
 pub mod hash;

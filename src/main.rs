@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyhow::Result<()> {
+async fn dispatch(cmd: Command, cfg: Config, mut routes: Vec<config::Route>) -> anyhow::Result<()> {
     match cmd {
         Command::CheckConfig => {
             println!("configuration OK ({} route(s))", routes.len());
@@ -46,7 +46,7 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
                 "applying migrations and creating {} route table(s)…",
                 routes.len()
             );
-            app::setup(&cfg, &routes).await?;
+            app::setup(&cfg, &mut routes).await?;
             for r in &routes {
                 eprintln!("  ready: {}", r.table);
             }
@@ -72,7 +72,7 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
         Command::Offsets {
             command: OffsetsCommand::Show { json },
         } => {
-            let pool = app::setup(&cfg, &routes).await?;
+            let pool = app::setup(&cfg, &mut routes).await?;
             let rows = admin::show(&cfg, &routes, &pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -92,7 +92,7 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<config::Route>) -> anyh
                     .map_err(|e| anyhow::anyhow!("--to-timestamp `{t}`: not RFC 3339 ({e})"))?;
                 ReplayTarget::Timestamp(ts.timestamp_millis())
             };
-            let pool = app::setup(&cfg, &routes).await?;
+            let pool = app::setup(&cfg, &mut routes).await?;
             let moved = admin::replay(
                 &cfg,
                 &routes,

@@ -110,16 +110,25 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let this = std::sync::Arc::new(self);
         let (to_committer, mut batches) = mpsc::channel::<Prepared>(1);
+        // Fired when the committer stops on an error, so an idle accumulator
+        // (no new messages) does not wait forever to notice.
+        let committer_failed = CancellationToken::new();
         let committer = {
             let this = this.clone();
+            let failed = committer_failed.clone();
             tokio::spawn(async move {
                 while let Some(p) = batches.recv().await {
-                    this.commit_with_retry(&p.batch, &p.expected).await?;
+                    if let Err(e) = this.commit_with_retry(&p.batch, &p.expected).await {
+                        failed.cancel();
+                        return Err(e);
+                    }
                 }
                 Ok::<(), PipelineError>(())
             })
         };
-        let result = this.accumulate(&mut rx, &cancel, &to_committer).await;
+        let result = this
+            .accumulate(&mut rx, &cancel, &committer_failed, &to_committer)
+            .await;
         drop(to_committer);
         let committed = committer.await.expect("committer does not panic");
         result.and(committed)
@@ -129,6 +138,7 @@ impl Pipeline {
         &self,
         rx: &mut mpsc::Receiver<Envelope>,
         cancel: &CancellationToken,
+        committer_failed: &CancellationToken,
         to_committer: &mpsc::Sender<Prepared>,
     ) -> Result<(), PipelineError> {
         let mut listener = self.listen().await;
@@ -145,6 +155,8 @@ impl Pipeline {
                         tracing::info!(abandoned = buf.len(), "stopping: uncommitted messages are re-read after restart");
                         return Ok(());
                     }
+                    // run() reports the committer's error.
+                    _ = committer_failed.cancelled() => return Ok(()),
                     env = rx.recv() => match env {
                         Some(env) => {
                             if buf.is_empty() {

@@ -34,6 +34,8 @@ fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
             offset: Offset(o),
             key: None,
             payload: Some(format!(r#"{{"id":"{prefix}-{o}"}}"#).into_bytes()),
+            timestamp: None,
+            headers: Vec::new(),
         })
         .collect()
 }

@@ -7,8 +7,9 @@
 //!          (0 rows for any partition => ROLLBACK, report Fenced)
 //!   per route: delete re-inserted tombstoned keys,
 //!              upsert previous states of keys that changed in the batch,
-//!              upsert final states (no-op when event_hash is unchanged),
+//!              upsert final states (no-op when the content is unchanged),
 //!              delete tombstoned keys
+//!   (document tables here; typed tables in `typed.rs`)
 //!   dead letters
 //! COMMIT
 //! ```
@@ -19,10 +20,10 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::{is_data_error, StoreError};
-use crate::batch::{DeadLetter, PoisonReason, PreparedBatch, RowUpsert};
+use super::{is_data_error, typed, StoreError};
+use crate::batch::{DeadLetter, PoisonReason, PreparedBatch, RowDelete, RowUpsert};
 use crate::config::{OnError, Route};
-use crate::types::{Offset, RowKey, TopicPartition};
+use crate::types::{Offset, TableName, TopicPartition};
 
 /// The position a consumer believes it owns for one partition in the batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +46,18 @@ pub struct TableCounts {
     pub tombstone_noop: u64,
     /// Rows the database rejected, moved to dead letters.
     pub rejected: Vec<DeadLetter>,
+}
+
+impl TableCounts {
+    fn absorb(&mut self, o: TableCounts) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.duplicate_in_table += o.duplicate_in_table;
+        self.stale_in_table += o.stale_in_table;
+        self.tombstone_noop += o.tombstone_noop;
+        self.rejected.extend(o.rejected);
+    }
 }
 
 #[derive(Debug)]
@@ -76,37 +89,36 @@ pub async fn commit_batch(
     let mut counts = TableCounts::default();
     let mut uncounted_rejects: Vec<DeadLetter> = Vec::new();
     for (route, writes) in routes.iter().zip(&batch.writes) {
-        let table = route.table.quoted();
-        if !writes.pre_deletes.is_empty() {
-            delete_keys(&mut tx, &table, &writes.pre_deletes).await?;
-        }
-        // Round 1 writes the previous state of keys that changed within the
-        // batch, round 2 every final state. Round-1 messages are counted as
-        // superseded, so their row counts stay out of the metrics; a row the
-        // database rejects in either round is a dead letter (or stops the sink).
-        for (rows, counted) in [(&writes.previous, false), (&writes.upserts, true)] {
-            if rows.is_empty() {
+        // In order: tombstones of keys re-inserted later in the batch; round 1,
+        // the previous state of keys that changed within the batch; round 2,
+        // every final state; final tombstones. Messages behind the first two
+        // steps are counted as superseded, so their row counts stay out of the
+        // metrics. A row the database rejects in any step is a dead letter
+        // (or stops the sink).
+        let steps = [
+            (Chunk::Deletes(&writes.pre_deletes), false),
+            (Chunk::Upserts(&writes.previous), false),
+            (Chunk::Upserts(&writes.upserts), true),
+            (Chunk::Deletes(&writes.deletes), true),
+        ];
+        for (chunk, counted) in steps {
+            if chunk.is_empty() {
                 continue;
             }
-            let mut scratch = TableCounts::default();
-            let target = if counted { &mut counts } else { &mut scratch };
+            let mut step = TableCounts::default();
             let mut rejected = Vec::new();
-            upsert_isolating(&mut tx, route, rows, target, &mut rejected).await?;
+            apply_isolating(&mut tx, route, chunk, &mut step, &mut rejected).await?;
             if on_error == OnError::Stop {
                 if let Some(first) = rejected.into_iter().next() {
                     tx.rollback().await?;
                     return Ok(CommitOutcome::Poison(first));
                 }
             } else if counted {
+                counts.absorb(step);
                 counts.rejected.extend(rejected);
             } else {
                 uncounted_rejects.extend(rejected);
             }
-        }
-        if !writes.deletes.is_empty() {
-            let n = delete_keys(&mut tx, &table, &writes.deletes).await?;
-            counts.deleted += n;
-            counts.tombstone_noop += writes.deletes.len() as u64 - n;
         }
     }
 
@@ -195,47 +207,70 @@ async fn fence(
         .collect())
 }
 
-/// Upserts `rows`; on a data error bisects under savepoints so only the rows
-/// the database rejects are dead-lettered.
-async fn upsert_isolating(
+/// The rows of one statement: upserts or deletes of one route.
+#[derive(Clone, Copy)]
+enum Chunk<'a> {
+    Upserts(&'a [RowUpsert]),
+    Deletes(&'a [RowDelete]),
+}
+
+impl<'a> Chunk<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Upserts(r) => r.len(),
+            Chunk::Deletes(d) => d.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn halves(self) -> (Chunk<'a>, Chunk<'a>) {
+        match self {
+            Chunk::Upserts(r) => {
+                let (a, b) = r.split_at(r.len() / 2);
+                (Chunk::Upserts(a), Chunk::Upserts(b))
+            }
+            Chunk::Deletes(d) => {
+                let (a, b) = d.split_at(d.len() / 2);
+                (Chunk::Deletes(a), Chunk::Deletes(b))
+            }
+        }
+    }
+}
+
+/// Applies `chunk`; on a data error bisects under savepoints so only the rows
+/// the database rejects become dead letters. Order is kept: the first half is
+/// applied before the second.
+async fn apply_isolating(
     conn: &mut PgConnection,
     route: &Route,
-    rows: &[RowUpsert],
+    chunk: Chunk<'_>,
     counts: &mut TableCounts,
     rejected: &mut Vec<DeadLetter>,
 ) -> Result<(), StoreError> {
     // Explicit stack instead of recursion (async recursion needs boxing).
-    let mut pending: Vec<&[RowUpsert]> = vec![rows];
+    let mut pending = vec![chunk];
     while let Some(chunk) = pending.pop() {
-        sqlx::query("SAVEPOINT kpgs_upsert")
+        sqlx::query("SAVEPOINT kpgs_write")
             .execute(&mut *conn)
             .await?;
-        match upsert(conn, route, chunk).await {
+        match apply(conn, route, chunk).await {
             Ok(c) => {
-                sqlx::query("RELEASE SAVEPOINT kpgs_upsert")
+                sqlx::query("RELEASE SAVEPOINT kpgs_write")
                     .execute(&mut *conn)
                     .await?;
-                counts.inserted += c.inserted;
-                counts.updated += c.updated;
-                counts.duplicate_in_table += c.duplicate;
-                counts.stale_in_table += c.stale;
+                counts.absorb(c);
             }
             Err(e) if is_data_error(&e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_upsert")
+                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_write")
                     .execute(&mut *conn)
                     .await?;
                 if chunk.len() == 1 {
-                    let r = &chunk[0];
-                    rejected.push(DeadLetter {
-                        tp: TopicPartition::new(r.topic.clone(), r.partition),
-                        offset: r.offset,
-                        key: Some(r.key.0.clone().into_bytes()),
-                        payload: Some(r.payload.clone().into_bytes()),
-                        reason: PoisonReason::Database,
-                        error: db_error_text(&e),
-                    });
+                    rejected.push(dead_letter_for(conn, route, chunk, &e).await?);
                 } else {
-                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    let (a, b) = chunk.halves();
                     pending.push(b);
                     pending.push(a);
                 }
@@ -246,19 +281,66 @@ async fn upsert_isolating(
     Ok(())
 }
 
-struct UpsertCounts {
-    inserted: u64,
-    updated: u64,
-    duplicate: u64,
-    stale: u64,
+/// One statement for the whole chunk, by table shape.
+async fn apply(
+    conn: &mut PgConnection,
+    route: &Route,
+    chunk: Chunk<'_>,
+) -> Result<TableCounts, sqlx::Error> {
+    match (chunk, &route.columns) {
+        (Chunk::Upserts(rows), None) => upsert_documents(conn, route, rows).await,
+        (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, &route.table, map, rows).await,
+        (Chunk::Deletes(keys), columns) => {
+            let n = match columns {
+                None => delete_documents(conn, &route.table, keys).await?,
+                Some(map) => typed::delete(conn, &route.table, map, keys).await?,
+            };
+            Ok(TableCounts {
+                deleted: n,
+                tombstone_noop: keys.len() as u64 - n,
+                ..Default::default()
+            })
+        }
+    }
 }
 
-/// One statement for all rows: arrays bound once, unnested server side.
-async fn upsert(
+/// The dead letter for the single row of `chunk` that the database rejected.
+async fn dead_letter_for(
+    conn: &mut PgConnection,
+    route: &Route,
+    chunk: Chunk<'_>,
+    e: &sqlx::Error,
+) -> Result<DeadLetter, sqlx::Error> {
+    Ok(match chunk {
+        Chunk::Upserts([r]) => DeadLetter {
+            tp: TopicPartition::new(r.topic.clone(), r.partition),
+            offset: r.offset,
+            key: Some(r.key.0.clone().into_bytes()),
+            payload: Some(r.payload.clone().into_bytes()),
+            reason: PoisonReason::Database,
+            error: match &route.columns {
+                Some(map) => typed::explain_rejection(conn, map, r, db_error_text(e)).await?,
+                None => db_error_text(e),
+            },
+        },
+        Chunk::Deletes([d]) => DeadLetter {
+            tp: d.tp.clone(),
+            offset: d.offset,
+            key: Some(d.key.0.clone().into_bytes()),
+            payload: None,
+            reason: PoisonReason::Database,
+            error: format!("tombstone key rejected: {}", db_error_text(e)),
+        },
+        _ => unreachable!("bisection stops at one row"),
+    })
+}
+
+/// Upserts document rows: arrays bound once, unnested server side.
+async fn upsert_documents(
     conn: &mut PgConnection,
     route: &Route,
     rows: &[RowUpsert],
-) -> Result<UpsertCounts, sqlx::Error> {
+) -> Result<TableCounts, sqlx::Error> {
     let t = route.table.quoted();
     let versioned = route.version.is_some();
     let guard = if versioned {
@@ -298,30 +380,41 @@ async fn upsert(
         .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>())
         .fetch_one(&mut *conn)
         .await?;
+    Ok(upsert_counts(rows.len(), &row))
+}
+
+/// Reads `(inserted, updated, same-content-or-NULL)` of an upsert statement.
+/// Rows neither inserted nor updated are duplicates, or, on versioned routes
+/// when their content differs from the stored row, stale.
+pub(super) fn upsert_counts(rows: usize, row: &sqlx::postgres::PgRow) -> TableCounts {
     let inserted = row.get::<i64, _>(0) as u64;
     let updated = row.get::<i64, _>(1) as u64;
-    let noop = rows.len() as u64 - inserted - updated;
+    let noop = rows as u64 - inserted - updated;
     let duplicate = match row.get::<Option<i64>, _>(2) {
         Some(same) => (same as u64).min(noop),
         None => noop,
     };
-    Ok(UpsertCounts {
+    TableCounts {
         inserted,
         updated,
-        duplicate,
-        stale: noop - duplicate,
-    })
+        duplicate_in_table: duplicate,
+        stale_in_table: noop - duplicate,
+        ..Default::default()
+    }
 }
 
-async fn delete_keys(
+async fn delete_documents(
     conn: &mut PgConnection,
-    table: &str,
-    keys: &[RowKey],
+    table: &TableName,
+    keys: &[RowDelete],
 ) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(&format!("DELETE FROM {table} WHERE key = ANY($1::text[])"))
-        .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
+    let r = sqlx::query(&format!(
+        "DELETE FROM {} WHERE key = ANY($1::text[])",
+        table.quoted()
+    ))
+    .bind(keys.iter().map(|k| k.key.0.as_str()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
     Ok(r.rows_affected())
 }
 
@@ -349,7 +442,7 @@ async fn insert_dead_letters(
     Ok(())
 }
 
-fn db_error_text(e: &sqlx::Error) -> String {
+pub(super) fn db_error_text(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => format!(
             "{} (SQLSTATE {})",

@@ -4,6 +4,7 @@
 pub mod commit;
 pub mod offsets;
 pub mod schema;
+mod typed;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -63,9 +64,12 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 
 /// Whether a statement failed because of the data in it (class 22 data
 /// exception, class 23 integrity constraint): such rows are dead-lettered.
+/// 21000 is "ON CONFLICT DO UPDATE command cannot affect row a second time":
+/// two spellings of one typed key (`"07"` and `7` in an integer column) in a
+/// statement; bisection applies them one after the other.
 pub fn is_data_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
-        if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+        if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c == "21000"))
 }
 
 /// Connects a pool. The password may come from a file (Docker/K8s secrets).

@@ -2,8 +2,10 @@
 
 use sqlx::{PgPool, Row};
 
+use super::typed;
+use crate::columns::ColumnMap;
 use crate::config::Route;
-use crate::types::quote_ident;
+use crate::types::{quote_ident, TableName};
 
 /// Creates the document-shaped table of every route if missing. Serialized by
 /// an advisory lock so replicas starting together do not race on the catalog.
@@ -12,7 +14,8 @@ pub async fn ensure_tables(pool: &PgPool, routes: &[Route]) -> Result<(), sqlx::
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kafka-pg-sink setup'))")
         .execute(&mut *tx)
         .await?;
-    for r in routes {
+    // Typed tables belong to the user; only document tables are created.
+    for r in routes.iter().filter(|r| r.columns.is_none()) {
         if let Some(s) = &r.table.schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
                 .execute(&mut *tx)
@@ -40,21 +43,33 @@ pub async fn ensure_tables(pool: &PgPool, routes: &[Route]) -> Result<(), sqlx::
 }
 
 /// Verifies each route's table has the columns the upsert writes and a
-/// unique constraint on `key`; returns one message per problem.
-pub async fn check_tables(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>, sqlx::Error> {
+/// unique constraint on its key; returns one message per problem. Typed
+/// routes also learn their column types here (needed before any commit).
+pub async fn check_tables(pool: &PgPool, routes: &mut [Route]) -> Result<Vec<String>, sqlx::Error> {
     let mut problems = Vec::new();
-    for r in routes {
+    for r in routes.iter_mut() {
         let rel: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
             .bind(r.table.quoted())
             .fetch_one(pool)
             .await?;
         let Some(oid) = rel else {
-            problems.push(format!(
-                "table {} does not exist (run `kafka-pg-sink setup`)",
-                r.table
-            ));
+            problems.push(if r.columns.is_some() {
+                format!(
+                    "table {} does not exist (routes with `columns` write into an existing table)",
+                    r.table
+                )
+            } else {
+                format!(
+                    "table {} does not exist (run `kafka-pg-sink setup`)",
+                    r.table
+                )
+            });
             continue;
         };
+        if let Some(map) = &mut r.columns {
+            resolve_columns(pool, oid, &r.table, map, &mut problems).await?;
+            continue;
+        }
         let cols: Vec<String> = sqlx::query(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
         )
@@ -93,4 +108,72 @@ pub async fn check_tables(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>
         }
     }
     Ok(problems)
+}
+
+/// Typed tables: every mapped column exists and can be written, the key
+/// columns carry a unique index `ON CONFLICT` can use, unmapped NOT NULL
+/// columns have defaults, the version column is an integer; records each
+/// mapped column's type.
+async fn resolve_columns(
+    pool: &PgPool,
+    oid: i64,
+    table: &TableName,
+    map: &mut ColumnMap,
+    problems: &mut Vec<String>,
+) -> Result<(), sqlx::Error> {
+    let cols = typed::table_columns(pool, oid).await?;
+    for m in &mut map.columns {
+        match cols.iter().find(|c| c.name == m.name) {
+            None => problems.push(format!(
+                "table {table} has no column {} (mapped in `columns`)",
+                quote_ident(&m.name)
+            )),
+            Some(c) if c.generated || c.identity_always => problems.push(format!(
+                "table {table}: column {} is generated or GENERATED ALWAYS AS IDENTITY and cannot be written",
+                quote_ident(&m.name)
+            )),
+            Some(c) => m.sql_type = Some(c.sql_type.clone()),
+        }
+    }
+    for c in &cols {
+        let mapped = map.columns.iter().any(|m| m.name == c.name);
+        if !mapped && c.not_null && !c.has_default && !c.generated {
+            problems.push(format!(
+                "table {table}: column {} is NOT NULL without a default and not mapped, so every insert would fail",
+                quote_ident(&c.name)
+            ));
+        }
+    }
+    if let Some(v) = map.version {
+        let v = &map.columns[v];
+        if let Some(t) = &v.sql_type {
+            if !["smallint", "integer", "bigint"].contains(&t.as_str()) && !t.starts_with("numeric")
+            {
+                problems.push(format!(
+                    "table {table}: version column {} is {t}; it must be an integer type",
+                    quote_ident(&v.name)
+                ));
+            }
+        }
+    }
+    let mut key: Vec<&str> = map.key_columns().map(|c| c.name.as_str()).collect();
+    key.sort_unstable();
+    let unique = typed::unique_keys(pool, oid)
+        .await?
+        .into_iter()
+        .any(|mut u| {
+            u.sort_unstable();
+            u == key
+        });
+    if !unique {
+        problems.push(format!(
+            "table {table}: key ({}) needs a primary key or unique index on exactly those columns \
+             (no partial or expression index) for ON CONFLICT",
+            key.iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
@@ -182,6 +183,16 @@ impl TestTopic {
 
     /// Sends to an explicit partition (None value = tombstone).
     pub fn send(&self, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
+        self.send_with_headers(partition, key, value, &[]);
+    }
+
+    pub fn send_with_headers(
+        &self,
+        partition: i32,
+        key: Option<&str>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) {
         loop {
             let mut rec: BaseRecord<'_, str, [u8]> =
                 BaseRecord::to(&self.name).partition(partition);
@@ -190,6 +201,16 @@ impl TestTopic {
             }
             if let Some(v) = value {
                 rec = rec.payload(v);
+            }
+            if !headers.is_empty() {
+                let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+                for (k, v) in headers {
+                    hs = hs.insert(Header {
+                        key: k,
+                        value: Some(*v),
+                    });
+                }
+                rec = rec.headers(hs);
             }
             match self.producer.send(rec) {
                 Ok(()) => return,
@@ -246,6 +267,14 @@ pub fn free_port() -> u16 {
 impl SinkConfig {
     /// `route_extra` is appended to the `[[route]]` table (e.g. `version = "/v"`).
     pub fn new(db: &TestDb, topic: &str, route_extra: &str, extra: &str) -> SinkConfig {
+        let route = format!(
+            "[[route]]\ntopic = \"{topic}\"\ntable = \"events\"\nkey = \"/id\"\n{route_extra}\n"
+        );
+        Self::with_routes(db, &route, extra)
+    }
+
+    /// A configuration with the given `[[route]]` tables (TOML text).
+    pub fn with_routes(db: &TestDb, routes: &str, extra: &str) -> SinkConfig {
         let dir = tempfile::tempdir().unwrap();
         let group = unique("kpgs_group");
         let http_port = free_port();
@@ -269,11 +298,7 @@ bind = "127.0.0.1:{http_port}"
 shutdown_timeout = "10s"
 {extra}
 
-[[route]]
-topic = "{topic}"
-table = "events"
-key = "/id"
-{route_extra}
+{routes}
 "#,
             brokers = brokers(),
             url = db.url,

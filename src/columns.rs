@@ -1,0 +1,524 @@
+//! Typed column mapping: `columns = { order_id = "/order_id", amount = "/amount" }`
+//! writes events into an existing typed table.
+//!
+//! Rust does not convert types. Each event becomes a JSON object
+//! `{"column": value, …}`. Postgres converts it with `jsonb_to_record` against
+//! the column types it reported at startup (`store::schema`). So every type
+//! with a text or JSON input works the way Postgres defines it: numeric,
+//! timestamptz, uuid, jsonb, arrays, composites, domains. A value that does not
+//! convert is isolated and dead-lettered with the column and value named
+//! (`store::typed`).
+//!
+//! Dedup in typed tables is by content. An event is a duplicate when it would
+//! not change any mapped column except the source-position columns
+//! (`@kafka_topic`, `@kafka_partition`, `@kafka_offset`, `@kafka_timestamp`).
+//! Those columns differ between re-deliveries of one event. They are written
+//! whenever the content changes and never cause an update on their own, just
+//! like the position columns of document tables. The in-batch fold hashes the
+//! same content values, so both stages agree on what a duplicate is.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::batch::SourceMessage;
+use crate::config::KeySpec;
+use crate::hash;
+use crate::types::{quote_ident, EventHash, RowKey};
+
+/// Where a column's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnSource {
+    /// A JSON pointer into the payload; missing → NULL.
+    Pointer(String),
+    /// The whole payload (schema-less JSON into a json/jsonb column).
+    Payload,
+    KafkaKey,
+    KafkaTopic,
+    KafkaPartition,
+    KafkaOffset,
+    /// The message timestamp as RFC 3339 UTC with milliseconds.
+    KafkaTimestamp,
+    /// The event hash (`\x…` hex, for a bytea column), as in document tables.
+    EventHash,
+    /// A Kafka header's value (the first header of that name); missing → NULL.
+    Header(String),
+}
+
+impl ColumnSource {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            _ if s.starts_with('/') => ColumnSource::Pointer(s.to_string()),
+            "@payload" => ColumnSource::Payload,
+            "@kafka_key" => ColumnSource::KafkaKey,
+            "@kafka_topic" => ColumnSource::KafkaTopic,
+            "@kafka_partition" => ColumnSource::KafkaPartition,
+            "@kafka_offset" => ColumnSource::KafkaOffset,
+            "@kafka_timestamp" => ColumnSource::KafkaTimestamp,
+            "@event_hash" => ColumnSource::EventHash,
+            _ => match s.strip_prefix("@header:") {
+                Some(h) if !h.is_empty() => ColumnSource::Header(h.to_string()),
+                _ => {
+                    return Err(format!(
+                        "`{s}` is not a JSON pointer (`/field`) or one of @payload, @kafka_key, \
+                         @kafka_topic, @kafka_partition, @kafka_offset, @kafka_timestamp, \
+                         @event_hash, @header:<name>"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// Source-position metadata: differs between re-deliveries of one event.
+    pub fn is_position(&self) -> bool {
+        matches!(
+            self,
+            ColumnSource::KafkaTopic
+                | ColumnSource::KafkaPartition
+                | ColumnSource::KafkaOffset
+                | ColumnSource::KafkaTimestamp
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MappedColumn {
+    pub name: String,
+    pub source: ColumnSource,
+    /// The column's type as `format_type()` prints it (valid SQL, identifiers
+    /// quoted by Postgres). Filled at startup by `store::schema::check_tables`.
+    pub sql_type: Option<String>,
+}
+
+impl MappedColumn {
+    pub fn quoted(&self) -> String {
+        quote_ident(&self.name)
+    }
+}
+
+/// A validated column mapping of one route.
+#[derive(Clone, Debug)]
+pub struct ColumnMap {
+    /// Sorted by column name (deterministic statements and hashes).
+    pub columns: Vec<MappedColumn>,
+    /// Indexes of the key columns (the ON CONFLICT target), in `key` order.
+    pub key: Vec<usize>,
+    /// Index of the column fed by the route's `version` pointer.
+    pub version: Option<usize>,
+}
+
+/// One event as a typed row.
+#[derive(Debug)]
+pub struct TypedRow {
+    pub key: RowKey,
+    /// Hash of the content columns: equal hashes mean "would not change the row".
+    pub content_hash: EventHash,
+    /// `{"column": value, …}`, converted by Postgres.
+    pub doc: String,
+}
+
+impl ColumnMap {
+    /// Validates a route's `columns`, `key` and `version`; pushes problems.
+    pub fn from_config(
+        at: &str,
+        columns: &BTreeMap<String, String>,
+        key: &KeySpec,
+        version: Option<&str>,
+        p: &mut Vec<String>,
+    ) -> Option<ColumnMap> {
+        let before = p.len();
+        if columns.is_empty() {
+            p.push(format!("{at}.columns: map at least one column"));
+        }
+        let mut mapped = Vec::with_capacity(columns.len());
+        for (name, src) in columns {
+            if name.is_empty() {
+                p.push(format!("{at}.columns: a column name is empty"));
+            }
+            match ColumnSource::parse(src) {
+                Ok(source) => mapped.push(MappedColumn {
+                    name: name.clone(),
+                    source,
+                    sql_type: None,
+                }),
+                Err(e) => p.push(format!("{at}.columns.{name}: {e}")),
+            }
+        }
+        let names: Vec<&String> = match key {
+            KeySpec::One(s) => vec![s],
+            KeySpec::Many(v) => v.iter().collect(),
+        };
+        if names.is_empty() {
+            p.push(format!("{at}.key: list must not be empty"));
+        }
+        let mut key_idx = Vec::new();
+        for n in names {
+            match mapped.iter().position(|c| &c.name == n) {
+                Some(i) if key_idx.contains(&i) => {
+                    p.push(format!("{at}.key: column `{n}` is listed twice"))
+                }
+                Some(i) if mapped[i].source == ColumnSource::Payload => p.push(format!(
+                    "{at}.key: column `{n}` holds @payload, which cannot be a key"
+                )),
+                Some(i) => key_idx.push(i),
+                None => p.push(format!(
+                    "{at}.key: with `columns`, key names mapped columns; `{n}` is not one of them"
+                )),
+            }
+        }
+        let version_idx = match version {
+            None => None,
+            Some(v) => {
+                let i = mapped
+                    .iter()
+                    .position(|c| c.source == ColumnSource::Pointer(v.to_string()));
+                if i.is_none() {
+                    p.push(format!(
+                        "{at}.version: `{v}` must also be mapped to a column (the guard compares that column)"
+                    ));
+                }
+                i
+            }
+        };
+        (p.len() == before).then_some(ColumnMap {
+            columns: mapped,
+            key: key_idx,
+            version: version_idx,
+        })
+    }
+
+    pub fn maps_event_hash(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.source == ColumnSource::EventHash)
+    }
+
+    /// Columns that decide whether an event changes its row: not key, not
+    /// source position.
+    pub fn content(&self) -> impl Iterator<Item = (usize, &MappedColumn)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !self.key.contains(i) && !c.source.is_position())
+    }
+
+    pub fn key_columns(&self) -> impl Iterator<Item = &MappedColumn> {
+        self.key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// The event as a typed row. `payload` is the parsed message value, `text`
+    /// its source; `exclude` shapes the `@event_hash` value.
+    pub fn row(
+        &self,
+        m: &SourceMessage,
+        text: &str,
+        payload: &Value,
+        exclude: &[String],
+    ) -> Result<TypedRow, String> {
+        let event_hash = self.maps_event_hash().then(|| {
+            if exclude.is_empty() {
+                hash::hash_value(payload)
+            } else {
+                let mut v = payload.clone();
+                hash::remove_pointers(&mut v, exclude);
+                hash::hash_value(&v)
+            }
+        });
+        let values: Vec<Cow<'_, Value>> = self
+            .columns
+            .iter()
+            .map(|c| source_value(&c.source, m, Some(payload), event_hash))
+            .collect();
+        let key = self.row_key(|i| values[i].as_ref())?;
+
+        let mut canonical = Vec::with_capacity(text.len() + 16);
+        canonical.push(b'[');
+        for (n, (i, _)) in self.content().enumerate() {
+            if n > 0 {
+                canonical.push(b',');
+            }
+            hash::write_canonical(&values[i], &mut canonical);
+        }
+        canonical.push(b']');
+
+        let mut doc = String::with_capacity(text.len() + 32 * self.columns.len());
+        doc.push('{');
+        for (n, (c, v)) in self.columns.iter().zip(&values).enumerate() {
+            if n > 0 {
+                doc.push(',');
+            }
+            doc.push_str(&serde_json::to_string(&c.name).expect("strings serialize"));
+            doc.push(':');
+            match c.source {
+                // The source text is valid JSON already: no re-serialisation.
+                ColumnSource::Payload => doc.push_str(text),
+                _ => doc.push_str(&serde_json::to_string(v).expect("values serialize")),
+            }
+        }
+        doc.push('}');
+        Ok(TypedRow {
+            key,
+            content_hash: hash::hash_canonical(&canonical),
+            doc,
+        })
+    }
+
+    /// The key a tombstone deletes. Pointer-sourced key columns are read from
+    /// the Kafka key parsed as JSON (`{"order_id": 7}`); with a single key
+    /// column the Kafka key text itself is the value.
+    pub fn tombstone_key(&self, m: &SourceMessage) -> Result<RowKey, String> {
+        let Some(raw) = m.key.as_deref() else {
+            return Err("tombstone without a Kafka key".into());
+        };
+        let parsed: Option<Value> = serde_json::from_slice(raw).ok();
+        let single = self.key.len() == 1;
+        let mut values = Vec::with_capacity(self.key.len());
+        for c in self.key_columns() {
+            let v = match &c.source {
+                ColumnSource::Pointer(p) => match parsed.as_ref().and_then(|v| v.pointer(p)) {
+                    Some(v) => Cow::Borrowed(v),
+                    None if single => Cow::Owned(Value::String(text_of_bytes(raw))),
+                    None => {
+                        return Err(format!(
+                            "tombstone key is not a JSON object holding key column `{}` ({p})",
+                            c.name
+                        ))
+                    }
+                },
+                ColumnSource::Payload | ColumnSource::EventHash => {
+                    return Err(format!(
+                        "a tombstone has no payload to derive key column `{}` from",
+                        c.name
+                    ))
+                }
+                other => source_value(other, m, None, None),
+            };
+            values.push(v);
+        }
+        self.row_key(|i| {
+            let pos = self.key.iter().position(|&k| k == i).expect("key column");
+            values[pos].as_ref()
+        })
+    }
+
+    /// The fold identity of a row: a JSON array of the text form of each key
+    /// value (what Postgres parses), so `7` and `"7"` address the same row, as
+    /// they do in an integer or text column. Deletes cast these texts to the
+    /// key column types (`store::typed::delete`).
+    fn row_key<'v>(&self, value_of: impl Fn(usize) -> &'v Value) -> Result<RowKey, String> {
+        let mut parts = Vec::with_capacity(self.key.len());
+        for &i in &self.key {
+            match value_of(i) {
+                Value::Null => {
+                    let c = &self.columns[i];
+                    return Err(format!(
+                        "key column `{}` ({}) is missing or null",
+                        c.name,
+                        describe(&c.source)
+                    ));
+                }
+                Value::String(s) => parts.push(s.clone()),
+                v => parts.push(hash::canonical_string(v)),
+            }
+        }
+        Ok(RowKey(
+            serde_json::to_string(&parts).expect("strings serialize"),
+        ))
+    }
+}
+
+fn describe(s: &ColumnSource) -> String {
+    match s {
+        ColumnSource::Pointer(p) => p.clone(),
+        ColumnSource::Header(h) => format!("@header:{h}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn source_value<'a>(
+    src: &ColumnSource,
+    m: &SourceMessage,
+    payload: Option<&'a Value>,
+    event_hash: Option<EventHash>,
+) -> Cow<'a, Value> {
+    let owned = |v: Value| Cow::Owned(v);
+    match src {
+        ColumnSource::Pointer(p) => match payload.and_then(|v| v.pointer(p)) {
+            Some(v) => Cow::Borrowed(v),
+            None => owned(Value::Null),
+        },
+        ColumnSource::Payload => payload.map_or(owned(Value::Null), Cow::Borrowed),
+        ColumnSource::KafkaKey => owned(
+            m.key
+                .as_deref()
+                .map_or(Value::Null, |k| Value::String(text_of_bytes(k))),
+        ),
+        ColumnSource::KafkaTopic => owned(Value::String(m.tp.topic.clone())),
+        ColumnSource::KafkaPartition => owned(Value::from(m.tp.partition)),
+        ColumnSource::KafkaOffset => owned(Value::from(m.offset.0)),
+        ColumnSource::KafkaTimestamp => owned(
+            m.timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or(Value::Null, |t| {
+                    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                }),
+        ),
+        ColumnSource::EventHash => {
+            owned(event_hash.map_or(Value::Null, |h| Value::String(format!("\\x{h}"))))
+        }
+        ColumnSource::Header(name) => owned(
+            m.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.as_deref())
+                .map_or(Value::Null, |v| Value::String(text_of_bytes(v))),
+        ),
+    }
+}
+
+/// Bytes as text: UTF-8 as is, anything else as `\x` + hex (bytea input form).
+pub fn text_of_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => format!("\\x{}", hex::encode(b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::types::{Offset, TopicPartition};
+
+    fn map(columns: &str, key: &str, extra: &str) -> Result<ColumnMap, String> {
+        let toml = format!(
+            r#"
+            [kafka]
+            brokers = "x:1"
+            group_id = "g"
+            [postgres]
+            url = "postgres://h/db"
+            [[route]]
+            topic = "t"
+            table = "t"
+            key = {key}
+            columns = {columns}
+            {extra}
+            "#
+        );
+        Config::from_toml(&toml)
+            .map(|(_, r)| r[0].columns.clone().unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    fn msg(key: Option<&str>, payload: &str) -> SourceMessage {
+        SourceMessage {
+            tp: TopicPartition::new("orders", 3),
+            offset: Offset(42),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+            timestamp: Some(1_700_000_000_123),
+            headers: vec![("trace".into(), Some(b"abc".to_vec()))],
+        }
+    }
+
+    fn row(m: &ColumnMap, msg: &SourceMessage) -> Result<TypedRow, String> {
+        let text = std::str::from_utf8(msg.payload.as_deref().unwrap()).unwrap();
+        let v: Value = serde_json::from_str(text).unwrap();
+        m.row(msg, text, &v, &[])
+    }
+
+    #[test]
+    fn doc_holds_every_source() {
+        let m = map(
+            r#"{ id = "/id", amount = "/a/b", doc = "@payload", k = "@kafka_key", t = "@kafka_topic", p = "@kafka_partition", o = "@kafka_offset", ts = "@kafka_timestamp", h = "@event_hash", tr = "@header:trace", none = "/missing" }"#,
+            r#""id""#,
+            "",
+        )
+        .unwrap();
+        let r = row(&m, &msg(Some("key-1"), r#"{"id":7,"a":{"b":1.50}}"#)).unwrap();
+        let doc: Value = serde_json::from_str(&r.doc).unwrap();
+        assert_eq!(doc["id"], serde_json::json!(7));
+        assert_eq!(doc["amount"].to_string(), "1.50", "number text is kept");
+        assert_eq!(doc["doc"]["a"]["b"].to_string(), "1.50");
+        assert_eq!(doc["k"], "key-1");
+        assert_eq!(doc["t"], "orders");
+        assert_eq!(doc["p"], 3);
+        assert_eq!(doc["o"], 42);
+        assert_eq!(doc["ts"], "2023-11-14T22:13:20.123Z");
+        assert!(doc["h"].as_str().unwrap().starts_with("\\x"));
+        assert_eq!(doc["tr"], "abc");
+        assert_eq!(doc["none"], Value::Null);
+        assert_eq!(r.key, RowKey(r#"["7"]"#.into()));
+    }
+
+    #[test]
+    fn content_hash_ignores_position_columns_only() {
+        let m = map(
+            r#"{ id = "/id", v = "/v", o = "@kafka_offset" }"#,
+            r#""id""#,
+            "",
+        )
+        .unwrap();
+        let a = row(&m, &msg(None, r#"{"id":1,"v":"x","noise":1}"#)).unwrap();
+        let mut later = msg(None, r#"{"noise":2,"v":"x","id":1}"#);
+        later.offset = Offset(99);
+        let b = row(&m, &later).unwrap();
+        assert_eq!(a.content_hash, b.content_hash, "same mapped content");
+        let c = row(&m, &msg(None, r#"{"id":1,"v":"y"}"#)).unwrap();
+        assert_ne!(a.content_hash, c.content_hash);
+    }
+
+    #[test]
+    fn key_text_forms_and_tombstones_agree() {
+        let m = map(r#"{ id = "/id", v = "/v" }"#, r#""id""#, "").unwrap();
+        let up = row(&m, &msg(None, r#"{"id":7,"v":1}"#)).unwrap();
+        let mut t = msg(Some("7"), "null");
+        t.payload = None;
+        assert_eq!(m.tombstone_key(&t).unwrap(), up.key);
+        t.key = Some(br#"{"id":"7"}"#.to_vec());
+        assert_eq!(m.tombstone_key(&t).unwrap(), up.key);
+
+        let err = row(&m, &msg(None, r#"{"v":1}"#)).unwrap_err();
+        assert!(err.contains("`id`") && err.contains("/id"), "{err}");
+    }
+
+    #[test]
+    fn composite_keys_cannot_collide_by_concatenation() {
+        let m = map(r#"{ a = "/a", b = "/b" }"#, r#"["a", "b"]"#, "").unwrap();
+        let x = row(&m, &msg(None, r#"{"a":"1,2","b":"3"}"#)).unwrap();
+        let y = row(&m, &msg(None, r#"{"a":"1","b":"2,3"}"#)).unwrap();
+        assert_ne!(x.key, y.key);
+    }
+
+    #[test]
+    fn config_problems_name_the_key() {
+        for (cols, key, extra, want) in [
+            (r#"{ id = "/id" }"#, r#""nope""#, "", "route[0].key"),
+            (r#"{ id = "id" }"#, r#""id""#, "", "route[0].columns.id"),
+            (
+                r#"{ id = "@header:" }"#,
+                r#""id""#,
+                "",
+                "route[0].columns.id",
+            ),
+            (
+                r#"{ id = "/id" }"#,
+                r#""id""#,
+                r#"version = "/v""#,
+                "route[0].version",
+            ),
+            (
+                r#"{ id = "/id" }"#,
+                r#""id""#,
+                r#"hash_exclude = ["/x"]"#,
+                "route[0].hash_exclude",
+            ),
+            (r#"{ d = "@payload" }"#, r#""d""#, "", "route[0].key"),
+        ] {
+            let err = map(cols, key, extra).unwrap_err();
+            assert!(err.contains(want), "{cols} {key} {extra}: {err}");
+        }
+    }
+}

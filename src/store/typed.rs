@@ -1,0 +1,272 @@
+//! Statements for typed tables (routes with `columns`, see `columns.rs`).
+//!
+//! Rows travel as `{"column": value}` JSON objects, bound as one text array.
+//! `jsonb_to_record` converts them to the column types read at startup, so
+//! Postgres does every conversion with its own input rules. All identifiers
+//! are quoted. Types come from `format_type()`, which quotes as needed.
+
+use sqlx::{PgConnection, Row};
+
+use super::commit::TableCounts;
+use super::is_data_error;
+use crate::batch::{RowDelete, RowUpsert};
+use crate::columns::{ColumnMap, MappedColumn};
+use crate::types::TableName;
+
+fn sql_type(c: &MappedColumn) -> Result<&str, sqlx::Error> {
+    c.sql_type.as_deref().ok_or_else(|| {
+        sqlx::Error::Configuration(
+            format!(
+                "column `{}` has no resolved type (store::schema::check_tables was not run)",
+                c.name
+            )
+            .into(),
+        )
+    })
+}
+
+fn joined<'a>(
+    cols: impl Iterator<Item = &'a MappedColumn>,
+    f: impl Fn(&MappedColumn) -> String,
+) -> String {
+    joined_by(", ", cols, f)
+}
+
+fn joined_by<'a>(
+    sep: &str,
+    cols: impl Iterator<Item = &'a MappedColumn>,
+    f: impl Fn(&MappedColumn) -> String,
+) -> String {
+    cols.map(f).collect::<Vec<_>>().join(sep)
+}
+
+/// `to_jsonb(ROW(alias.c, …))` over the content columns: compares values the
+/// way jsonb does (numbers numerically, everything else by its canonical
+/// text), which works for every type, including those without `=` (json).
+fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
+    let cols = joined(map.content().map(|(_, c)| c), |c| {
+        format!("{alias}.{}", c.quoted())
+    });
+    (!cols.is_empty()).then(|| format!("to_jsonb(ROW({cols}))"))
+}
+
+/// Upserts typed rows; a re-delivered event (same content) is a no-op.
+pub(super) async fn upsert(
+    conn: &mut PgConnection,
+    table: &TableName,
+    map: &ColumnMap,
+    rows: &[RowUpsert],
+) -> Result<TableCounts, sqlx::Error> {
+    let t = table.quoted();
+    let mut defs = Vec::with_capacity(map.columns.len());
+    for c in &map.columns {
+        defs.push(format!("{} {}", c.quoted(), sql_type(c)?));
+    }
+    let defs = defs.join(", ");
+    let cols = joined(map.columns.iter(), MappedColumn::quoted);
+    let keys = joined(map.key_columns(), MappedColumn::quoted);
+    let set = joined(
+        map.columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !map.key.contains(i))
+            .map(|(_, c)| c),
+        |c| format!("{0} = EXCLUDED.{0}", c.quoted()),
+    );
+    let changed = match (content_of(map, "t"), content_of(map, "EXCLUDED")) {
+        (Some(a), Some(b)) => format!("{a} IS DISTINCT FROM {b}"),
+        _ => "FALSE".into(),
+    };
+    let version = map.version.map(|i| map.columns[i].quoted());
+    let guard = match &version {
+        Some(v) => format!("{changed} AND (t.{v} IS NULL OR EXCLUDED.{v} >= t.{v})"),
+        None => changed,
+    };
+    let on_conflict = if set.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {set} WHERE {guard}")
+    };
+    // Versioned no-ops are duplicates (same content stored) or stale; the
+    // pre-statement snapshot (`cur`) tells which.
+    let same = if version.is_some() {
+        let on = joined_by(" AND ", map.key_columns(), |c| {
+            format!("cur.{0} = i.{0}", c.quoted())
+        });
+        let same_content = match (content_of(map, "cur"), content_of(map, "i")) {
+            (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
+            _ => "TRUE".into(),
+        };
+        format!("(SELECT count(*) FROM input i JOIN {t} cur ON {on} AND {same_content})")
+    } else {
+        "NULL::bigint".into()
+    };
+    let sql = format!(
+        "WITH input AS ( \
+           SELECT r.* FROM UNNEST($1::text[]) AS u(doc), \
+             LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs})), \
+         applied AS ( \
+           INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM input \
+           ON CONFLICT ({keys}) {on_conflict} \
+           RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same} FROM applied"
+    );
+    let row = sqlx::query(&sql)
+        .bind(
+            rows.iter()
+                .map(|r| r.row.as_deref().unwrap_or("{}"))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(super::commit::upsert_counts(rows.len(), &row))
+}
+
+/// Deletes typed rows by key. Key values travel in their text form and are
+/// cast to the key column types.
+pub(super) async fn delete(
+    conn: &mut PgConnection,
+    table: &TableName,
+    map: &ColumnMap,
+    keys: &[RowDelete],
+) -> Result<u64, sqlx::Error> {
+    let mut casts = Vec::with_capacity(map.key.len());
+    for (n, c) in map.key_columns().enumerate() {
+        casts.push(format!(
+            "(u.k::jsonb->>{n})::{} AS {}",
+            sql_type(c)?,
+            c.quoted()
+        ));
+    }
+    let on = joined_by(" AND ", map.key_columns(), |c| {
+        format!("t.{0} = d.{0}", c.quoted())
+    });
+    let sql = format!(
+        "DELETE FROM {} t USING (SELECT {} FROM UNNEST($1::text[]) AS u(k)) d WHERE {on}",
+        table.quoted(),
+        casts.join(", ")
+    );
+    let r = sqlx::query(&sql)
+        .bind(keys.iter().map(|d| d.key.0.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Explains why the database rejected one row: converts each column on its
+/// own (under a savepoint) and names the first column that fails, with its
+/// value. Constraint violations (NOT NULL, CHECK, foreign keys) convert fine
+/// and keep the database's own message, which names the column or constraint.
+pub(super) async fn explain_rejection(
+    conn: &mut PgConnection,
+    map: &ColumnMap,
+    row: &RowUpsert,
+    db_error: String,
+) -> Result<String, sqlx::Error> {
+    let Some(doc) = row.row.as_deref() else {
+        return Ok(db_error);
+    };
+    let Ok(serde_json::Value::Object(values)) = serde_json::from_str(doc) else {
+        return Ok(db_error);
+    };
+    for c in &map.columns {
+        let Some(value) = values.get(&c.name) else {
+            continue;
+        };
+        let ty = sql_type(c)?;
+        let one = serde_json::json!({ c.name.clone(): value }).to_string();
+        sqlx::query("SAVEPOINT kpgs_probe")
+            .execute(&mut *conn)
+            .await?;
+        let probe = sqlx::query(&format!(
+            "SELECT r.{0} IS NULL FROM jsonb_to_record($1::jsonb) AS r({0} {ty})",
+            c.quoted()
+        ))
+        .bind(&one)
+        .fetch_one(&mut *conn)
+        .await;
+        match probe {
+            Ok(_) => {
+                sqlx::query("RELEASE SAVEPOINT kpgs_probe")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Err(e) if is_data_error(&e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT kpgs_probe")
+                    .execute(&mut *conn)
+                    .await?;
+                let mut shown = value.to_string();
+                if shown.len() > 200 {
+                    let cut = (0..=200)
+                        .rev()
+                        .find(|&i| shown.is_char_boundary(i))
+                        .unwrap_or(0);
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                return Ok(format!(
+                    "column {} ({ty}) cannot take {shown}: {}",
+                    c.quoted(),
+                    super::commit::db_error_text(&e)
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(db_error)
+}
+
+/// Rows in `pg_attribute` order: name, type, NOT NULL, has default,
+/// generated/identity ("always" identities cannot be written).
+pub(super) struct TableColumn {
+    pub name: String,
+    pub sql_type: String,
+    pub not_null: bool,
+    pub has_default: bool,
+    pub generated: bool,
+    pub identity_always: bool,
+}
+
+pub(super) async fn table_columns(
+    pool: &sqlx::PgPool,
+    oid: i64,
+) -> Result<Vec<TableColumn>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, \
+                atthasdef OR attidentity <> '', attgenerated <> '', attidentity = 'a' \
+         FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped \
+         ORDER BY attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableColumn {
+            name: r.get(0),
+            sql_type: r.get(1),
+            not_null: r.get(2),
+            has_default: r.get(3),
+            generated: r.get(4),
+            identity_always: r.get(5),
+        })
+        .collect())
+}
+
+/// Column sets of the table's non-partial unique indexes on plain columns
+/// (what `ON CONFLICT (cols)` can infer).
+pub(super) async fn unique_keys(
+    pool: &sqlx::PgPool,
+    oid: i64,
+) -> Result<Vec<Vec<String>>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
+         FROM pg_index i \
+         WHERE i.indrelid = $1::oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| r.get::<Vec<String>, _>(0)).collect())
+}
