@@ -52,17 +52,132 @@ async fn hostile_table_name_is_just_a_name() {
     );
 }
 
+/// A CA and a server certificate for `localhost`/`127.0.0.1`, made here.
+struct TestPki {
+    dir: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+fn make_pki(dir: &std::path::Path, server_owner: Option<u32>) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kafka-pg-sink test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    let key_path = dir.join("server.key");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if let Some(uid) = server_owner {
+        // Postgres only loads a key file owned by its own user (or root).
+        for f in ["server.crt", "server.key"] {
+            std::os::unix::fs::chown(dir.join(f), Some(uid), None).unwrap();
+        }
+    }
+    TestPki {
+        dir: dir.to_path_buf(),
+        ca,
+    }
+}
+
+/// Points the (local, superuser-reachable) test server at a certificate
+/// made for this test and turns TLS on; puts everything back on drop.
+struct ServerTls;
+
+impl ServerTls {
+    async fn install(db: &TestDb, pki: &TestPki) -> ServerTls {
+        for (k, v) in [
+            ("ssl_cert_file", pki.dir.join("server.crt")),
+            ("ssl_key_file", pki.dir.join("server.key")),
+        ] {
+            sqlx::query(&format!("ALTER SYSTEM SET {k} = '{}'", v.display()))
+                .execute(&db.pool)
+                .await
+                .expect("the TLS test needs a superuser on a local server");
+        }
+        sqlx::query("ALTER SYSTEM SET ssl = on")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        ServerTls
+    }
+}
+
+impl Drop for ServerTls {
+    fn drop(&mut self) {
+        let _ = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+                for k in ["ssl_cert_file", "ssl_key_file", "ssl"] {
+                    let _ = sqlx::query(&format!("ALTER SYSTEM RESET {k}"))
+                        .execute(&pool)
+                        .await;
+                }
+                let _ = sqlx::query("SELECT pg_reload_conf()").execute(&pool).await;
+            });
+        })
+        .join();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_over_tls_and_passwords_stay_secret() {
+async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
     let db = TestDb::new().await;
-    let ssl_on: String = sqlx::query_scalar("SHOW ssl")
+    let data_dir: String = sqlx::query_scalar("SHOW data_directory")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    if ssl_on != "on" {
-        eprintln!("skipped: the server at DATABASE_URL has ssl = off");
-        return;
-    }
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&data_dir)
+            .expect("the TLS test needs the Postgres server on this machine")
+            .uid()
+    };
+    // A fixed place (not a temp dir that vanishes): the server keeps reading
+    // these files until the guard resets its configuration.
+    let base = std::env::temp_dir().join("kafka-pg-sink-tls-test");
+    let pki = make_pki(&base.join("server"), Some(owner));
+    let other = make_pki(&base.join("other"), None);
+    let _tls = ServerTls::install(&db, &pki).await;
+    // The reload is asynchronous: wait until the server presents our cert.
+    let verify_url = |ca: &std::path::Path, pw: &str| {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_password(Some(pw)).unwrap();
+        url.set_query(Some(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )));
+        url.to_string()
+    };
+    let good = verify_url(&pki.ca, "s3cr3t-pw");
+    wait_until(T, "the server to present the test certificate", || {
+        let good = good.clone();
+        async move { sqlx::PgPool::connect(&good).await.is_ok() }
+    })
+    .await;
+
     let topic = TestTopic::new(1).await;
     for i in 0..30u64 {
         let id = format!("k{i}");
@@ -71,16 +186,12 @@ async fn postgres_over_tls_and_passwords_stay_secret() {
     topic.flush();
     let cfg = SinkConfig::new(&db, &topic.name, "", "");
     // A password in the URL (the test server trusts loopback, so any works)
-    // and TLS required.
-    let mut url = url::Url::parse(&db.url).unwrap();
-    url.set_password(Some("s3cr3t-pw")).unwrap();
-    url.set_query(Some("sslmode=require"));
+    // and full verification against the CA made above.
     rewrite_config(
         &cfg,
         &format!(r#"url = "{}""#, db.url),
-        &format!(r#"url = "{url}""#),
+        &format!(r#"url = "{good}""#),
     );
-
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(db.count("SELECT count(*) FROM events").await, 30);
@@ -103,8 +214,24 @@ async fn postgres_over_tls_and_passwords_stay_secret() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        shown.contains("sslmode=require") && !shown.contains("s3cr3t-pw"),
+        shown.contains("sslmode=verify-full") && !shown.contains("s3cr3t-pw"),
         "{shown}"
     );
     assert!(!sink.logs().contains("s3cr3t-pw"), "password in logs");
+    drop(sink);
+
+    // Verification is real: a CA that did not sign the server's certificate
+    // is refused, and the error says so without showing the password.
+    rewrite_config(&cfg, &good, &verify_url(&other.ca, "s3cr3t-pw"));
+    let out = std::process::Command::new(sink_binary())
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("setup")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown CA must be refused");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
 }
