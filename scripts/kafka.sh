@@ -4,6 +4,9 @@
 #   scripts/kafka.sh fetch    resolve jars into the cache (once)
 #   scripts/kafka.sh ensure   fetch + start on 127.0.0.1:9092 unless it answers
 #   scripts/kafka.sh stop|kill|restart|status
+# Listeners: PLAINTEXT on KAFKA_PORT, the KRaft controller on +1, and
+# SASL_PLAINTEXT with SCRAM-SHA-256 on +2 (user kpgs / kpgs-secret, for the
+# SASL test; the broker has no authorizer, so authentication is what is tested).
 # Env: KAFKA_VERSION (4.3.1), KAFKA_PG_SINK_CACHE (~/.cache/kafka-pg-sink),
 #      KAFKA_STATE_DIR (/tmp/kafka-pg-sink-kafka), KAFKA_PORT (9092)
 set -euo pipefail
@@ -14,6 +17,9 @@ LIB="$CACHE/kafka-$KAFKA_VERSION/lib"
 STATE="${KAFKA_STATE_DIR:-/tmp/kafka-pg-sink-kafka}"
 PORT="${KAFKA_PORT:-9092}"
 CPORT=$((PORT + 1))
+SPORT=$((PORT + 2))
+SCRAM_USER=kpgs
+SCRAM_PASSWORD=kpgs-secret
 PIDFILE="$STATE/kafka.pid"
 
 log() { echo "[kafka] $*" >&2; }
@@ -49,10 +55,12 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$STATE/data
 num.partitions=4
@@ -108,15 +116,33 @@ start() {
     >>"$STATE/logs/server.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 120); do
-    if port_open "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; return; fi
+    if port_open "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; scram_user; return; fi
     if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then tail -50 "$STATE/logs/server.log" >&2; exit 1; fi
     sleep 0.5
   done
   log "broker did not open $PORT"; tail -50 "$STATE/logs/server.log" >&2; exit 1
 }
 
+# The SCRAM credential lives in the cluster metadata: created once per state dir.
+scram_user() {
+  [ -f "$STATE/scram-user.done" ] && return
+  # shellcheck disable=SC2046
+  java $(java_opts) -cp "$LIB/*" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" \
+    --alter --entity-type users --entity-name "$SCRAM_USER" \
+    --add-config "SCRAM-SHA-256=[iterations=4096,password=$SCRAM_PASSWORD]" >"$STATE/logs/scram.log" 2>&1 \
+    || { cat "$STATE/logs/scram.log" >&2; exit 1; }
+  touch "$STATE/scram-user.done"
+  log "SCRAM user $SCRAM_USER on 127.0.0.1:$SPORT"
+}
+
 ensure() {
-  if port_open "$PORT"; then log "already answering on $PORT"; fetch; return; fi
+  if port_open "$PORT"; then
+    if ! port_open "$SPORT" && [ -f "$PIDFILE" ]; then
+      log "broker predates the SASL listener; restarting it with the current config"
+      stop_sig TERM; start; return
+    fi
+    log "already answering on $PORT"; fetch; scram_user; return
+  fi
   start
 }
 

@@ -235,3 +235,71 @@ async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert!(!err.contains("s3cr3t-pw"), "{err}");
 }
+
+/// The broker's SASL_PLAINTEXT listener with SCRAM-SHA-256 (scripts/kafka.sh).
+fn sasl_brokers() -> String {
+    std::env::var("KAFKA_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+fn sasl_config(db: &TestDb, topic: &TestTopic) -> SinkConfig {
+    let cfg = SinkConfig::new(
+        db,
+        &topic.name,
+        "",
+        "[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+         \"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"kpgs\"\n",
+    );
+    rewrite_config(
+        &cfg,
+        &format!(r#"brokers = "{}""#, brokers()),
+        &format!(r#"brokers = "{}""#, sasl_brokers()),
+    );
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_scram_authenticates_and_the_password_stays_secret() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(1).await;
+    for i in 0..20u64 {
+        let id = format!("k{i}");
+        topic.send(0, Some(&id), Some(event(&id, i).as_bytes()));
+    }
+    topic.flush();
+
+    // The password comes from the environment, as a deployment would pass a secret.
+    let env_key = "KAFKA_PG_SINK_KAFKA_PROPERTY__SASL_PASSWORD";
+    let cfg = sasl_config(&db, &topic);
+    let sink = SinkProcess::start_with(&cfg, cfg.http_port, &[(env_key, "kpgs-secret")]);
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 20);
+    assert!(!sink.logs().contains("kpgs-secret"), "password in logs");
+    let out = std::process::Command::new(sink_binary())
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("check-config")
+        .env(env_key, "kpgs-secret")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("SCRAM-SHA-256") && !shown.contains("kpgs-secret"),
+        "{shown}"
+    );
+    drop(sink);
+
+    // Authentication is real: a wrong password is refused by the broker and
+    // nothing is consumed.
+    let db2 = TestDb::new().await;
+    let cfg2 = sasl_config(&db2, &topic);
+    let sink = SinkProcess::start_with(&cfg2, cfg2.http_port, &[(env_key, "wrong-pw")]);
+    wait_until(T, "the broker to refuse the wrong password", || {
+        let logs = sink.logs().to_lowercase();
+        std::future::ready(logs.contains("authentication failed"))
+    })
+    .await;
+    assert!(db2.stored_offsets(&cfg2.group, &topic.name).await.is_empty());
+    assert!(!sink.logs().contains("wrong-pw"), "password in logs");
+}
