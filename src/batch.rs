@@ -64,6 +64,8 @@ pub enum PoisonReason {
     InvalidJson,
     MissingKey,
     BadVersion,
+    /// A typed column value that would make the row depend on the clock.
+    TimeRelative,
     NoRoute,
     /// Rejected by the database (type conversion, constraint, jsonb limits).
     Database,
@@ -75,6 +77,7 @@ impl PoisonReason {
             PoisonReason::InvalidJson => "invalid_json",
             PoisonReason::MissingKey => "missing_key",
             PoisonReason::BadVersion => "bad_version",
+            PoisonReason::TimeRelative => "time_relative",
             PoisonReason::NoRoute => "no_route",
             PoisonReason::Database => "database",
         }
@@ -355,7 +358,7 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
                 partition: m.tp.partition,
                 offset: m.offset,
             }),
-            Err(e) => Parsed::Poison(PoisonReason::MissingKey, e),
+            Err((reason, e)) => Parsed::Poison(reason, e),
         };
     }
     let key_from_doc = match &route.key {

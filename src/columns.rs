@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::batch::SourceMessage;
+use crate::batch::{PoisonReason, SourceMessage};
 use crate::config::KeySpec;
 use crate::hash;
 use crate::types::{quote_ident, EventHash, RowKey};
@@ -95,6 +95,25 @@ impl MappedColumn {
     pub fn quoted(&self) -> String {
         quote_ident(&self.name)
     }
+
+    /// Date/time columns, where Postgres reads `now`, `today`, `tomorrow`
+    /// and `yesterday` relative to the clock.
+    fn is_date_time(&self) -> bool {
+        self.sql_type.as_deref().is_some_and(|t| {
+            (t.starts_with("timestamp") || t.starts_with("date") || t.starts_with("time"))
+                && !t.ends_with("[]")
+        })
+    }
+}
+
+/// Inputs Postgres resolves against the clock. Accepting them would make a
+/// replay write a different value: the table must depend only on the input.
+fn is_time_relative(v: &Value) -> bool {
+    let Value::String(s) = v else { return false };
+    let s = s.trim();
+    ["now", "today", "tomorrow", "yesterday"]
+        .iter()
+        .any(|w| s.eq_ignore_ascii_case(w))
 }
 
 /// A validated column mapping of one route.
@@ -215,7 +234,7 @@ impl ColumnMap {
         text: &str,
         payload: &Value,
         exclude: &[String],
-    ) -> Result<TypedRow, String> {
+    ) -> Result<TypedRow, (PoisonReason, String)> {
         let event_hash = self.maps_event_hash().then(|| {
             if exclude.is_empty() {
                 hash::hash_value(payload)
@@ -230,7 +249,22 @@ impl ColumnMap {
             .iter()
             .map(|c| source_value(&c.source, m, Some(payload), event_hash))
             .collect();
-        let key = self.row_key(|i| values[i].as_ref())?;
+        let key = self
+            .row_key(|i| values[i].as_ref())
+            .map_err(|e| (PoisonReason::MissingKey, e))?;
+        for (c, v) in self.columns.iter().zip(&values) {
+            if c.is_date_time() && is_time_relative(v) {
+                return Err((
+                    PoisonReason::TimeRelative,
+                    format!(
+                        "column {} ({}) cannot take {v}: Postgres reads it relative to the clock, \
+                         so a replay would write a different value",
+                        c.quoted(),
+                        c.sql_type.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
 
         let mut canonical = Vec::with_capacity(text.len() + 16);
         canonical.push(b'[');
@@ -426,7 +460,33 @@ mod tests {
     fn row(m: &ColumnMap, msg: &SourceMessage) -> Result<TypedRow, String> {
         let text = std::str::from_utf8(msg.payload.as_deref().unwrap()).unwrap();
         let v: Value = serde_json::from_str(text).unwrap();
-        m.row(msg, text, &v, &[])
+        m.row(msg, text, &v, &[]).map_err(|(_, e)| e)
+    }
+
+    #[test]
+    fn clock_relative_time_values_are_refused() {
+        let mut m = map(
+            r#"{ id = "/id", at = "/at", note = "/note" }"#,
+            r#""id""#,
+            "",
+        )
+        .unwrap();
+        for c in &mut m.columns {
+            c.sql_type = Some(
+                match c.name.as_str() {
+                    "at" => "timestamp with time zone",
+                    _ => "text",
+                }
+                .into(),
+            );
+        }
+        let err = row(&m, &msg(None, r#"{"id":1,"at":" Yesterday ","note":"x"}"#)).unwrap_err();
+        assert!(
+            err.contains(r#"column "at""#) && err.contains("clock"),
+            "{err}"
+        );
+        assert!(row(&m, &msg(None, r#"{"id":1,"at":"2026-01-01","note":"now"}"#)).is_ok());
+        assert!(row(&m, &msg(None, r#"{"id":1,"at":"infinity"}"#)).is_ok());
     }
 
     #[test]

@@ -300,6 +300,9 @@ async fn kafka_sasl_scram_authenticates_and_the_password_stays_secret() {
         std::future::ready(logs.contains("authentication failed"))
     })
     .await;
-    assert!(db2.stored_offsets(&cfg2.group, &topic.name).await.is_empty());
+    assert!(db2
+        .stored_offsets(&cfg2.group, &topic.name)
+        .await
+        .is_empty());
     assert!(!sink.logs().contains("wrong-pw"), "password in logs");
 }
