@@ -226,6 +226,10 @@ pub struct Route {
     pub tombstones: TombstonePolicy,
     /// Typed table mode (see `columns.rs`); `None` = document table.
     pub columns: Option<ColumnMap>,
+    /// Runtime hint shared by the clones of this route: the last batch was
+    /// mostly re-deliveries, so the next upsert filters stored duplicates
+    /// first (`store::commit::upsert_documents`).
+    pub duplicate_heavy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone, Debug)]
@@ -440,6 +444,7 @@ impl Config {
                     version: r.version.clone(),
                     tombstones: r.tombstones,
                     columns,
+                    duplicate_heavy: Default::default(),
                 });
             }
         }

