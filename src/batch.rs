@@ -456,24 +456,13 @@ fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_routes;
 
     fn routes(extra: &str) -> Vec<Route> {
-        let toml = format!(
-            r#"
-            [kafka]
-            brokers = "x:1"
-            group_id = "g"
-            [postgres]
-            url = "postgres://h/db"
-            [[route]]
-            topic = "t"
-            table = "t"
-            key = "/id"
-            {extra}
-            "#
-        );
-        Config::from_toml(&toml).unwrap().1
+        test_routes(&format!(
+            "topic = \"t\"\ntable = \"t\"\nkey = \"/id\"\n{extra}"
+        ))
+        .unwrap()
     }
 
     fn msg(p: i32, off: i64, payload: Option<&str>) -> SourceMessage {
@@ -639,7 +628,7 @@ mod fold_model {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_routes;
 
     #[derive(Clone, Debug, PartialEq)]
     struct Row {
@@ -659,12 +648,7 @@ mod fold_model {
         } else {
             "key = \"/id\""
         };
-        Config::from_toml(&format!(
-            "[kafka]\nbrokers = \"x:1\"\ngroup_id = \"g\"\n[postgres]\nurl = \"postgres://h/d\"\n\
-             [[route]]\ntopic = \"t\"\ntable = \"t\"\n{shape}\n{v}\n"
-        ))
-        .unwrap()
-        .1
+        test_routes(&format!("topic = \"t\"\ntable = \"t\"\n{shape}\n{v}")).unwrap()
     }
 
     /// The table's upsert guard, as in commit.rs.

@@ -422,28 +422,15 @@ pub fn text_of_bytes(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_routes;
     use crate::types::{Offset, TopicPartition};
 
     fn map(columns: &str, key: &str, extra: &str) -> Result<ColumnMap, String> {
-        let toml = format!(
-            r#"
-            [kafka]
-            brokers = "x:1"
-            group_id = "g"
-            [postgres]
-            url = "postgres://h/db"
-            [[route]]
-            topic = "t"
-            table = "t"
-            key = {key}
-            columns = {columns}
-            {extra}
-            "#
-        );
-        Config::from_toml(&toml)
-            .map(|(_, r)| r[0].columns.clone().unwrap())
-            .map_err(|e| e.to_string())
+        test_routes(&format!(
+            "topic = \"t\"\ntable = \"t\"\nkey = {key}\ncolumns = {columns}\n{extra}"
+        ))
+        .map(|r| r[0].columns.clone().unwrap())
+        .map_err(|e| e.to_string())
     }
 
     fn msg(key: Option<&str>, payload: &str) -> SourceMessage {

@@ -496,6 +496,17 @@ pub fn kafka_properties_from_env(
     .collect()
 }
 
+/// Routes from one `[[route]]` body with placeholder connection settings
+/// (unit tests of the pure modules).
+#[cfg(test)]
+pub fn test_routes(route: &str) -> Result<Vec<Route>, ConfigError> {
+    Config::from_toml(&format!(
+        "[kafka]\nbrokers = \"x:1\"\ngroup_id = \"g\"\n[postgres]\nurl = \"postgres://h/db\"\n\
+         [[route]]\n{route}\n"
+    ))
+    .map(|(_, r)| r)
+}
+
 /// Properties the sink sets itself; a user override would break the guarantee.
 pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.commit",

@@ -5,26 +5,12 @@ mod common;
 
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::{Config, OnError, Route};
+use kafka_pg_sink::config::{OnError, Route};
 use kafka_pg_sink::store::{self, commit_batch, CommitOutcome, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
-    Config::from_toml(
-        r#"
-        [kafka]
-        brokers = "unused:9092"
-        group_id = "g"
-        [postgres]
-        url = "postgres://unused/db"
-        [[route]]
-        topic = "orders"
-        table = "events"
-        key = "/id"
-        "#,
-    )
-    .unwrap()
-    .1
+    direct_routes("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"")
 }
 
 fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {

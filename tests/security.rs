@@ -9,25 +9,13 @@ use common::*;
 
 const T: Duration = Duration::from_secs(90);
 
-fn rewrite_config(cfg: &SinkConfig, from: &str, to: &str) {
-    let text = std::fs::read_to_string(&cfg.path).unwrap();
-    assert!(text.contains(from), "{from} not in config");
-    std::fs::write(&cfg.path, text.replace(from, to)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_table_name_is_just_a_name() {
     let db = TestDb::new().await;
-    let topic = TestTopic::new(1).await;
-    for i in 0..20u64 {
-        let id = format!("k{i}");
-        topic.send(0, Some(&id), Some(event(&id, i).as_bytes()));
-    }
-    topic.flush();
+    let topic = TestTopic::with_events(20).await;
     let cfg = SinkConfig::new(&db, &topic.name, "", "");
     // TOML literal string: the identifier is  odd "name"; DROP TABLE sink_offsets; --
-    rewrite_config(
-        &cfg,
+    cfg.rewrite(
         r#"table = "events""#,
         r#"table = '"odd ""name""; DROP TABLE sink_offsets; --"'"#,
     );
@@ -109,14 +97,8 @@ impl ServerTls {
                 .await
                 .expect("the TLS test needs a superuser on a local server");
         }
-        sqlx::query("ALTER SYSTEM SET ssl = on")
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        db.exec("ALTER SYSTEM SET ssl = on").await;
+        db.exec("SELECT pg_reload_conf()").await;
         ServerTls
     }
 }
@@ -178,17 +160,11 @@ async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
     })
     .await;
 
-    let topic = TestTopic::new(1).await;
-    for i in 0..30u64 {
-        let id = format!("k{i}");
-        topic.send(0, Some(&id), Some(event(&id, i).as_bytes()));
-    }
-    topic.flush();
+    let topic = TestTopic::with_events(30).await;
     let cfg = SinkConfig::new(&db, &topic.name, "", "");
     // A password in the URL (the test server trusts loopback, so any works)
     // and full verification against the CA made above.
-    rewrite_config(
-        &cfg,
+    cfg.rewrite(
         &format!(r#"url = "{}""#, db.url),
         &format!(r#"url = "{good}""#),
     );
@@ -222,7 +198,7 @@ async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
 
     // Verification is real: a CA that did not sign the server's certificate
     // is refused, and the error says so without showing the password.
-    rewrite_config(&cfg, &good, &verify_url(&other.ca, "s3cr3t-pw"));
+    cfg.rewrite(&good, &verify_url(&other.ca, "s3cr3t-pw"));
     let out = std::process::Command::new(sink_binary())
         .arg("--config")
         .arg(&cfg.path)
@@ -249,8 +225,7 @@ fn sasl_config(db: &TestDb, topic: &TestTopic) -> SinkConfig {
         "[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
          \"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\"sasl.username\" = \"kpgs\"\n",
     );
-    rewrite_config(
-        &cfg,
+    cfg.rewrite(
         &format!(r#"brokers = "{}""#, brokers()),
         &format!(r#"brokers = "{}""#, sasl_brokers()),
     );
@@ -260,12 +235,7 @@ fn sasl_config(db: &TestDb, topic: &TestTopic) -> SinkConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sasl_scram_authenticates_and_the_password_stays_secret() {
     let db = TestDb::new().await;
-    let topic = TestTopic::new(1).await;
-    for i in 0..20u64 {
-        let id = format!("k{i}");
-        topic.send(0, Some(&id), Some(event(&id, i).as_bytes()));
-    }
-    topic.flush();
+    let topic = TestTopic::with_events(20).await;
 
     // The password comes from the environment, as a deployment would pass a secret.
     let env_key = "KAFKA_PG_SINK_KAFKA_PROPERTY__SASL_PASSWORD";

@@ -8,27 +8,12 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::{Config, OnError, Route};
+use kafka_pg_sink::config::{OnError, Route};
 use kafka_pg_sink::store::{self, commit_batch, CommitOutcome, Expected, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
-    Config::from_toml(
-        r#"
-        [kafka]
-        brokers = "unused:9092"
-        group_id = "g"
-        [postgres]
-        url = "postgres://unused/db"
-        [[route]]
-        topic = "orders"
-        table = "events"
-        key = "/id"
-        version = "/v"
-        "#,
-    )
-    .unwrap()
-    .1
+    direct_routes("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"\nversion = \"/v\"")
 }
 
 fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {

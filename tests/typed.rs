@@ -147,11 +147,8 @@ async fn table_checksum(db: &TestDb, table: &str) -> String {
 }
 
 async fn create_tables(db: &TestDb) {
-    sqlx::query(ORDERS_DDL).execute(&db.pool).await.unwrap();
-    sqlx::query(&payments_ddl())
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.exec(ORDERS_DDL).await;
+    db.exec(&payments_ddl()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,10 +319,7 @@ async fn two_topics_into_two_typed_tables() {
     let single = TestDb::new().await;
     create_tables(&single).await;
     let one_cfg = SinkConfig::with_routes(&single, &routes(&orders.name, &payments.name), "");
-    let text = std::fs::read_to_string(&one_cfg.path)
-        .unwrap()
-        .replace("max_messages = 500", "max_messages = 1");
-    std::fs::write(&one_cfg.path, text).unwrap();
+    one_cfg.rewrite("max_messages = 500", "max_messages = 1");
     let _one = SinkProcess::start(&one_cfg);
     wait_caught_up(&single, &one_cfg.group, &orders, T).await;
     wait_caught_up(&single, &one_cfg.group, &payments, T).await;
@@ -367,12 +361,10 @@ async fn typed_tables_are_validated_at_startup() {
         "{err}"
     );
 
-    sqlx::query(
+    db.exec(
         "CREATE TABLE t1 (id int, v text, must text NOT NULL, gen int GENERATED ALWAYS AS (id * 2) STORED)",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
     let cfg = SinkConfig::with_routes(
         &db,
         &route(
@@ -394,14 +386,9 @@ async fn typed_tables_are_validated_at_startup() {
     }
 
     // A good table passes; a partial unique index does not count.
-    sqlx::query("CREATE TABLE t2 (id int, v text)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("CREATE UNIQUE INDEX ON t2 (id) WHERE v IS NOT NULL")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.exec("CREATE TABLE t2 (id int, v text)").await;
+    db.exec("CREATE UNIQUE INDEX ON t2 (id) WHERE v IS NOT NULL")
+        .await;
     let cfg = SinkConfig::with_routes(
         &db,
         &route("t2", "\"id\"", r#"{ id = "/id", v = "/v" }"#),
@@ -412,10 +399,7 @@ async fn typed_tables_are_validated_at_startup() {
         !ok && err.contains("needs a primary key or unique index"),
         "{err}"
     );
-    sqlx::query("CREATE UNIQUE INDEX ON t2 (id)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.exec("CREATE UNIQUE INDEX ON t2 (id)").await;
     let (ok, err) = setup(&cfg);
     assert!(ok, "{err}");
 }
@@ -423,10 +407,8 @@ async fn typed_tables_are_validated_at_startup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_stop_halts_before_a_value_postgres_rejects() {
     let db = TestDb::new().await;
-    sqlx::query("CREATE TABLE m (id text PRIMARY KEY, n int NOT NULL)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.exec("CREATE TABLE m (id text PRIMARY KEY, n int NOT NULL)")
+        .await;
     let topic = TestTopic::new(1).await;
     for i in 0..40 {
         let n = if i == 25 {
@@ -446,10 +428,7 @@ async fn on_error_stop_halts_before_a_value_postgres_rejects() {
         topic.name
     );
     let cfg = SinkConfig::with_routes(&db, &route, "on_error = \"stop\"");
-    let text = std::fs::read_to_string(&cfg.path)
-        .unwrap()
-        .replace("max_messages = 500", "max_messages = 10");
-    std::fs::write(&cfg.path, text).unwrap();
+    cfg.rewrite("max_messages = 500", "max_messages = 10");
     let mut sink = SinkProcess::start(&cfg);
     let mut status = None;
     wait_until(T, "the sink to stop on the bad value", || {

@@ -68,6 +68,14 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// Runs one statement (DDL, setup), panicking on error.
+    pub async fn exec(&self, sql: &str) {
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(&self.pool)
@@ -181,6 +189,17 @@ impl TestTopic {
         }
     }
 
+    /// A one-partition topic holding `n` events keyed `k0…`, flushed.
+    pub async fn with_events(n: u64) -> TestTopic {
+        let topic = TestTopic::new(1).await;
+        for i in 0..n {
+            let id = format!("k{i}");
+            topic.send(0, Some(&id), Some(event(&id, i).as_bytes()));
+        }
+        topic.flush();
+        topic
+    }
+
     /// Sends to an explicit partition (None value = tombstone).
     pub fn send(&self, partition: i32, key: Option<&str>, value: Option<&[u8]>) {
         self.send_with_headers(partition, key, value, &[]);
@@ -273,6 +292,13 @@ impl SinkConfig {
         Self::with_routes(db, &route, extra)
     }
 
+    /// Replaces text in the written configuration (the text must be there).
+    pub fn rewrite(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        assert!(text.contains(from), "{from} not in config");
+        std::fs::write(&self.path, text.replace(from, to)).unwrap();
+    }
+
     /// A configuration with the given `[[route]]` tables (TOML text).
     pub fn with_routes(db: &TestDb, routes: &str, extra: &str) -> SinkConfig {
         let dir = tempfile::tempdir().unwrap();
@@ -312,6 +338,17 @@ shutdown_timeout = "10s"
             http_port,
         }
     }
+}
+
+/// Routes parsed from one `[[route]]` body, for tests that call the library
+/// directly (no broker): e.g. `direct_routes("topic = \"orders\"\n…")`.
+pub fn direct_routes(route: &str) -> Vec<kafka_pg_sink::config::Route> {
+    kafka_pg_sink::config::Config::from_toml(&format!(
+        "[kafka]\nbrokers = \"unused:9092\"\ngroup_id = \"g\"\n\
+         [postgres]\nurl = \"postgres://unused/db\"\n[[route]]\n{route}\n"
+    ))
+    .unwrap()
+    .1
 }
 
 /// The sink binary as a child process; killed on drop.
