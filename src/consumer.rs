@@ -220,11 +220,11 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000")
         .set("fetch.wait.max.ms", "100")
-        // A small prefetch queue keeps RSS low (8 MB instead of 64 MB). With
+        // A small prefetch queue keeps RSS low (4 MB instead of 64 MB). With
         // a small queue it fills often, and librdkafka then postpones the
         // next fetch by fetch.queue.backoff.ms (default 1 s): replays stalled
         // for ~0.4 s every ~100k messages. 10 ms keeps the queue fed.
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "4096")
         .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -10,19 +9,7 @@ use common::*;
 const T: Duration = Duration::from_secs(90);
 
 fn cli(cfg: &SinkConfig, args: &[&str]) -> (bool, String) {
-    let out = Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    cfg.cli(args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

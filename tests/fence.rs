@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
 use kafka_pg_sink::config::{OnError, Route};
-use kafka_pg_sink::store::{self, commit_batch, CommitOutcome, Expected};
+use kafka_pg_sink::store::{commit_batch, CommitOutcome, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
@@ -29,10 +29,7 @@ fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
 async fn setup() -> (TestDb, Vec<Route>) {
     let db = TestDb::new().await;
     let routes = routes();
-    store::migrate(&db.pool).await.unwrap();
-    store::schema::ensure_tables(&db.pool, &routes)
-        .await
-        .unwrap();
+    db.prepare_for(&routes).await;
     (db, routes)
 }
 

@@ -180,15 +180,8 @@ async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
     .unwrap();
     assert_eq!(all_tls, Some(true), "sink connections are not all TLS");
 
-    let out = std::process::Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("check-config")
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
+    let (ok, shown) = cfg.cli(&["check-config"], &[]);
+    assert!(ok, "{shown}");
     assert!(
         shown.contains("sslmode=verify-full") && !shown.contains("s3cr3t-pw"),
         "{shown}"
@@ -199,15 +192,8 @@ async fn postgres_over_tls_verify_full_and_passwords_stay_secret() {
     // Verification is real: a CA that did not sign the server's certificate
     // is refused, and the error says so without showing the password.
     cfg.rewrite(&good, &verify_url(&other.ca, "s3cr3t-pw"));
-    let out = std::process::Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("setup")
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an unknown CA must be refused");
+    let (ok, err) = cfg.cli(&["setup"], &[]);
+    assert!(!ok, "an unknown CA must be refused");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert!(!err.contains("s3cr3t-pw"), "{err}");
 }
@@ -244,16 +230,8 @@ async fn kafka_sasl_scram_authenticates_and_the_password_stays_secret() {
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(db.count("SELECT count(*) FROM events").await, 20);
     assert!(!sink.logs().contains("kpgs-secret"), "password in logs");
-    let out = std::process::Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("check-config")
-        .env(env_key, "kpgs-secret")
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let (ok, shown) = cfg.cli(&["check-config"], &[(env_key, "kpgs-secret")]);
+    assert!(ok, "{shown}");
     assert!(
         shown.contains("SCRAM-SHA-256") && !shown.contains("kpgs-secret"),
         "{shown}"

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
 use kafka_pg_sink::config::{OnError, Route};
-use kafka_pg_sink::store::{self, commit_batch, CommitOutcome, Expected, TableCounts};
+use kafka_pg_sink::store::{commit_batch, CommitOutcome, Expected, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
@@ -59,10 +59,7 @@ async fn commit(
 async fn run(filter: bool) -> (TableCounts, String) {
     let db = TestDb::new().await;
     let routes = routes();
-    store::migrate(&db.pool).await.unwrap();
-    store::schema::ensure_tables(&db.pool, &routes)
-        .await
-        .unwrap();
+    db.prepare_for(&routes).await;
     let first: Vec<SourceMessage> = (0..20).map(|i| msg(i as i64, i, 2, "a")).collect();
     commit(&db, &routes, first, None).await;
 

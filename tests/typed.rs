@@ -332,19 +332,9 @@ async fn two_topics_into_two_typed_tables() {
     }
 }
 
-/// Runs `kafka-pg-sink setup` and returns (success, stderr).
+/// Runs `kafka-pg-sink setup`: (success, output).
 fn setup(cfg: &SinkConfig) -> (bool, String) {
-    let out = std::process::Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("setup")
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cfg.cli(&["setup"], &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

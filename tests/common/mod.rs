@@ -68,6 +68,15 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// Applies the sink's migrations and creates the document tables of
+    /// `routes` (tests that call the library directly).
+    pub async fn prepare_for(&self, routes: &[kafka_pg_sink::config::Route]) {
+        kafka_pg_sink::store::migrate(&self.pool).await.unwrap();
+        kafka_pg_sink::store::schema::ensure_tables(&self.pool, routes)
+            .await
+            .unwrap();
+    }
+
     /// Runs one statement (DDL, setup), panicking on error.
     pub async fn exec(&self, sql: &str) {
         sqlx::query(sql)
@@ -292,6 +301,25 @@ impl SinkConfig {
         Self::with_routes(db, &route, extra)
     }
 
+    /// Runs a one-shot subcommand (`setup`, `check-config`, `replay …`) with
+    /// this configuration; returns success and stdout + stderr.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let out = Command::new(sink_binary())
+            .arg("--config")
+            .arg(&self.path)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Replaces text in the written configuration (the text must be there).
     pub fn rewrite(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.path).unwrap();
@@ -473,18 +501,8 @@ pub fn assert_metrics_identity(text: &str) {
 
 /// Runs `replay --to-earliest` for a test's sink configuration.
 pub fn replay_to_earliest(cfg: &SinkConfig) {
-    let out = Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .args(["replay", "--to-earliest"])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = cfg.cli(&["replay", "--to-earliest"], &[]);
+    assert!(ok, "replay: {out}");
 }
 
 /// The partition a key lives in (keyed partitioning, like a real producer).
