@@ -2,7 +2,6 @@
 
 use sqlx::{PgPool, Row};
 
-use super::typed;
 use crate::columns::ColumnMap;
 use crate::config::Route;
 use crate::types::{quote_ident, TableName};
@@ -70,15 +69,7 @@ pub async fn check_tables(pool: &PgPool, routes: &mut [Route]) -> Result<Vec<Str
             resolve_columns(pool, oid, &r.table, map, &mut problems).await?;
             continue;
         }
-        let cols: Vec<String> = sqlx::query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
-        )
-        .bind(oid)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        let cols = table_columns(pool, oid).await?;
         for c in [
             "key",
             "event_hash",
@@ -88,18 +79,11 @@ pub async fn check_tables(pool: &PgPool, routes: &mut [Route]) -> Result<Vec<Str
             "kafka_partition",
             "kafka_offset",
         ] {
-            if !cols.iter().any(|x| x == c) {
+            if !cols.iter().any(|x| x.name == c) {
                 problems.push(format!("table {} has no column `{c}`", r.table));
             }
         }
-        let unique: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
-               ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = $1::oid AND i.indisunique AND i.indnatts = 1 AND a.attname = 'key')",
-        )
-        .bind(oid)
-        .fetch_one(pool)
-        .await?;
+        let unique = has_unique_index_on(pool, oid, &["key"]).await?;
         if !unique {
             problems.push(format!(
                 "table {}: column `key` needs a unique constraint",
@@ -121,7 +105,7 @@ async fn resolve_columns(
     map: &mut ColumnMap,
     problems: &mut Vec<String>,
 ) -> Result<(), sqlx::Error> {
-    let cols = typed::table_columns(pool, oid).await?;
+    let cols = table_columns(pool, oid).await?;
     for m in &mut map.columns {
         match cols.iter().find(|c| c.name == m.name) {
             None => problems.push(format!(
@@ -156,16 +140,8 @@ async fn resolve_columns(
             }
         }
     }
-    let mut key: Vec<&str> = map.key_columns().map(|c| c.name.as_str()).collect();
-    key.sort_unstable();
-    let unique = typed::unique_keys(pool, oid)
-        .await?
-        .into_iter()
-        .any(|mut u| {
-            u.sort_unstable();
-            u == key
-        });
-    if !unique {
+    let key: Vec<&str> = map.key_columns().map(|c| c.name.as_str()).collect();
+    if !has_unique_index_on(pool, oid, &key).await? {
         problems.push(format!(
             "table {table}: key ({}) needs a primary key or unique index on exactly those columns \
              (no partial or expression index) for ON CONFLICT",
@@ -176,4 +152,59 @@ async fn resolve_columns(
         ));
     }
     Ok(())
+}
+
+/// Rows in `pg_attribute` order: name, type, NOT NULL, has default,
+/// generated/identity ("always" identities cannot be written).
+struct TableColumn {
+    name: String,
+    sql_type: String,
+    not_null: bool,
+    has_default: bool,
+    generated: bool,
+    identity_always: bool,
+}
+
+async fn table_columns(pool: &PgPool, oid: i64) -> Result<Vec<TableColumn>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, \
+                atthasdef OR attidentity <> '', attgenerated <> '', attidentity = 'a' \
+         FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped \
+         ORDER BY attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableColumn {
+            name: r.get(0),
+            sql_type: r.get(1),
+            not_null: r.get(2),
+            has_default: r.get(3),
+            generated: r.get(4),
+            identity_always: r.get(5),
+        })
+        .collect())
+}
+
+/// Whether a non-partial unique index on plain columns (or the primary key)
+/// covers exactly `key`, in any order: what `ON CONFLICT (key)` can infer.
+async fn has_unique_index_on(pool: &PgPool, oid: i64, key: &[&str]) -> Result<bool, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
+         FROM pg_index i \
+         WHERE i.indrelid = $1::oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let mut key: Vec<&str> = key.to_vec();
+    key.sort_unstable();
+    Ok(rows.iter().any(|r| {
+        let mut cols: Vec<String> = r.get(0);
+        cols.sort_unstable();
+        cols == key
+    }))
 }

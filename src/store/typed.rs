@@ -5,7 +5,7 @@
 //! Postgres does every conversion with its own input rules. All identifiers
 //! are quoted. Types come from `format_type()`, which quotes as needed.
 
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 
 use super::commit::TableCounts;
 use super::is_data_error;
@@ -214,59 +214,4 @@ pub(super) async fn explain_rejection(
         }
     }
     Ok(db_error)
-}
-
-/// Rows in `pg_attribute` order: name, type, NOT NULL, has default,
-/// generated/identity ("always" identities cannot be written).
-pub(super) struct TableColumn {
-    pub name: String,
-    pub sql_type: String,
-    pub not_null: bool,
-    pub has_default: bool,
-    pub generated: bool,
-    pub identity_always: bool,
-}
-
-pub(super) async fn table_columns(
-    pool: &sqlx::PgPool,
-    oid: i64,
-) -> Result<Vec<TableColumn>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, \
-                atthasdef OR attidentity <> '', attgenerated <> '', attidentity = 'a' \
-         FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped \
-         ORDER BY attnum",
-    )
-    .bind(oid)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| TableColumn {
-            name: r.get(0),
-            sql_type: r.get(1),
-            not_null: r.get(2),
-            has_default: r.get(3),
-            generated: r.get(4),
-            identity_always: r.get(5),
-        })
-        .collect())
-}
-
-/// Column sets of the table's non-partial unique indexes on plain columns
-/// (what `ON CONFLICT (cols)` can infer).
-pub(super) async fn unique_keys(
-    pool: &sqlx::PgPool,
-    oid: i64,
-) -> Result<Vec<Vec<String>>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k \
-                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
-         FROM pg_index i \
-         WHERE i.indrelid = $1::oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL",
-    )
-    .bind(oid)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(|r| r.get::<Vec<String>, _>(0)).collect())
 }
