@@ -68,7 +68,7 @@ pub async fn run(
     let consumer_cancel = CancellationToken::new();
     let handle = consumer::spawn(
         &cfg,
-        subscriptions(&routes),
+        &routes,
         pool.clone(),
         assignment.clone(),
         metrics.clone(),

@@ -207,6 +207,12 @@ impl ColumnMap {
         })
     }
 
+    pub fn maps_headers(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c.source, ColumnSource::Header(_)))
+    }
+
     pub fn maps_event_hash(&self) -> bool {
         self.columns
             .iter()

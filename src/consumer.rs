@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::SourceMessage;
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::metrics::Metrics;
 use crate::store::offsets;
 use crate::types::{Offset, TopicPartition};
@@ -249,7 +249,7 @@ pub struct ConsumerHandle {
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     cfg: &Config,
-    subscriptions: Vec<String>,
+    routes: &[Route],
     pool: PgPool,
     assignment: SharedAssignment,
     metrics: Metrics,
@@ -266,9 +266,14 @@ pub fn spawn(
         cancel: cancel.clone(),
     };
     let consumer: BaseConsumer<SinkContext> = client_config(cfg).create_with_context(ctx)?;
+    let subscriptions = crate::admin::subscriptions(routes);
     let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     consumer.subscribe(&subs)?;
     let reset_earliest = cfg.kafka.auto_offset_reset == "earliest";
+    // Headers are copied out of librdkafka only if some column maps one.
+    let copy_headers = routes
+        .iter()
+        .any(|r| r.columns.as_ref().is_some_and(|m| m.maps_headers()));
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -280,7 +285,10 @@ pub fn spawn(
                 out,
                 rx,
                 cancel,
-                reset_earliest,
+                PollSettings {
+                    reset_earliest,
+                    copy_headers,
+                },
             )
         })
         .expect("spawn consumer thread");
@@ -290,6 +298,14 @@ pub fn spawn(
     })
 }
 
+/// What the poll loop needs from the configuration.
+struct PollSettings {
+    /// `auto.offset.reset = earliest`: where a seek without a stored offset goes.
+    reset_earliest: bool,
+    /// Some typed route maps a Kafka header into a column.
+    copy_headers: bool,
+}
+
 fn poll_loop(
     consumer: BaseConsumer<SinkContext>,
     assignment: SharedAssignment,
@@ -297,8 +313,12 @@ fn poll_loop(
     out: mpsc::Sender<Envelope>,
     commands: std::sync::mpsc::Receiver<Command>,
     cancel: CancellationToken,
-    reset_earliest: bool,
+    settings: PollSettings,
 ) {
+    let PollSettings {
+        reset_earliest,
+        copy_headers,
+    } = settings;
     let mut pending_seeks: Vec<(TopicPartition, Option<Offset>)> = Vec::new();
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     while !cancel.is_cancelled() {
@@ -350,6 +370,7 @@ fn poll_loop(
                         timestamp: m.timestamp().to_millis(),
                         headers: m
                             .headers()
+                            .filter(|_| copy_headers)
                             .map(|hs| {
                                 hs.iter()
                                     .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
