@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::{OnError, Route};
-use kafka_pg_sink::store::{commit_batch, CommitOutcome, Expected};
+use kafka_pg_sink::config::Route;
+use kafka_pg_sink::store::CommitOutcome;
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
@@ -33,58 +33,23 @@ async fn setup() -> (TestDb, Vec<Route>) {
     (db, routes)
 }
 
-fn exp(expected: Option<i64>, last: i64) -> Vec<Expected> {
-    vec![Expected {
-        tp: TopicPartition::new("orders", 0),
-        expected: expected.map(Offset),
-        new_next: Offset(last + 1),
-    }]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_commit_is_refused_after_the_new_owner_commits() {
     let (db, routes) = setup().await;
     // First owner commits offsets 0..9.
     let first = prepare(&routes, msgs("a", 0, 10));
-    let r = commit_batch(
-        &db.pool,
-        "g",
-        &routes,
-        &first,
-        &exp(None, 9),
-        OnError::DeadLetter,
-    )
-    .await
-    .unwrap();
+    let r = commit(&db, &routes, &first, &orders_position(None, 9)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
     // Zombie A holds a batch for 10..19 believing it owns position 10.
     let zombie = prepare(&routes, msgs("zombie", 10, 10));
     // Meanwhile the partition moved to B, which read 10 and committed 10..14.
     let b = prepare(&routes, msgs("b", 10, 5));
-    let r = commit_batch(
-        &db.pool,
-        "g",
-        &routes,
-        &b,
-        &exp(Some(10), 14),
-        OnError::DeadLetter,
-    )
-    .await
-    .unwrap();
+    let r = commit(&db, &routes, &b, &orders_position(Some(10), 14)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
     // A wakes up and tries to commit: the compare-and-set refuses it.
-    let r = commit_batch(
-        &db.pool,
-        "g",
-        &routes,
-        &zombie,
-        &exp(Some(10), 19),
-        OnError::DeadLetter,
-    )
-    .await
-    .unwrap();
+    let r = commit(&db, &routes, &zombie, &orders_position(Some(10), 19)).await;
     match r {
         CommitOutcome::Fenced(tps) => assert_eq!(tps, vec![TopicPartition::new("orders", 0)]),
         other => panic!("zombie was not fenced: {other:?}"),
@@ -103,12 +68,9 @@ async fn a_first_commit_race_has_exactly_one_winner() {
     let (db, routes) = setup().await;
     let a = prepare(&routes, msgs("a", 0, 50));
     let b = prepare(&routes, msgs("b", 0, 50));
-    let e = exp(None, 49);
-    let (ra, rb) = tokio::join!(
-        commit_batch(&db.pool, "g", &routes, &a, &e, OnError::DeadLetter),
-        commit_batch(&db.pool, "g", &routes, &b, &e, OnError::DeadLetter),
-    );
-    let wins = [ra.unwrap(), rb.unwrap()]
+    let e = orders_position(None, 49);
+    let (ra, rb) = tokio::join!(commit(&db, &routes, &a, &e), commit(&db, &routes, &b, &e),);
+    let wins = [ra, rb]
         .iter()
         .filter(|r| matches!(r, CommitOutcome::Committed(_)))
         .count();
@@ -126,26 +88,14 @@ async fn a_first_commit_race_has_exactly_one_winner() {
 async fn racing_owners_of_a_stored_position_never_both_commit() {
     let (db, routes) = setup().await;
     let seed = prepare(&routes, msgs("s", 0, 1));
-    commit_batch(
-        &db.pool,
-        "g",
-        &routes,
-        &seed,
-        &exp(None, 0),
-        OnError::DeadLetter,
-    )
-    .await
-    .unwrap();
+    commit(&db, &routes, &seed, &orders_position(None, 0)).await;
     for round in 0..20 {
         let at = db.stored_offsets("g", "orders").await[&0];
         let a = prepare(&routes, msgs(&format!("a{round}"), at, 3));
         let b = prepare(&routes, msgs(&format!("b{round}"), at, 3));
-        let e = exp(Some(at), at + 2);
-        let (ra, rb) = tokio::join!(
-            commit_batch(&db.pool, "g", &routes, &a, &e, OnError::DeadLetter),
-            commit_batch(&db.pool, "g", &routes, &b, &e, OnError::DeadLetter),
-        );
-        let wins = [ra.unwrap(), rb.unwrap()]
+        let e = orders_position(Some(at), at + 2);
+        let (ra, rb) = tokio::join!(commit(&db, &routes, &a, &e), commit(&db, &routes, &b, &e),);
+        let wins = [ra, rb]
             .iter()
             .filter(|r| matches!(r, CommitOutcome::Committed(_)))
             .count();

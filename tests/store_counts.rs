@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::{OnError, Route};
-use kafka_pg_sink::store::{commit_batch, CommitOutcome, Expected, TableCounts};
+use kafka_pg_sink::config::Route;
+use kafka_pg_sink::store::{CommitOutcome, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 fn routes() -> Vec<Route> {
@@ -27,7 +27,8 @@ fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {
     }
 }
 
-async fn commit(
+/// Prepares and commits `msgs`, which continue from stored position `from`.
+async fn commit_messages(
     db: &TestDb,
     routes: &[Route],
     msgs: Vec<SourceMessage>,
@@ -35,22 +36,7 @@ async fn commit(
 ) -> TableCounts {
     let last = msgs.last().unwrap().offset.0;
     let batch = prepare(routes, msgs);
-    let expected = [Expected {
-        tp: TopicPartition::new("orders", 0),
-        expected: from.map(Offset),
-        new_next: Offset(last + 1),
-    }];
-    match commit_batch(
-        &db.pool,
-        "g",
-        routes,
-        &batch,
-        &expected,
-        OnError::DeadLetter,
-    )
-    .await
-    .unwrap()
-    {
+    match commit(db, routes, &batch, &orders_position(from, last)).await {
         CommitOutcome::Committed(c) => c,
         other => panic!("{other:?}"),
     }
@@ -61,7 +47,7 @@ async fn run(filter: bool) -> (TableCounts, String) {
     let routes = routes();
     db.prepare_for(&routes).await;
     let first: Vec<SourceMessage> = (0..20).map(|i| msg(i as i64, i, 2, "a")).collect();
-    commit(&db, &routes, first, None).await;
+    commit_messages(&db, &routes, first, None).await;
 
     let mut second = Vec::new();
     let mut offset = 20;
@@ -82,7 +68,7 @@ async fn run(filter: bool) -> (TableCounts, String) {
         push(id, 1, "fresh"); // new key
     }
     routes[0].duplicate_heavy.store(filter, Ordering::Relaxed);
-    let counts = commit(&db, &routes, second, Some(20)).await;
+    let counts = commit_messages(&db, &routes, second, Some(20)).await;
     (counts, db.checksum("events").await)
 }
 

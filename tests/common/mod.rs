@@ -379,6 +379,38 @@ pub fn direct_routes(route: &str) -> Vec<kafka_pg_sink::config::Route> {
     .1
 }
 
+/// The position a direct-store test claims on `orders[0]`: `expected` is the
+/// stored next offset it believes in (None = first batch), `last` the batch's
+/// last offset.
+pub fn orders_position(expected: Option<i64>, last: i64) -> Vec<kafka_pg_sink::store::Expected> {
+    use kafka_pg_sink::types::{Offset, TopicPartition};
+    vec![kafka_pg_sink::store::Expected {
+        tp: TopicPartition::new("orders", 0),
+        expected: expected.map(Offset),
+        new_next: Offset(last + 1),
+    }]
+}
+
+/// Commits a prepared batch for group `g` with dead letters on (tests that
+/// call the store directly, without a broker).
+pub async fn commit(
+    db: &TestDb,
+    routes: &[kafka_pg_sink::config::Route],
+    batch: &kafka_pg_sink::batch::PreparedBatch,
+    expected: &[kafka_pg_sink::store::Expected],
+) -> kafka_pg_sink::store::CommitOutcome {
+    kafka_pg_sink::store::commit_batch(
+        &db.pool,
+        "g",
+        routes,
+        batch,
+        expected,
+        kafka_pg_sink::config::OnError::DeadLetter,
+    )
+    .await
+    .unwrap()
+}
+
 /// The sink binary as a child process; killed on drop.
 pub struct SinkProcess {
     pub child: Child,
