@@ -4,6 +4,7 @@
 # show the table, the dead letters and the metrics (duplicate rate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 N="${DEMO_EVENTS:-10000}"
 ADMIN_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -17,6 +18,7 @@ scripts/kafka.sh ensure
 
 echo "== building (release)"
 cargo build --release --locked --bin kafka-pg-sink --example produce_demo 2>&1 | tail -1
+BIN="$(target_dir)/release"
 
 echo "== fresh demo database $DEMO_DB and topic $TOPIC"
 psql "$ADMIN_URL" -Xq -c "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $DEMO_DB"
@@ -30,13 +32,13 @@ sed -e "s/^topic = \"demo-orders\"/topic = \"$TOPIC\"/" \
     -e "s/^bind = .*/bind = \"127.0.0.1:$PORT\"/" config/local.toml >"$WORK/demo.toml"
 
 echo "== producing $N distinct orders with duplicates"
-SUMMARY="$(target/release/examples/produce_demo 127.0.0.1:9092 "$TOPIC" "$N")"
+SUMMARY="$("$BIN/examples/produce_demo" 127.0.0.1:9092 "$TOPIC" "$N")"
 echo "   $SUMMARY"
 PRODUCED="$(sed -n 's/.*produced=\([0-9]*\).*/\1/p' <<<"$SUMMARY")"
 
 echo "== running kafka-pg-sink"
-target/release/kafka-pg-sink --config "$WORK/demo.toml" setup
-target/release/kafka-pg-sink --config "$WORK/demo.toml" run 2>"$WORK/sink.log" &
+"$BIN/kafka-pg-sink" --config "$WORK/demo.toml" setup
+"$BIN/kafka-pg-sink" --config "$WORK/demo.toml" run 2>"$WORK/sink.log" &
 SINK=$!
 trap 'kill $SINK 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
@@ -50,7 +52,7 @@ echo "== result"
 psql "$DEMO_URL" -X -c "SELECT count(*) AS rows, count(*) FILTER (WHERE payload->>'status' = 'paid') AS updated_to_paid FROM demo_orders" \
   -c "SELECT kafka_offset, reason, error FROM sink_dead_letters ORDER BY kafka_offset" \
   -c "SELECT key, payload FROM demo_orders ORDER BY key LIMIT 3"
-target/release/kafka-pg-sink --config "$WORK/demo.toml" offsets show
+"$BIN/kafka-pg-sink" --config "$WORK/demo.toml" offsets show
 
 echo "== metrics (http://127.0.0.1:$PORT/metrics)"
 METRICS="$(curl -fsS "http://127.0.0.1:$PORT/metrics")"

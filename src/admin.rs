@@ -1,19 +1,16 @@
 //! Offsets administration: `offsets show` and `replay`.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::config::{Config, Route, TopicMatcher};
-use crate::consumer::client_config;
+use crate::config::Config;
+use crate::kafka::{self, client_config, METADATA_TIMEOUT as TIMEOUT};
+use crate::route::Route;
 use crate::store::offsets;
 use crate::types::{Offset, TopicPartition};
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Serialize)]
 pub struct PartitionStatus {
@@ -29,25 +26,11 @@ fn admin_consumer(cfg: &Config) -> anyhow::Result<BaseConsumer> {
     client_config(cfg).create().context("creating Kafka client")
 }
 
-/// All partitions of the topics the routes consume, from broker metadata.
 fn routed_partitions(
     consumer: &BaseConsumer,
     routes: &[Route],
 ) -> anyhow::Result<Vec<TopicPartition>> {
-    let md = consumer
-        .fetch_metadata(None, TIMEOUT)
-        .context("fetching Kafka metadata")?;
-    let mut out = Vec::new();
-    for t in md.topics() {
-        if t.name().starts_with("__") || !routes.iter().any(|r| r.topic.matches(t.name())) {
-            continue;
-        }
-        for p in t.partitions() {
-            out.push(TopicPartition::new(t.name(), p.id()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    kafka::routed_partitions(consumer, routes).context("fetching Kafka metadata")
 }
 
 pub async fn show(
@@ -178,15 +161,4 @@ pub async fn replay(
     }
     offsets::rewrite(pool, &cfg.kafka.group_id, &positions).await?;
     Ok(positions)
-}
-
-/// Topics to subscribe to (librdkafka takes `^regex` as a pattern).
-pub fn subscriptions(routes: &[Route]) -> Vec<String> {
-    routes
-        .iter()
-        .map(|r| match &r.topic {
-            TopicMatcher::Exact(t) => t.clone(),
-            p => p.subscription(),
-        })
-        .collect()
 }

@@ -4,64 +4,42 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::subscriptions;
-use crate::config::{Config, Route};
-use crate::consumer::{self, SharedAssignment};
+use crate::assignment::Assignment;
+use crate::config::Config;
+use crate::consumer;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::store;
+use crate::route::{self, Route, RouteSpec};
+use crate::store::{self, BatchWriter};
 
-/// Connects, migrates and creates route tables; fails with context.
-/// Typed routes learn their column types here.
-pub async fn setup(cfg: &Config, routes: &mut [Route]) -> anyhow::Result<sqlx::PgPool> {
-    let pool = store::connect(&cfg.postgres).await.with_context(|| {
-        format!(
-            "connecting to {}",
-            crate::config::redact_url(&cfg.postgres.url)
-        )
-    })?;
+/// Connects, migrates, creates document tables, checks every route's table
+/// and returns the routes resolved against the catalog (typed routes learn
+/// their column types here).
+pub async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<(PgPool, Vec<Route>)> {
+    let pool = store::connect(&cfg.postgres).await?;
     store::migrate(&pool).await.context("applying migrations")?;
-    store::schema::ensure_tables(&pool, routes)
+    store::schema::ensure_tables(&pool, specs)
         .await
         .context("creating route tables")?;
-    let problems = store::schema::check_tables(&pool, routes).await?;
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "route tables are not usable:\n  - {}",
-            problems.join("\n  - ")
-        );
-    }
-    Ok(pool)
+    let routes = store::schema::resolve_routes(&pool, specs).await?;
+    Ok((pool, routes))
 }
 
 /// Runs until `cancel` fires or a fatal error; returns after a bounded drain.
 pub async fn run(
     cfg: Config,
-    mut routes: Vec<Route>,
+    specs: Vec<RouteSpec>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let pool = setup(&cfg, &mut routes).await?;
-    let assignment = SharedAssignment::default();
-
-    let http_task = if cfg.http.bind.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
-            .await
-            .with_context(|| format!("binding http.bind {}", cfg.http.bind))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
-        let state = HttpState {
-            metrics: metrics.clone(),
-            pool: pool.clone(),
-            assignment: assignment.clone(),
-        };
-        Some(tokio::spawn(http::serve(listener, state, cancel.clone())))
-    };
+    let (pool, routes) = setup(&cfg, &specs).await?;
+    let assignment = Assignment::default();
+    let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
 
     // Room for about two batches: the consumer fetches ahead while one commits.
     let (tx, rx) = mpsc::channel(cfg.batch.max_messages.saturating_mul(2).max(1024));
@@ -76,16 +54,10 @@ pub async fn run(
         consumer_cancel.clone(),
     )
     .context("creating Kafka consumer")?;
-    tracing::info!(group = %cfg.kafka.group_id, topics = ?subscriptions(&routes), "consuming");
+    tracing::info!(group = %cfg.kafka.group_id, topics = ?route::subscriptions(&routes), "consuming");
 
-    let pipeline = Pipeline::new(
-        &cfg,
-        routes,
-        pool.clone(),
-        assignment,
-        metrics,
-        handle.commands.clone(),
-    );
+    let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error);
+    let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone());
     let result = pipeline.run(rx, cancel.clone()).await;
 
     // Stop order: the pipeline has finished its in-flight commit; now leave
@@ -99,4 +71,30 @@ pub async fn run(
     }
     pool.close().await;
     result.map_err(anyhow::Error::from)
+}
+
+async fn serve_http(
+    cfg: &Config,
+    metrics: &Metrics,
+    pool: &PgPool,
+    assignment: &Assignment,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    if cfg.http.bind.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
+        .await
+        .with_context(|| format!("binding http.bind {}", cfg.http.bind))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
+    let state = HttpState {
+        metrics: metrics.clone(),
+        pool: pool.clone(),
+        assignment: assignment.clone(),
+    };
+    Ok(Some(tokio::spawn(http::serve(
+        listener,
+        state,
+        cancel.clone(),
+    ))))
 }

@@ -26,22 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use crate::config::{Route, RowKeySource, TombstonePolicy};
 use crate::hash;
+use crate::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
+use crate::route::{Route, RowKeySource, TombstonePolicy};
 use crate::types::{EventHash, Offset, RowKey, TopicPartition};
-
-/// One message as the consumer hands it over (owned; the consumer thread has
-/// already returned librdkafka's buffer).
-#[derive(Clone, Debug)]
-pub struct SourceMessage {
-    pub tp: TopicPartition,
-    pub offset: Offset,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// Message timestamp, milliseconds since the epoch.
-    pub timestamp: Option<i64>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
 
 /// A row to upsert into a route's table.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,42 +44,6 @@ pub struct RowUpsert {
     pub topic: String,
     pub partition: i32,
     pub offset: Offset,
-}
-
-/// Why a message could not be applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PoisonReason {
-    InvalidJson,
-    MissingKey,
-    BadVersion,
-    /// A typed column value that would make the row depend on the clock.
-    TimeRelative,
-    NoRoute,
-    /// Rejected by the database (type conversion, constraint, jsonb limits).
-    Database,
-}
-
-impl PoisonReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoisonReason::InvalidJson => "invalid_json",
-            PoisonReason::MissingKey => "missing_key",
-            PoisonReason::BadVersion => "bad_version",
-            PoisonReason::TimeRelative => "time_relative",
-            PoisonReason::NoRoute => "no_route",
-            PoisonReason::Database => "database",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeadLetter {
-    pub tp: TopicPartition,
-    pub offset: Offset,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub reason: PoisonReason,
-    pub error: String,
 }
 
 /// A key to delete, with the tombstone that asked for it (named if the
@@ -143,6 +95,46 @@ impl PreparedBatch {
     }
 }
 
+/// Prepares a batch. `messages` must be in offset order within each partition.
+pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
+    let mut batch = PreparedBatch {
+        writes: vec![RouteWrites::default(); routes.len()],
+        ..Default::default()
+    };
+    let mut folds: Vec<Fold> = routes
+        .iter()
+        .map(|r| Fold::new(r.version.is_some()))
+        .collect();
+    for m in messages {
+        batch.counts.consumed += 1;
+        batch
+            .ranges
+            .entry(m.tp.clone())
+            .and_modify(|r| r.1 = m.offset)
+            .or_insert((m.offset, m.offset));
+        let Some(ri) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
+            let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
+            batch
+                .dead_letters
+                .push(DeadLetter::of(m, PoisonReason::NoRoute, error));
+            continue;
+        };
+        match parse(&routes[ri], &m) {
+            Parsed::Ignored => batch.counts.tombstone_ignored += 1,
+            Parsed::Poison(reason, error) => {
+                batch.dead_letters.push(DeadLetter::of(m, reason, error))
+            }
+            Parsed::Upsert(row) => folds[ri].upsert(row, &mut batch.counts),
+            Parsed::Tombstone(del) => folds[ri].tombstone(del, &mut batch.counts),
+        }
+    }
+    for (fold, writes) in folds.into_iter().zip(&mut batch.writes) {
+        fold.finish(writes);
+    }
+    batch
+}
+
+/// The state of one key within a batch.
 enum KeyState {
     Upsert(RowUpsert),
     Delete(RowDelete),
@@ -156,6 +148,98 @@ struct KeyFold {
     pre_delete: Option<RowDelete>,
 }
 
+impl KeyFold {
+    fn new(state: KeyState) -> Self {
+        Self {
+            state,
+            previous: None,
+            pre_delete: None,
+        }
+    }
+}
+
+/// The fold of one route's messages, key by key, in offset order.
+struct Fold {
+    versioned: bool,
+    keys: HashMap<RowKey, KeyFold>,
+    /// First-seen order of keys, so statements are deterministic.
+    order: Vec<RowKey>,
+}
+
+impl Fold {
+    fn new(versioned: bool) -> Self {
+        Self {
+            versioned,
+            keys: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    fn upsert(&mut self, row: RowUpsert, counts: &mut BatchCounts) {
+        let Some(f) = self.keys.get_mut(&row.key) else {
+            self.order.push(row.key.clone());
+            self.keys
+                .insert(row.key.clone(), KeyFold::new(KeyState::Upsert(row)));
+            return;
+        };
+        match &f.state {
+            KeyState::Upsert(cur) if cur.hash == row.hash => counts.duplicate_in_batch += 1,
+            KeyState::Upsert(cur) if self.versioned && row.version < cur.version => {
+                counts.stale_in_batch += 1
+            }
+            KeyState::Upsert(_) => {
+                counts.superseded += 1;
+                if let KeyState::Upsert(prev) =
+                    std::mem::replace(&mut f.state, KeyState::Upsert(row))
+                {
+                    f.previous = Some(prev);
+                }
+            }
+            KeyState::Delete(_) => {
+                counts.superseded += 1;
+                f.previous = None;
+                if let KeyState::Delete(d) = std::mem::replace(&mut f.state, KeyState::Upsert(row))
+                {
+                    f.pre_delete = Some(d);
+                }
+            }
+        }
+    }
+
+    fn tombstone(&mut self, del: RowDelete, counts: &mut BatchCounts) {
+        let Some(f) = self.keys.get_mut(&del.key) else {
+            self.order.push(del.key.clone());
+            self.keys
+                .insert(del.key.clone(), KeyFold::new(KeyState::Delete(del)));
+            return;
+        };
+        match f.state {
+            KeyState::Delete(_) => counts.duplicate_in_batch += 1,
+            KeyState::Upsert(_) => {
+                counts.superseded += 1;
+                f.pre_delete = None;
+                f.previous = None;
+                f.state = KeyState::Delete(del);
+            }
+        }
+    }
+
+    fn finish(mut self, w: &mut RouteWrites) {
+        for key in self.order {
+            let f = self
+                .keys
+                .remove(&key)
+                .expect("every ordered key has a fold");
+            w.pre_deletes.extend(f.pre_delete);
+            w.previous.extend(f.previous);
+            match f.state {
+                KeyState::Upsert(row) => w.upserts.push(row),
+                KeyState::Delete(d) => w.deletes.push(d),
+            }
+        }
+    }
+}
+
 /// What a single message turned into.
 enum Parsed {
     Upsert(RowUpsert),
@@ -164,176 +248,20 @@ enum Parsed {
     Poison(PoisonReason, String),
 }
 
-/// Prepares a batch. `messages` must be in offset order within each partition.
-pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
-    let mut batch = PreparedBatch {
-        writes: vec![RouteWrites::default(); routes.len()],
-        ..Default::default()
-    };
-    let mut folds: Vec<HashMap<RowKey, KeyFold>> =
-        (0..routes.len()).map(|_| HashMap::new()).collect();
-    // Remember first-seen order of keys so the statement order is deterministic.
-    let mut key_order: Vec<Vec<RowKey>> = vec![Vec::new(); routes.len()];
-
-    for m in messages {
-        batch.counts.consumed += 1;
-        batch
-            .ranges
-            .entry(m.tp.clone())
-            .and_modify(|r| r.1 = m.offset)
-            .or_insert((m.offset, m.offset));
-        let Some(ri) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
-            let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
-            batch
-                .dead_letters
-                .push(dead_letter(m, PoisonReason::NoRoute, error));
-            continue;
-        };
-        let route = &routes[ri];
-        match parse(route, &m) {
-            Parsed::Ignored => batch.counts.tombstone_ignored += 1,
-            Parsed::Poison(reason, error) => batch.dead_letters.push(dead_letter(m, reason, error)),
-            Parsed::Upsert(row) => {
-                let versioned = route.version.is_some();
-                match folds[ri].get_mut(&row.key) {
-                    None => {
-                        key_order[ri].push(row.key.clone());
-                        folds[ri].insert(
-                            row.key.clone(),
-                            KeyFold {
-                                state: KeyState::Upsert(row),
-                                previous: None,
-                                pre_delete: None,
-                            },
-                        );
-                    }
-                    Some(f) => match &f.state {
-                        KeyState::Upsert(cur) if cur.hash == row.hash => {
-                            batch.counts.duplicate_in_batch += 1
-                        }
-                        KeyState::Upsert(cur) if versioned && row.version < cur.version => {
-                            batch.counts.stale_in_batch += 1
-                        }
-                        KeyState::Upsert(_) => {
-                            batch.counts.superseded += 1;
-                            if let KeyState::Upsert(prev) =
-                                std::mem::replace(&mut f.state, KeyState::Upsert(row))
-                            {
-                                f.previous = Some(prev);
-                            }
-                        }
-                        KeyState::Delete(_) => {
-                            batch.counts.superseded += 1;
-                            f.previous = None;
-                            if let KeyState::Delete(d) =
-                                std::mem::replace(&mut f.state, KeyState::Upsert(row))
-                            {
-                                f.pre_delete = Some(d);
-                            }
-                        }
-                    },
-                }
-            }
-            Parsed::Tombstone(del) => match folds[ri].get_mut(&del.key) {
-                None => {
-                    key_order[ri].push(del.key.clone());
-                    folds[ri].insert(
-                        del.key.clone(),
-                        KeyFold {
-                            state: KeyState::Delete(del),
-                            previous: None,
-                            pre_delete: None,
-                        },
-                    );
-                }
-                Some(f) => match f.state {
-                    KeyState::Delete(_) => batch.counts.duplicate_in_batch += 1,
-                    KeyState::Upsert(_) => {
-                        batch.counts.superseded += 1;
-                        f.pre_delete = None;
-                        f.previous = None;
-                        f.state = KeyState::Delete(del);
-                    }
-                },
-            },
-        }
-    }
-
-    for (ri, order) in key_order.into_iter().enumerate() {
-        let w = &mut batch.writes[ri];
-        let mut folds = std::mem::take(&mut folds[ri]);
-        for key in order {
-            let f = folds.remove(&key).expect("every ordered key has a fold");
-            if let Some(d) = f.pre_delete {
-                w.pre_deletes.push(d);
-            }
-            if let Some(prev) = f.previous {
-                w.previous.push(prev);
-            }
-            match f.state {
-                KeyState::Upsert(row) => w.upserts.push(row),
-                KeyState::Delete(d) => w.deletes.push(d),
-            }
-        }
-    }
-    batch
-}
-
-fn dead_letter(m: SourceMessage, reason: PoisonReason, error: String) -> DeadLetter {
-    DeadLetter {
-        tp: m.tp,
-        offset: m.offset,
-        key: m.key,
-        payload: m.payload,
-        reason,
-        error,
+impl Parsed {
+    fn poison((reason, error): (PoisonReason, String)) -> Parsed {
+        Parsed::Poison(reason, error)
     }
 }
 
 fn parse(route: &Route, m: &SourceMessage) -> Parsed {
     let Some(payload) = &m.payload else {
-        if route.tombstones == TombstonePolicy::Ignore {
-            return Parsed::Ignored;
-        }
-        let key = match &route.columns {
-            Some(map) => map.tombstone_key(m),
-            None => tombstone_key(route, m.key.as_deref()),
-        };
-        return match key {
-            Ok(key) => Parsed::Tombstone(RowDelete {
-                key,
-                tp: m.tp.clone(),
-                offset: m.offset,
-            }),
-            Err(e) => Parsed::Poison(PoisonReason::MissingKey, e),
-        };
+        return parse_tombstone(route, m);
     };
-    let text = match std::str::from_utf8(payload) {
-        Ok(t) => t,
-        Err(e) => {
-            return Parsed::Poison(
-                PoisonReason::InvalidJson,
-                format!("payload is not UTF-8: {e}"),
-            )
-        }
-    };
-    let mut value: Value = match serde_json::from_str(text) {
+    let (text, value) = match parse_json(payload) {
         Ok(v) => v,
-        Err(e) => {
-            return Parsed::Poison(
-                PoisonReason::InvalidJson,
-                format!("payload is not JSON: {e}"),
-            )
-        }
+        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, e),
     };
-    // jsonb cannot hold U+0000; reject here with a clear message rather than
-    // failing the statement.
-    if text.contains("\\u0000") {
-        return Parsed::Poison(
-            PoisonReason::InvalidJson,
-            "payload contains \\u0000, which PostgreSQL jsonb cannot store".into(),
-        );
-    }
     let version = match &route.version {
         None => None,
         Some(p) => match value.pointer(p).and_then(as_integer) {
@@ -346,46 +274,74 @@ fn parse(route: &Route, m: &SourceMessage) -> Parsed {
             }
         },
     };
-    if let Some(map) = &route.columns {
-        return match map.row(m, text, &value, &route.hash_exclude) {
-            Ok(row) => Parsed::Upsert(RowUpsert {
-                key: row.key,
-                hash: row.content_hash,
-                payload: text.to_string(),
-                row: Some(row.doc),
-                version,
-                topic: m.tp.topic.clone(),
-                partition: m.tp.partition,
-                offset: m.offset,
-            }),
-            Err((reason, e)) => Parsed::Poison(reason, e),
-        };
+    let row = match &route.columns {
+        Some(map) => map
+            .row(m, text, &value, &route.hash_exclude)
+            .map(|r| (r.key, r.content_hash, Some(r.doc))),
+        None => document_key_and_hash(route, m, value).map(|(k, h)| (k, h, None)),
+    };
+    match row {
+        Ok((key, hash, row)) => Parsed::Upsert(RowUpsert {
+            key,
+            hash,
+            payload: text.to_string(),
+            row,
+            version,
+            topic: m.tp.topic.clone(),
+            partition: m.tp.partition,
+            offset: m.offset,
+        }),
+        Err(e) => Parsed::poison(e),
     }
-    let key_from_doc = match &route.key {
-        RowKeySource::Pointers(ps) => match key_from_pointers(&value, ps) {
-            Ok(k) => Some(k),
-            Err(e) => return Parsed::Poison(PoisonReason::MissingKey, e),
-        },
+}
+
+fn parse_tombstone(route: &Route, m: &SourceMessage) -> Parsed {
+    if route.tombstones == TombstonePolicy::Ignore {
+        return Parsed::Ignored;
+    }
+    let key = match &route.columns {
+        Some(map) => map.tombstone_key(m),
+        None => tombstone_key(route, m.key.as_deref()),
+    };
+    match key {
+        Ok(key) => Parsed::Tombstone(RowDelete {
+            key,
+            tp: m.tp.clone(),
+            offset: m.offset,
+        }),
+        Err(e) => Parsed::poison(e),
+    }
+}
+
+/// The payload as UTF-8 text and parsed JSON.
+fn parse_json(payload: &[u8]) -> Result<(&str, Value), String> {
+    let text = std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8: {e}"))?;
+    let value = serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
+    // jsonb cannot hold U+0000; reject here with a clear message rather than
+    // failing the statement.
+    if text.contains("\\u0000") {
+        return Err("payload contains \\u0000, which PostgreSQL jsonb cannot store".into());
+    }
+    Ok((text, value))
+}
+
+/// A document route's row key and event hash.
+fn document_key_and_hash(
+    route: &Route,
+    m: &SourceMessage,
+    mut value: Value,
+) -> Result<(RowKey, EventHash), (PoisonReason, String)> {
+    let key = match &route.key {
+        RowKeySource::Pointers(ps) => Some(key_from_pointers(&value, ps)?),
         RowKeySource::KafkaKey => match m.key.as_deref() {
-            Some(k) => Some(key_from_bytes(k)),
-            None => {
-                return Parsed::Poison(PoisonReason::MissingKey, "message has no Kafka key".into())
-            }
+            Some(k) => Some(RowKey(text_of_bytes(k))),
+            None => return Err((PoisonReason::MissingKey, "message has no Kafka key".into())),
         },
         RowKeySource::EventHash | RowKeySource::Columns => None,
     };
     hash::remove_pointers(&mut value, &route.hash_exclude);
     let h = hash::hash_value(&value);
-    Parsed::Upsert(RowUpsert {
-        key: key_from_doc.unwrap_or_else(|| RowKey(h.to_string())),
-        hash: h,
-        payload: text.to_string(),
-        row: None,
-        version,
-        topic: m.tp.topic.clone(),
-        partition: m.tp.partition,
-        offset: m.offset,
-    })
+    Ok((key.unwrap_or_else(|| RowKey(h.to_string())), h))
 }
 
 fn as_integer(v: &Value) -> Option<i64> {
@@ -397,13 +353,31 @@ fn as_integer(v: &Value) -> Option<i64> {
 }
 
 /// Renders the row key from JSON pointers: one string value is used as is,
-/// anything else (numbers, several pointers) as canonical JSON, so `1` and
-/// `1.0` are the same key and composite keys cannot collide by concatenation.
-pub fn key_from_pointers(value: &Value, pointers: &[String]) -> Result<RowKey, String> {
+/// other scalars (numbers, booleans) and several pointers as canonical JSON,
+/// so `1` and `1.0` are the same key and composite keys cannot collide by
+/// concatenation. Objects and arrays are not keys.
+pub fn key_from_pointers(
+    value: &Value,
+    pointers: &[String],
+) -> Result<RowKey, (PoisonReason, String)> {
     let mut parts = Vec::with_capacity(pointers.len());
     for p in pointers {
         match value.pointer(p) {
-            None | Some(Value::Null) => return Err(format!("key pointer {p} is missing or null")),
+            None | Some(Value::Null) => {
+                return Err((
+                    PoisonReason::MissingKey,
+                    format!("key pointer {p} is missing or null"),
+                ))
+            }
+            Some(v @ (Value::Object(_) | Value::Array(_))) => {
+                return Err((
+                    PoisonReason::InvalidKey,
+                    format!(
+                        "key pointer {p} holds {}; keys must be strings, numbers or booleans",
+                        hash::json_kind(v)
+                    ),
+                ))
+            }
             Some(v) => parts.push(v),
         }
     }
@@ -417,26 +391,19 @@ pub fn key_from_pointers(value: &Value, pointers: &[String]) -> Result<RowKey, S
     }))
 }
 
-/// A Kafka key as a row key: UTF-8 text as is, other bytes as `\x` + hex.
-pub fn key_from_bytes(k: &[u8]) -> RowKey {
-    match std::str::from_utf8(k) {
-        Ok(s) => RowKey(s.to_string()),
-        Err(_) => RowKey(format!("\\x{}", hex::encode(k))),
-    }
-}
-
 /// The key a tombstone deletes. Pointer-keyed routes read the pointers from
 /// the Kafka key parsed as JSON (e.g. `{"order_id": 7}`), or, with a single
 /// pointer, take the Kafka key text itself.
-fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
+fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, (PoisonReason, String)> {
+    let missing = |e: &str| (PoisonReason::MissingKey, e.to_string());
     let Some(k) = key else {
-        return Err("tombstone without a Kafka key".into());
+        return Err(missing("tombstone without a Kafka key"));
     };
     match &route.key {
-        RowKeySource::KafkaKey => Ok(key_from_bytes(k)),
-        RowKeySource::EventHash => {
-            Err("tombstones cannot address rows keyed by @event_hash".into())
-        }
+        RowKeySource::KafkaKey => Ok(RowKey(text_of_bytes(k))),
+        RowKeySource::EventHash => Err(missing(
+            "tombstones cannot address rows keyed by @event_hash",
+        )),
         RowKeySource::Columns => unreachable!("typed routes derive keys in columns.rs"),
         RowKeySource::Pointers(ps) => {
             if let Ok(v) = serde_json::from_slice::<Value>(k) {
@@ -445,9 +412,11 @@ fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, String> {
                 }
             }
             if ps.len() == 1 {
-                Ok(key_from_bytes(k))
+                Ok(RowKey(text_of_bytes(k)))
             } else {
-                Err("tombstone key is not a JSON object holding the key pointers".into())
+                Err(missing(
+                    "tombstone key is not a JSON object holding the key pointers",
+                ))
             }
         }
     }
@@ -584,9 +553,11 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"a":"x","b":1.0,"c":{"z":1,"y":2}}"#).unwrap();
         assert_eq!(key_from_pointers(&v, &["/a".into()]).unwrap().0, "x");
         assert_eq!(key_from_pointers(&v, &["/b".into()]).unwrap().0, "1");
-        assert_eq!(
-            key_from_pointers(&v, &["/c".into()]).unwrap().0,
-            r#"{"y":2,"z":1}"#
+        let (reason, error) = key_from_pointers(&v, &["/c".into()]).unwrap_err();
+        assert_eq!(reason, PoisonReason::InvalidKey);
+        assert!(
+            error.contains("/c") && error.contains("an object"),
+            "{error}"
         );
         assert_eq!(
             key_from_pointers(&v, &["/a".into(), "/b".into()])
@@ -594,7 +565,7 @@ mod tests {
                 .0,
             r#"["x",1]"#
         );
-        assert_eq!(key_from_bytes(&[0xff, 0x00]).0, "\\xff00");
+        assert_eq!(text_of_bytes(&[0xff, 0x00]), "\\xff00");
     }
 
     #[test]

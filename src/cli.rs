@@ -1,10 +1,18 @@
-//! Command line: `run | setup | check-config | offsets show | replay`.
+//! Command line: `run | setup | check-config | offsets show | replay`, and
+//! the dispatch of each command to the library. Exit codes: 0 ok, 1 runtime
+//! failure, 2 invalid configuration.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
-use crate::config::Overrides;
+use crate::admin::{self, ReplayTarget};
+use crate::app;
+use crate::config::{Config, Overrides};
+use crate::route::RouteSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +60,7 @@ impl Global {
         // An empty variable (e.g. `DATABASE_URL=`) means "not set".
         let set = |o: &Option<String>| o.clone().filter(|s| !s.trim().is_empty());
         Overrides {
+            toml: Vec::new(),
             brokers: set(&self.brokers),
             group_id: set(&self.group),
             database_url: set(&self.database_url),
@@ -105,4 +114,130 @@ pub struct ReplayArgs {
     /// Only this partition.
     #[arg(long)]
     pub partition: Option<i32>,
+}
+
+/// Parses nothing more: loads the configuration, runs the command, maps the
+/// result to an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing(&cli.global.log_format);
+    let (cfg, routes) = match Config::load(&cli.global.config, &cli.global.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli.command, cfg, routes)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cmd: Command, cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+    match cmd {
+        Command::CheckConfig => {
+            println!("# configuration OK ({} route(s))", routes.len());
+            print!("{}", cfg.redacted_toml());
+            Ok(())
+        }
+        Command::Setup => setup(&cfg, &routes).await,
+        Command::Run => run(cfg, routes).await,
+        Command::Offsets {
+            command: OffsetsCommand::Show { json },
+        } => offsets_show(&cfg, &routes, json).await,
+        Command::Replay(a) => replay(&cfg, &routes, &a).await,
+    }
+}
+
+async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<()> {
+    eprintln!(
+        "applying migrations and creating {} route table(s)…",
+        specs.len()
+    );
+    let (_, routes) = app::setup(cfg, specs).await?;
+    for r in &routes {
+        eprintln!("  ready: {}", r.table);
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let timeout = cfg.sink.shutdown_timeout;
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            ?timeout,
+            "shutdown requested; finishing the in-flight batch"
+        );
+        c.cancel();
+        tokio::time::sleep(timeout).await;
+        tracing::error!("shutdown exceeded its bound; exiting");
+        std::process::exit(1);
+    });
+    app::run(cfg, routes, cancel).await
+}
+
+async fn offsets_show(cfg: &Config, specs: &[RouteSpec], json: bool) -> anyhow::Result<()> {
+    let (pool, routes) = app::setup(cfg, specs).await?;
+    let rows = admin::show(cfg, &routes, &pool).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", admin::render_table(&rows));
+    }
+    Ok(())
+}
+
+async fn replay(cfg: &Config, specs: &[RouteSpec], a: &ReplayArgs) -> anyhow::Result<()> {
+    let target = if a.to_earliest {
+        ReplayTarget::Earliest
+    } else if let Some(o) = a.to_offset {
+        ReplayTarget::Offset(o)
+    } else {
+        let t = a.to_timestamp.as_deref().expect("clap requires one target");
+        let ts = chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--to-timestamp `{t}`: not RFC 3339 ({e})"))?;
+        ReplayTarget::Timestamp(ts.timestamp_millis())
+    };
+    let (pool, routes) = app::setup(cfg, specs).await?;
+    let moved = admin::replay(cfg, &routes, &pool, target, a.topic.as_deref(), a.partition).await?;
+    for (tp, o) in &moved {
+        println!("{tp} -> {o}");
+    }
+    println!(
+        "rewrote {} partition position(s); running sinks re-read them now",
+        moved.len()
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_env("KAFKA_PG_SINK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
 }

@@ -22,9 +22,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::batch::{PoisonReason, SourceMessage};
-use crate::config::KeySpec;
 use crate::hash;
+use crate::message::{text_of_bytes, PoisonReason, SourceMessage};
 use crate::types::{quote_ident, EventHash, RowKey};
 
 /// Where a column's value comes from.
@@ -82,27 +81,29 @@ impl ColumnSource {
     }
 }
 
+/// A mapped column. `T` is its SQL type: `()` while only the configuration is
+/// known ([`ColumnSpec`]), the type as `format_type()` prints it (valid SQL,
+/// identifiers quoted by Postgres) once read from the catalog ([`ColumnMap`]).
 #[derive(Clone, Debug)]
-pub struct MappedColumn {
+pub struct MappedColumn<T = String> {
     pub name: String,
     pub source: ColumnSource,
-    /// The column's type as `format_type()` prints it (valid SQL, identifiers
-    /// quoted by Postgres). Filled at startup by `store::schema::check_tables`.
-    pub sql_type: Option<String>,
+    pub sql_type: T,
 }
 
-impl MappedColumn {
+impl<T> MappedColumn<T> {
     pub fn quoted(&self) -> String {
         quote_ident(&self.name)
     }
+}
 
+impl MappedColumn {
     /// Date/time columns, where Postgres reads `now`, `today`, `tomorrow`
     /// and `yesterday` relative to the clock.
     fn is_date_time(&self) -> bool {
-        self.sql_type.as_deref().is_some_and(|t| {
-            (t.starts_with("timestamp") || t.starts_with("date") || t.starts_with("time"))
-                && !t.ends_with("[]")
-        })
+        let t = self.sql_type.as_str();
+        (t.starts_with("timestamp") || t.starts_with("date") || t.starts_with("time"))
+            && !t.ends_with("[]")
     }
 }
 
@@ -116,16 +117,19 @@ fn is_time_relative(v: &Value) -> bool {
         .any(|w| s.eq_ignore_ascii_case(w))
 }
 
-/// A validated column mapping of one route.
+/// A validated column mapping of one route; `T` as in [`MappedColumn`].
 #[derive(Clone, Debug)]
-pub struct ColumnMap {
+pub struct ColumnMap<T = String> {
     /// Sorted by column name (deterministic statements and hashes).
-    pub columns: Vec<MappedColumn>,
+    pub columns: Vec<MappedColumn<T>>,
     /// Indexes of the key columns (the ON CONFLICT target), in `key` order.
     pub key: Vec<usize>,
     /// Index of the column fed by the route's `version` pointer.
     pub version: Option<usize>,
 }
+
+/// A column mapping before the column types were read from the database.
+pub type ColumnSpec = ColumnMap<()>;
 
 /// One event as a typed row.
 #[derive(Debug)]
@@ -137,15 +141,16 @@ pub struct TypedRow {
     pub doc: String,
 }
 
-impl ColumnMap {
-    /// Validates a route's `columns`, `key` and `version`; pushes problems.
+impl ColumnSpec {
+    /// Validates a route's `columns`, `key` (column names) and `version`;
+    /// pushes problems.
     pub fn from_config(
         at: &str,
         columns: &BTreeMap<String, String>,
-        key: &KeySpec,
+        key: &[String],
         version: Option<&str>,
         p: &mut Vec<String>,
-    ) -> Option<ColumnMap> {
+    ) -> Option<ColumnSpec> {
         let before = p.len();
         if columns.is_empty() {
             p.push(format!("{at}.columns: map at least one column"));
@@ -159,15 +164,12 @@ impl ColumnMap {
                 Ok(source) => mapped.push(MappedColumn {
                     name: name.clone(),
                     source,
-                    sql_type: None,
+                    sql_type: (),
                 }),
                 Err(e) => p.push(format!("{at}.columns.{name}: {e}")),
             }
         }
-        let names: Vec<&String> = match key {
-            KeySpec::One(s) => vec![s],
-            KeySpec::Many(v) => v.iter().collect(),
-        };
+        let names = key;
         if names.is_empty() {
             p.push(format!("{at}.key: list must not be empty"));
         }
@@ -207,6 +209,31 @@ impl ColumnMap {
         })
     }
 
+    /// The mapping with each column's SQL type, as `type_of` reports it;
+    /// `Err` names the first column without one.
+    pub fn resolve(
+        self,
+        mut type_of: impl FnMut(&str) -> Option<String>,
+    ) -> Result<ColumnMap, String> {
+        let mut columns = Vec::with_capacity(self.columns.len());
+        for c in self.columns {
+            let sql_type = type_of(&c.name)
+                .ok_or_else(|| format!("column {} has no known type", c.quoted()))?;
+            columns.push(MappedColumn {
+                name: c.name,
+                source: c.source,
+                sql_type,
+            });
+        }
+        Ok(ColumnMap {
+            columns,
+            key: self.key,
+            version: self.version,
+        })
+    }
+}
+
+impl<T> ColumnMap<T> {
     pub fn maps_headers(&self) -> bool {
         self.columns
             .iter()
@@ -221,17 +248,19 @@ impl ColumnMap {
 
     /// Columns that decide whether an event changes its row: not key, not
     /// source position.
-    pub fn content(&self) -> impl Iterator<Item = (usize, &MappedColumn)> {
+    pub fn content(&self) -> impl Iterator<Item = (usize, &MappedColumn<T>)> {
         self.columns
             .iter()
             .enumerate()
             .filter(|(i, c)| !self.key.contains(i) && !c.source.is_position())
     }
 
-    pub fn key_columns(&self) -> impl Iterator<Item = &MappedColumn> {
+    pub fn key_columns(&self) -> impl Iterator<Item = &MappedColumn<T>> {
         self.key.iter().map(|&i| &self.columns[i])
     }
+}
 
+impl ColumnMap {
     /// The event as a typed row. `payload` is the parsed message value, `text`
     /// its source; `exclude` shapes the `@event_hash` value.
     pub fn row(
@@ -255,10 +284,20 @@ impl ColumnMap {
             .iter()
             .map(|c| source_value(&c.source, m, Some(payload), event_hash))
             .collect();
-        let key = self
-            .row_key(|i| values[i].as_ref())
-            .map_err(|e| (PoisonReason::MissingKey, e))?;
-        for (c, v) in self.columns.iter().zip(&values) {
+        let key = self.row_key(|i| values[i].as_ref())?;
+        self.refuse_clock_relative(&values)?;
+        Ok(TypedRow {
+            key,
+            content_hash: self.content_hash(&values, text.len()),
+            doc: self.doc(&values, text),
+        })
+    }
+
+    fn refuse_clock_relative(
+        &self,
+        values: &[Cow<'_, Value>],
+    ) -> Result<(), (PoisonReason, String)> {
+        for (c, v) in self.columns.iter().zip(values) {
             if c.is_date_time() && is_time_relative(v) {
                 return Err((
                     PoisonReason::TimeRelative,
@@ -266,13 +305,17 @@ impl ColumnMap {
                         "column {} ({}) cannot take {v}: Postgres reads it relative to the clock, \
                          so a replay would write a different value",
                         c.quoted(),
-                        c.sql_type.as_deref().unwrap_or_default()
+                        c.sql_type
                     ),
                 ));
             }
         }
+        Ok(())
+    }
 
-        let mut canonical = Vec::with_capacity(text.len() + 16);
+    /// Hash of the content columns' canonical JSON values.
+    fn content_hash(&self, values: &[Cow<'_, Value>], size_hint: usize) -> EventHash {
+        let mut canonical = Vec::with_capacity(size_hint + 16);
         canonical.push(b'[');
         for (n, (i, _)) in self.content().enumerate() {
             if n > 0 {
@@ -281,10 +324,14 @@ impl ColumnMap {
             hash::write_canonical(&values[i], &mut canonical);
         }
         canonical.push(b']');
+        hash::hash_canonical(&canonical)
+    }
 
+    /// The `{"column": value}` object Postgres converts.
+    fn doc(&self, values: &[Cow<'_, Value>], text: &str) -> String {
         let mut doc = String::with_capacity(text.len() + 32 * self.columns.len());
         doc.push('{');
-        for (n, (c, v)) in self.columns.iter().zip(&values).enumerate() {
+        for (n, (c, v)) in self.columns.iter().zip(values).enumerate() {
             if n > 0 {
                 doc.push(',');
             }
@@ -297,19 +344,16 @@ impl ColumnMap {
             }
         }
         doc.push('}');
-        Ok(TypedRow {
-            key,
-            content_hash: hash::hash_canonical(&canonical),
-            doc,
-        })
+        doc
     }
 
     /// The key a tombstone deletes. Pointer-sourced key columns are read from
     /// the Kafka key parsed as JSON (`{"order_id": 7}`); with a single key
     /// column the Kafka key text itself is the value.
-    pub fn tombstone_key(&self, m: &SourceMessage) -> Result<RowKey, String> {
+    pub fn tombstone_key(&self, m: &SourceMessage) -> Result<RowKey, (PoisonReason, String)> {
+        let missing = |e: String| (PoisonReason::MissingKey, e);
         let Some(raw) = m.key.as_deref() else {
-            return Err("tombstone without a Kafka key".into());
+            return Err(missing("tombstone without a Kafka key".into()));
         };
         let parsed: Option<Value> = serde_json::from_slice(raw).ok();
         let single = self.key.len() == 1;
@@ -320,17 +364,17 @@ impl ColumnMap {
                     Some(v) => Cow::Borrowed(v),
                     None if single => Cow::Owned(Value::String(text_of_bytes(raw))),
                     None => {
-                        return Err(format!(
+                        return Err(missing(format!(
                             "tombstone key is not a JSON object holding key column `{}` ({p})",
                             c.name
-                        ))
+                        )))
                     }
                 },
                 ColumnSource::Payload | ColumnSource::EventHash => {
-                    return Err(format!(
+                    return Err(missing(format!(
                         "a tombstone has no payload to derive key column `{}` from",
                         c.name
-                    ))
+                    )))
                 }
                 other => source_value(other, m, None, None),
             };
@@ -345,18 +389,35 @@ impl ColumnMap {
     /// The fold identity of a row: a JSON array of the text form of each key
     /// value (what Postgres parses), so `7` and `"7"` address the same row, as
     /// they do in an integer or text column. Deletes cast these texts to the
-    /// key column types (`store::typed::delete`).
-    fn row_key<'v>(&self, value_of: impl Fn(usize) -> &'v Value) -> Result<RowKey, String> {
+    /// key column types (`store::typed::delete`). Key values must be scalars.
+    fn row_key<'v>(
+        &self,
+        value_of: impl Fn(usize) -> &'v Value,
+    ) -> Result<RowKey, (PoisonReason, String)> {
         let mut parts = Vec::with_capacity(self.key.len());
         for &i in &self.key {
+            let c = &self.columns[i];
             match value_of(i) {
                 Value::Null => {
-                    let c = &self.columns[i];
-                    return Err(format!(
-                        "key column `{}` ({}) is missing or null",
-                        c.name,
-                        describe(&c.source)
-                    ));
+                    return Err((
+                        PoisonReason::MissingKey,
+                        format!(
+                            "key column `{}` ({}) is missing or null",
+                            c.name,
+                            describe(&c.source)
+                        ),
+                    ))
+                }
+                v @ (Value::Object(_) | Value::Array(_)) => {
+                    return Err((
+                        PoisonReason::InvalidKey,
+                        format!(
+                            "key column `{}` ({}) is {}; keys must be strings, numbers or booleans",
+                            c.name,
+                            describe(&c.source),
+                            hash::json_kind(v)
+                        ),
+                    ))
                 }
                 Value::String(s) => parts.push(s.clone()),
                 v => parts.push(hash::canonical_string(v)),
@@ -417,14 +478,6 @@ fn source_value<'a>(
     }
 }
 
-/// Bytes as text: UTF-8 as is, anything else as `\x` + hex (bytea input form).
-pub fn text_of_bytes(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) => s.to_string(),
-        Err(_) => format!("\\x{}", hex::encode(b)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,13 +518,11 @@ mod tests {
         )
         .unwrap();
         for c in &mut m.columns {
-            c.sql_type = Some(
-                match c.name.as_str() {
-                    "at" => "timestamp with time zone",
-                    _ => "text",
-                }
-                .into(),
-            );
+            c.sql_type = match c.name.as_str() {
+                "at" => "timestamp with time zone",
+                _ => "text",
+            }
+            .into();
         }
         let err = row(&m, &msg(None, r#"{"id":1,"at":" Yesterday ","note":"x"}"#)).unwrap_err();
         assert!(
@@ -535,6 +586,20 @@ mod tests {
 
         let err = row(&m, &msg(None, r#"{"v":1}"#)).unwrap_err();
         assert!(err.contains("`id`") && err.contains("/id"), "{err}");
+    }
+
+    #[test]
+    fn keys_must_be_scalars() {
+        let m = map(r#"{ id = "/id", v = "/v" }"#, r#""id""#, "").unwrap();
+        let text = r#"{"id":{"nested":1},"v":1}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        let (reason, error) = m.row(&msg(None, text), text, &v, &[]).unwrap_err();
+        assert_eq!(reason, PoisonReason::InvalidKey);
+        assert!(
+            error.contains("`id`") && error.contains("an object"),
+            "{error}"
+        );
+        assert!(row(&m, &msg(None, r#"{"id":true,"v":1}"#)).is_ok());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Typed, layered configuration: TOML file → `KAFKA_PG_SINK__SECTION__KEY`
-//! environment variables → CLI flags. Everything is validated at load time and
-//! all problems are reported at once, each naming its key, so a bad deployment
-//! fails before it connects anywhere (exit code 2).
+//! environment variables → TOML layers and CLI flags ([`Overrides`]).
+//! Everything is validated at load time and all problems are reported at
+//! once, each naming its key, so a bad deployment fails before it connects
+//! anywhere (exit code 2). Routes come out validated as [`RouteSpec`]s; the
+//! database completes them at startup (`store::schema::resolve_routes`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::columns::ColumnMap;
-use crate::types::TableName;
+use crate::route::{self, RouteConfig, RouteSpec};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +32,30 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// Where a partition without a stored position starts.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    #[default]
+    Earliest,
+    Latest,
+    /// Anything else; refused by validation (kept so that every problem of a
+    /// file is reported at once, not just the first).
+    #[serde(other)]
+    Invalid,
+}
+
+impl OffsetReset {
+    /// The value of librdkafka's `auto.offset.reset`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::Invalid => "invalid",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -39,15 +64,11 @@ pub struct KafkaConfig {
     /// Consumer group; also the namespace of rows in `sink_offsets`.
     pub group_id: String,
     /// Where a partition with no stored offset starts: `earliest` or `latest`.
-    #[serde(default = "default_reset")]
-    pub auto_offset_reset: String,
+    #[serde(default)]
+    pub auto_offset_reset: OffsetReset,
     /// Any librdkafka property (SASL, SSL, timeouts…), passed through verbatim.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-}
-
-fn default_reset() -> String {
-    "earliest".into()
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -56,7 +77,7 @@ pub struct PostgresConfig {
     /// `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=ca.pem`
     pub url: String,
     /// Read the password from this file (Kubernetes/Docker secrets), overriding the URL's.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
     #[serde(default = "default_pool")]
     pub max_connections: u32,
@@ -171,98 +192,6 @@ impl Default for SinkConfig {
     }
 }
 
-/// How the row key is derived: `"/pointer"`, `["/a", "/b"]`, `"@kafka_key"`
-/// or `"@event_hash"`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum KeySpec {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TombstonePolicy {
-    /// A null-valued message deletes the row with its key.
-    #[default]
-    Delete,
-    /// Null-valued messages are counted and skipped.
-    Ignore,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Exact topic name, or a regex when it starts with `^`.
-    pub topic: String,
-    /// Target table (`table` or `schema.table`); always quoted.
-    pub table: String,
-    pub key: KeySpec,
-    /// JSON pointers left out of the event hash (fields producers add on retry).
-    #[serde(default)]
-    pub hash_exclude: Vec<String>,
-    /// Optional JSON pointer of an integer version: an update applies only if
-    /// its version is ≥ the stored one.
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub tombstones: TombstonePolicy,
-    /// Typed table mode: column name → source (`/pointer`, `@payload`,
-    /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
-    /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`). `key` then names
-    /// columns. Without it the route writes a document table.
-    #[serde(default)]
-    pub columns: Option<BTreeMap<String, String>>,
-}
-
-/// A validated route, ready for the pipeline.
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub topic: TopicMatcher,
-    pub table: TableName,
-    pub key: RowKeySource,
-    pub hash_exclude: Vec<String>,
-    pub version: Option<String>,
-    pub tombstones: TombstonePolicy,
-    /// Typed table mode (see `columns.rs`); `None` = document table.
-    pub columns: Option<ColumnMap>,
-    /// Runtime hint shared by the clones of this route: the last batch was
-    /// mostly re-deliveries, so the next upsert filters stored duplicates
-    /// first (`store::commit::upsert_documents`).
-    pub duplicate_heavy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[derive(Clone, Debug)]
-pub enum TopicMatcher {
-    Exact(String),
-    Pattern(regex::Regex),
-}
-
-impl TopicMatcher {
-    pub fn matches(&self, topic: &str) -> bool {
-        match self {
-            TopicMatcher::Exact(t) => t == topic,
-            TopicMatcher::Pattern(r) => r.is_match(topic),
-        }
-    }
-    /// The string librdkafka subscribes with (it treats `^…` as a regex).
-    pub fn subscription(&self) -> String {
-        match self {
-            TopicMatcher::Exact(t) => t.clone(),
-            TopicMatcher::Pattern(r) => r.as_str().to_string(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum RowKeySource {
-    Pointers(Vec<String>),
-    KafkaKey,
-    EventHash,
-    /// Typed tables: the key is the mapped columns listed in `ColumnMap::key`.
-    Columns,
-}
-
 /// Everything that can be wrong with a configuration, each naming its key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -270,45 +199,55 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
-/// CLI-level overrides, applied last.
-#[derive(Clone, Debug, Default, Serialize)]
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// What is layered over the file and the environment, in this order: TOML
+/// fragments (tests, tools; a `[[route]]` in a fragment replaces the file's
+/// routes), then the CLI flags.
+#[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toml: Vec<String>,
     pub brokers: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_bind: Option<String>,
 }
 
 impl Config {
     /// Loads file → env → overrides, then validates.
-    pub fn load(path: &Path, overrides: &Overrides) -> Result<(Config, Vec<Route>), ConfigError> {
+    pub fn load(
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<(Config, Vec<RouteSpec>), ConfigError> {
         if !path.exists() {
-            return Err(ConfigError {
-                problems: vec![format!("config file {} does not exist", path.display())],
-            });
+            return Err(ConfigError::one(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         let mut fig = Figment::new()
             .merge(Toml::file(path))
             .merge(Env::prefixed("KAFKA_PG_SINK__").split("__").lowercase(true));
-        if let Some(b) = &overrides.brokers {
-            fig = fig.merge(Serialized::default("kafka.brokers", b));
+        for layer in &overrides.toml {
+            fig = fig.merge(Toml::string(layer));
         }
-        if let Some(g) = &overrides.group_id {
-            fig = fig.merge(Serialized::default("kafka.group_id", g));
+        for (key, value) in [
+            ("kafka.brokers", &overrides.brokers),
+            ("kafka.group_id", &overrides.group_id),
+            ("postgres.url", &overrides.database_url),
+            ("http.bind", &overrides.http_bind),
+        ] {
+            if let Some(v) = value {
+                fig = fig.merge(Serialized::default(key, v));
+            }
         }
-        if let Some(u) = &overrides.database_url {
-            fig = fig.merge(Serialized::default("postgres.url", u));
-        }
-        if let Some(h) = &overrides.http_bind {
-            fig = fig.merge(Serialized::default("http.bind", h));
-        }
-        let mut cfg: Config = fig.extract().map_err(|e| ConfigError {
-            problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
-        })?;
+        let mut cfg = extract(fig)?;
         cfg.kafka
             .properties
             .extend(kafka_properties_from_env(std::env::vars()));
@@ -316,32 +255,29 @@ impl Config {
         Ok((cfg, routes))
     }
 
-    /// Parses a TOML string (tests, examples).
-    pub fn from_toml(s: &str) -> Result<(Config, Vec<Route>), ConfigError> {
-        let cfg: Config = Figment::new()
-            .merge(Toml::string(s))
-            .extract()
-            .map_err(|e| ConfigError {
-                problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
-            })?;
-        let routes = cfg.validate()?;
-        Ok((cfg, routes))
+    /// Checks every field and returns all problems at once.
+    pub fn validate(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut p = Vec::new();
+        self.validate_kafka(&mut p);
+        self.validate_postgres(&mut p);
+        self.validate_batch_and_http(&mut p);
+        let routes = route::validate_all(&self.routes, &mut p);
+        if p.is_empty() {
+            Ok(routes)
+        } else {
+            Err(ConfigError { problems: p })
+        }
     }
 
-    /// Checks every field and returns all problems at once.
-    pub fn validate(&self) -> Result<Vec<Route>, ConfigError> {
-        let mut p = Vec::new();
+    fn validate_kafka(&self, p: &mut Vec<String>) {
         if self.kafka.brokers.trim().is_empty() {
             p.push("kafka.brokers: must not be empty".into());
         }
         if self.kafka.group_id.trim().is_empty() {
             p.push("kafka.group_id: must not be empty".into());
         }
-        if !["earliest", "latest"].contains(&self.kafka.auto_offset_reset.as_str()) {
-            p.push(format!(
-                "kafka.auto_offset_reset: `{}` is not `earliest` or `latest`",
-                self.kafka.auto_offset_reset
-            ));
+        if self.kafka.auto_offset_reset == OffsetReset::Invalid {
+            p.push("kafka.auto_offset_reset: must be `earliest` or `latest`".into());
         }
         for k in self.kafka.properties.keys() {
             if RESERVED_KAFKA_PROPERTIES.contains(&k.as_str()) {
@@ -350,6 +286,9 @@ impl Config {
                 ));
             }
         }
+    }
+
+    fn validate_postgres(&self, p: &mut Vec<String>) {
         match url::Url::parse(&self.postgres.url) {
             Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {}
             Ok(u) => p.push(format!(
@@ -361,6 +300,9 @@ impl Config {
         if self.postgres.max_connections == 0 {
             p.push("postgres.max_connections: must be at least 1".into());
         }
+    }
+
+    fn validate_batch_and_http(&self, p: &mut Vec<String>) {
         if self.batch.max_messages == 0 {
             p.push("batch.max_messages: must be at least 1".into());
         }
@@ -373,93 +315,6 @@ impl Config {
                 self.http.bind
             ));
         }
-        if self.routes.is_empty() {
-            p.push("route: at least one [[route]] is required".into());
-        }
-        let mut routes = Vec::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let at = format!("route[{i}]");
-            let topic = if r.topic.starts_with('^') {
-                match regex::Regex::new(&r.topic) {
-                    Ok(re) => Some(TopicMatcher::Pattern(re)),
-                    Err(e) => {
-                        p.push(format!("{at}.topic: invalid regex ({e})"));
-                        None
-                    }
-                }
-            } else if r.topic.is_empty() {
-                p.push(format!("{at}.topic: must not be empty"));
-                None
-            } else {
-                Some(TopicMatcher::Exact(r.topic.clone()))
-            };
-            let table = TableName::parse(&r.table)
-                .map_err(|e| p.push(format!("{at}.table: {e}")))
-                .ok();
-            let columns = r.columns.as_ref().and_then(|cols| {
-                ColumnMap::from_config(&at, cols, &r.key, r.version.as_deref(), &mut p)
-            });
-            if r.columns.is_some()
-                && !r.hash_exclude.is_empty()
-                && columns.as_ref().is_some_and(|c| !c.maps_event_hash())
-            {
-                p.push(format!(
-                    "{at}.hash_exclude: typed routes detect duplicates by the mapped column values; \
-                     hash_exclude only shapes an `@event_hash` column, and none is mapped"
-                ));
-            }
-            let key = match &r.key {
-                _ if r.columns.is_some() => columns.as_ref().map(|_| RowKeySource::Columns),
-                KeySpec::One(s) if s == "@kafka_key" => Some(RowKeySource::KafkaKey),
-                KeySpec::One(s) if s == "@event_hash" => Some(RowKeySource::EventHash),
-                KeySpec::One(s) => {
-                    check_pointers(&format!("{at}.key"), std::slice::from_ref(s), &mut p)
-                }
-                KeySpec::Many(v) if v.is_empty() => {
-                    p.push(format!("{at}.key: list must not be empty"));
-                    None
-                }
-                KeySpec::Many(v) => check_pointers(&format!("{at}.key"), v, &mut p),
-            };
-            for (j, e) in r.hash_exclude.iter().enumerate() {
-                if !e.starts_with('/') {
-                    p.push(format!(
-                        "{at}.hash_exclude[{j}]: `{e}` is not a JSON pointer (must start with `/`)"
-                    ));
-                }
-            }
-            if let Some(v) = &r.version {
-                if !v.starts_with('/') {
-                    p.push(format!(
-                        "{at}.version: `{v}` is not a JSON pointer (must start with `/`)"
-                    ));
-                }
-            }
-            if let (Some(topic), Some(table), Some(key)) = (topic, table, key) {
-                routes.push(Route {
-                    topic,
-                    table,
-                    key,
-                    hash_exclude: r.hash_exclude.clone(),
-                    version: r.version.clone(),
-                    tombstones: r.tombstones,
-                    columns,
-                    duplicate_heavy: Default::default(),
-                });
-            }
-        }
-        for (i, a) in self.routes.iter().enumerate() {
-            for b in &self.routes[i + 1..] {
-                if a.topic == b.topic {
-                    p.push(format!("route: topic `{}` is routed twice", a.topic));
-                }
-            }
-        }
-        if p.is_empty() {
-            Ok(routes)
-        } else {
-            Err(ConfigError { problems: p })
-        }
     }
 
     /// The configuration as TOML with secrets masked (for `check-config`).
@@ -471,13 +326,20 @@ impl Config {
                 *v = "***".into();
             }
         }
-        toml_string(&c)
+        c.to_toml()
+    }
+
+    /// The configuration as TOML that [`Config::load`] reads back unchanged
+    /// (tests and tools write configurations this way).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a loaded configuration serializes")
     }
 }
 
-fn toml_string(c: &Config) -> String {
-    // figment has no TOML writer; serde_json → a readable dump is enough here.
-    serde_json::to_string_pretty(c).unwrap_or_default()
+fn extract(fig: Figment) -> Result<Config, ConfigError> {
+    fig.extract().map_err(|e| ConfigError {
+        problems: e.into_iter().map(|e| describe_figment_error(&e)).collect(),
+    })
 }
 
 /// Prefix of environment variables that set librdkafka properties, whose
@@ -496,15 +358,37 @@ pub fn kafka_properties_from_env(
     .collect()
 }
 
-/// Routes from one `[[route]]` body with placeholder connection settings
-/// (unit tests of the pure modules).
+/// The shipped local configuration (`config/local.toml`), the base that
+/// tests, the benchmark and tools layer their settings over.
+pub fn local_config_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.toml")
+}
+
+/// A configuration from TOML text alone (unit tests of this module).
 #[cfg(test)]
-pub fn test_routes(route: &str) -> Result<Vec<Route>, ConfigError> {
-    Config::from_toml(&format!(
-        "[kafka]\nbrokers = \"x:1\"\ngroup_id = \"g\"\n[postgres]\nurl = \"postgres://h/db\"\n\
-         [[route]]\n{route}\n"
-    ))
-    .map(|(_, r)| r)
+fn parse(s: &str) -> Result<(Config, Vec<RouteSpec>), ConfigError> {
+    let cfg = extract(Figment::from(Toml::string(s)))?;
+    let routes = cfg.validate()?;
+    Ok((cfg, routes))
+}
+
+/// Resolved routes from one `[[route]]` body layered over the local
+/// configuration, with every typed column of SQL type `text` (unit tests of
+/// the pure modules).
+#[cfg(test)]
+pub fn test_routes(route: &str) -> Result<Vec<crate::route::Route>, ConfigError> {
+    let overrides = Overrides {
+        toml: vec![format!("[[route]]\n{route}\n")],
+        ..Default::default()
+    };
+    let (_, specs) = Config::load(&local_config_path(), &overrides)?;
+    Ok(specs
+        .into_iter()
+        .map(|r| {
+            r.map_columns(|c| c.resolve(|_| Some("text".to_string())))
+                .expect("every column gets a type")
+        })
+        .collect())
 }
 
 /// Properties the sink sets itself; a user override would break the guarantee.
@@ -514,19 +398,6 @@ pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "group.id",
     "bootstrap.servers",
 ];
-
-fn check_pointers(at: &str, v: &[String], p: &mut Vec<String>) -> Option<RowKeySource> {
-    let mut ok = true;
-    for s in v {
-        if !s.starts_with('/') {
-            p.push(format!(
-                "{at}: `{s}` is not a JSON pointer (`/field`), `@kafka_key` or `@event_hash`"
-            ));
-            ok = false;
-        }
-    }
-    ok.then(|| RowKeySource::Pointers(v.to_vec()))
-}
 
 fn describe_figment_error(e: &figment::Error) -> String {
     let path = e.path.join(".");
@@ -573,6 +444,7 @@ pub fn redact_url(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::RowKeySource;
 
     const GOOD: &str = r#"
         [kafka]
@@ -588,7 +460,7 @@ mod tests {
 
     #[test]
     fn good_config_loads_with_defaults() {
-        let (c, routes) = Config::from_toml(GOOD).unwrap();
+        let (c, routes) = parse(GOOD).unwrap();
         assert_eq!(c.batch.max_messages, 5000);
         assert_eq!(c.sink.on_error, OnError::DeadLetter);
         assert_eq!(routes.len(), 1);
@@ -619,7 +491,7 @@ mod tests {
             key = "order_id"
             hash_exclude = ["sent_at"]
         "#;
-        let err = Config::from_toml(bad).unwrap_err();
+        let err = parse(bad).unwrap_err();
         let text = err.to_string();
         for key in [
             "kafka.brokers",
@@ -639,16 +511,31 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_the_key() {
-        let err = Config::from_toml(&GOOD.replace("group_id", "groupid")).unwrap_err();
+        let err = parse(&GOOD.replace("group_id", "groupid")).unwrap_err();
         assert!(err.to_string().contains("groupid"), "{err}");
-        let err =
-            Config::from_toml(&format!("{GOOD}\n[batch]\nmax_messages = \"many\"")).unwrap_err();
+        let err = parse(&format!("{GOOD}\n[batch]\nmax_messages = \"many\"")).unwrap_err();
         assert!(err.to_string().contains("batch.max_messages"), "{err}");
     }
 
     #[test]
+    fn written_toml_loads_back_unchanged() {
+        let typed = "[[route]]\ntopic = \"^pay.*\"\ntable = \"billing.payments\"\nkey = [\"id\"]\n\
+                     columns = { id = \"/id\", raw = \"@payload\" }\n";
+        let (c, routes) = parse(&format!(
+            "{GOOD}\n[kafka.properties]\n\"fetch.min.bytes\" = \"1\"\n{typed}"
+        ))
+        .unwrap();
+        let text = c.to_toml();
+        let (back, back_routes) = parse(&text).unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(back_routes.len(), 2);
+        assert!(text.contains("max_wait = \"200ms\""), "{text}");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
-        let (mut c, _) = Config::from_toml(GOOD).unwrap();
+        let (mut c, _) = parse(GOOD).unwrap();
         c.kafka
             .properties
             .insert("sasl.password".into(), "s3cret".into());
@@ -689,11 +576,10 @@ mod tests {
             ("@kafka_key", RowKeySource::KafkaKey),
             ("@event_hash", RowKeySource::EventHash),
         ] {
-            let (_, r) =
-                Config::from_toml(&GOOD.replace("\"/order_id\"", &format!("\"{k}\""))).unwrap();
+            let (_, r) = parse(&GOOD.replace("\"/order_id\"", &format!("\"{k}\""))).unwrap();
             assert_eq!(r[0].key, want);
         }
-        let (_, r) = Config::from_toml(&GOOD.replace("\"/order_id\"", r#"["/a", "/b"]"#)).unwrap();
+        let (_, r) = parse(&GOOD.replace("\"/order_id\"", r#"["/a", "/b"]"#)).unwrap();
         assert_eq!(
             r[0].key,
             RowKeySource::Pointers(vec!["/a".into(), "/b".into()])

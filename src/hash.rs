@@ -74,6 +74,18 @@ pub fn remove_pointers(value: &mut Value, pointers: &[String]) {
     }
 }
 
+/// A JSON value's kind with its article, for error messages ("an object").
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn unescape_token(t: &str) -> String {
     t.replace("~1", "/").replace("~0", "~")
 }

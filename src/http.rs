@@ -10,14 +10,14 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::SharedAssignment;
+use crate::assignment::Assignment;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Metrics,
     pub pool: PgPool,
-    pub assignment: SharedAssignment,
+    pub assignment: Assignment,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -42,10 +42,7 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
     )
     .await;
     let db_ok = matches!(db, Ok(Ok(_)));
-    let (joined, parts) = {
-        let a = s.assignment.lock().unwrap();
-        (a.joined, a.parts.len())
-    };
+    let (joined, parts) = s.assignment.status();
     let body = format!(
         "database: {}\nconsumer: {}\npartitions: {parts}\n",
         if db_ok { "ok" } else { "unreachable" },

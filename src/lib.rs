@@ -1,15 +1,20 @@
 //! kafka-pg-sink: Kafka → PostgreSQL with exactly-once effect.
 //!
-//! * `hash` — canonical JSON + SHA-256 event identity (pure)
+//! From the bottom up (a module only uses modules listed before it):
+//! * `types`, `backoff` — domain types; the retry schedule
+//! * `hash`, `message` — canonical JSON + SHA-256; messages and dead letters
+//! * `columns`, `route`, `config` — typed column mapping; routes; layered config
 //! * `batch` — fold a batch into the writes with the same effect (pure)
 //! * `store` — the one transaction per batch, offsets, dead letters, setup
-//! * `consumer` — rdkafka thread, assignment from stored offsets, seeks
-//! * `pipeline` — batch/commit loop, fencing, retries, replay notifications
-//! * `metrics`, `http` — Prometheus and health endpoints
-//! * `config`, `cli`, `admin`, `app` — the edges
+//! * `assignment` — partition ownership: generations, planned positions, seeks
+//! * `metrics`, `kafka` — Prometheus registry; Kafka client settings
+//! * `consumer`, `pipeline` — rdkafka thread; batch/commit loop, fences, replays
+//! * `http`, `admin`, `app`, `cli` — the edges
 
 pub mod admin;
 pub mod app;
+pub mod assignment;
+pub mod backoff;
 pub mod batch;
 pub mod cli;
 pub mod columns;
@@ -17,7 +22,10 @@ pub mod config;
 pub mod consumer;
 pub mod hash;
 pub mod http;
+pub mod kafka;
+pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod route;
 pub mod store;
 pub mod types;

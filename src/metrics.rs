@@ -12,6 +12,9 @@
 //! (`stale`), a message replaced by a later one with the same key in the same
 //! batch (`superseded`), ignored or no-op tombstones.
 
+use std::sync::Arc;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -19,10 +22,15 @@ use prometheus::{
 
 use crate::batch::BatchCounts;
 use crate::store::TableCounts;
+use crate::types::TopicPartition;
+
+const PREFIX: &str = "kafka_pg_sink_";
 
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Every registered family, including those without series yet.
+    families: Arc<[String]>,
     pub messages_consumed: IntCounter,
     pub rows_inserted: IntCounter,
     pub rows_updated: IntCounter,
@@ -39,82 +47,99 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub lag: IntGaugeVec,
     pub stored_offset: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// Registers each metric as it is created, so the list is written once.
+struct Families {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Families {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> C {
+        self.names
+            .extend(c.desc().into_iter().map(|d| d.fq_name.clone()));
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(format!("{PREFIX}{name}"), help).expect("valid metric"))
+    }
+
+    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(
+            IntCounterVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
+                .expect("valid metric"),
+        )
+    }
+
+    fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(
+            IntGaugeVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
+                .expect("valid metric"),
+        )
+    }
+
+    fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(format!("{PREFIX}{name}"), help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let m = Metrics {
-            messages_consumed: IntCounter::new("kafka_pg_sink_messages_consumed_total", "Messages read from Kafka and committed in a batch").unwrap(),
-            rows_inserted: IntCounter::new("kafka_pg_sink_rows_inserted_total", "Rows inserted").unwrap(),
-            rows_updated: IntCounter::new("kafka_pg_sink_rows_updated_total", "Rows updated (content changed)").unwrap(),
-            rows_deleted: IntCounter::new("kafka_pg_sink_rows_deleted_total", "Rows deleted by tombstones").unwrap(),
-            duplicates: IntCounterVec::new(
-                Opts::new("kafka_pg_sink_duplicates_total", "Messages that were duplicates: within a batch (stage=batch) or of the stored row (stage=table)"),
-                &["stage"],
-            ).unwrap(),
-            dead_letters: IntCounterVec::new(
-                Opts::new("kafka_pg_sink_dead_letters_total", "Poison messages written to sink_dead_letters"),
-                &["reason"],
-            ).unwrap(),
-            skipped: IntCounterVec::new(
-                Opts::new("kafka_pg_sink_messages_skipped_total", "Messages with no effect that are not duplicates"),
-                &["reason"],
-            ).unwrap(),
-            batches: IntCounter::new("kafka_pg_sink_batches_total", "Batches committed").unwrap(),
-            batch_size: Histogram::with_opts(
-                HistogramOpts::new("kafka_pg_sink_batch_size", "Messages per committed batch")
-                    .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0]),
-            ).unwrap(),
-            commit_duration: HistogramVec::new(
-                HistogramOpts::new("kafka_pg_sink_commit_duration_seconds", "Duration of the batch transaction")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-                &["result"],
-            ).unwrap(),
-            fenced_batches: IntCounter::new("kafka_pg_sink_fenced_batches_total", "Batches refused by the offset compare-and-set (zombie or replay)").unwrap(),
-            db_retries: IntCounter::new("kafka_pg_sink_db_retries_total", "Transient database errors retried").unwrap(),
-            rebalances: IntCounterVec::new(
-                Opts::new("kafka_pg_sink_rebalances_total", "Consumer group rebalance events"),
-                &["kind"],
-            ).unwrap(),
-            assigned_partitions: IntGauge::new("kafka_pg_sink_assigned_partitions", "Partitions currently assigned to this process").unwrap(),
-            lag: IntGaugeVec::new(
-                Opts::new("kafka_pg_sink_consumer_lag", "Broker high watermark minus stored next offset"),
-                &["topic", "partition"],
-            ).unwrap(),
-            stored_offset: IntGaugeVec::new(
-                Opts::new("kafka_pg_sink_stored_offset", "Next offset stored in Postgres by this process"),
-                &["topic", "partition"],
-            ).unwrap(),
-            registry,
+        let mut f = Families {
+            registry: Registry::new(),
+            names: Vec::new(),
         };
-        let build = IntGaugeVec::new(
-            Opts::new("kafka_pg_sink_build_info", "Build information"),
-            &["version"],
-        )
-        .unwrap();
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [
-            Box::new(m.messages_consumed.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.rows_inserted.clone()),
-            Box::new(m.rows_updated.clone()),
-            Box::new(m.rows_deleted.clone()),
-            Box::new(m.duplicates.clone()),
-            Box::new(m.dead_letters.clone()),
-            Box::new(m.skipped.clone()),
-            Box::new(m.batches.clone()),
-            Box::new(m.batch_size.clone()),
-            Box::new(m.commit_duration.clone()),
-            Box::new(m.fenced_batches.clone()),
-            Box::new(m.db_retries.clone()),
-            Box::new(m.rebalances.clone()),
-            Box::new(m.assigned_partitions.clone()),
-            Box::new(m.lag.clone()),
-            Box::new(m.stored_offset.clone()),
-            Box::new(build),
-        ] {
-            m.registry.register(c).unwrap();
-        }
+        let m = Metrics {
+            messages_consumed: f.counter("messages_consumed_total", "Messages read from Kafka and committed in a batch"),
+            rows_inserted: f.counter("rows_inserted_total", "Rows inserted (a key new to the table, counted once per batch)"),
+            rows_updated: f.counter("rows_updated_total", "Rows updated (content changed)"),
+            rows_deleted: f.counter("rows_deleted_total", "Rows deleted by tombstones"),
+            duplicates: f.counter_vec("duplicates_total", "Messages that were duplicates: within a batch (stage=batch) or of the stored row (stage=table)", &["stage"]),
+            dead_letters: f.counter_vec("dead_letters_total", "Poison messages written to sink_dead_letters", &["reason"]),
+            skipped: f.counter_vec("messages_skipped_total", "Messages with no effect that are not duplicates", &["reason"]),
+            batches: f.counter("batches_total", "Batches committed"),
+            batch_size: f.add(
+                Histogram::with_opts(
+                    HistogramOpts::new(format!("{PREFIX}batch_size"), "Messages per committed batch")
+                        .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0]),
+                )
+                .expect("valid metric"),
+            ),
+            commit_duration: f.histogram_vec(
+                "commit_duration_seconds",
+                "Duration of the batch transaction",
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &["result"],
+            ),
+            fenced_batches: f.counter("fenced_batches_total", "Batches refused by the offset compare-and-set (zombie or replay)"),
+            db_retries: f.counter("db_retries_total", "Transient database errors retried"),
+            rebalances: f.counter_vec("rebalances_total", "Consumer group rebalance events", &["kind"]),
+            assigned_partitions: f.add(
+                IntGauge::new(format!("{PREFIX}assigned_partitions"), "Partitions currently assigned to this process")
+                    .expect("valid metric"),
+            ),
+            lag: f.gauge_vec("consumer_lag", "Broker high watermark minus stored next offset", &["topic", "partition"]),
+            stored_offset: f.gauge_vec("stored_offset", "Next offset stored in Postgres by this process", &["topic", "partition"]),
+            build_info: f.gauge_vec("build_info", "Build information", &["version"]),
+            registry: f.registry,
+            families: f.names.into(),
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         // Show zero-valued series so rate() works from the first scrape.
         for s in ["batch", "table"] {
             m.duplicates.with_label_values(&[s]);
@@ -160,40 +185,41 @@ impl Metrics {
             .observe(seconds);
     }
 
+    fn partition_labels(tp: &TopicPartition) -> [String; 2] {
+        [tp.topic.clone(), tp.partition.to_string()]
+    }
+
+    pub fn set_lag(&self, tp: &TopicPartition, lag: i64) {
+        let [t, p] = Self::partition_labels(tp);
+        self.lag.with_label_values(&[t.as_str(), &p]).set(lag);
+    }
+
+    pub fn set_stored_offset(&self, tp: &TopicPartition, next: i64) {
+        let [t, p] = Self::partition_labels(tp);
+        self.stored_offset
+            .with_label_values(&[t.as_str(), &p])
+            .set(next);
+    }
+
+    /// Drops the per-partition series of a partition this process no longer owns.
+    pub fn forget_partition(&self, tp: &TopicPartition) {
+        let [t, p] = Self::partition_labels(tp);
+        let labels = [t.as_str(), p.as_str()];
+        let _ = self.lag.remove_label_values(&labels);
+        let _ = self.stored_offset.remove_label_values(&labels);
+    }
+
     /// Names of every registered metric family (also those without series yet).
     pub fn family_names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let mut names: Vec<String> = [
-            &self.messages_consumed as &dyn Collector,
-            &self.rows_inserted,
-            &self.rows_updated,
-            &self.rows_deleted,
-            &self.duplicates,
-            &self.dead_letters,
-            &self.skipped,
-            &self.batches,
-            &self.batch_size,
-            &self.commit_duration,
-            &self.fenced_batches,
-            &self.db_retries,
-            &self.rebalances,
-            &self.assigned_partitions,
-            &self.lag,
-            &self.stored_offset,
-        ]
-        .iter()
-        .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
-        .collect();
-        names.push("kafka_pg_sink_build_info".into());
-        names
+        self.families.to_vec()
     }
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
-            .unwrap();
-        String::from_utf8(buf).unwrap()
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buf).expect("Prometheus text is UTF-8")
     }
 }
 

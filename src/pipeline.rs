@@ -4,7 +4,8 @@
 //! `batch.max_messages` or `batch.max_wait` after its first message; it is
 //! prepared (pure, `batch.rs`) and committed in one transaction with its
 //! offsets (`store::commit`). While a batch commits, the consumer thread keeps
-//! fetching into the bounded channel, so fetching and writing overlap.
+//! fetching into the bounded channel, and the next batch is prepared, so
+//! fetching, preparing and writing overlap.
 //!
 //! Failure handling:
 //! * fenced batch → nothing was written; re-read the stored positions of the
@@ -13,23 +14,32 @@
 //!   what happened (committed / not applied / fenced) and act on that;
 //! * poison with `on_error = "stop"` or a fatal DB error → stop with an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, PreparedBatch, SourceMessage};
-use crate::config::{Config, OnError, Route};
-use crate::consumer::{Command, Envelope, SharedAssignment};
+use crate::assignment::{Assignment, Envelope};
+use crate::backoff::Backoff;
+use crate::batch::{self, PreparedBatch};
+use crate::config::{Config, OnError};
+use crate::consumer::Command;
+use crate::message::DeadLetter;
 use crate::metrics::Metrics;
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, REPLAY_CHANNEL};
-use crate::store::{commit_batch, CommitOutcome, Expected, StoreError, TableCounts};
-use crate::types::{Offset, TopicPartition};
+use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
+use crate::types::{Expected, Offset, TopicPartition};
+
+/// What one commit attempt found.
+enum Attempt {
+    Done(CommitOutcome),
+    /// An earlier attempt whose outcome was unknown had committed.
+    AlreadyCommitted,
+}
 
 /// A prepared batch on its way to the committer.
 struct Prepared {
@@ -50,36 +60,42 @@ pub enum PipelineError {
     Store(#[from] StoreError),
 }
 
+impl From<DeadLetter> for PipelineError {
+    fn from(d: DeadLetter) -> Self {
+        PipelineError::Poison {
+            tp: d.tp,
+            offset: d.offset,
+            reason: d.reason.as_str(),
+            error: d.error,
+        }
+    }
+}
+
 pub struct Pipeline {
-    pub pool: PgPool,
-    pub group: String,
-    pub routes: Vec<Route>,
-    pub max_messages: usize,
-    pub max_wait: Duration,
-    pub on_error: OnError,
-    pub commit_to_kafka: bool,
-    pub assignment: SharedAssignment,
-    pub metrics: Metrics,
-    pub commands: std::sync::mpsc::Sender<Command>,
+    writer: BatchWriter,
+    max_messages: usize,
+    max_wait: Duration,
+    on_error: OnError,
+    commit_to_kafka: bool,
+    assignment: Assignment,
+    metrics: Metrics,
+    commands: std::sync::mpsc::Sender<Command>,
     /// Fault injection for tests: hold each prepared batch this long before
     /// committing (`KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS`), so a test can freeze
     /// the process while it holds a batch and check that the fence refuses it.
-    pub fault_commit_delay: Option<Duration>,
+    fault_commit_delay: Option<Duration>,
 }
 
 impl Pipeline {
     pub fn new(
         cfg: &Config,
-        routes: Vec<Route>,
-        pool: PgPool,
-        assignment: SharedAssignment,
+        writer: BatchWriter,
+        assignment: Assignment,
         metrics: Metrics,
         commands: std::sync::mpsc::Sender<Command>,
     ) -> Self {
         Self {
-            pool,
-            group: cfg.kafka.group_id.clone(),
-            routes,
+            writer,
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
             on_error: cfg.sink.on_error,
@@ -92,6 +108,10 @@ impl Pipeline {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
         }
+    }
+
+    fn group(&self) -> &str {
+        self.writer.group()
     }
 
     /// Runs until `cancel` fires (then the buffered, uncommitted messages are
@@ -108,7 +128,7 @@ impl Pipeline {
         mut rx: mpsc::Receiver<Envelope>,
         cancel: CancellationToken,
     ) -> Result<(), PipelineError> {
-        let this = std::sync::Arc::new(self);
+        let this = Arc::new(self);
         let (to_committer, mut batches) = mpsc::channel::<Prepared>(1);
         // Fired when the committer stops on an error, so an idle accumulator
         // (no new messages) does not wait forever to notice.
@@ -145,8 +165,7 @@ impl Pipeline {
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
-            let flush_now = buf.len() >= self.max_messages;
-            if !flush_now {
+            if buf.len() < self.max_messages {
                 let sleep_until = deadline
                     .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
@@ -157,26 +176,22 @@ impl Pipeline {
                     }
                     // run() reports the committer's error.
                     _ = committer_failed.cancelled() => return Ok(()),
-                    env = rx.recv() => match env {
-                        Some(env) => {
-                            if buf.is_empty() {
-                                deadline = Some(tokio::time::Instant::now() + self.max_wait);
-                            }
-                            buf.push(env);
-                            // Drain what is already queued without waking per message.
-                            while buf.len() < self.max_messages {
-                                match rx.try_recv() {
-                                    Ok(e) => buf.push(e),
-                                    Err(_) => break,
-                                }
-                            }
-                            continue;
+                    env = rx.recv() => {
+                        let Some(env) = env else { return Ok(()) };
+                        if buf.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + self.max_wait);
                         }
-                        None => return Ok(()),
-                    },
+                        buf.push(env);
+                        // Drain what is already queued without waking per message.
+                        while buf.len() < self.max_messages {
+                            let Ok(e) = rx.try_recv() else { break };
+                            buf.push(e);
+                        }
+                        continue;
+                    }
                     _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {}
                     n = recv_notification(&mut listener) => {
-                        if n.as_deref() == Some(self.group.as_str()) {
+                        if n.as_deref() == Some(self.group()) {
                             tracing::info!("offsets rewritten (replay): re-reading positions");
                             self.resync_all().await;
                         }
@@ -184,12 +199,11 @@ impl Pipeline {
                     }
                 }
             }
+            deadline = None;
             if buf.is_empty() {
-                deadline = None;
                 continue;
             }
             let envs = std::mem::take(&mut buf);
-            deadline = None;
             if let Some(p) = self.prepare(envs).await? {
                 if to_committer.send(p).await.is_err() {
                     // The committer stopped on an error; run() reports it.
@@ -200,84 +214,35 @@ impl Pipeline {
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(REPLAY_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; replays are noticed at the next fence");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection failed; replays are noticed at the next fence");
-                None
-            }
-        }
+        let listener = match PgListener::connect_with(self.writer.pool()).await {
+            Ok(mut l) => l.listen(REPLAY_CHANNEL).await.map(|()| l),
+            Err(e) => Err(e),
+        };
+        listener
+            .map_err(|e| {
+                tracing::warn!(error = %e, "LISTEN failed; replays are noticed at the next fence")
+            })
+            .ok()
     }
 
-    /// Filters stale messages and prepares one batch for the committer.
+    /// Admits the buffered messages still owned and current, and prepares one
+    /// batch for the committer.
     async fn prepare(&self, envs: Vec<Envelope>) -> Result<Option<Prepared>, PipelineError> {
-        // Keep only messages of the current generation at or after the
-        // planned position; note the expected position of each partition.
-        let (messages, plan) = {
-            let a = self.assignment.lock().unwrap();
-            let mut plan: BTreeMap<TopicPartition, (u64, Option<Offset>)> = BTreeMap::new();
-            let mut messages: Vec<SourceMessage> = Vec::with_capacity(envs.len());
-            for e in envs {
-                let Some(s) = a.parts.get(&e.msg.tp) else {
-                    continue;
-                };
-                if s.seeking || s.generation != e.generation {
-                    continue;
-                }
-                if let Some(p) = s.planned {
-                    if e.msg.offset < p {
-                        continue;
-                    }
-                }
-                plan.entry(e.msg.tp.clone())
-                    .or_insert((s.generation, s.planned));
-                messages.push(e.msg);
-            }
-            (messages, plan)
-        };
+        let (messages, claim) = self.assignment.admit(envs);
         if messages.is_empty() {
             return Ok(None);
         }
-        let routes = self.routes.clone();
+        let routes = self.writer.routes().to_vec();
         let batch = tokio::task::spawn_blocking(move || batch::prepare(&routes, messages))
             .await
             .expect("prepare does not panic");
         if self.on_error == OnError::Stop {
             if let Some(d) = batch.dead_letters.first() {
-                return Err(PipelineError::Poison {
-                    tp: d.tp.clone(),
-                    offset: d.offset,
-                    reason: d.reason.as_str(),
-                    error: d.error.clone(),
-                });
+                return Err(d.clone().into());
             }
         }
-        let expected: Vec<Expected> = batch
-            .ranges
-            .iter()
-            .map(|(tp, (_, last))| Expected {
-                tp: tp.clone(),
-                expected: plan[tp].1,
-                new_next: last.next(),
-            })
-            .collect();
-        // Optimistic: the next batch continues where this one ends.
-        {
-            let mut a = self.assignment.lock().unwrap();
-            for e in &expected {
-                if let Some(s) = a.parts.get_mut(&e.tp) {
-                    if s.generation == plan[&e.tp].0 && !s.seeking {
-                        s.planned = Some(e.new_next);
-                    }
-                }
-            }
-        }
+        let expected = claim.expected(&batch.ranges);
+        self.assignment.advance(&claim, &expected);
         if let Some(d) = self.fault_commit_delay {
             tracing::warn!(?d, "fault injection: holding the batch before commit");
             tokio::time::sleep(d).await;
@@ -290,88 +255,81 @@ impl Pipeline {
         batch: &PreparedBatch,
         expected: &[Expected],
     ) -> Result<(), PipelineError> {
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::database();
         loop {
             let started = Instant::now();
-            let result = if attempt == 0 {
-                self.try_commit(batch, expected).await
+            let result = if backoff.attempts() == 0 {
+                self.writer.commit(batch, expected).await.map(Attempt::Done)
             } else {
-                // Unknown outcome of the previous attempt: ask the offsets.
-                match resolve(&self.pool, &self.group, expected).await {
-                    Ok(Resolution::Committed) => {
-                        tracing::warn!("previous attempt had committed (outcome was unknown)");
-                        self.metrics
-                            .skipped
-                            .with_label_values(&["outcome_unknown"])
-                            .inc_by(batch.message_count());
-                        self.metrics.messages_consumed.inc_by(batch.message_count());
-                        self.after_commit(expected);
-                        return Ok(());
-                    }
-                    Ok(Resolution::Fenced(tps)) => Ok(CommitOutcome::Fenced(tps)),
-                    Ok(Resolution::NotApplied) => self.try_commit(batch, expected).await,
-                    Err(e) => Err(StoreError::from(e)),
-                }
+                self.retry_after_unknown_outcome(batch, expected).await
             };
             match result {
-                Ok(CommitOutcome::Committed(counts)) => {
+                Ok(Attempt::AlreadyCommitted) => {
+                    tracing::warn!("previous attempt had committed (outcome was unknown)");
+                    // Counts per row are unknowable; the messages still count once.
+                    self.metrics
+                        .skipped
+                        .with_label_values(&["outcome_unknown"])
+                        .inc_by(batch.message_count());
+                    self.metrics.messages_consumed.inc_by(batch.message_count());
+                    self.after_commit(expected);
+                    return Ok(());
+                }
+                Ok(Attempt::Done(CommitOutcome::Committed(counts))) => {
                     self.record(batch, &counts, started.elapsed().as_secs_f64());
                     self.after_commit(expected);
                     return Ok(());
                 }
-                Ok(CommitOutcome::Fenced(tps)) => {
-                    self.metrics.fenced_batches.inc();
-                    self.metrics
-                        .commit_duration
-                        .with_label_values(&["fenced"])
-                        .observe(started.elapsed().as_secs_f64());
-                    tracing::warn!(partitions = ?tps, "batch fenced: another owner or a replay moved the offsets; re-reading");
-                    let all: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
-                    self.resync(&all).await;
+                Ok(Attempt::Done(CommitOutcome::Fenced(tps))) => {
+                    self.on_fenced(&tps, expected, started).await;
                     return Ok(());
                 }
-                Ok(CommitOutcome::Poison(d)) => {
-                    return Err(PipelineError::Poison {
-                        tp: d.tp,
-                        offset: d.offset,
-                        reason: d.reason.as_str(),
-                        error: d.error,
-                    })
-                }
+                Ok(Attempt::Done(CommitOutcome::Poison(d))) => return Err(d.into()),
                 Err(StoreError::Transient(e)) => {
-                    attempt += 1;
                     self.metrics.db_retries.inc();
-                    let backoff = backoff(attempt);
-                    tracing::warn!(error = %e, attempt, ?backoff, "transient database error; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    async fn try_commit(
+    /// The previous attempt failed with an unknown outcome: the stored
+    /// offsets tell whether it committed, and only if it did not is the batch
+    /// written again.
+    async fn retry_after_unknown_outcome(
         &self,
         batch: &PreparedBatch,
         expected: &[Expected],
-    ) -> Result<CommitOutcome, StoreError> {
-        commit_batch(
-            &self.pool,
-            &self.group,
-            &self.routes,
-            batch,
-            expected,
-            self.on_error,
+    ) -> Result<Attempt, StoreError> {
+        Ok(
+            match resolve(self.writer.pool(), self.group(), expected).await? {
+                Resolution::Committed => Attempt::AlreadyCommitted,
+                Resolution::Fenced(tps) => Attempt::Done(CommitOutcome::Fenced(tps)),
+                Resolution::NotApplied => Attempt::Done(self.writer.commit(batch, expected).await?),
+            },
         )
-        .await
+    }
+
+    async fn on_fenced(&self, tps: &[TopicPartition], expected: &[Expected], started: Instant) {
+        self.metrics.fenced_batches.inc();
+        self.metrics
+            .commit_duration
+            .with_label_values(&["fenced"])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::warn!(partitions = ?tps, "batch fenced: another owner or a replay moved the offsets; re-reading");
+        let all: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
+        self.resync(&all).await;
     }
 
     fn record(&self, batch: &PreparedBatch, counts: &TableCounts, seconds: f64) {
         let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
+        // A row the database rejected was counted nowhere else.
         for d in batch.dead_letters.iter().chain(&counts.rejected) {
             *dead.entry(d.reason.as_str()).or_default() += 1;
         }
-        // A row the database rejected was counted nowhere else.
         let dead: Vec<(&'static str, u64)> = dead.into_iter().collect();
         self.metrics
             .record_batch(&batch.counts, counts, &dead, seconds);
@@ -379,56 +337,47 @@ impl Pipeline {
 
     fn after_commit(&self, expected: &[Expected]) {
         // Positions already advanced when the batch was prepared.
-        let mut copied = Vec::new();
         for e in expected {
-            let labels = [e.tp.topic.as_str(), &e.tp.partition.to_string()];
-            self.metrics
-                .stored_offset
-                .with_label_values(&labels)
-                .set(e.new_next.0);
-            copied.push((e.tp.clone(), e.new_next));
+            self.metrics.set_stored_offset(&e.tp, e.new_next.0);
         }
         if self.commit_to_kafka {
+            let copied = expected
+                .iter()
+                .map(|e| (e.tp.clone(), e.new_next))
+                .collect();
             let _ = self.commands.send(Command::CommitToKafka(copied));
+        }
+    }
+
+    /// Stored positions of `tps`, retrying until Postgres answers.
+    async fn read_stored(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, Offset> {
+        let mut backoff = Backoff::database();
+        loop {
+            match offsets::read(self.writer.pool(), self.group(), tps).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    self.metrics.db_retries.inc();
+                    tracing::warn!(error = %e, "re-reading offsets failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
         }
     }
 
     /// Re-reads stored positions and seeks every given partition there.
     async fn resync(&self, tps: &[TopicPartition]) {
-        let mut delay = Duration::from_millis(100);
-        let stored = loop {
-            match offsets::read(&self.pool, &self.group, tps).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    self.metrics.db_retries.inc();
-                    tracing::warn!(error = %e, "re-reading offsets failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        let mut a = self.assignment.lock().unwrap();
-        for tp in tps {
-            if let Some(s) = a.parts.get_mut(tp) {
-                s.planned = stored.get(tp).copied();
-                s.seeking = true;
-                let _ = self.commands.send(Command::Seek(tp.clone(), s.planned));
-            }
+        let stored = self.read_stored(tps).await;
+        for (tp, off) in self.assignment.begin_seek(tps, &stored) {
+            let _ = self.commands.send(Command::Seek(tp, off));
         }
     }
 
     /// After a replay NOTIFY: seek partitions whose stored position differs
     /// from what this process planned.
     async fn resync_all(&self) {
-        let owned: Vec<(TopicPartition, Option<Offset>)> = {
-            let a = self.assignment.lock().unwrap();
-            a.parts
-                .iter()
-                .map(|(tp, s)| (tp.clone(), s.planned))
-                .collect()
-        };
+        let owned = self.assignment.positions();
         let tps: Vec<TopicPartition> = owned.iter().map(|(tp, _)| tp.clone()).collect();
-        let Ok(stored) = offsets::read(&self.pool, &self.group, &tps).await else {
+        let Ok(stored) = offsets::read(self.writer.pool(), self.group(), &tps).await else {
             return; // the next commit's fence catches it
         };
         let changed: Vec<TopicPartition> = owned
@@ -456,10 +405,4 @@ async fn recv_notification(listener: &mut Option<PgListener>) -> Option<String> 
         },
         None => std::future::pending().await,
     }
-}
-
-/// Exponential backoff with full jitter, 100 ms → 5 s.
-fn backoff(attempt: u32) -> Duration {
-    let cap = 100u64.saturating_mul(1 << attempt.min(6)).min(5000);
-    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
 }

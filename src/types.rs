@@ -44,6 +44,18 @@ impl fmt::Display for TopicPartition {
     }
 }
 
+/// The position a consumer believes it owns for one partition of a batch:
+/// what the fence compares and sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub tp: TopicPartition,
+    /// The stored `next_offset` this consumer planned from; `None` when no
+    /// row exists yet (first batch ever for the partition).
+    pub expected: Option<Offset>,
+    /// The batch end: last offset in the batch + 1.
+    pub new_next: Offset,
+}
+
 /// SHA-256 identity of an event's canonical content (see `hash.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventHash(pub [u8; 32]);

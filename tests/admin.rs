@@ -110,3 +110,26 @@ async fn offsets_show_and_replay_targets() {
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(db.checksum("events").await, checksum);
 }
+
+/// A Postgres that refuses connections is named, with its address and the
+/// cause, within seconds — not reported as a pool timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_postgres_connections_are_named_at_once() {
+    let db = TestDb::new().await;
+    let cfg = SinkConfig::new(&db, "unused-topic", "", "");
+    let closed = free_port();
+    cfg.rewrite(
+        &format!(r#"url = "{}""#, db.url),
+        &format!(r#"url = "postgres://postgres@127.0.0.1:{closed}/db""#),
+    );
+    let started = std::time::Instant::now();
+    let (ok, out) = cli(&cfg, &["setup"]);
+    let took = started.elapsed();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{closed}")) && out.to_lowercase().contains("refused"),
+        "{out}"
+    );
+    assert!(!out.contains("pool timed out"), "{out}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {out}");
+}

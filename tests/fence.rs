@@ -4,14 +4,10 @@
 mod common;
 
 use common::*;
-use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::Route;
-use kafka_pg_sink::store::CommitOutcome;
+use kafka_pg_sink::batch::prepare;
+use kafka_pg_sink::message::SourceMessage;
+use kafka_pg_sink::store::{BatchWriter, CommitOutcome};
 use kafka_pg_sink::types::{Offset, TopicPartition};
-
-fn routes() -> Vec<Route> {
-    direct_routes("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"")
-}
 
 fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
     (from..from + n)
@@ -26,30 +22,31 @@ fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
         .collect()
 }
 
-async fn setup() -> (TestDb, Vec<Route>) {
+async fn setup() -> (TestDb, BatchWriter) {
     let db = TestDb::new().await;
-    let routes = routes();
-    db.prepare_for(&routes).await;
-    (db, routes)
+    let writer = db
+        .writer_for("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"")
+        .await;
+    (db, writer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_commit_is_refused_after_the_new_owner_commits() {
-    let (db, routes) = setup().await;
+    let (db, w) = setup().await;
     // First owner commits offsets 0..9.
-    let first = prepare(&routes, msgs("a", 0, 10));
-    let r = commit(&db, &routes, &first, &orders_position(None, 9)).await;
+    let first = prepare(w.routes(), msgs("a", 0, 10));
+    let r = commit(&w, &first, &orders_position(None, 9)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
     // Zombie A holds a batch for 10..19 believing it owns position 10.
-    let zombie = prepare(&routes, msgs("zombie", 10, 10));
+    let zombie = prepare(w.routes(), msgs("zombie", 10, 10));
     // Meanwhile the partition moved to B, which read 10 and committed 10..14.
-    let b = prepare(&routes, msgs("b", 10, 5));
-    let r = commit(&db, &routes, &b, &orders_position(Some(10), 14)).await;
+    let b = prepare(w.routes(), msgs("b", 10, 5));
+    let r = commit(&w, &b, &orders_position(Some(10), 14)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
     // A wakes up and tries to commit: the compare-and-set refuses it.
-    let r = commit(&db, &routes, &zombie, &orders_position(Some(10), 19)).await;
+    let r = commit(&w, &zombie, &orders_position(Some(10), 19)).await;
     match r {
         CommitOutcome::Fenced(tps) => assert_eq!(tps, vec![TopicPartition::new("orders", 0)]),
         other => panic!("zombie was not fenced: {other:?}"),
@@ -65,11 +62,11 @@ async fn zombie_commit_is_refused_after_the_new_owner_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_commit_race_has_exactly_one_winner() {
-    let (db, routes) = setup().await;
-    let a = prepare(&routes, msgs("a", 0, 50));
-    let b = prepare(&routes, msgs("b", 0, 50));
+    let (db, w) = setup().await;
+    let a = prepare(w.routes(), msgs("a", 0, 50));
+    let b = prepare(w.routes(), msgs("b", 0, 50));
     let e = orders_position(None, 49);
-    let (ra, rb) = tokio::join!(commit(&db, &routes, &a, &e), commit(&db, &routes, &b, &e),);
+    let (ra, rb) = tokio::join!(commit(&w, &a, &e), commit(&w, &b, &e),);
     let wins = [ra, rb]
         .iter()
         .filter(|r| matches!(r, CommitOutcome::Committed(_)))
@@ -86,15 +83,15 @@ async fn a_first_commit_race_has_exactly_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_owners_of_a_stored_position_never_both_commit() {
-    let (db, routes) = setup().await;
-    let seed = prepare(&routes, msgs("s", 0, 1));
-    commit(&db, &routes, &seed, &orders_position(None, 0)).await;
+    let (db, w) = setup().await;
+    let seed = prepare(w.routes(), msgs("s", 0, 1));
+    commit(&w, &seed, &orders_position(None, 0)).await;
     for round in 0..20 {
         let at = db.stored_offsets("g", "orders").await[&0];
-        let a = prepare(&routes, msgs(&format!("a{round}"), at, 3));
-        let b = prepare(&routes, msgs(&format!("b{round}"), at, 3));
+        let a = prepare(w.routes(), msgs(&format!("a{round}"), at, 3));
+        let b = prepare(w.routes(), msgs(&format!("b{round}"), at, 3));
         let e = orders_position(Some(at), at + 2);
-        let (ra, rb) = tokio::join!(commit(&db, &routes, &a, &e), commit(&db, &routes, &b, &e),);
+        let (ra, rb) = tokio::join!(commit(&w, &a, &e), commit(&w, &b, &e),);
         let wins = [ra, rb]
             .iter()
             .filter(|r| matches!(r, CommitOutcome::Committed(_)))

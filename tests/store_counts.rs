@@ -4,17 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use common::*;
-use kafka_pg_sink::batch::{prepare, SourceMessage};
-use kafka_pg_sink::config::Route;
-use kafka_pg_sink::store::{CommitOutcome, TableCounts};
+use kafka_pg_sink::batch::prepare;
+use kafka_pg_sink::message::SourceMessage;
+use kafka_pg_sink::store::{BatchWriter, CommitOutcome, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
-fn routes() -> Vec<Route> {
-    direct_routes("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"\nversion = \"/v\"")
-}
+const ROUTE: &str = "topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"\nversion = \"/v\"";
 
 fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {
     SourceMessage {
@@ -29,14 +25,13 @@ fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {
 
 /// Prepares and commits `msgs`, which continue from stored position `from`.
 async fn commit_messages(
-    db: &TestDb,
-    routes: &[Route],
+    writer: &BatchWriter,
     msgs: Vec<SourceMessage>,
     from: Option<i64>,
 ) -> TableCounts {
     let last = msgs.last().unwrap().offset.0;
-    let batch = prepare(routes, msgs);
-    match commit(db, routes, &batch, &orders_position(from, last)).await {
+    let batch = prepare(writer.routes(), msgs);
+    match commit(writer, &batch, &orders_position(from, last)).await {
         CommitOutcome::Committed(c) => c,
         other => panic!("{other:?}"),
     }
@@ -44,10 +39,9 @@ async fn commit_messages(
 
 async fn run(filter: bool) -> (TableCounts, String) {
     let db = TestDb::new().await;
-    let routes = routes();
-    db.prepare_for(&routes).await;
+    let writer = db.writer_for(ROUTE).await;
     let first: Vec<SourceMessage> = (0..20).map(|i| msg(i as i64, i, 2, "a")).collect();
-    commit_messages(&db, &routes, first, None).await;
+    commit_messages(&writer, first, None).await;
 
     let mut second = Vec::new();
     let mut offset = 20;
@@ -67,8 +61,8 @@ async fn run(filter: bool) -> (TableCounts, String) {
     for id in 20..25 {
         push(id, 1, "fresh"); // new key
     }
-    routes[0].duplicate_heavy.store(filter, Ordering::Relaxed);
-    let counts = commit_messages(&db, &routes, second, Some(20)).await;
+    writer.set_duplicate_heavy(0, filter);
+    let counts = commit_messages(&writer, second, Some(20)).await;
     (counts, db.checksum("events").await)
 }
 
@@ -86,4 +80,33 @@ async fn duplicate_prefilter_changes_nothing_but_speed() {
     assert_eq!(plain, want);
     assert_eq!(filtered, want);
     assert_eq!(plain_sum, filtered_sum);
+}
+
+/// `rows_inserted_total` counts rows new to the table: a key created and
+/// changed within one batch is one inserted row (its first state superseded),
+/// not an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_and_changed_in_one_batch_counts_as_one_insert() {
+    let db = TestDb::new().await;
+    let writer = db.writer_for(ROUTE).await;
+    let first = vec![msg(0, 1, 1, "a"), msg(1, 1, 2, "b"), msg(2, 2, 1, "c")];
+    let counts = commit_messages(&writer, first, None).await;
+    assert_eq!(
+        counts,
+        TableCounts {
+            inserted: 2,
+            ..Default::default()
+        }
+    );
+    let second = vec![msg(3, 2, 2, "d"), msg(4, 3, 1, "e"), msg(5, 3, 2, "f")];
+    let counts = commit_messages(&writer, second, Some(3)).await;
+    assert_eq!(
+        counts,
+        TableCounts {
+            inserted: 1,
+            updated: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 3);
 }

@@ -1,7 +1,10 @@
-//! PostgreSQL: the one transaction per batch (`commit`), stored offsets and
-//! replay (`offsets`), table setup (`schema`), and error classification.
+//! PostgreSQL: the one transaction per batch (`commit`), the statements per
+//! table shape (`documents`, `typed`), stored offsets and replay (`offsets`),
+//! table setup and route resolution (`schema`), error classification and the
+//! outcome counts the statements report.
 
 pub mod commit;
+mod documents;
 pub mod offsets;
 pub mod schema;
 mod typed;
@@ -9,12 +12,14 @@ mod typed;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgPool, Row};
 
 use crate::config::PostgresConfig;
+use crate::message::DeadLetter;
 
-pub use commit::{commit_batch, CommitOutcome, Expected, TableCounts};
+pub use crate::types::Expected;
+pub use commit::{BatchWriter, CommitOutcome};
 
 /// Errors of the store, classified so callers can decide to retry.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +46,7 @@ impl From<sqlx::Error> for StoreError {
 /// Whether an error is worth retrying: I/O, pool exhaustion, and SQLSTATEs of
 /// connection loss (08), serialization/deadlock (40), operator intervention
 /// (57P0x: admin shutdown, crash shutdown, cannot connect now), too many
-/// connections (53300).
+/// connections (53300), lock not available (55006).
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -72,14 +77,120 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
         if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c == "21000"))
 }
 
+/// A database error as one line with its SQLSTATE (dead letters, logs).
+pub fn db_error_text(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!(
+            "{} (SQLSTATE {})",
+            db.message(),
+            db.code().unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Outcomes decided by the database.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub duplicate_in_table: u64,
+    pub stale_in_table: u64,
+    pub tombstone_noop: u64,
+    /// Rows the database rejected, moved to dead letters.
+    pub rejected: Vec<DeadLetter>,
+}
+
+impl TableCounts {
+    pub fn absorb(&mut self, o: TableCounts) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.duplicate_in_table += o.duplicate_in_table;
+        self.stale_in_table += o.stale_in_table;
+        self.tombstone_noop += o.tombstone_noop;
+        self.rejected.extend(o.rejected);
+    }
+
+    /// Counts of a delete statement over `keys` keys that removed `deleted` rows.
+    fn of_deletes(keys: usize, deleted: u64) -> Self {
+        TableCounts {
+            deleted,
+            tombstone_noop: keys as u64 - deleted,
+            ..Default::default()
+        }
+    }
+
+    /// Reads `(inserted, updated, same-content-or-NULL)` of an upsert
+    /// statement over `rows` rows. Rows neither inserted nor updated are
+    /// duplicates, or, on versioned routes when their content differs from the
+    /// stored row, stale.
+    fn of_upsert(rows: usize, row: &PgRow) -> Self {
+        let inserted = row.get::<i64, _>(0) as u64;
+        let updated = row.get::<i64, _>(1) as u64;
+        let noop = rows as u64 - inserted - updated;
+        let duplicate = match row.get::<Option<i64>, _>(2) {
+            Some(same) => (same as u64).min(noop),
+            None => noop,
+        };
+        TableCounts {
+            inserted,
+            updated,
+            duplicate_in_table: duplicate,
+            stale_in_table: noop - duplicate,
+            ..Default::default()
+        }
+    }
+}
+
+/// Why connecting failed, with where to.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("postgres.password_file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("postgres.url: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("connecting to PostgreSQL at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("connecting to PostgreSQL at {addr}: no answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+}
+
 /// Connects a pool. The password may come from a file (Docker/K8s secrets).
-pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
-    let mut opts = PgConnectOptions::from_str(&cfg.url)?.application_name("kafka-pg-sink");
+/// One direct connection is made first, so an unreachable server is reported
+/// at once with its address and cause (refused, unknown host, TLS,
+/// authentication) instead of as a pool timeout.
+pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, ConnectError> {
+    let mut opts = PgConnectOptions::from_str(&cfg.url)
+        .map_err(ConnectError::Url)?
+        .application_name("kafka-pg-sink");
     if let Some(f) = &cfg.password_file {
-        let pw = std::fs::read_to_string(f).map_err(|e| {
-            sqlx::Error::Configuration(format!("postgres.password_file {f}: {e}").into())
+        let pw = std::fs::read_to_string(f).map_err(|source| ConnectError::PasswordFile {
+            path: f.clone(),
+            source,
         })?;
         opts = opts.password(pw.trim_end_matches(['\n', '\r']));
+    }
+    let addr = format!("{}:{}", opts.get_host(), opts.get_port());
+    match tokio::time::timeout(cfg.connect_timeout, opts.connect()).await {
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+        }
+        Ok(Err(source)) => return Err(ConnectError::Connect { addr, source }),
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                addr,
+                timeout: cfg.connect_timeout,
+            })
+        }
     }
     PgPoolOptions::new()
         .max_connections(cfg.max_connections)
@@ -90,6 +201,7 @@ pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
         .test_before_acquire(true)
         .connect_with(opts)
         .await
+        .map_err(|source| ConnectError::Connect { addr, source })
 }
 
 /// Applies the bookkeeping migrations (idempotent).

@@ -2,13 +2,13 @@
 
 use sqlx::{PgPool, Row};
 
-use crate::columns::ColumnMap;
-use crate::config::Route;
+use crate::columns::ColumnSpec;
+use crate::route::{Route, RouteSpec};
 use crate::types::{quote_ident, TableName};
 
 /// Creates the document-shaped table of every route if missing. Serialized by
 /// an advisory lock so replicas starting together do not race on the catalog.
-pub async fn ensure_tables(pool: &PgPool, routes: &[Route]) -> Result<(), sqlx::Error> {
+pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kafka-pg-sink setup'))")
         .execute(&mut *tx)
@@ -41,85 +41,126 @@ pub async fn ensure_tables(pool: &PgPool, routes: &[Route]) -> Result<(), sqlx::
     tx.commit().await
 }
 
-/// Verifies each route's table has the columns the upsert writes and a
-/// unique constraint on its key; returns one message per problem. Typed
-/// routes also learn their column types here (needed before any commit).
-pub async fn check_tables(pool: &PgPool, routes: &mut [Route]) -> Result<Vec<String>, sqlx::Error> {
+/// The problems that make route tables unusable, one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("route tables are not usable:\n  - {}", .0.join("\n  - "))]
+    Unusable(Vec<String>),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Checks each route's table against the catalog and returns the routes
+/// resolved: document tables have the columns the upsert writes and a unique
+/// key; typed tables have every mapped column (writable), a unique index on
+/// exactly the key, defaults for unmapped NOT NULL columns, an integer
+/// version column — and each mapped column's SQL type is read here.
+pub async fn resolve_routes(pool: &PgPool, specs: &[RouteSpec]) -> Result<Vec<Route>, SchemaError> {
     let mut problems = Vec::new();
-    for r in routes.iter_mut() {
+    let mut routes = Vec::with_capacity(specs.len());
+    for spec in specs {
         let rel: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
-            .bind(r.table.quoted())
+            .bind(spec.table.quoted())
             .fetch_one(pool)
             .await?;
         let Some(oid) = rel else {
-            problems.push(if r.columns.is_some() {
+            problems.push(if spec.is_typed() {
                 format!(
                     "table {} does not exist (routes with `columns` write into an existing table)",
-                    r.table
+                    spec.table
                 )
             } else {
                 format!(
                     "table {} does not exist (run `kafka-pg-sink setup`)",
-                    r.table
+                    spec.table
                 )
             });
             continue;
         };
-        if let Some(map) = &mut r.columns {
-            resolve_columns(pool, oid, &r.table, map, &mut problems).await?;
+        let cols = table_columns(pool, oid).await?;
+        let before = problems.len();
+        match &spec.columns {
+            Some(map) => check_typed(pool, oid, &spec.table, map, &cols, &mut problems).await?,
+            None => check_document(pool, oid, &spec.table, &cols, &mut problems).await?,
+        }
+        if problems.len() > before {
             continue;
         }
-        let cols = table_columns(pool, oid).await?;
-        for c in [
-            "key",
-            "event_hash",
-            "payload",
-            "version",
-            "kafka_topic",
-            "kafka_partition",
-            "kafka_offset",
-        ] {
-            if !cols.iter().any(|x| x.name == c) {
-                problems.push(format!("table {} has no column `{c}`", r.table));
-            }
-        }
-        let unique = has_unique_index_on(pool, oid, &["key"]).await?;
-        if !unique {
-            problems.push(format!(
-                "table {}: column `key` needs a unique constraint",
-                r.table
-            ));
+        let resolved = spec.clone().map_columns(|map| {
+            map.resolve(|name| {
+                cols.iter()
+                    .find(|c| c.name == name)
+                    .map(|c| c.sql_type.clone())
+            })
+        });
+        match resolved {
+            Ok(r) => routes.push(r),
+            Err(e) => problems.push(format!("table {}: {e}", spec.table)),
         }
     }
-    Ok(problems)
+    if problems.is_empty() {
+        Ok(routes)
+    } else {
+        Err(SchemaError::Unusable(problems))
+    }
 }
 
-/// Typed tables: every mapped column exists and can be written, the key
-/// columns carry a unique index `ON CONFLICT` can use, unmapped NOT NULL
-/// columns have defaults, the version column is an integer; records each
-/// mapped column's type.
-async fn resolve_columns(
+async fn check_document(
     pool: &PgPool,
     oid: i64,
     table: &TableName,
-    map: &mut ColumnMap,
+    cols: &[TableColumn],
     problems: &mut Vec<String>,
 ) -> Result<(), sqlx::Error> {
-    let cols = table_columns(pool, oid).await?;
-    for m in &mut map.columns {
+    for c in DOCUMENT_COLUMNS {
+        if !cols.iter().any(|x| x.name == c) {
+            problems.push(format!("table {table} has no column `{c}`"));
+        }
+    }
+    if !has_unique_index_on(pool, oid, &["key"]).await? {
+        problems.push(format!(
+            "table {table}: column `key` needs a unique constraint"
+        ));
+    }
+    Ok(())
+}
+
+/// The columns a document table's upsert writes.
+const DOCUMENT_COLUMNS: [&str; 7] = [
+    "key",
+    "event_hash",
+    "payload",
+    "version",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+];
+
+/// Typed tables: every mapped column exists and can be written, the key
+/// columns carry a unique index `ON CONFLICT` can use, unmapped NOT NULL
+/// columns have defaults, the version column is an integer.
+async fn check_typed(
+    pool: &PgPool,
+    oid: i64,
+    table: &TableName,
+    map: &ColumnSpec,
+    cols: &[TableColumn],
+    problems: &mut Vec<String>,
+) -> Result<(), sqlx::Error> {
+    for m in &map.columns {
         match cols.iter().find(|c| c.name == m.name) {
             None => problems.push(format!(
                 "table {table} has no column {} (mapped in `columns`)",
-                quote_ident(&m.name)
+                m.quoted()
             )),
             Some(c) if c.generated || c.identity_always => problems.push(format!(
                 "table {table}: column {} is generated or GENERATED ALWAYS AS IDENTITY and cannot be written",
-                quote_ident(&m.name)
+                m.quoted()
             )),
-            Some(c) => m.sql_type = Some(c.sql_type.clone()),
+            Some(_) => {}
         }
     }
-    for c in &cols {
+    for c in cols {
         let mapped = map.columns.iter().any(|m| m.name == c.name);
         if !mapped && c.not_null && !c.has_default && !c.generated {
             problems.push(format!(
@@ -130,12 +171,13 @@ async fn resolve_columns(
     }
     if let Some(v) = map.version {
         let v = &map.columns[v];
-        if let Some(t) = &v.sql_type {
+        if let Some(c) = cols.iter().find(|c| c.name == v.name) {
+            let t = &c.sql_type;
             if !["smallint", "integer", "bigint"].contains(&t.as_str()) && !t.starts_with("numeric")
             {
                 problems.push(format!(
                     "table {table}: version column {} is {t}; it must be an integer type",
-                    quote_ident(&v.name)
+                    v.quoted()
                 ));
             }
         }

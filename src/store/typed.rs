@@ -7,23 +7,10 @@
 
 use sqlx::PgConnection;
 
-use super::commit::TableCounts;
-use super::is_data_error;
+use super::{db_error_text, is_data_error, TableCounts};
 use crate::batch::{RowDelete, RowUpsert};
 use crate::columns::{ColumnMap, MappedColumn};
 use crate::types::TableName;
-
-fn sql_type(c: &MappedColumn) -> Result<&str, sqlx::Error> {
-    c.sql_type.as_deref().ok_or_else(|| {
-        sqlx::Error::Configuration(
-            format!(
-                "column `{}` has no resolved type (store::schema::check_tables was not run)",
-                c.name
-            )
-            .into(),
-        )
-    })
-}
 
 fn joined<'a>(
     cols: impl Iterator<Item = &'a MappedColumn>,
@@ -58,11 +45,9 @@ pub(super) async fn upsert(
     rows: &[RowUpsert],
 ) -> Result<TableCounts, sqlx::Error> {
     let t = table.quoted();
-    let mut defs = Vec::with_capacity(map.columns.len());
-    for c in &map.columns {
-        defs.push(format!("{} {}", c.quoted(), sql_type(c)?));
-    }
-    let defs = defs.join(", ");
+    let defs = joined(map.columns.iter(), |c| {
+        format!("{} {}", c.quoted(), c.sql_type)
+    });
     let cols = joined(map.columns.iter(), MappedColumn::quoted);
     let keys = joined(map.key_columns(), MappedColumn::quoted);
     let set = joined(
@@ -119,7 +104,7 @@ pub(super) async fn upsert(
         )
         .fetch_one(&mut *conn)
         .await?;
-    Ok(super::commit::upsert_counts(rows.len(), &row))
+    Ok(TableCounts::of_upsert(rows.len(), &row))
 }
 
 /// Deletes typed rows by key. Key values travel in their text form and are
@@ -130,14 +115,11 @@ pub(super) async fn delete(
     map: &ColumnMap,
     keys: &[RowDelete],
 ) -> Result<u64, sqlx::Error> {
-    let mut casts = Vec::with_capacity(map.key.len());
-    for (n, c) in map.key_columns().enumerate() {
-        casts.push(format!(
-            "(u.k::jsonb->>{n})::{} AS {}",
-            sql_type(c)?,
-            c.quoted()
-        ));
-    }
+    let casts: Vec<String> = map
+        .key_columns()
+        .enumerate()
+        .map(|(n, c)| format!("(u.k::jsonb->>{n})::{} AS {}", c.sql_type, c.quoted()))
+        .collect();
     let on = joined_by(" AND ", map.key_columns(), |c| {
         format!("t.{0} = d.{0}", c.quoted())
     });
@@ -173,7 +155,7 @@ pub(super) async fn explain_rejection(
         let Some(value) = values.get(&c.name) else {
             continue;
         };
-        let ty = sql_type(c)?;
+        let ty = &c.sql_type;
         let one = serde_json::json!({ c.name.clone(): value }).to_string();
         sqlx::query("SAVEPOINT kpgs_probe")
             .execute(&mut *conn)
@@ -207,7 +189,7 @@ pub(super) async fn explain_rejection(
                 return Ok(format!(
                     "column {} ({ty}) cannot take {shown}: {}",
                     c.quoted(),
-                    super::commit::db_error_text(&e)
+                    db_error_text(&e)
                 ));
             }
             Err(e) => return Err(e),

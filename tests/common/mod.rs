@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
+use kafka_pg_sink::store::BatchWriter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,6 +19,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
+
+mod net;
+pub use net::{http_get, partition_of};
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -68,13 +73,19 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
-    /// Applies the sink's migrations and creates the document tables of
-    /// `routes` (tests that call the library directly).
-    pub async fn prepare_for(&self, routes: &[kafka_pg_sink::config::Route]) {
-        kafka_pg_sink::store::migrate(&self.pool).await.unwrap();
-        kafka_pg_sink::store::schema::ensure_tables(&self.pool, routes)
-            .await
-            .unwrap();
+    /// A batch writer for group `g` with one route (a `[[route]]` body),
+    /// set up the way `kafka-pg-sink setup` does it: configuration through
+    /// the real loader, migrations, route table, routes resolved against the
+    /// catalog (tests that call the store directly, without a broker).
+    pub async fn writer_for(&self, route: &str) -> BatchWriter {
+        let overrides = Overrides {
+            toml: vec![format!("[[route]]\n{route}\n")],
+            database_url: Some(self.url.clone()),
+            ..Default::default()
+        };
+        let (cfg, specs) = Config::load(&local_config_path(), &overrides).unwrap();
+        let (pool, routes) = kafka_pg_sink::app::setup(&cfg, &specs).await.unwrap();
+        BatchWriter::new(pool, "g", routes, OnError::DeadLetter)
     }
 
     /// Runs one statement (DDL, setup), panicking on error.
@@ -327,38 +338,29 @@ impl SinkConfig {
         std::fs::write(&self.path, text.replace(from, to)).unwrap();
     }
 
-    /// A configuration with the given `[[route]]` tables (TOML text).
+    /// A configuration with the given `[[route]]` tables (TOML text):
+    /// the shipped `config/local.toml` loaded through the real loader with
+    /// this test's broker, group, database, HTTP port and settings layered
+    /// over it, written back as TOML for the sink process. `extra` is TOML
+    /// placed in the `[sink]` table (and may open tables of its own).
     pub fn with_routes(db: &TestDb, routes: &str, extra: &str) -> SinkConfig {
         let dir = tempfile::tempdir().unwrap();
         let group = unique("kpgs_group");
         let http_port = free_port();
-        let toml = format!(
-            r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-
-[postgres]
-url = "{url}"
-
-[batch]
-max_messages = 500
-max_wait = "50ms"
-
-[http]
-bind = "127.0.0.1:{http_port}"
-
-[sink]
-shutdown_timeout = "10s"
-{extra}
-
-{routes}
-"#,
-            brokers = brokers(),
-            url = db.url,
-        );
+        let overrides = Overrides {
+            toml: vec![format!(
+                "[batch]\nmax_messages = 500\nmax_wait = \"50ms\"\n\
+                 [sink]\nshutdown_timeout = \"10s\"\n{extra}\n\n{routes}\n"
+            )],
+            brokers: Some(brokers()),
+            group_id: Some(group.clone()),
+            database_url: Some(db.url.clone()),
+            http_bind: Some(format!("127.0.0.1:{http_port}")),
+        };
+        let (cfg, _) = Config::load(&local_config_path(), &overrides)
+            .unwrap_or_else(|e| panic!("test configuration: {e}"));
         let path = dir.path().join("sink.toml");
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, cfg.to_toml()).unwrap();
         SinkConfig {
             dir,
             path,
@@ -366,17 +368,6 @@ shutdown_timeout = "10s"
             http_port,
         }
     }
-}
-
-/// Routes parsed from one `[[route]]` body, for tests that call the library
-/// directly (no broker): e.g. `direct_routes("topic = \"orders\"\n…")`.
-pub fn direct_routes(route: &str) -> Vec<kafka_pg_sink::config::Route> {
-    kafka_pg_sink::config::Config::from_toml(&format!(
-        "[kafka]\nbrokers = \"unused:9092\"\ngroup_id = \"g\"\n\
-         [postgres]\nurl = \"postgres://unused/db\"\n[[route]]\n{route}\n"
-    ))
-    .unwrap()
-    .1
 }
 
 /// The position a direct-store test claims on `orders[0]`: `expected` is the
@@ -391,24 +382,13 @@ pub fn orders_position(expected: Option<i64>, last: i64) -> Vec<kafka_pg_sink::s
     }]
 }
 
-/// Commits a prepared batch for group `g` with dead letters on (tests that
-/// call the store directly, without a broker).
+/// Commits a prepared batch (tests that call the store directly).
 pub async fn commit(
-    db: &TestDb,
-    routes: &[kafka_pg_sink::config::Route],
+    writer: &BatchWriter,
     batch: &kafka_pg_sink::batch::PreparedBatch,
     expected: &[kafka_pg_sink::store::Expected],
 ) -> kafka_pg_sink::store::CommitOutcome {
-    kafka_pg_sink::store::commit_batch(
-        &db.pool,
-        "g",
-        routes,
-        batch,
-        expected,
-        kafka_pg_sink::config::OnError::DeadLetter,
-    )
-    .await
-    .unwrap()
+    writer.commit(batch, expected).await.unwrap()
 }
 
 /// The sink binary as a child process; killed on drop.
@@ -487,21 +467,6 @@ impl Drop for SinkProcess {
     }
 }
 
-/// Minimal HTTP GET over a raw socket (no extra client dependency in tests).
-pub async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
-}
-
 /// Polls `check` until it returns true or `timeout` passes; panics with `what`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
@@ -535,14 +500,6 @@ pub fn assert_metrics_identity(text: &str) {
 pub fn replay_to_earliest(cfg: &SinkConfig) {
     let (ok, out) = cfg.cli(&["replay", "--to-earliest"], &[]);
     assert!(ok, "replay: {out}");
-}
-
-/// The partition a key lives in (keyed partitioning, like a real producer).
-pub fn partition_of(key: &str, partitions: i32) -> i32 {
-    let h = key
-        .bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
-    (h % partitions as u32) as i32
 }
 
 pub fn event(id: &str, seq: u64) -> String {

@@ -1,0 +1,256 @@
+//! Routes: which topic goes to which table, and how a message becomes a row.
+//!
+//! A route exists in two states. [`RouteConfig`] is what the user wrote.
+//! [`RouteSpec`] is that configuration validated (pointers checked, the topic
+//! pattern compiled, a typed route's column mapping parsed); config loading
+//! produces it without touching any server. [`Route`] is a spec resolved
+//! against the database (typed routes know their column types), produced by
+//! `store::schema::resolve_routes` at startup; batching and the store take
+//! only resolved routes, so no statement can be built from a half-known route.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::columns::{ColumnMap, ColumnSpec};
+use crate::types::TableName;
+
+/// How the row key is derived: `"/pointer"`, `["/a", "/b"]`, `"@kafka_key"`
+/// or `"@event_hash"`; with `columns`, column names.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum KeySpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl KeySpec {
+    pub fn parts(&self) -> &[String] {
+        match self {
+            KeySpec::One(s) => std::slice::from_ref(s),
+            KeySpec::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TombstonePolicy {
+    /// A null-valued message deletes the row with its key.
+    #[default]
+    Delete,
+    /// Null-valued messages are counted and skipped.
+    Ignore,
+}
+
+/// One `[[route]]` as written in the configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact topic name, or a regex when it starts with `^`.
+    pub topic: String,
+    /// Target table (`table` or `schema.table`); always quoted.
+    pub table: String,
+    pub key: KeySpec,
+    /// JSON pointers left out of the event hash (fields producers add on retry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_exclude: Vec<String>,
+    /// Optional JSON pointer of an integer version: an update applies only if
+    /// its version is ≥ the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub tombstones: TombstonePolicy,
+    /// Typed table mode: column name → source (`/pointer`, `@payload`,
+    /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
+    /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`). `key` then names
+    /// columns. Without it the route writes a document table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<BTreeMap<String, String>>,
+}
+
+/// A route; `Columns` is [`ColumnSpec`] before the database was asked for the
+/// column types and [`ColumnMap`] after.
+#[derive(Clone, Debug)]
+pub struct Route<Columns = ColumnMap> {
+    pub topic: TopicMatcher,
+    pub table: TableName,
+    pub key: RowKeySource,
+    pub hash_exclude: Vec<String>,
+    pub version: Option<String>,
+    pub tombstones: TombstonePolicy,
+    /// Typed table mode (see `columns.rs`); `None` = document table.
+    pub columns: Option<Columns>,
+}
+
+/// A validated route whose typed columns have no SQL types yet.
+pub type RouteSpec = Route<ColumnSpec>;
+
+impl<C> Route<C> {
+    /// The same route with its column mapping converted by `f`.
+    pub fn map_columns<D, E>(self, f: impl FnOnce(C) -> Result<D, E>) -> Result<Route<D>, E> {
+        Ok(Route {
+            columns: self.columns.map(f).transpose()?,
+            topic: self.topic,
+            table: self.table,
+            key: self.key,
+            hash_exclude: self.hash_exclude,
+            version: self.version,
+            tombstones: self.tombstones,
+        })
+    }
+
+    pub fn is_typed(&self) -> bool {
+        self.columns.is_some()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum TopicMatcher {
+    Exact(String),
+    Pattern(regex::Regex),
+}
+
+impl TopicMatcher {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatcher::Exact(t) => t == topic,
+            TopicMatcher::Pattern(r) => r.is_match(topic),
+        }
+    }
+
+    /// The string librdkafka subscribes with (it treats `^…` as a regex).
+    pub fn subscription(&self) -> String {
+        match self {
+            TopicMatcher::Exact(t) => t.clone(),
+            TopicMatcher::Pattern(r) => r.as_str().to_string(),
+        }
+    }
+}
+
+/// Topics to subscribe to, one per route.
+pub fn subscriptions<C>(routes: &[Route<C>]) -> Vec<String> {
+    routes.iter().map(|r| r.topic.subscription()).collect()
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowKeySource {
+    Pointers(Vec<String>),
+    KafkaKey,
+    EventHash,
+    /// Typed tables: the key is the mapped columns listed in `ColumnMap::key`.
+    Columns,
+}
+
+impl RouteConfig {
+    /// Validates this route (the `i`-th); pushes every problem, named by key.
+    pub fn validate(&self, i: usize, p: &mut Vec<String>) -> Option<RouteSpec> {
+        let at = format!("route[{i}]");
+        let before = p.len();
+        let topic = self.topic_matcher(&at, p);
+        let table = TableName::parse(&self.table)
+            .map_err(|e| p.push(format!("{at}.table: {e}")))
+            .ok();
+        let columns = self.columns.as_ref().and_then(|cols| {
+            ColumnSpec::from_config(&at, cols, self.key.parts(), self.version.as_deref(), p)
+        });
+        if let Some(c) = &columns {
+            if !self.hash_exclude.is_empty() && !c.maps_event_hash() {
+                p.push(format!(
+                    "{at}.hash_exclude: typed routes detect duplicates by the mapped column values; \
+                     hash_exclude only shapes an `@event_hash` column, and none is mapped"
+                ));
+            }
+        }
+        let key = if self.columns.is_some() {
+            RowKeySource::Columns
+        } else {
+            self.document_key(&at, p)
+        };
+        check_pointer_list(&format!("{at}.hash_exclude"), &self.hash_exclude, p);
+        if let Some(v) = &self.version {
+            if !v.starts_with('/') {
+                p.push(format!(
+                    "{at}.version: `{v}` is not a JSON pointer (must start with `/`)"
+                ));
+            }
+        }
+        if p.len() > before {
+            return None;
+        }
+        Some(Route {
+            topic: topic?,
+            table: table?,
+            key,
+            hash_exclude: self.hash_exclude.clone(),
+            version: self.version.clone(),
+            tombstones: self.tombstones,
+            columns,
+        })
+    }
+
+    fn topic_matcher(&self, at: &str, p: &mut Vec<String>) -> Option<TopicMatcher> {
+        if self.topic.starts_with('^') {
+            regex::Regex::new(&self.topic)
+                .map(TopicMatcher::Pattern)
+                .map_err(|e| p.push(format!("{at}.topic: invalid regex ({e})")))
+                .ok()
+        } else if self.topic.is_empty() {
+            p.push(format!("{at}.topic: must not be empty"));
+            None
+        } else {
+            Some(TopicMatcher::Exact(self.topic.clone()))
+        }
+    }
+
+    fn document_key(&self, at: &str, p: &mut Vec<String>) -> RowKeySource {
+        match &self.key {
+            KeySpec::One(s) if s == "@kafka_key" => RowKeySource::KafkaKey,
+            KeySpec::One(s) if s == "@event_hash" => RowKeySource::EventHash,
+            KeySpec::Many(v) if v.is_empty() => {
+                p.push(format!("{at}.key: list must not be empty"));
+                RowKeySource::Pointers(Vec::new())
+            }
+            spec => {
+                for s in spec.parts() {
+                    if !s.starts_with('/') {
+                        p.push(format!(
+                            "{at}.key: `{s}` is not a JSON pointer (`/field`), `@kafka_key` or `@event_hash`"
+                        ));
+                    }
+                }
+                RowKeySource::Pointers(spec.parts().to_vec())
+            }
+        }
+    }
+}
+
+fn check_pointer_list(at: &str, pointers: &[String], p: &mut Vec<String>) {
+    for (j, e) in pointers.iter().enumerate() {
+        if !e.starts_with('/') {
+            p.push(format!(
+                "{at}[{j}]: `{e}` is not a JSON pointer (must start with `/`)"
+            ));
+        }
+    }
+}
+
+/// Validates every route and the set of them; pushes problems.
+pub fn validate_all(routes: &[RouteConfig], p: &mut Vec<String>) -> Vec<RouteSpec> {
+    if routes.is_empty() {
+        p.push("route: at least one [[route]] is required".into());
+    }
+    let specs = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.validate(i, p))
+        .collect();
+    for (i, a) in routes.iter().enumerate() {
+        for b in &routes[i + 1..] {
+            if a.topic == b.topic {
+                p.push(format!("route: topic `{}` is routed twice", a.topic));
+            }
+        }
+    }
+    specs
+}
