@@ -19,11 +19,46 @@ use crate::types::{Expected, Offset, TopicPartition};
 /// Ownership epoch of one partition in this process.
 pub type Generation = u64;
 
-/// A polled message stamped with its partition's generation.
+/// What the consumer thread hands to the pipeline, stamped with the
+/// partition's generation when it was polled.
 #[derive(Debug)]
 pub struct Envelope {
-    pub msg: SourceMessage,
+    pub item: Polled,
     pub generation: Generation,
+}
+
+#[derive(Debug)]
+pub enum Polled {
+    Message(SourceMessage),
+    /// Every record of `tp` before `next` has been delivered or was skipped by
+    /// librdkafka (transaction markers, aborted transactions, compacted-away
+    /// offsets): once what was delivered is committed, `next` may be stored.
+    Skipped { tp: TopicPartition, next: Offset },
+    /// The position to resume from is outside the partition's log
+    /// (`[low, high]`): retention deleted unread records, or the topic was
+    /// deleted and recreated.
+    OutOfRange {
+        tp: TopicPartition,
+        position: Offset,
+        low: Offset,
+        high: Offset,
+    },
+}
+
+impl Envelope {
+    pub fn message(msg: SourceMessage, generation: Generation) -> Self {
+        Envelope {
+            item: Polled::Message(msg),
+            generation,
+        }
+    }
+
+    fn tp(&self) -> &TopicPartition {
+        match &self.item {
+            Polled::Message(m) => &m.tp,
+            Polled::Skipped { tp, .. } | Polled::OutOfRange { tp, .. } => tp,
+        }
+    }
 }
 
 /// What this process knows about one partition it owns.
@@ -36,6 +71,9 @@ struct PartState {
     planned: Option<Offset>,
     /// A seek was requested and has not happened yet: admit nothing.
     seeking: bool,
+    /// The stored position cannot be resumed (out of range, policy `fail`):
+    /// admit nothing until a seek (a replay) moves it.
+    stalled: bool,
 }
 
 #[derive(Default)]
@@ -57,20 +95,34 @@ impl Owned {
 #[derive(Clone, Debug, Default)]
 pub struct Claim {
     parts: BTreeMap<TopicPartition, (Generation, Option<Offset>)>,
+    /// Partitions whose records up to (excluding) this offset were delivered
+    /// or skipped: the batch may store it even without a message there.
+    skipped_to: BTreeMap<TopicPartition, Offset>,
 }
 
 impl Claim {
-    /// What the fence must find for a batch covering `ranges` (first and
-    /// last offset per partition).
+    /// What the fence must find and set for a batch covering `ranges` (first
+    /// and last message offset per partition), including partitions that
+    /// only advance past skipped records.
     pub fn expected(&self, ranges: &BTreeMap<TopicPartition, (Offset, Offset)>) -> Vec<Expected> {
-        ranges
-            .iter()
-            .map(|(tp, (_, last))| Expected {
+        let mut ends: BTreeMap<&TopicPartition, Offset> =
+            ranges.iter().map(|(tp, (_, last))| (tp, last.next())).collect();
+        for (tp, next) in &self.skipped_to {
+            let end = ends.entry(tp).or_insert(*next);
+            *end = (*end).max(*next);
+        }
+        ends.into_iter()
+            .map(|(tp, new_next)| Expected {
                 tp: tp.clone(),
                 expected: self.parts.get(tp).and_then(|p| p.1),
-                new_next: last.next(),
+                new_next,
             })
             .collect()
+    }
+
+    /// Whether the batch must be committed even without messages.
+    pub fn advances_past_skipped(&self) -> bool {
+        !self.skipped_to.is_empty()
     }
 }
 
@@ -104,6 +156,7 @@ impl Assignment {
                     generation,
                     planned: stored.get(tp).copied(),
                     seeking: false,
+                    stalled: false,
                 },
             );
         }
@@ -124,7 +177,7 @@ impl Assignment {
     /// when the message must be dropped (not owned, or a seek is pending).
     pub fn stamp(&self, tp: &TopicPartition) -> Option<Generation> {
         match self.lock().parts.get(tp) {
-            Some(s) if !s.seeking => Some(s.generation),
+            Some(s) if !s.seeking && !s.stalled => Some(s.generation),
             _ => None,
         }
     }
@@ -137,22 +190,60 @@ impl Assignment {
         let mut claim = Claim::default();
         let mut messages = Vec::with_capacity(envs.len());
         for e in envs {
-            let Some(s) = a.parts.get(&e.msg.tp) else {
+            let Some(s) = a.parts.get(e.tp()) else {
                 continue;
             };
-            if s.seeking || s.generation != e.generation {
+            if s.seeking || s.stalled || s.generation != e.generation {
                 continue;
             }
-            if s.planned.is_some_and(|p| e.msg.offset < p) {
+            let at = match &e.item {
+                Polled::Message(m) => m.offset,
+                Polled::Skipped { next, .. } => *next,
+                Polled::OutOfRange { .. } => continue,
+            };
+            if s.planned.is_some_and(|p| at < p) {
                 continue;
             }
             claim
                 .parts
-                .entry(e.msg.tp.clone())
+                .entry(e.tp().clone())
                 .or_insert((s.generation, s.planned));
-            messages.push(e.msg);
+            match e.item {
+                Polled::Message(m) => messages.push(m),
+                Polled::Skipped { tp, next } => {
+                    claim.skipped_to.insert(tp, next);
+                }
+                Polled::OutOfRange { .. } => unreachable!("filtered above"),
+            }
         }
         (messages, claim)
+    }
+
+    /// The partition's position cannot be resumed and the policy is to stop
+    /// it: admit nothing until a seek. Ignored if `generation` is outdated
+    /// (a seek already happened). Returns whether it stalled.
+    pub fn stall(&self, tp: &TopicPartition, generation: Generation) -> bool {
+        let mut a = self.lock();
+        match a.parts.get_mut(tp) {
+            Some(s) if s.generation == generation => {
+                s.stalled = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `generation` is still the current one of `tp`.
+    pub fn is_current(&self, tp: &TopicPartition, generation: Generation) -> bool {
+        self.lock()
+            .parts
+            .get(tp)
+            .is_some_and(|s| s.generation == generation && !s.seeking)
+    }
+
+    /// The planned position of `tp`, if owned.
+    pub fn planned(&self, tp: &TopicPartition) -> Option<Option<Offset>> {
+        self.lock().parts.get(tp).map(|s| s.planned)
     }
 
     /// A batch admitted under `claim` was handed to the committer: the next
@@ -200,6 +291,7 @@ impl Assignment {
         if let Some(s) = a.parts.get_mut(tp) {
             s.generation = generation;
             s.seeking = false;
+            s.stalled = false;
         }
     }
 
@@ -221,6 +313,19 @@ impl Assignment {
         let a = self.lock();
         (a.joined, a.parts.len())
     }
+
+    /// Owned partitions that are stalled (position cannot be resumed).
+    pub fn stalled(&self) -> Vec<TopicPartition> {
+        let a = self.lock();
+        let mut v: Vec<TopicPartition> = a
+            .parts
+            .iter()
+            .filter(|(_, s)| s.stalled)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 #[cfg(test)]
@@ -228,8 +333,8 @@ mod tests {
     use super::*;
 
     fn env(tp: &TopicPartition, offset: i64, generation: Generation) -> Envelope {
-        Envelope {
-            msg: SourceMessage {
+        Envelope::message(
+            SourceMessage {
                 tp: tp.clone(),
                 offset: Offset(offset),
                 key: None,
@@ -238,7 +343,7 @@ mod tests {
                 headers: Vec::new(),
             },
             generation,
-        }
+        )
     }
 
     #[test]
@@ -282,6 +387,55 @@ mod tests {
             env(&tp, 4, before),
         ]);
         assert_eq!(msgs.iter().map(|m| m.offset.0).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn skipped_records_extend_the_batch_end_or_make_a_batch_alone() {
+        let a = Assignment::default();
+        let tp = TopicPartition::new("t", 0);
+        let stored = HashMap::from([(tp.clone(), Offset(4))]);
+        a.assign(std::slice::from_ref(&tp), &stored, true);
+        let g = a.stamp(&tp).unwrap();
+        let skipped = |next: i64| Envelope {
+            item: Polled::Skipped {
+                tp: tp.clone(),
+                next: Offset(next),
+            },
+            generation: g,
+        };
+        // A message at 4, then a commit marker at 5: the batch stores 6.
+        let (msgs, claim) = a.admit(vec![env(&tp, 4, g), skipped(6)]);
+        assert_eq!(msgs.len(), 1);
+        let ranges = BTreeMap::from([(tp.clone(), (Offset(4), Offset(4)))]);
+        let expected = claim.expected(&ranges);
+        assert_eq!((expected[0].expected, expected[0].new_next), (Some(Offset(4)), Offset(6)));
+        a.advance(&claim, &expected);
+        // Only a skip, e.g. an aborted transaction 6..9 and its marker.
+        let (msgs, claim) = a.admit(vec![skipped(10)]);
+        assert!(msgs.is_empty() && claim.advances_past_skipped());
+        let expected = claim.expected(&BTreeMap::new());
+        assert_eq!((expected[0].expected, expected[0].new_next), (Some(Offset(6)), Offset(10)));
+        // A stale skip (behind the plan) is not admitted.
+        a.advance(&claim, &expected);
+        let (_, claim) = a.admit(vec![skipped(8)]);
+        assert!(!claim.advances_past_skipped());
+    }
+
+    #[test]
+    fn a_stalled_partition_admits_nothing_until_a_seek() {
+        let a = Assignment::default();
+        let tp = TopicPartition::new("t", 0);
+        a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
+        let g = a.stamp(&tp).unwrap();
+        assert!(!a.stall(&tp, g - 1), "an outdated generation does not stall");
+        assert!(a.stall(&tp, g));
+        assert_eq!(a.stalled(), vec![tp.clone()]);
+        assert_eq!(a.stamp(&tp), None);
+        assert!(a.admit(vec![env(&tp, 0, g)]).0.is_empty());
+        a.begin_seek(std::slice::from_ref(&tp), &HashMap::new());
+        a.finish_seek(&tp);
+        assert!(a.stalled().is_empty());
+        assert!(a.stamp(&tp).is_some());
     }
 
     #[test]

@@ -232,8 +232,11 @@ async fn wait_for_signal() {
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_env("KAFKA_PG_SINK_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn,rdkafka=warn,sqlx=warn"));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: log files and collectors get plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();

@@ -56,6 +56,32 @@ impl OffsetReset {
     }
 }
 
+/// What to do when a partition's stored position is outside its log:
+/// retention deleted records the sink never read (position below the log
+/// start), or the topic was deleted and recreated (position beyond its end).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRangePolicy {
+    /// Stop that partition (the others keep flowing), log the range, set
+    /// `kafka_pg_sink_partition_stalled`; `replay` moves it on.
+    #[default]
+    Fail,
+    /// Continue from the log start; records lost to retention are counted.
+    Earliest,
+    /// Continue from the log end; every record not read is counted as lost.
+    Latest,
+}
+
+impl OutOfRangePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutOfRangePolicy::Fail => "fail",
+            OutOfRangePolicy::Earliest => "earliest",
+            OutOfRangePolicy::Latest => "latest",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -66,6 +92,11 @@ pub struct KafkaConfig {
     /// Where a partition with no stored offset starts: `earliest` or `latest`.
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,
+    /// A stored position outside the partition's log: `fail` (stop that
+    /// partition), `earliest` or `latest`. Never silent: logged, counted and
+    /// recorded in `sink_offset_resets`.
+    #[serde(default)]
+    pub on_offset_out_of_range: OutOfRangePolicy,
     /// Any librdkafka property (SASL, SSL, timeouts…), passed through verbatim.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -395,6 +426,7 @@ pub fn test_routes(route: &str) -> Result<Vec<crate::route::Route>, ConfigError>
 pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.commit",
     "enable.auto.offset.store",
+    "auto.offset.reset",
     "group.id",
     "bootstrap.servers",
 ];

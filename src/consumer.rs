@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{Assignment, Envelope};
+use crate::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::backoff::Backoff;
 use crate::config::{Config, OffsetReset};
 use crate::kafka;
@@ -206,6 +206,8 @@ pub fn spawn(
             .iter()
             .any(|r| r.columns.as_ref().is_some_and(|m| m.maps_headers())),
         pending_seeks: Vec::new(),
+        tracked: HashMap::new(),
+        last_gap_check: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -229,7 +231,25 @@ struct Poller {
     /// Some typed route maps a Kafka header into a column.
     copy_headers: bool,
     pending_seeks: Vec<(TopicPartition, Option<Offset>)>,
+    /// Per partition, what this thread has forwarded in the current generation.
+    tracked: HashMap<TopicPartition, Tracked>,
+    last_gap_check: Instant,
 }
+
+/// What the poller knows of one partition's delivery, per generation.
+struct Tracked {
+    generation: Generation,
+    /// The offset after the last record delivered (or the start position);
+    /// `None` while a logical start (`earliest`/`latest`) delivered nothing.
+    next: Option<Offset>,
+    /// librdkafka's position seen at the previous idle check, if beyond `next`.
+    seen: Option<Offset>,
+    /// An out-of-range position was already reported for this generation.
+    reported_out_of_range: bool,
+}
+
+/// How often idle partitions are checked for skipped records.
+const GAP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why forwarding a message stopped.
 enum Forward {
@@ -248,18 +268,29 @@ impl Poller {
                 last_lag = Instant::now();
                 self.update_lag();
             }
-            match self.consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, "kafka poll error (librdkafka retries)"),
+            let forwarded = match self.consumer.poll(Duration::from_millis(100)) {
+                None => self.after_idle_poll(),
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    self.report_out_of_range()
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka poll error (librdkafka retries)");
+                    Forward::Sent
+                }
                 Some(Ok(m)) => {
                     let env = self.envelope(&m);
                     drop(m);
-                    if let Some(env) = env {
-                        if let Forward::Closed = self.forward(env) {
-                            return;
+                    match env {
+                        Some(env) => {
+                            self.delivered(&env);
+                            self.forward(env)
                         }
+                        None => Forward::Dropped,
                     }
                 }
+            };
+            if let Forward::Closed = forwarded {
+                return;
             }
         }
         self.leave_group();
@@ -282,23 +313,30 @@ impl Poller {
                 }
             }
         }
-        let mut seeks = std::mem::take(&mut self.pending_seeks);
-        seeks.retain(|(tp, off)| !self.seek(tp, *off));
-        self.pending_seeks = seeks;
+        for (tp, off) in std::mem::take(&mut self.pending_seeks) {
+            if !self.seek(&tp, off) {
+                self.pending_seeks.push((tp, off));
+            }
+        }
     }
 
     /// Returns true when the seek is done (or no longer needed).
-    fn seek(&self, tp: &TopicPartition, off: Option<Offset>) -> bool {
+    fn seek(&mut self, tp: &TopicPartition, off: Option<Offset>) -> bool {
         if !self.assignment.owns(tp) {
             return true;
         }
         let target = seek_target(off, self.reset);
-        match self
-            .consumer
-            .seek(&tp.topic, tp.partition, target, Duration::from_secs(5))
-        {
+        let result = if self.fetch_stopped(tp) {
+            self.restart_fetch(tp, target)
+        } else {
+            self.consumer
+                .seek(&tp.topic, tp.partition, target, Duration::from_secs(5))
+        };
+        match result {
             Ok(()) => {
+                self.tracked.remove(tp);
                 self.assignment.finish_seek(tp);
+                self.metrics.set_stalled(tp, false);
                 tracing::info!(%tp, offset = ?off, "seeked to stored position");
                 true
             }
@@ -307,6 +345,41 @@ impl Poller {
                 false
             }
         }
+    }
+
+    /// librdkafka stops fetching a partition whose position was out of range
+    /// (`auto.offset.reset = error`); such a partition cannot be sought.
+    fn fetch_stopped(&self, tp: &TopicPartition) -> bool {
+        self.tracked
+            .get(tp)
+            .is_some_and(|t| t.reported_out_of_range)
+    }
+
+    /// Restarts fetching a stopped partition at `target` by assigning it
+    /// again. The eager protocol only replaces the assignment as a whole, so
+    /// every other partition restarts at its planned position with a new
+    /// generation: what was in flight is dropped and fetched again.
+    fn restart_fetch(&self, tp: &TopicPartition, target: rdkafka::Offset) -> KafkaResult<()> {
+        let mut one = TopicPartitionList::new();
+        one.add_partition_offset(&tp.topic, tp.partition, target)?;
+        if let RebalanceProtocol::Cooperative = self.consumer.rebalance_protocol() {
+            self.consumer.incremental_unassign(&one)?;
+            return self.consumer.incremental_assign(&one);
+        }
+        let others: Vec<(TopicPartition, Option<Offset>)> = self
+            .assignment
+            .positions()
+            .into_iter()
+            .filter(|(other, _)| other != tp)
+            .collect();
+        for (other, planned) in &others {
+            one.add_partition_offset(&other.topic, other.partition, seek_target(*planned, self.reset))?;
+        }
+        self.consumer.assign(&one)?;
+        for (other, _) in &others {
+            self.assignment.finish_seek(other);
+        }
+        Ok(())
     }
 
     /// The message as an owned envelope, or `None` if its partition does not
@@ -321,17 +394,140 @@ impl Poller {
                 .collect(),
             _ => Vec::new(),
         };
-        Some(Envelope {
-            msg: SourceMessage {
+        let offset = Offset(m.offset());
+        Some(Envelope::message(
+            SourceMessage {
                 tp,
-                offset: Offset(m.offset()),
+                offset,
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
                 timestamp: m.timestamp().to_millis(),
                 headers,
             },
             generation,
-        })
+        ))
+    }
+
+    /// Records that a message was delivered: the partition's next record is
+    /// the one after it.
+    fn delivered(&mut self, env: &Envelope) {
+        if let Polled::Message(m) = &env.item {
+            self.tracked.insert(
+                m.tp.clone(),
+                Tracked {
+                    generation: env.generation,
+                    next: Some(m.offset.next()),
+                    seen: None,
+                    reported_out_of_range: false,
+                },
+            );
+        }
+    }
+
+    /// The tracking of `tp` for its current generation `generation`, started
+    /// at the planned position if the generation is new.
+    fn tracked(&mut self, tp: &TopicPartition, generation: Generation) -> &mut Tracked {
+        let fresh = self
+            .tracked
+            .get(tp)
+            .is_none_or(|t| t.generation != generation);
+        if fresh {
+            let next = self.assignment.planned(tp).flatten();
+            self.tracked.insert(
+                tp.clone(),
+                Tracked {
+                    generation,
+                    next,
+                    seen: None,
+                    reported_out_of_range: false,
+                },
+            );
+        }
+        self.tracked.get_mut(tp).expect("inserted above")
+    }
+
+    /// librdkafka's queue is empty: a partition whose position moved beyond
+    /// the last delivered record without delivering anything skipped records
+    /// (transaction markers, aborted transactions, compacted offsets). After
+    /// two idle checks agree, the pipeline may store that position.
+    fn after_idle_poll(&mut self) -> Forward {
+        if self.last_gap_check.elapsed() < GAP_CHECK_INTERVAL {
+            return Forward::Sent;
+        }
+        self.last_gap_check = Instant::now();
+        let Ok(positions) = self.consumer.position() else {
+            return Forward::Sent;
+        };
+        for e in positions.elements() {
+            let rdkafka::Offset::Offset(p) = e.offset() else {
+                continue;
+            };
+            let tp = TopicPartition::new(e.topic(), e.partition());
+            let Some(generation) = self.assignment.stamp(&tp) else {
+                continue;
+            };
+            let t = self.tracked(&tp, generation);
+            let Some(next) = t.next else { continue };
+            let position = Offset(p);
+            if position <= next {
+                t.seen = None;
+                continue;
+            }
+            if t.seen != Some(position) {
+                t.seen = Some(position);
+                continue;
+            }
+            t.next = Some(position);
+            t.seen = None;
+            self.metrics
+                .offsets_skipped
+                .with_label_values(&[tp.topic.as_str()])
+                .inc_by((position.0 - next.0) as u64);
+            let env = Envelope {
+                item: Polled::Skipped { tp, next: position },
+                generation,
+            };
+            if let Forward::Closed = self.forward(env) {
+                return Forward::Closed;
+            }
+        }
+        Forward::Sent
+    }
+
+    /// librdkafka found a fetch position outside a partition's log and, with
+    /// `auto.offset.reset = error`, stopped fetching it. The error does not
+    /// name the partition (rust-rdkafka drops it), so every owned partition's
+    /// planned position is compared with its log's range.
+    fn report_out_of_range(&mut self) -> Forward {
+        for (tp, planned) in self.assignment.positions() {
+            let (Some(position), Some(generation)) = (planned, self.assignment.stamp(&tp)) else {
+                continue;
+            };
+            let Ok((low, high)) = kafka::watermarks(&self.consumer, &tp, kafka::METADATA_TIMEOUT)
+            else {
+                continue;
+            };
+            if (low..=high).contains(&position.0) {
+                continue;
+            }
+            let t = self.tracked(&tp, generation);
+            if std::mem::replace(&mut t.reported_out_of_range, true) {
+                continue;
+            }
+            let env = Envelope {
+                item: Polled::OutOfRange {
+                    tp,
+                    position,
+                    low: Offset(low),
+                    high: Offset(high),
+                },
+                generation,
+            };
+            if let Forward::Closed = self.forward(env) {
+                return Forward::Closed;
+            }
+        }
+        Forward::Sent
     }
 
     /// Waits for room in the pipeline's channel, staying responsive to shutdown.

@@ -43,14 +43,20 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
     .await;
     let db_ok = matches!(db, Ok(Ok(_)));
     let (joined, parts) = s.assignment.status();
+    let stalled = s.assignment.stalled();
     let body = format!(
-        "database: {}\nconsumer: {}\npartitions: {parts}\n",
+        "database: {}\nconsumer: {}\npartitions: {parts}\nstalled: {}\n",
         if db_ok { "ok" } else { "unreachable" },
         if joined {
             "joined"
         } else {
             "waiting for assignment"
-        }
+        },
+        stalled
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let code = if db_ok && joined {
         StatusCode::OK

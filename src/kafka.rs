@@ -35,7 +35,12 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", cfg.kafka.auto_offset_reset.as_str())
+        // Where to start without a stored position is decided by the sink
+        // (kafka.auto_offset_reset, as a logical seek target); librdkafka's
+        // own reset would silently jump over a position that fell out of
+        // the log. "error" makes it report that instead
+        // (kafka.on_offset_out_of_range decides).
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false");
     c
 }

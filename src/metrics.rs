@@ -47,6 +47,10 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub lag: IntGaugeVec,
     pub stored_offset: IntGaugeVec,
+    pub offsets_skipped: IntCounterVec,
+    pub out_of_range: IntCounterVec,
+    pub offsets_lost: IntCounterVec,
+    pub partition_stalled: IntGaugeVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -133,6 +137,10 @@ impl Metrics {
             ),
             lag: f.gauge_vec("consumer_lag", "Broker high watermark minus stored next offset", &["topic", "partition"]),
             stored_offset: f.gauge_vec("stored_offset", "Next offset stored in Postgres by this process", &["topic", "partition"]),
+            offsets_skipped: f.counter_vec("offsets_skipped_total", "Offsets without a record to deliver that positions moved past: transaction markers, aborted transactions, compacted-away records", &["topic"]),
+            out_of_range: f.counter_vec("offsets_out_of_range_total", "Stored positions found outside their partition's log, by the policy applied", &["policy"]),
+            offsets_lost: f.counter_vec("offsets_lost_total", "Records never read because a position out of range was moved on (retention, recreated topic)", &["topic", "partition"]),
+            partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped because its stored position cannot be resumed (on_offset_out_of_range = fail)", &["topic", "partition"]),
             build_info: f.gauge_vec("build_info", "Build information", &["version"]),
             registry: f.registry,
             families: f.names.into(),
@@ -201,12 +209,30 @@ impl Metrics {
             .set(next);
     }
 
+    pub fn set_stalled(&self, tp: &TopicPartition, stalled: bool) {
+        let [t, p] = Self::partition_labels(tp);
+        let labels = [t.as_str(), p.as_str()];
+        if stalled {
+            self.partition_stalled.with_label_values(&labels).set(1);
+        } else {
+            let _ = self.partition_stalled.remove_label_values(&labels);
+        }
+    }
+
+    pub fn count_lost(&self, tp: &TopicPartition, lost: i64) {
+        let [t, p] = Self::partition_labels(tp);
+        self.offsets_lost
+            .with_label_values(&[t.as_str(), &p])
+            .inc_by(lost.max(0) as u64);
+    }
+
     /// Drops the per-partition series of a partition this process no longer owns.
     pub fn forget_partition(&self, tp: &TopicPartition) {
         let [t, p] = Self::partition_labels(tp);
         let labels = [t.as_str(), p.as_str()];
         let _ = self.lag.remove_label_values(&labels);
         let _ = self.stored_offset.remove_label_values(&labels);
+        let _ = self.partition_stalled.remove_label_values(&labels);
     }
 
     /// Names of every registered metric family (also those without series yet).

@@ -22,15 +22,15 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{Assignment, Envelope};
+use crate::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::backoff::Backoff;
 use crate::batch::{self, PreparedBatch};
-use crate::config::{Config, OnError};
+use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::consumer::Command;
 use crate::message::DeadLetter;
 use crate::metrics::Metrics;
 use crate::store::commit::{resolve, Resolution};
-use crate::store::offsets::{self, REPLAY_CHANNEL};
+use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
 use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
 use crate::types::{Expected, Offset, TopicPartition};
 
@@ -76,6 +76,7 @@ pub struct Pipeline {
     max_messages: usize,
     max_wait: Duration,
     on_error: OnError,
+    out_of_range: OutOfRangePolicy,
     commit_to_kafka: bool,
     assignment: Assignment,
     metrics: Metrics,
@@ -99,6 +100,7 @@ impl Pipeline {
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
             on_error: cfg.sink.on_error,
+            out_of_range: cfg.kafka.on_offset_out_of_range,
             commit_to_kafka: cfg.sink.commit_to_kafka,
             assignment,
             metrics,
@@ -228,8 +230,24 @@ impl Pipeline {
     /// Admits the buffered messages still owned and current, and prepares one
     /// batch for the committer.
     async fn prepare(&self, envs: Vec<Envelope>) -> Result<Option<Prepared>, PipelineError> {
+        let (out_of_range, envs): (Vec<Envelope>, Vec<Envelope>) = envs
+            .into_iter()
+            .partition(|e| matches!(e.item, Polled::OutOfRange { .. }));
+        for e in out_of_range {
+            if let Polled::OutOfRange {
+                tp,
+                position,
+                low,
+                high,
+            } = e.item
+            {
+                let reset = OffsetReset::plan(&tp, position, low, high, self.out_of_range);
+                self.on_out_of_range(&tp, e.generation, reset, (position, low, high))
+                    .await;
+            }
+        }
         let (messages, claim) = self.assignment.admit(envs);
-        if messages.is_empty() {
+        if messages.is_empty() && !claim.advances_past_skipped() {
             return Ok(None);
         }
         let routes = self.writer.routes().to_vec();
@@ -311,6 +329,62 @@ impl Pipeline {
                 Resolution::NotApplied => Attempt::Done(self.writer.commit(batch, expected).await?),
             },
         )
+    }
+
+    /// A partition's position is outside its log. Policy `fail` stops the
+    /// partition (loudly); `earliest`/`latest` move the stored position, with
+    /// the move and the records never read recorded in the same transaction,
+    /// then seek there.
+    async fn on_out_of_range(
+        &self,
+        tp: &TopicPartition,
+        generation: Generation,
+        reset: Option<OffsetReset>,
+        (position, low, high): (Offset, Offset, Offset),
+    ) {
+        self.metrics
+            .out_of_range
+            .with_label_values(&[self.out_of_range.as_str()])
+            .inc();
+        let Some(reset) = reset else {
+            if self.assignment.stall(tp, generation) {
+                self.metrics.set_stalled(tp, true);
+                tracing::error!(
+                    %tp, %position, log_start = %low, log_end = %high,
+                    "stored position is outside the partition's log (retention deleted unread records, \
+                     or the topic was recreated); partition stopped (kafka.on_offset_out_of_range = \"fail\"). \
+                     Move it with `kafka-pg-sink replay --topic {} --partition {} --to-earliest` (or --to-offset)",
+                    tp.topic, tp.partition
+                );
+            }
+            return;
+        };
+        let mut backoff = Backoff::database();
+        loop {
+            if !self.assignment.is_current(tp, generation) {
+                return; // a seek or a rebalance came first
+            }
+            let planned = self.assignment.planned(tp).flatten();
+            match offsets::reset(self.writer.pool(), self.group(), planned, &reset).await {
+                Ok(moved) => {
+                    if moved {
+                        self.metrics.count_lost(tp, reset.lost);
+                        tracing::warn!(
+                            %tp, from = %reset.from, to = %reset.to, log_start = %low, log_end = %high,
+                            lost = reset.lost, policy = reset.policy,
+                            "stored position was outside the partition's log; moved (recorded in sink_offset_resets)"
+                        );
+                    }
+                    self.resync(std::slice::from_ref(tp)).await;
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.db_retries.inc();
+                    tracing::warn!(error = %e, "recording the offset reset failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
     }
 
     async fn on_fenced(&self, tps: &[TopicPartition], expected: &[Expected], started: Instant) {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgPool, Row};
 
+use crate::config::OutOfRangePolicy;
 use crate::types::{Offset, TopicPartition};
 
 /// LISTEN/NOTIFY channel; the payload is the consumer group.
@@ -99,4 +100,136 @@ pub async fn rewrite(
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+/// A move of a stored position that fell outside the partition's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetReset {
+    pub tp: TopicPartition,
+    /// The position that could not be resumed (stored, or planned if the
+    /// partition had no row yet).
+    pub from: Offset,
+    pub to: Offset,
+    pub log_start: Offset,
+    pub log_end: Offset,
+    pub policy: &'static str,
+    /// Records between `from` and `to` that exist(ed) and were never read.
+    pub lost: i64,
+}
+
+impl OffsetReset {
+    /// Where `position`, outside the log `[log_start, log_end]`, goes under
+    /// `policy` (`None` for `fail`), and how many records are never read.
+    pub fn plan(
+        tp: &TopicPartition,
+        position: Offset,
+        log_start: Offset,
+        log_end: Offset,
+        policy: OutOfRangePolicy,
+    ) -> Option<OffsetReset> {
+        let to = match policy {
+            OutOfRangePolicy::Fail => return None,
+            OutOfRangePolicy::Earliest => log_start,
+            OutOfRangePolicy::Latest => log_end,
+        };
+        // Below the start, [position, to) existed and was deleted or skipped;
+        // beyond the end (a new log), only the new log's [log_start, to) is.
+        let lost = if position < log_start {
+            to.0 - position.0
+        } else {
+            to.0 - log_start.0
+        };
+        Some(OffsetReset {
+            tp: tp.clone(),
+            from: position,
+            to,
+            log_start,
+            log_end,
+            policy: policy.as_str(),
+            lost: lost.max(0),
+        })
+    }
+}
+
+/// Moves a position that fell out of the log, by compare-and-set against
+/// what the caller planned from (`None`: no row yet), and records the move in
+/// `sink_offset_resets` in the same transaction. Returns false when someone
+/// else moved the position meanwhile (nothing is written).
+pub async fn reset(
+    pool: &PgPool,
+    group: &str,
+    planned: Option<Offset>,
+    r: &OffsetReset,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The move may go backwards (a recreated topic): like a replay.
+    sqlx::query("SELECT set_config('kafka_pg_sink.replay', 'on', true)")
+        .execute(&mut *tx)
+        .await?;
+    let moved = match planned {
+        Some(p) => sqlx::query(
+            "UPDATE sink_offsets SET next_offset = $5, updated_at = now() \
+             WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
+        )
+        .bind(group)
+        .bind(&r.tp.topic)
+        .bind(r.tp.partition)
+        .bind(p.0)
+        .bind(r.to.0),
+        None => sqlx::query(
+            "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(&r.tp.topic)
+        .bind(r.tp.partition)
+        .bind(r.to.0),
+    }
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !moved {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO sink_offset_resets \
+           (consumer_group, topic, partition, from_offset, to_offset, log_start, log_end, policy, lost) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(group)
+    .bind(&r.tp.topic)
+    .bind(r.tp.partition)
+    .bind(r.from.0)
+    .bind(r.to.0)
+    .bind(r.log_start.0)
+    .bind(r.log_end.0)
+    .bind(r.policy)
+    .bind(r.lost)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_records_are_counted_per_policy() {
+        let tp = TopicPartition::new("t", 0);
+        let plan = |pos, policy| {
+            OffsetReset::plan(&tp, Offset(pos), Offset(100), Offset(150), policy)
+                .map(|r| (r.to.0, r.lost))
+        };
+        // Retention deleted 40..100 unread.
+        assert_eq!(plan(40, OutOfRangePolicy::Earliest), Some((100, 60)));
+        assert_eq!(plan(40, OutOfRangePolicy::Latest), Some((150, 110)));
+        assert_eq!(plan(40, OutOfRangePolicy::Fail), None);
+        // Recreated topic: the old position 900 is beyond the new log.
+        assert_eq!(plan(900, OutOfRangePolicy::Earliest), Some((100, 0)));
+        assert_eq!(plan(900, OutOfRangePolicy::Latest), Some((150, 50)));
+    }
 }

@@ -179,23 +179,38 @@ pub struct TestTopic {
     producer: ThreadedProducer<DefaultProducerContext>,
 }
 
+/// An admin client for the test broker.
+pub fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap()
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))
+}
+
+/// A seed for a randomised test: `KPGS_SEED` if set, else random; printed so
+/// a failure can be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("KPGS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test}: seed {seed} (KPGS_SEED={seed} replays it)");
+    seed
+}
+
 impl TestTopic {
     pub async fn new(partitions: i32) -> TestTopic {
+        Self::with_config(partitions, &[]).await
+    }
+
+    /// A topic with topic-level configuration (e.g. `cleanup.policy`).
+    pub async fn with_config(partitions: i32, config: &[(&str, &str)]) -> TestTopic {
         let name = unique("kpgs_topic");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-        let res = admin
-            .create_topics(
-                &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-            )
-            .await
-            .expect("Kafka must be reachable (scripts/test.sh starts it)");
-        for r in res {
-            r.expect("create topic");
-        }
+        create_topic(&name, partitions, config).await;
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .set("linger.ms", "5")
@@ -206,6 +221,71 @@ impl TestTopic {
             name,
             partitions,
             producer,
+        }
+    }
+
+    /// Grows the topic to `total` partitions.
+    pub async fn add_partitions(&mut self, total: i32) {
+        let res = admin()
+            .create_partitions(
+                &[rdkafka::admin::NewPartitions::new(&self.name, total as usize)],
+                &admin_options(),
+            )
+            .await
+            .unwrap();
+        for r in res {
+            r.expect("create partitions");
+        }
+        self.partitions = total;
+        // The producer learns of new partitions from metadata.
+        wait_until(Duration::from_secs(30), "the producer to see the new partitions", || async {
+            self.producer
+                .client()
+                .fetch_metadata(Some(&self.name), Duration::from_secs(5))
+                .is_ok_and(|md| md.topics()[0].partitions().len() == total as usize)
+        })
+        .await;
+    }
+
+    /// Deletes the records of `partition` before `offset` (what retention
+    /// does); returns the new log start offset.
+    pub async fn delete_records_before(&self, partition: i32, offset: i64) -> i64 {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&self.name, partition, rdkafka::Offset::Offset(offset))
+            .unwrap();
+        let res = admin()
+            .delete_records(&tpl, &admin_options())
+            .await
+            .unwrap();
+        let e = res.find_partition(&self.name, partition).unwrap();
+        e.error().expect("delete records");
+        e.offset().to_raw().unwrap()
+    }
+
+    /// Deletes the topic and creates it again, empty, with the same name.
+    pub async fn recreate(&self) {
+        let res = admin()
+            .delete_topics(&[&self.name], &admin_options())
+            .await
+            .unwrap();
+        for r in res {
+            r.expect("delete topic");
+        }
+        // Deletion completes asynchronously: creation fails until it has.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let res = admin()
+                .create_topics(
+                    &[NewTopic::new(&self.name, self.partitions, TopicReplication::Fixed(1))],
+                    &admin_options(),
+                )
+                .await
+                .unwrap();
+            if res.iter().all(|r| r.is_ok()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "recreating {}: {res:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -287,6 +367,20 @@ impl TestTopic {
     }
 }
 
+async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
+    let res = admin()
+        .create_topics(&[topic], &admin_options())
+        .await
+        .expect("Kafka must be reachable (scripts/test.sh starts it)");
+    for r in res {
+        r.expect("create topic");
+    }
+}
+
 /// Writes a sink configuration for one test and returns its path.
 pub struct SinkConfig {
     pub dir: tempfile::TempDir,
@@ -329,6 +423,19 @@ impl SinkConfig {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), text)
+    }
+
+    /// `offsets show --json` of this configuration.
+    pub fn offsets_json(&self) -> Vec<serde_json::Value> {
+        let (ok, out) = self.cli(&["offsets", "show", "--json"], &[]);
+        assert!(ok, "offsets show: {out}");
+        let json = &out[out.find('[').expect("a JSON array")..];
+        let first = serde_json::Deserializer::from_str(json)
+            .into_iter::<Vec<serde_json::Value>>()
+            .next();
+        first
+            .expect("a JSON array")
+            .unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
     /// Replaces text in the written configuration (the text must be there).
