@@ -13,7 +13,8 @@
 #   scripts/connect.sh source-props NAME --db DB --tables T1,T2 --prefix P
 #            [--schemas] [--partitions N] [KEY=VALUE...]    Debezium Postgres source
 #   scripts/connect.sh jdbc-sink-props NAME --topic T --url DB_URL --table TABLE
-#            [--tasks N] [--batch N] [--best] [--schema JSON] [--flatten] [KEY=VALUE...]
+#            [--tasks N] [--batch N] [--best] [--schema JSON] [--key-field F]
+#            [--timestamp-field F|""] [--flatten] [KEY=VALUE...]
 #                                                   Debezium JDBC sink for plain JSON values
 # Each worker NAME lives in $CONNECT_STATE_DIR/NAME (worker.properties, offsets file,
 # connect.log, pid, rest.port); its REST port is picked free from 18083 up.
@@ -311,7 +312,8 @@ wait_running() {
       body="$(rest "$name" "/connectors/$c/status" 2>/dev/null || true)"
       states="$(grep -o '"state":"[A-Z_]*"' <<<"$body" | cut -d'"' -f4 | tr '\n' ' ')"
       if grep -q FAILED <<<"$states"; then
-        log "connector $c: $states"; echo "$body" >&2; tail -60 "$st/connect.log" >&2; return 1
+        log "connector $c: $states"; grep -o 'Caused by: [^\\]*' <<<"$body" | tail -1 >&2 || true
+        tail -30 "$st/connect.log" >&2; return 1
       fi
       # connector state first, then one per task
       if [ -n "$states" ] && [ "$(wc -w <<<"$states")" -ge 2 ] \
@@ -441,8 +443,8 @@ ORDER_SCHEMA='{"type":"struct","optional":false,"fields":[{"field":"order_id","t
 
 jdbc_sink_props() {
   local name="${1:-}"; shift || true
-  [ -n "$name" ] || die "usage: $0 jdbc-sink-props NAME --topic T --url DB_URL --table TABLE [--tasks N] [--batch N] [--best] [--schema JSON] [--key-field F] [--flatten] [KEY=VALUE...]"
-  local topic="" url="" table="" tasks=1 batch=500 best=0 schema="$ORDER_SCHEMA" key_field=order_id flatten=0 extra=()
+  [ -n "$name" ] || die "usage: $0 jdbc-sink-props NAME --topic T --url DB_URL --table TABLE [--tasks N] [--batch N] [--best] [--schema JSON] [--key-field F] [--timestamp-field F] [--flatten] [KEY=VALUE...]"
+  local topic="" url="" table="" tasks=1 batch=500 best=0 schema="$ORDER_SCHEMA" key_field=order_id ts_field=ts flatten=0 extra=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --topic) topic="$2"; shift 2 ;;
@@ -453,6 +455,7 @@ jdbc_sink_props() {
       --best) best=1; tasks=4; batch=5000; shift ;;
       --schema) schema="$2"; shift 2 ;;
       --key-field) key_field="$2"; shift 2 ;;
+      --timestamp-field) ts_field="$2"; shift 2 ;;
       --flatten) flatten=1; shift ;;
       *=*) extra+=("$1"); shift ;;
       *) die "jdbc-sink-props: unknown argument $1" ;;
@@ -460,7 +463,9 @@ jdbc_sink_props() {
   done
   [ -n "$topic" ] && [ -n "$url" ] && [ -n "$table" ] || die "jdbc-sink-props needs --topic, --url and --table"
   local j user pw; read -r j user pw <<<"$(jdbc_url "$url")"
-  local transforms="hoistKey"; [ "$flatten" = 1 ] && transforms="hoistKey,flatten"
+  local transforms="hoistKey"
+  [ "$flatten" = 1 ] && transforms="$transforms,flatten"
+  [ -n "$ts_field" ] && transforms="$transforms,ts"
   cat <<PROPS
 name=$name
 connector.class=io.debezium.connector.jdbc.JdbcSinkConnector
@@ -489,6 +494,10 @@ transforms.hoistKey.type=org.apache.kafka.connect.transforms.HoistField\$Key
 transforms.hoistKey.field=$key_field
 PROPS
   [ "$flatten" = 1 ] && printf '%s\n' 'transforms.flatten.type=org.apache.kafka.connect.transforms.Flatten$Value' 'transforms.flatten.delimiter=_'
+  # An ISO-8601 string field becomes a Connect Timestamp, so it binds as a timestamp (the
+  # unnest writer binds text[] otherwise, which Postgres refuses for a timestamptz column).
+  [ -n "$ts_field" ] && printf '%s\n' 'transforms.ts.type=org.apache.kafka.connect.transforms.TimestampConverter$Value' \
+    "transforms.ts.field=$ts_field" 'transforms.ts.target.type=Timestamp' "transforms.ts.format=yyyy-MM-dd'T'HH:mm:ssX"
   if [ "$best" = 1 ]; then
     echo "dialect.postgres.unnest.insert.enabled=true"
     echo "use.reduction.buffer=true"
