@@ -8,7 +8,7 @@
 # Creates TABLE if missing (order_id text primary key, customer text, amount numeric(12,2),
 # currency text, status text, version bigint, ts timestamptz). Prints one JSON line:
 # {"system":"debezium-jdbc","tasks":..,"batch":..,"messages":..,"drain_s":..,"startup_s":..,
-#  "msgs_per_s":..,"incl_startup_per_s":..}
+#  "msgs_per_s":..,"incl_startup_per_s":..,"worker_cpu_s":..}
 # startup_s: worker launch until every task is RUNNING (REST status); drain_s: from then
 # until the committed offsets of the group connect-<name> (read via the worker's
 # GET /connectors/<name>/offsets; the worker flushes them every second) reach the
@@ -99,7 +99,10 @@ while :; do
   sleep 0.2
 done
 t2="$(now)"
+# CPU seconds of the worker JVM (user+sys, startup included): comparable on a busy machine.
+pid="$(scripts/connect.sh pid "$NAME" || echo)"
+cpu="$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || echo null)"
 startup="$(sub "$t0" "$t1")"; drain="$(sub "$t1" "$t2")"
-awk -v t="$TASKS" -v b="$BATCH" -v m="$MESSAGES" -v d="$drain" -v s="$startup" -v best="$BEST" 'BEGIN {
-  printf "{\"system\":\"debezium-jdbc\",\"tasks\":%d,\"batch\":%d,\"unnest_reduction\":%s,\"messages\":%d,\"drain_s\":%.2f,\"startup_s\":%.2f,\"msgs_per_s\":%.0f,\"incl_startup_per_s\":%.0f}\n",
-    t, b, (best == 1 ? "true" : "false"), m, d, s, m / d, m / (d + s) }'
+awk -v cpu="$cpu" -v t="$TASKS" -v b="$BATCH" -v m="$MESSAGES" -v d="$drain" -v s="$startup" -v best="$BEST" 'BEGIN {
+  printf "{\"system\":\"debezium-jdbc\",\"tasks\":%d,\"batch\":%d,\"unnest_reduction\":%s,\"messages\":%d,\"drain_s\":%.2f,\"startup_s\":%.2f,\"msgs_per_s\":%.0f,\"incl_startup_per_s\":%.0f,\"worker_cpu_s\":%s}\n",
+    t, b, (best == 1 ? "true" : "false"), m, d, s, m / d, m / (d + s), cpu }'

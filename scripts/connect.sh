@@ -8,8 +8,9 @@
 #   scripts/connect.sh start NAME WORKER_PROPS|- CONNECTOR_PROPS...
 #                                                   standalone worker NAME; waits until
 #                                                   every connector's tasks are RUNNING
-#   scripts/connect.sh stop|kill|status|url|log NAME   (kill = SIGKILL, for crash tests)
-#   scripts/connect.sh clean NAME                   stop and forget NAME's state
+#   scripts/connect.sh stop|kill|status|url|log|pid NAME   (kill = SIGKILL, for crash tests)
+#   scripts/connect.sh clean NAME                   stop, drop its source slots/publications,
+#                                                   forget its state
 #   scripts/connect.sh source-props NAME --db DB --tables T1,T2 --prefix P
 #            [--schemas] [--partitions N] [KEY=VALUE...]    Debezium Postgres source
 #   scripts/connect.sh jdbc-sink-props NAME --topic T --url DB_URL --table TABLE
@@ -369,6 +370,22 @@ stop_sig() {
   kill -9 "$pid" 2>/dev/null || true; rm -f "$st/pid"
 }
 
+# Forget a worker: stop it, drop the replication slots and publications its Postgres
+# source connectors created on the CDC cluster, remove its state directory.
+clean() {
+  local name="$1" st f slot pub db; st="$(state_of "$name")"
+  stop_sig "$name" TERM
+  for f in "$st"/connector-*.properties; do
+    [ -f "$f" ] || continue
+    grep -q 'PostgresConnector' "$f" || continue
+    slot="$(prop_of "$f" slot.name)"; pub="$(prop_of "$f" publication.name)"; db="$(prop_of "$f" database.dbname)"
+    cdc_answers || continue
+    psql "$(cdc_url "$db")" -XqAt -c "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = '$slot' and not active" \
+      -c "drop publication if exists \"$pub\"" >/dev/null 2>&1 || log "could not drop slot $slot / publication $pub in $db"
+  done
+  rm -rf "$st"
+}
+
 status() {
   local name="$1"
   if ! worker_alive "$name"; then echo down; return 1; fi
@@ -515,8 +532,9 @@ case "$cmd" in
   kill) stop_sig "${1:?NAME}" KILL ;;
   status) status "${1:?NAME}" ;;
   url) echo "http://127.0.0.1:$(rest_port "${1:?NAME}")" ;;
+  pid) worker_pid "${1:?NAME}" ;;
   log) echo "$(state_of "${1:?NAME}")/connect.log" ;;
-  clean) stop_sig "${1:?NAME}" TERM; rm -rf "$(state_of "$1")" ;;
+  clean) clean "${1:?NAME}" ;;
   source-props) source_props "$@" ;;
   jdbc-sink-props) jdbc_sink_props "$@" ;;
   lib) fetch; echo "$LIB" ;;
