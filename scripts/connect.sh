@@ -539,5 +539,5 @@ case "$cmd" in
   jdbc-sink-props) jdbc_sink_props "$@" ;;
   lib) fetch; echo "$LIB" ;;
   plugins) fetch; echo "$PLUGINS" ;;
-  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
