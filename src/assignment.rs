@@ -33,7 +33,10 @@ pub enum Polled {
     /// Every record of `tp` before `next` has been delivered or was skipped by
     /// librdkafka (transaction markers, aborted transactions, compacted-away
     /// offsets): once what was delivered is committed, `next` may be stored.
-    Skipped { tp: TopicPartition, next: Offset },
+    Skipped {
+        tp: TopicPartition,
+        next: Offset,
+    },
     /// The position to resume from is outside the partition's log
     /// (`[low, high]`): retention deleted unread records, or the topic was
     /// deleted and recreated.
@@ -105,8 +108,10 @@ impl Claim {
     /// and last message offset per partition), including partitions that
     /// only advance past skipped records.
     pub fn expected(&self, ranges: &BTreeMap<TopicPartition, (Offset, Offset)>) -> Vec<Expected> {
-        let mut ends: BTreeMap<&TopicPartition, Offset> =
-            ranges.iter().map(|(tp, (_, last))| (tp, last.next())).collect();
+        let mut ends: BTreeMap<&TopicPartition, Offset> = ranges
+            .iter()
+            .map(|(tp, (_, last))| (tp, last.next()))
+            .collect();
         for (tp, next) in &self.skipped_to {
             let end = ends.entry(tp).or_insert(*next);
             *end = (*end).max(*next);
@@ -408,13 +413,19 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         let ranges = BTreeMap::from([(tp.clone(), (Offset(4), Offset(4)))]);
         let expected = claim.expected(&ranges);
-        assert_eq!((expected[0].expected, expected[0].new_next), (Some(Offset(4)), Offset(6)));
+        assert_eq!(
+            (expected[0].expected, expected[0].new_next),
+            (Some(Offset(4)), Offset(6))
+        );
         a.advance(&claim, &expected);
         // Only a skip, e.g. an aborted transaction 6..9 and its marker.
         let (msgs, claim) = a.admit(vec![skipped(10)]);
         assert!(msgs.is_empty() && claim.advances_past_skipped());
         let expected = claim.expected(&BTreeMap::new());
-        assert_eq!((expected[0].expected, expected[0].new_next), (Some(Offset(6)), Offset(10)));
+        assert_eq!(
+            (expected[0].expected, expected[0].new_next),
+            (Some(Offset(6)), Offset(10))
+        );
         // A stale skip (behind the plan) is not admitted.
         a.advance(&claim, &expected);
         let (_, claim) = a.admit(vec![skipped(8)]);
@@ -427,7 +438,10 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
         let g = a.stamp(&tp).unwrap();
-        assert!(!a.stall(&tp, g - 1), "an outdated generation does not stall");
+        assert!(
+            !a.stall(&tp, g - 1),
+            "an outdated generation does not stall"
+        );
         assert!(a.stall(&tp, g));
         assert_eq!(a.stalled(), vec![tp.clone()]);
         assert_eq!(a.stamp(&tp), None);

@@ -373,7 +373,11 @@ impl Poller {
             .filter(|(other, _)| other != tp)
             .collect();
         for (other, planned) in &others {
-            one.add_partition_offset(&other.topic, other.partition, seek_target(*planned, self.reset))?;
+            one.add_partition_offset(
+                &other.topic,
+                other.partition,
+                seek_target(*planned, self.reset),
+            )?;
         }
         self.consumer.assign(&one)?;
         for (other, _) in &others {

@@ -27,7 +27,10 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         // next fetch by fetch.queue.backoff.ms (default 1 s): replays stalled
         // for ~0.4 s every ~100k messages. 10 ms keeps the queue fed.
         .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // Partitions added to a topic are noticed at the next metadata
+        // refresh (librdkafka's default is 5 minutes).
+        .set("topic.metadata.refresh.interval.ms", "30000");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }

@@ -110,7 +110,10 @@ async fn transactional_topic_is_exact_and_positions_pass_the_markers() {
     );
     assert_no_lag(&cfg);
     let m = sink.metrics().await.unwrap();
-    assert!(metric(&m, "kafka_pg_sink_offsets_skipped_total") > 0.0, "{m}");
+    assert!(
+        metric(&m, "kafka_pg_sink_offsets_skipped_total") > 0.0,
+        "{m}"
+    );
     assert_metrics_identity(&m);
 }
 
@@ -146,7 +149,12 @@ async fn partitions_added_while_running_are_consumed_from_the_start() {
 }
 
 /// Produces `n` events keyed `{prefix}{i}` into `partition`; returns them.
-fn fill(topic: &TestTopic, partition: i32, prefix: &str, range: std::ops::Range<u64>) -> BTreeMap<String, Value> {
+fn fill(
+    topic: &TestTopic,
+    partition: i32,
+    prefix: &str,
+    range: std::ops::Range<u64>,
+) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for i in range {
         let id = format!("{prefix}{i}");
@@ -191,7 +199,11 @@ async fn a_position_deleted_by_retention_stops_its_partition_until_a_replay() {
     })
     .await;
     assert_eq!(db.stored_offsets(&cfg.group, &topic.name).await[&0], 100);
-    assert_eq!(db.rows("events").await, want, "nothing of the gap, nothing after it");
+    assert_eq!(
+        db.rows("events").await,
+        want,
+        "nothing of the gap, nothing after it"
+    );
     let logs = sink.logs();
     assert!(
         logs.contains("outside the partition's log") && logs.contains("log_start=150"),
@@ -200,12 +212,22 @@ async fn a_position_deleted_by_retention_stops_its_partition_until_a_replay() {
 
     // The operator moves the partition on: it resumes at the log start.
     let (ok, out) = cfg.cli(
-        &["replay", "--to-earliest", "--topic", &topic.name, "--partition", "0"],
+        &[
+            "replay",
+            "--to-earliest",
+            "--topic",
+            &topic.name,
+            "--partition",
+            "0",
+        ],
         &[],
     );
     assert!(ok, "{out}");
     wait_caught_up(&db, &cfg.group, &topic, T).await;
-    for (k, v) in unread.into_iter().filter(|(k, _)| k[1..].parse::<u64>().unwrap() >= 150) {
+    for (k, v) in unread
+        .into_iter()
+        .filter(|(k, _)| k[1..].parse::<u64>().unwrap() >= 150)
+    {
         want.insert(k, v);
     }
     assert_eq!(db.rows("events").await, want);
@@ -233,7 +255,11 @@ async fn policy_earliest_moves_on_and_records_what_was_lost() {
     assert_eq!(topic.delete_records_before(0, 130).await, 130);
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
-    want.extend(unread.into_iter().filter(|(k, _)| k[1..].parse::<u64>().unwrap() >= 130));
+    want.extend(
+        unread
+            .into_iter()
+            .filter(|(k, _)| k[1..].parse::<u64>().unwrap() >= 130),
+    );
     assert_eq!(db.rows("events").await, want);
     let m = sink.metrics().await.unwrap();
     assert_eq!(metric(&m, "kafka_pg_sink_offsets_lost_total"), 30.0, "{m}");
@@ -256,4 +282,80 @@ async fn policy_earliest_moves_on_and_records_what_was_lost() {
             .await,
         1
     );
+}
+
+/// Offsets of `topic`'s partition 0 that a plain consumer reads from the
+/// beginning, up to the end offset.
+fn readable_offsets(topic: &TestTopic) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let end = topic.end_offsets()[&0];
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("kpgs_probe"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic.name, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while out.last().is_none_or(|o| o + 1 < end) && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.offset());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_topic_with_offset_gaps_is_exact() {
+    let mut rng = StdRng::seed_from_u64(test_seed("compacted"));
+    let db = TestDb::new().await;
+    // The log cleaner may run soon and often: small segments, no lag.
+    let topic = TestTopic::with_config(
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.001"),
+            ("min.compaction.lag.ms", "0"),
+            ("max.compaction.lag.ms", "2000"),
+            ("delete.retention.ms", "1000"),
+        ],
+    )
+    .await;
+    let mut w = Workload::new();
+    for round in 0..8u64 {
+        for i in 0..40u64 {
+            let id = format!("k{}", rng.gen_range(0..15));
+            if rng.gen_ratio(1, 8) {
+                topic.send(0, Some(&id), None);
+                w.expected.remove(&id);
+            } else {
+                w.send(&topic, &id, &event(&id, round * 100 + i));
+            }
+        }
+        topic.flush();
+        // segment.ms rolls on the next append: keep appending for a while.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    wait_until(
+        Duration::from_secs(90),
+        "the log cleaner to leave offset gaps",
+        || async {
+            let read = readable_offsets(&topic);
+            read.windows(2).any(|p| p[1] != p[0] + 1) && read.first() != Some(&0)
+        },
+    )
+    .await;
+    // The last record is never compacted (active segment).
+    let cfg = SinkConfig::new(&db, &topic.name, "", "");
+    let sink = SinkProcess::start(&cfg);
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert_eq!(db.rows("events").await, w.expected);
+    assert_no_lag(&cfg);
+    assert_metrics_identity(&sink.metrics().await.unwrap());
 }

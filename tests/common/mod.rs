@@ -228,7 +228,10 @@ impl TestTopic {
     pub async fn add_partitions(&mut self, total: i32) {
         let res = admin()
             .create_partitions(
-                &[rdkafka::admin::NewPartitions::new(&self.name, total as usize)],
+                &[rdkafka::admin::NewPartitions::new(
+                    &self.name,
+                    total as usize,
+                )],
                 &admin_options(),
             )
             .await
@@ -238,12 +241,16 @@ impl TestTopic {
         }
         self.partitions = total;
         // The producer learns of new partitions from metadata.
-        wait_until(Duration::from_secs(30), "the producer to see the new partitions", || async {
-            self.producer
-                .client()
-                .fetch_metadata(Some(&self.name), Duration::from_secs(5))
-                .is_ok_and(|md| md.topics()[0].partitions().len() == total as usize)
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the producer to see the new partitions",
+            || async {
+                self.producer
+                    .client()
+                    .fetch_metadata(Some(&self.name), Duration::from_secs(5))
+                    .is_ok_and(|md| md.topics()[0].partitions().len() == total as usize)
+            },
+        )
         .await;
     }
 
@@ -276,7 +283,11 @@ impl TestTopic {
         loop {
             let res = admin()
                 .create_topics(
-                    &[NewTopic::new(&self.name, self.partitions, TopicReplication::Fixed(1))],
+                    &[NewTopic::new(
+                        &self.name,
+                        self.partitions,
+                        TopicReplication::Fixed(1),
+                    )],
                     &admin_options(),
                 )
                 .await
@@ -284,7 +295,11 @@ impl TestTopic {
             if res.iter().all(|r| r.is_ok()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "recreating {}: {res:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "recreating {}: {res:?}",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
