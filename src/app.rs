@@ -56,6 +56,13 @@ pub async fn run(
     .context("creating Kafka consumer")?;
     tracing::info!(group = %cfg.kafka.group_id, topics = ?route::subscriptions(&routes), "consuming");
 
+    if routes.iter().any(|r| r.is_cdc()) {
+        tokio::spawn(purge_delete_markers(
+            pool.clone(),
+            cfg.sink.delete_marker_retention,
+            cancel.clone(),
+        ));
+    }
     let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error);
     let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone());
     let result = pipeline.run(rx, cancel.clone()).await;
@@ -97,4 +104,20 @@ async fn serve_http(
         state,
         cancel.clone(),
     ))))
+}
+
+/// Forgets delete markers older than the retention, every few minutes.
+async fn purge_delete_markers(pool: PgPool, retention: Duration, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match store::cdc::purge_delete_markers(&pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, ?retention, "forgot old delete markers"),
+            Err(e) => tracing::warn!(error = %e, "purging delete markers failed; retrying later"),
+        }
+    }
 }

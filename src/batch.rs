@@ -26,9 +26,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
+use crate::columns::EventView;
+use crate::debezium::{self, Change, Op};
 use crate::hash;
 use crate::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
-use crate::route::{Route, RowKeySource, TombstonePolicy};
+use crate::route::{Route, RowKeySource, TombstonePolicy, TruncatePolicy};
 use crate::types::{EventHash, Offset, RowKey, TopicPartition};
 
 /// A row to upsert into a route's table.
@@ -51,6 +53,17 @@ pub struct RowUpsert {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowDelete {
     pub key: RowKey,
+    /// The delete's source position (change events): it applies only over
+    /// older rows, and is remembered to refuse older changes re-sent later.
+    pub version: Option<i64>,
+    pub tp: TopicPartition,
+    pub offset: Offset,
+}
+
+/// A truncate change event: every row older than `position` goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowTruncate {
+    pub position: i64,
     pub tp: TopicPartition,
     pub offset: Offset,
 }
@@ -67,6 +80,8 @@ pub struct RouteWrites {
     pub upserts: Vec<RowUpsert>,
     /// Final tombstones: delete these keys.
     pub deletes: Vec<RowDelete>,
+    /// The latest truncate of the batch, applied after everything else.
+    pub truncate: Option<RowTruncate>,
 }
 
 /// Per-message outcomes decided before the database is involved.
@@ -77,6 +92,11 @@ pub struct BatchCounts {
     pub superseded: u64,
     pub stale_in_batch: u64,
     pub tombstone_ignored: u64,
+    /// Truncate events: applied, or ignored by `on_truncate = "ignore"`.
+    pub truncates: u64,
+    pub truncates_ignored: u64,
+    /// Change events by Debezium op (c, r, u, d, t).
+    pub change_ops: [u64; 5],
 }
 
 #[derive(Clone, Debug, Default)]
@@ -101,10 +121,7 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
         writes: vec![RouteWrites::default(); routes.len()],
         ..Default::default()
     };
-    let mut folds: Vec<Fold> = routes
-        .iter()
-        .map(|r| Fold::new(r.version.is_some()))
-        .collect();
+    let mut folds: Vec<Fold> = routes.iter().map(Fold::new).collect();
     for m in messages {
         batch.counts.consumed += 1;
         batch
@@ -119,8 +136,10 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
                 .push(DeadLetter::of(m, PoisonReason::NoRoute, error));
             continue;
         };
-        match parse(&routes[ri], &m) {
+        match parse(&routes[ri], &m, &mut batch.counts) {
             Parsed::Ignored => batch.counts.tombstone_ignored += 1,
+            Parsed::TruncateIgnored => batch.counts.truncates_ignored += 1,
+            Parsed::Truncate(t) => folds[ri].truncate(t, &mut batch.counts),
             Parsed::Poison(reason, error) => {
                 batch.dead_letters.push(DeadLetter::of(m, reason, error))
             }
@@ -161,16 +180,23 @@ impl KeyFold {
 /// The fold of one route's messages, key by key, in offset order.
 struct Fold {
     versioned: bool,
+    /// Change events: a change is identified by its source position, so the
+    /// same position is a duplicate and a newer one always applies (even with
+    /// the same content: it moves the row's position forward).
+    cdc: bool,
     keys: HashMap<RowKey, KeyFold>,
+    truncate: Option<RowTruncate>,
     /// First-seen order of keys, so statements are deterministic.
     order: Vec<RowKey>,
 }
 
 impl Fold {
-    fn new(versioned: bool) -> Self {
+    fn new(route: &Route) -> Self {
         Self {
-            versioned,
+            versioned: route.version.is_some(),
+            cdc: route.is_cdc(),
             keys: HashMap::new(),
+            truncate: None,
             order: Vec::new(),
         }
     }
@@ -183,8 +209,18 @@ impl Fold {
             return;
         };
         match &f.state {
-            KeyState::Upsert(cur) if cur.hash == row.hash => counts.duplicate_in_batch += 1,
+            KeyState::Upsert(cur) if self.cdc && row.version == cur.version => {
+                counts.duplicate_in_batch += 1
+            }
+            KeyState::Upsert(cur) if !self.cdc && cur.hash == row.hash => {
+                counts.duplicate_in_batch += 1
+            }
             KeyState::Upsert(cur) if self.versioned && row.version < cur.version => {
+                counts.stale_in_batch += 1
+            }
+            // A change older than (or at) a delete's position is a re-send:
+            // the table would refuse it by the delete marker, so must the fold.
+            KeyState::Delete(d) if d.version.is_some() && row.version <= d.version => {
                 counts.stale_in_batch += 1
             }
             KeyState::Upsert(_) => {
@@ -213,9 +249,16 @@ impl Fold {
                 .insert(del.key.clone(), KeyFold::new(KeyState::Delete(del)));
             return;
         };
-        match f.state {
-            KeyState::Delete(_) => counts.duplicate_in_batch += 1,
-            KeyState::Upsert(_) => {
+        let positioned = del.version.is_some();
+        match &f.state {
+            KeyState::Delete(d) if d.version == del.version => counts.duplicate_in_batch += 1,
+            KeyState::Delete(d) if !positioned || del.version < d.version => {
+                counts.stale_in_batch += 1
+            }
+            KeyState::Upsert(cur) if positioned && del.version < cur.version => {
+                counts.stale_in_batch += 1
+            }
+            KeyState::Delete(_) | KeyState::Upsert(_) => {
                 counts.superseded += 1;
                 f.pre_delete = None;
                 f.previous = None;
@@ -224,7 +267,21 @@ impl Fold {
         }
     }
 
+    /// Truncates apply after the batch's other writes (rows older than the
+    /// truncate's position go, newer ones stay), so only the latest counts.
+    fn truncate(&mut self, t: RowTruncate, counts: &mut BatchCounts) {
+        counts.truncates += 1;
+        if self
+            .truncate
+            .as_ref()
+            .is_none_or(|cur| cur.position < t.position)
+        {
+            self.truncate = Some(t);
+        }
+    }
+
     fn finish(mut self, w: &mut RouteWrites) {
+        w.truncate = self.truncate.take();
         for key in self.order {
             let f = self
                 .keys
@@ -244,7 +301,9 @@ impl Fold {
 enum Parsed {
     Upsert(RowUpsert),
     Tombstone(RowDelete),
+    Truncate(RowTruncate),
     Ignored,
+    TruncateIgnored,
     Poison(PoisonReason, String),
 }
 
@@ -254,31 +313,135 @@ impl Parsed {
     }
 }
 
-fn parse(route: &Route, m: &SourceMessage) -> Parsed {
+fn parse(route: &Route, m: &SourceMessage, counts: &mut BatchCounts) -> Parsed {
     let Some(payload) = &m.payload else {
+        if route.is_cdc() {
+            // The tombstone after a delete event: the delete already did it.
+            return Parsed::Ignored;
+        }
         return parse_tombstone(route, m);
     };
     let (text, value) = match parse_json(payload) {
         Ok(v) => v,
         Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, e),
     };
-    let version = match &route.version {
-        None => None,
-        Some(p) => match value.pointer(p).and_then(as_integer) {
-            Some(v) => Some(v),
-            None => {
-                return Parsed::Poison(
-                    PoisonReason::BadVersion,
-                    format!("version pointer {p} is missing or not an integer"),
-                )
-            }
-        },
+    if route.is_cdc() {
+        return parse_change(route, m, value, counts);
+    }
+    match version_of(route, &value, None) {
+        Ok(version) => upsert(route, m, text, &value, None, version),
+        Err(e) => Parsed::poison(e),
+    }
+}
+
+/// A Debezium change event: an upsert of `after`, a delete of the row it
+/// identifies, or a truncate, each ordered by its source position.
+fn parse_change(
+    route: &Route,
+    m: &SourceMessage,
+    value: Value,
+    counts: &mut BatchCounts,
+) -> Parsed {
+    let key = m
+        .key
+        .as_deref()
+        .and_then(|k| serde_json::from_slice::<Value>(k).ok());
+    let change = match debezium::decode(key.as_ref(), value) {
+        Ok(c) => c,
+        Err(e) => return Parsed::Poison(PoisonReason::InvalidChange, e),
     };
+    counts.change_ops[change.op as usize] += 1;
+    let version = match version_of(route, &change.row, Some(&change.source)) {
+        Ok(v) => v,
+        Err(e) => return Parsed::poison(e),
+    };
+    match change.op {
+        Op::Truncate if route.on_truncate == TruncatePolicy::Ignore => Parsed::TruncateIgnored,
+        Op::Truncate => Parsed::Truncate(RowTruncate {
+            position: version.unwrap_or(i64::MAX),
+            tp: m.tp.clone(),
+            offset: m.offset,
+        }),
+        Op::Delete => match change_key(route, m, &change) {
+            Ok(key) => Parsed::Tombstone(RowDelete {
+                key,
+                version,
+                tp: m.tp.clone(),
+                offset: m.offset,
+            }),
+            Err(e) => Parsed::poison(e),
+        },
+        Op::Create | Op::Read | Op::Update => {
+            let text = change.row.to_string();
+            upsert(route, m, &text, &change.row, Some(&change.source), version)
+        }
+    }
+}
+
+/// The key of the row a delete event identifies.
+fn change_key(
+    route: &Route,
+    m: &SourceMessage,
+    c: &Change,
+) -> Result<RowKey, (PoisonReason, String)> {
+    match &route.columns {
+        Some(map) => {
+            let text = c.row.to_string();
+            map.key_of(&EventView {
+                msg: m,
+                text: &text,
+                value: &c.row,
+                source: Some(&c.source),
+            })
+        }
+        None => document_key_and_hash(route, m, c.row.clone()).map(|(k, _)| k),
+    }
+}
+
+/// The route's version (or source position) of an event; an error when the
+/// route has one and the event does not carry it as an integer.
+fn version_of(
+    route: &Route,
+    value: &Value,
+    source: Option<&Value>,
+) -> Result<Option<i64>, (PoisonReason, String)> {
+    let Some(p) = &route.version else {
+        return Ok(None);
+    };
+    let found = match p.strip_prefix("@source:") {
+        Some(field) => source.and_then(|s| s.get(field)),
+        None => value.pointer(p),
+    };
+    match found.and_then(as_integer) {
+        Some(v) => Ok(Some(v)),
+        None => Err((
+            PoisonReason::BadVersion,
+            format!("version {p} is missing or not an integer"),
+        )),
+    }
+}
+
+/// The upsert of one event's row image.
+fn upsert(
+    route: &Route,
+    m: &SourceMessage,
+    text: &str,
+    value: &Value,
+    source: Option<&Value>,
+    version: Option<i64>,
+) -> Parsed {
     let row = match &route.columns {
-        Some(map) => map
-            .row(m, text, &value, &route.hash_exclude)
-            .map(|r| (r.key, r.content_hash, Some(r.doc))),
-        None => document_key_and_hash(route, m, value).map(|(k, h)| (k, h, None)),
+        Some(map) => {
+            let ev = EventView {
+                msg: m,
+                text,
+                value,
+                source,
+            };
+            map.row(&ev, &route.hash_exclude)
+                .map(|r| (r.key, r.content_hash, Some(r.doc)))
+        }
+        None => document_key_and_hash(route, m, value.clone()).map(|(k, h)| (k, h, None)),
     };
     match row {
         Ok((key, hash, row)) => Parsed::Upsert(RowUpsert {
@@ -306,6 +469,7 @@ fn parse_tombstone(route: &Route, m: &SourceMessage) -> Parsed {
     match key {
         Ok(key) => Parsed::Tombstone(RowDelete {
             key,
+            version: None,
             tp: m.tp.clone(),
             offset: m.offset,
         }),
@@ -608,42 +772,85 @@ mod fold_model {
         offset: Offset,
     }
 
-    type Table = BTreeMap<RowKey, Row>;
+    /// The table and the delete markers of change-event routes.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Table {
+        rows: BTreeMap<RowKey, Row>,
+        markers: BTreeMap<RowKey, i64>,
+    }
+
+    /// A route shape of the property.
+    #[derive(Clone, Copy, Debug)]
+    struct Shape {
+        versioned: bool,
+        typed: bool,
+        /// Debezium change events: versions are source positions, deletes
+        /// carry positions and leave markers.
+        cdc: bool,
+    }
 
     /// A document route, or a typed one that maps `/v` but not `/c`: events
     /// differing only in `c` are then the same content.
-    fn route(versioned: bool, typed: bool) -> Vec<Route> {
-        let v = if versioned { r#"version = "/v""# } else { "" };
-        let shape = if typed {
-            "key = \"id\"\ncolumns = { id = \"/id\", v = \"/v\", o = \"@kafka_offset\" }"
+    fn route(s: Shape) -> Vec<Route> {
+        let (v, id, vsrc) = if s.cdc {
+            ("envelope = \"debezium\"", "/id", "@source:lsn")
+        } else if s.versioned {
+            ("version = \"/v\"", "/id", "/v")
         } else {
-            "key = \"/id\""
+            ("", "/id", "/v")
+        };
+        let shape = if s.typed {
+            format!("key = \"id\"\ncolumns = {{ id = \"{id}\", v = \"{vsrc}\", o = \"@kafka_offset\" }}")
+        } else {
+            format!("key = \"{id}\"")
         };
         test_routes(&format!("topic = \"t\"\ntable = \"t\"\n{shape}\n{v}")).unwrap()
     }
 
-    /// The table's upsert guard, as in commit.rs.
-    fn upsert(t: &mut Table, key: RowKey, row: Row) {
-        match t.get(&key) {
-            Some(cur) if cur.hash == row.hash => {}
+    /// The table's upsert guard, as in documents.rs / typed.rs / cdc.rs.
+    fn upsert(t: &mut Table, key: RowKey, row: Row, cdc: bool) {
+        if matches!((t.markers.get(&key), row.version), (Some(m), Some(v)) if v <= *m) {
+            return;
+        }
+        match t.rows.get(&key) {
+            Some(cur) if cdc && cur.version == row.version => {}
+            Some(cur) if !cdc && cur.hash == row.hash => {}
             Some(cur) if matches!((cur.version, row.version), (Some(c), Some(n)) if n < c) => {}
             _ => {
-                t.insert(key, row);
+                t.rows.insert(key, row);
             }
         }
+    }
+
+    /// The delete statement: positioned deletes spare newer rows and leave a
+    /// marker.
+    fn delete(t: &mut Table, d: &RowDelete) {
+        let Some(v) = d.version else {
+            t.rows.remove(&d.key);
+            return;
+        };
+        if t.rows
+            .get(&d.key)
+            .is_some_and(|r| r.version.is_some_and(|rv| rv > v))
+        {
+            return;
+        }
+        t.rows.remove(&d.key);
+        let m = t.markers.entry(d.key.clone()).or_insert(v);
+        *m = (*m).max(v);
     }
 
     fn sequential(routes: &[Route], msgs: &[SourceMessage], t: &mut Table) {
         for m in msgs {
             let b = prepare(routes, vec![m.clone()]);
-            apply(&b, t);
+            apply(&b, t, routes[0].is_cdc());
         }
     }
 
-    fn apply(b: &PreparedBatch, t: &mut Table) {
+    fn apply(b: &PreparedBatch, t: &mut Table, cdc: bool) {
         let w = &b.writes[0];
         for d in &w.pre_deletes {
-            t.remove(&d.key);
+            delete(t, d);
         }
         for r in w.previous.iter().chain(&w.upserts) {
             upsert(
@@ -654,30 +861,53 @@ mod fold_model {
                     version: r.version,
                     offset: r.offset,
                 },
+                cdc,
             );
         }
         for d in &w.deletes {
-            t.remove(&d.key);
+            delete(t, d);
         }
     }
 
-    fn messages() -> impl Strategy<Value = Vec<(u8, Option<(u8, u8)>)>> {
-        // (key, None = tombstone | Some((content, version)))
+    type Spec = Vec<(u8, Option<(u8, u8)>, u8)>;
+
+    fn messages() -> impl Strategy<Value = Spec> {
+        // (key, None = tombstone/delete | Some((content, version)), delete position)
         prop::collection::vec(
-            (0u8..4, prop::option::weighted(0.85, (0u8..3, 0u8..4))),
+            (
+                0u8..4,
+                prop::option::weighted(0.8, (0u8..3, 0u8..5)),
+                0u8..5,
+            ),
             0..40,
         )
     }
 
-    fn build(spec: &[(u8, Option<(u8, u8)>)]) -> Vec<SourceMessage> {
+    fn build(spec: &Spec, cdc: bool) -> Vec<SourceMessage> {
         spec.iter()
             .enumerate()
-            .map(|(i, (k, body))| SourceMessage {
+            .map(|(i, (k, body, dpos))| SourceMessage {
                 tp: TopicPartition::new("t", 0),
                 offset: Offset(i as i64),
-                key: Some(format!("k{k}").into_bytes()),
-                payload: body
-                    .map(|(c, v)| format!(r#"{{"id":"k{k}","c":{c},"v":{v}}}"#).into_bytes()),
+                key: Some(
+                    if cdc {
+                        format!(r#"{{"id":"k{k}"}}"#)
+                    } else {
+                        format!("k{k}")
+                    }
+                    .into_bytes(),
+                ),
+                payload: match (body, cdc) {
+                    (Some((c, v)), false) => Some(format!(r#"{{"id":"k{k}","c":{c},"v":{v}}}"#)),
+                    (None, false) => None,
+                    (Some((c, v)), true) => Some(format!(
+                        r#"{{"op":"u","after":{{"id":"k{k}","c":{c}}},"source":{{"lsn":{v}}}}}"#
+                    )),
+                    (None, true) => Some(format!(
+                        r#"{{"op":"d","before":{{"id":"k{k}"}},"source":{{"lsn":{dpos}}}}}"#
+                    )),
+                }
+                .map(String::into_bytes),
                 timestamp: None,
                 headers: Vec::new(),
             })
@@ -685,33 +915,35 @@ mod fold_model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(600))]
         #[test]
         fn any_batch_split_equals_one_at_a_time(
             spec in messages(),
             cuts in prop::collection::vec(0usize..40, 0..6),
             versioned in any::<bool>(),
             typed in any::<bool>(),
+            cdc in any::<bool>(),
         ) {
-            let routes = route(versioned, typed);
-            let msgs = build(&spec);
-            let mut expected = Table::new();
+            let routes = route(Shape { versioned, typed, cdc });
+            let msgs = build(&spec, cdc);
+            let mut expected = Table::default();
             sequential(&routes, &msgs, &mut expected);
 
             let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < msgs.len()).collect();
             cuts.sort();
             cuts.dedup();
-            let mut table = Table::new();
+            let mut table = Table::default();
             let mut start = 0;
             let mut consumed = 0;
             for end in cuts.into_iter().chain([msgs.len()]) {
                 let b = prepare(&routes, msgs[start..end].to_vec());
                 consumed += b.counts.consumed;
-                apply(&b, &mut table);
+                prop_assert!(b.dead_letters.is_empty(), "{:?}", b.dead_letters);
+                apply(&b, &mut table, cdc);
                 start = end;
             }
             prop_assert_eq!(consumed as usize, msgs.len());
-            prop_assert_eq!(table, expected);
+            prop_assert_eq!(table.rows, expected.rows);
         }
     }
 }

@@ -43,6 +43,9 @@ pub enum ColumnSource {
     EventHash,
     /// A Kafka header's value (the first header of that name); missing → NULL.
     Header(String),
+    /// A field of a change event's `source` block (`envelope = "debezium"`),
+    /// e.g. `@source:lsn`; missing → NULL.
+    Source(String),
 }
 
 impl ColumnSource {
@@ -56,13 +59,14 @@ impl ColumnSource {
             "@kafka_offset" => ColumnSource::KafkaOffset,
             "@kafka_timestamp" => ColumnSource::KafkaTimestamp,
             "@event_hash" => ColumnSource::EventHash,
-            _ => match s.strip_prefix("@header:") {
-                Some(h) if !h.is_empty() => ColumnSource::Header(h.to_string()),
+            _ => match (s.strip_prefix("@header:"), s.strip_prefix("@source:")) {
+                (Some(h), _) if !h.is_empty() => ColumnSource::Header(h.to_string()),
+                (_, Some(f)) if !f.is_empty() => ColumnSource::Source(f.to_string()),
                 _ => {
                     return Err(format!(
                         "`{s}` is not a JSON pointer (`/field`) or one of @payload, @kafka_key, \
                          @kafka_topic, @kafka_partition, @kafka_offset, @kafka_timestamp, \
-                         @event_hash, @header:<name>"
+                         @event_hash, @header:<name>, @source:<field>"
                     ))
                 }
             },
@@ -70,6 +74,8 @@ impl ColumnSource {
     }
 
     /// Source-position metadata: differs between re-deliveries of one event.
+    /// (`@source:…` fields do not: a re-sent change event carries the same
+    /// `source` block.)
     pub fn is_position(&self) -> bool {
         matches!(
             self,
@@ -131,6 +137,16 @@ pub struct ColumnMap<T = String> {
 /// A column mapping before the column types were read from the database.
 pub type ColumnSpec = ColumnMap<()>;
 
+/// One event as the column sources see it.
+pub struct EventView<'a> {
+    pub msg: &'a SourceMessage,
+    /// The event as JSON text (what `@payload` stores) and parsed.
+    pub text: &'a str,
+    pub value: &'a Value,
+    /// A change event's `source` block (`envelope = "debezium"`).
+    pub source: Option<&'a Value>,
+}
+
 /// One event as a typed row.
 #[derive(Debug)]
 pub struct TypedRow {
@@ -149,6 +165,7 @@ impl ColumnSpec {
         columns: &BTreeMap<String, String>,
         key: &[String],
         version: Option<&str>,
+        cdc: bool,
         p: &mut Vec<String>,
     ) -> Option<ColumnSpec> {
         let before = p.len();
@@ -161,6 +178,9 @@ impl ColumnSpec {
                 p.push(format!("{at}.columns: a column name is empty"));
             }
             match ColumnSource::parse(src) {
+                Ok(ColumnSource::Source(_)) if !cdc => p.push(format!(
+                    "{at}.columns.{name}: `{src}` reads a change event's source; set `envelope = \"debezium\"`"
+                )),
                 Ok(source) => mapped.push(MappedColumn {
                     name: name.clone(),
                     source,
@@ -191,9 +211,10 @@ impl ColumnSpec {
         let version_idx = match version {
             None => None,
             Some(v) => {
+                let wanted = ColumnSource::parse(v).ok();
                 let i = mapped
                     .iter()
-                    .position(|c| c.source == ColumnSource::Pointer(v.to_string()));
+                    .position(|c| Some(&c.source) == wanted.as_ref());
                 if i.is_none() {
                     p.push(format!(
                         "{at}.version: `{v}` must also be mapped to a column (the guard compares that column)"
@@ -265,11 +286,10 @@ impl ColumnMap {
     /// its source; `exclude` shapes the `@event_hash` value.
     pub fn row(
         &self,
-        m: &SourceMessage,
-        text: &str,
-        payload: &Value,
+        ev: &EventView<'_>,
         exclude: &[String],
     ) -> Result<TypedRow, (PoisonReason, String)> {
+        let (m, text, payload) = (ev.msg, ev.text, ev.value);
         let event_hash = self.maps_event_hash().then(|| {
             if exclude.is_empty() {
                 hash::hash_value(payload)
@@ -282,7 +302,7 @@ impl ColumnMap {
         let values: Vec<Cow<'_, Value>> = self
             .columns
             .iter()
-            .map(|c| source_value(&c.source, m, Some(payload), event_hash))
+            .map(|c| source_value(&c.source, m, Some(payload), ev.source, event_hash))
             .collect();
         let key = self.row_key(|i| values[i].as_ref())?;
         self.refuse_clock_relative(&values)?;
@@ -347,6 +367,19 @@ impl ColumnMap {
         doc
     }
 
+    /// The key of the row a change event deletes: the key columns' sources
+    /// read from the deleted row image (`envelope = "debezium"`).
+    pub fn key_of(&self, ev: &EventView<'_>) -> Result<RowKey, (PoisonReason, String)> {
+        self.row_key(|i| {
+            match &self.columns[i].source {
+                ColumnSource::Pointer(p) => ev.value.pointer(p),
+                ColumnSource::Source(f) => ev.source.and_then(|s| s.get(f)),
+                _ => None,
+            }
+            .unwrap_or(&Value::Null)
+        })
+    }
+
     /// The key a tombstone deletes. Pointer-sourced key columns are read from
     /// the Kafka key parsed as JSON (`{"order_id": 7}`); with a single key
     /// column the Kafka key text itself is the value.
@@ -376,7 +409,7 @@ impl ColumnMap {
                         c.name
                     )))
                 }
-                other => source_value(other, m, None, None),
+                other => source_value(other, m, None, None, None),
             };
             values.push(v);
         }
@@ -433,6 +466,7 @@ fn describe(s: &ColumnSource) -> String {
     match s {
         ColumnSource::Pointer(p) => p.clone(),
         ColumnSource::Header(h) => format!("@header:{h}"),
+        ColumnSource::Source(f) => format!("@source:{f}"),
         other => format!("{other:?}"),
     }
 }
@@ -441,6 +475,7 @@ fn source_value<'a>(
     src: &ColumnSource,
     m: &SourceMessage,
     payload: Option<&'a Value>,
+    source: Option<&'a Value>,
     event_hash: Option<EventHash>,
 ) -> Cow<'a, Value> {
     let owned = |v: Value| Cow::Owned(v);
@@ -468,6 +503,10 @@ fn source_value<'a>(
         ColumnSource::EventHash => {
             owned(event_hash.map_or(Value::Null, |h| Value::String(format!("\\x{h}"))))
         }
+        ColumnSource::Source(field) => match source.and_then(|s| s.get(field)) {
+            Some(v) => Cow::Borrowed(v),
+            None => owned(Value::Null),
+        },
         ColumnSource::Header(name) => owned(
             m.headers
                 .iter()
@@ -503,10 +542,19 @@ mod tests {
         }
     }
 
+    fn view<'a>(msg: &'a SourceMessage, text: &'a str, v: &'a Value) -> EventView<'a> {
+        EventView {
+            msg,
+            text,
+            value: v,
+            source: None,
+        }
+    }
+
     fn row(m: &ColumnMap, msg: &SourceMessage) -> Result<TypedRow, String> {
         let text = std::str::from_utf8(msg.payload.as_deref().unwrap()).unwrap();
         let v: Value = serde_json::from_str(text).unwrap();
-        m.row(msg, text, &v, &[]).map_err(|(_, e)| e)
+        m.row(&view(msg, text, &v), &[]).map_err(|(_, e)| e)
     }
 
     #[test]
@@ -593,7 +641,8 @@ mod tests {
         let m = map(r#"{ id = "/id", v = "/v" }"#, r#""id""#, "").unwrap();
         let text = r#"{"id":{"nested":1},"v":1}"#;
         let v: Value = serde_json::from_str(text).unwrap();
-        let (reason, error) = m.row(&msg(None, text), text, &v, &[]).unwrap_err();
+        let message = msg(None, text);
+        let (reason, error) = m.row(&view(&message, text, &v), &[]).unwrap_err();
         assert_eq!(reason, PoisonReason::InvalidKey);
         assert!(
             error.contains("`id`") && error.contains("an object"),

@@ -201,6 +201,14 @@ pub struct SinkConfig {
     /// Copy committed offsets to Kafka (informational, for lag tools).
     #[serde(default = "default_true")]
     pub commit_to_kafka: bool,
+    /// How long deletes of change-event routes are remembered to refuse an
+    /// older change re-sent later (`sink_delete_markers`).
+    #[serde(default = "default_marker_retention", with = "humantime_serde")]
+    pub delete_marker_retention: Duration,
+}
+
+fn default_marker_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_on_error() -> OnError {
@@ -219,6 +227,7 @@ impl Default for SinkConfig {
             on_error: default_on_error(),
             shutdown_timeout: default_shutdown(),
             commit_to_kafka: true,
+            delete_marker_retention: default_marker_retention(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod columns;
 pub mod config;
 pub mod consumer;
+pub mod debezium;
 pub mod hash;
 pub mod http;
 pub mod kafka;

@@ -20,6 +20,8 @@ pub struct SourceMessage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PoisonReason {
     InvalidJson,
+    /// Not a change event the route's envelope understands.
+    InvalidChange,
     MissingKey,
     /// The key is present but not a scalar (an object or array).
     InvalidKey,
@@ -36,6 +38,7 @@ impl PoisonReason {
     pub fn as_str(self) -> &'static str {
         match self {
             PoisonReason::InvalidJson => "invalid_json",
+            PoisonReason::InvalidChange => "invalid_change",
             PoisonReason::MissingKey => "missing_key",
             PoisonReason::InvalidKey => "invalid_key",
             PoisonReason::BadVersion => "bad_version",

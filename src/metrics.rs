@@ -51,6 +51,8 @@ pub struct Metrics {
     pub out_of_range: IntCounterVec,
     pub offsets_lost: IntCounterVec,
     pub partition_stalled: IntGaugeVec,
+    pub change_events: IntCounterVec,
+    pub rows_truncated: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -141,6 +143,8 @@ impl Metrics {
             out_of_range: f.counter_vec("offsets_out_of_range_total", "Stored positions found outside their partition's log, by the policy applied", &["policy"]),
             offsets_lost: f.counter_vec("offsets_lost_total", "Records never read because a position out of range was moved on (retention, recreated topic)", &["topic", "partition"]),
             partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped because its stored position cannot be resumed (on_offset_out_of_range = fail)", &["topic", "partition"]),
+            change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
+            rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
             build_info: f.gauge_vec("build_info", "Build information", &["version"]),
             registry: f.registry,
             families: f.names.into(),
@@ -178,6 +182,8 @@ impl Metrics {
             ("stale", b.stale_in_batch + t.stale_in_table),
             ("tombstone_ignored", b.tombstone_ignored),
             ("tombstone_noop", t.tombstone_noop),
+            ("truncate", b.truncates),
+            ("truncate_ignored", b.truncates_ignored),
         ] {
             if n > 0 {
                 self.skipped.with_label_values(&[reason]).inc_by(n);
@@ -186,6 +192,12 @@ impl Metrics {
         for (reason, n) in dead {
             self.dead_letters.with_label_values(&[reason]).inc_by(*n);
         }
+        for (op, n) in ["c", "r", "u", "d", "t"].iter().zip(b.change_ops) {
+            if n > 0 {
+                self.change_events.with_label_values(&[op]).inc_by(n);
+            }
+        }
+        self.rows_truncated.inc_by(t.truncated_rows);
         self.batches.inc();
         self.batch_size.observe(b.consumed as f64);
         self.commit_duration
@@ -292,11 +304,14 @@ mod tests {
     fn identity_holds_for_recorded_batches() {
         let m = Metrics::new();
         let b = BatchCounts {
-            consumed: 20,
+            consumed: 22,
             duplicate_in_batch: 3,
             superseded: 2,
             stale_in_batch: 1,
             tombstone_ignored: 1,
+            truncates: 1,
+            truncates_ignored: 1,
+            change_ops: [4, 0, 2, 1, 2],
         };
         let t = TableCounts {
             inserted: 5,
@@ -305,12 +320,13 @@ mod tests {
             duplicate_in_table: 2,
             stale_in_table: 1,
             tombstone_noop: 0,
+            truncated_rows: 7,
             rejected: vec![],
         };
         m.record_batch(&b, &t, &[("invalid_json", 2)], 0.01);
         let text = m.render();
         let (consumed, parts) = identity(&text);
-        assert_eq!(consumed, 20.0);
+        assert_eq!(consumed, 22.0);
         assert_eq!(parts, consumed, "{text}");
         assert!(text.contains("kafka_pg_sink_build_info{version="));
     }

@@ -43,6 +43,34 @@ pub enum TombstonePolicy {
     Ignore,
 }
 
+/// How a message value wraps the event.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvelopeKind {
+    /// The value is the event (JSON object).
+    #[default]
+    None,
+    /// A Debezium change event: `op`, `before`/`after`, `source`
+    /// (`debezium.rs`); deletes and the order guard come from it.
+    Debezium,
+}
+
+/// What a Debezium truncate event (`op = t`) does to the route's table.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncatePolicy {
+    /// Delete every row whose source position is before the truncate's, and
+    /// refuse re-sent older changes afterwards (like deletes).
+    #[default]
+    Apply,
+    /// Count and log it; the table keeps its rows.
+    Ignore,
+}
+
+/// The source position that orders a Debezium route's changes when none is
+/// configured: the Postgres connector's WAL position.
+pub const DEFAULT_CDC_POSITION: &str = "@source:lsn";
+
 /// One `[[route]]` as written in the configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -61,9 +89,17 @@ pub struct RouteConfig {
     pub version: Option<String>,
     #[serde(default)]
     pub tombstones: TombstonePolicy,
+    /// `none` (the value is the event) or `debezium` (change events: `after`
+    /// is the row, `d` deletes, `version` defaults to `@source:lsn`).
+    #[serde(default)]
+    pub envelope: EnvelopeKind,
+    /// Debezium truncate events: `apply` or `ignore`.
+    #[serde(default)]
+    pub on_truncate: TruncatePolicy,
     /// Typed table mode: column name → source (`/pointer`, `@payload`,
     /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
-    /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`). `key` then names
+    /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`, with
+    /// `envelope = "debezium"` also `@source:<field>`). `key` then names
     /// columns. Without it the route writes a document table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<BTreeMap<String, String>>,
@@ -79,6 +115,8 @@ pub struct Route<Columns = ColumnMap> {
     pub hash_exclude: Vec<String>,
     pub version: Option<String>,
     pub tombstones: TombstonePolicy,
+    pub envelope: EnvelopeKind,
+    pub on_truncate: TruncatePolicy,
     /// Typed table mode (see `columns.rs`); `None` = document table.
     pub columns: Option<Columns>,
 }
@@ -97,11 +135,18 @@ impl<C> Route<C> {
             hash_exclude: self.hash_exclude,
             version: self.version,
             tombstones: self.tombstones,
+            envelope: self.envelope,
+            on_truncate: self.on_truncate,
         })
     }
 
     pub fn is_typed(&self) -> bool {
         self.columns.is_some()
+    }
+
+    /// Change events: deletes carry a source position and are remembered.
+    pub fn is_cdc(&self) -> bool {
+        self.envelope == EnvelopeKind::Debezium
     }
 }
 
@@ -151,8 +196,10 @@ impl RouteConfig {
         let table = TableName::parse(&self.table)
             .map_err(|e| p.push(format!("{at}.table: {e}")))
             .ok();
+        let version = self.effective_version();
+        let cdc = self.envelope == EnvelopeKind::Debezium;
         let columns = self.columns.as_ref().and_then(|cols| {
-            ColumnSpec::from_config(&at, cols, self.key.parts(), self.version.as_deref(), p)
+            ColumnSpec::from_config(&at, cols, self.key.parts(), version.as_deref(), cdc, p)
         });
         if let Some(c) = &columns {
             if !self.hash_exclude.is_empty() && !c.maps_event_hash() {
@@ -168,13 +215,7 @@ impl RouteConfig {
             self.document_key(&at, p)
         };
         check_pointer_list(&format!("{at}.hash_exclude"), &self.hash_exclude, p);
-        if let Some(v) = &self.version {
-            if !v.starts_with('/') {
-                p.push(format!(
-                    "{at}.version: `{v}` is not a JSON pointer (must start with `/`)"
-                ));
-            }
-        }
+        self.check_version(&at, version.as_deref(), p);
         if p.len() > before {
             return None;
         }
@@ -183,10 +224,36 @@ impl RouteConfig {
             table: table?,
             key,
             hash_exclude: self.hash_exclude.clone(),
-            version: self.version.clone(),
+            version,
             tombstones: self.tombstones,
+            envelope: self.envelope,
+            on_truncate: self.on_truncate,
             columns,
         })
+    }
+
+    /// The configured `version`, or the source position for change events.
+    fn effective_version(&self) -> Option<String> {
+        match (&self.version, self.envelope) {
+            (Some(v), _) => Some(v.clone()),
+            (None, EnvelopeKind::Debezium) => Some(DEFAULT_CDC_POSITION.to_string()),
+            (None, EnvelopeKind::None) => None,
+        }
+    }
+
+    fn check_version(&self, at: &str, version: Option<&str>, p: &mut Vec<String>) {
+        let Some(v) = version else { return };
+        let source_field = v.strip_prefix("@source:");
+        match (source_field, self.envelope) {
+            (Some(f), EnvelopeKind::Debezium) if !f.is_empty() => {}
+            (Some(_), EnvelopeKind::None) => p.push(format!(
+                "{at}.version: `{v}` reads a change event's source; set `envelope = \"debezium\"`"
+            )),
+            _ if v.starts_with('/') => {}
+            _ => p.push(format!(
+                "{at}.version: `{v}` is not a JSON pointer (must start with `/`) or `@source:<field>`"
+            )),
+        }
     }
 
     fn topic_matcher(&self, at: &str, p: &mut Vec<String>) -> Option<TopicMatcher> {

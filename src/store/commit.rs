@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::{db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
-use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowUpsert};
+use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
+use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
 use crate::config::OnError;
 use crate::message::{DeadLetter, PoisonReason};
 use crate::route::Route;
@@ -178,7 +178,25 @@ impl BatchWriter {
                 }
             }
         }
+        if let Some(t) = &writes.truncate {
+            written.counts.truncated_rows += self.truncate(conn, i, t).await?;
+        }
         Ok(None)
+    }
+
+    /// A truncate change event, after the route's other writes of the batch.
+    async fn truncate(
+        &self,
+        conn: &mut PgConnection,
+        i: usize,
+        t: &RowTruncate,
+    ) -> Result<u64, StoreError> {
+        let route = &self.routes[i];
+        let version = match &route.columns {
+            Some(map) => typed::version_column(map).unwrap_or_else(|| "NULL::bigint".into()),
+            None => "t.version".into(),
+        };
+        Ok(cdc::truncate(conn, &route.table.quoted(), &version, t).await?)
     }
 
     /// Applies `chunk`; on a data error bisects under savepoints so only the
@@ -235,15 +253,9 @@ impl BatchWriter {
             (Chunk::Upserts(rows), None) => {
                 documents::upsert(conn, route, rows, &self.duplicate_heavy[i]).await
             }
-            (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, &route.table, map, rows).await,
-            (Chunk::Deletes(keys), None) => {
-                let n = documents::delete(conn, &route.table, keys).await?;
-                Ok(TableCounts::of_deletes(keys.len(), n))
-            }
-            (Chunk::Deletes(keys), Some(map)) => {
-                let n = typed::delete(conn, &route.table, map, keys).await?;
-                Ok(TableCounts::of_deletes(keys.len(), n))
-            }
+            (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, route, map, rows).await,
+            (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
+            (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,
         }
     }
 }

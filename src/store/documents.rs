@@ -9,7 +9,6 @@ use sqlx::PgConnection;
 use super::TableCounts;
 use crate::batch::{RowDelete, RowUpsert};
 use crate::route::Route;
-use crate::types::TableName;
 
 /// Upserts document rows; a re-delivered event (same hash) is a no-op.
 ///
@@ -26,17 +25,22 @@ pub(super) async fn upsert(
     rows: &[RowUpsert],
     duplicate_heavy: &AtomicBool,
 ) -> Result<TableCounts, sqlx::Error> {
-    let sql = upsert_sql(route, duplicate_heavy.load(Ordering::Relaxed));
-    let row = sqlx::query(&sql)
+    // Change events are filtered by delete/truncate markers; the pre-filter
+    // would count those as duplicates, so it is not used there.
+    let prefilter = duplicate_heavy.load(Ordering::Relaxed) && !route.is_cdc();
+    let sql = upsert_sql(route, prefilter);
+    let mut query = sqlx::query(&sql)
         .bind(rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.hash.0.to_vec()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>())
-        .fetch_one(&mut *conn)
-        .await?;
+        .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>());
+    if route.is_cdc() {
+        query = query.bind(route.table.quoted());
+    }
+    let row = query.fetch_one(&mut *conn).await?;
     let counts = TableCounts::of_upsert(rows.len(), &row);
     duplicate_heavy.store(
         counts.duplicate_in_table * 5 >= rows.len() as u64,
@@ -47,16 +51,34 @@ pub(super) async fn upsert(
 
 fn upsert_sql(route: &Route, prefilter: bool) -> String {
     let t = route.table.quoted();
-    let guard = if route.version.is_some() {
+    let guard = if route.is_cdc() {
+        // A change is identified by its source position: only a newer one
+        // applies, even with the same content (it moves the position on).
+        "t.version IS NULL OR EXCLUDED.version > t.version"
+    } else if route.version.is_some() {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash \
          AND (t.version IS NULL OR EXCLUDED.version >= t.version)"
     } else {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash"
     };
+    let markers = if route.is_cdc() {
+        format!(
+            " WHERE {}",
+            super::cdc::marker_filter("$8", "u.key", "u.version")
+        )
+    } else {
+        String::new()
+    };
     let (input, same_hash) = if prefilter {
         (
             format!("SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM {t} cur WHERE cur.key = u.key AND cur.event_hash = u.event_hash)"),
             "(SELECT count(*) FROM u) - (SELECT count(*) FROM input)".to_string(),
+        )
+    } else if route.is_cdc() {
+        // A no-op change is a re-send (same position stored) or stale.
+        (
+            format!("SELECT * FROM u{markers}"),
+            format!("(SELECT count(*) FROM input i JOIN {t} cur ON cur.key = i.key AND cur.version = i.version)"),
         )
     } else if route.version.is_some() {
         // A versioned no-op is a duplicate (same hash stored) or stale (older
@@ -85,18 +107,22 @@ fn upsert_sql(route: &Route, prefilter: bool) -> String {
     )
 }
 
-/// Deletes document rows by key; returns how many existed.
+/// Deletes document rows by key. Change events delete only rows not newer
+/// than the delete and leave a marker (`store::cdc`).
 pub(super) async fn delete(
     conn: &mut PgConnection,
-    table: &TableName,
+    route: &Route,
     keys: &[RowDelete],
-) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(&format!(
-        "DELETE FROM {} WHERE key = ANY($1::text[])",
-        table.quoted()
-    ))
-    .bind(keys.iter().map(|k| k.key.0.as_str()).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(r.rows_affected())
+) -> Result<TableCounts, sqlx::Error> {
+    let t = route.table.quoted();
+    if route.is_cdc() {
+        let rows = "SELECT * FROM UNNEST($1::text[], $2::int8[]) AS d(key, position)";
+        let sql = super::cdc::delete_sql(&t, rows, "t.key = d.key", "t.version", "d.key");
+        return super::cdc::delete(conn, &sql, &t, keys).await;
+    }
+    let r = sqlx::query(&format!("DELETE FROM {t} WHERE key = ANY($1::text[])"))
+        .bind(keys.iter().map(|k| k.key.0.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    Ok(TableCounts::of_deletes(keys.len(), r.rows_affected()))
 }

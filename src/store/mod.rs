@@ -3,6 +3,7 @@
 //! table setup and route resolution (`schema`), error classification and the
 //! outcome counts the statements report.
 
+pub mod cdc;
 pub mod commit;
 mod documents;
 pub mod offsets;
@@ -98,6 +99,8 @@ pub struct TableCounts {
     pub duplicate_in_table: u64,
     pub stale_in_table: u64,
     pub tombstone_noop: u64,
+    /// Rows removed by truncate change events (not message outcomes).
+    pub truncated_rows: u64,
     /// Rows the database rejected, moved to dead letters.
     pub rejected: Vec<DeadLetter>,
 }
@@ -110,11 +113,12 @@ impl TableCounts {
         self.duplicate_in_table += o.duplicate_in_table;
         self.stale_in_table += o.stale_in_table;
         self.tombstone_noop += o.tombstone_noop;
+        self.truncated_rows += o.truncated_rows;
         self.rejected.extend(o.rejected);
     }
 
     /// Counts of a delete statement over `keys` keys that removed `deleted` rows.
-    fn of_deletes(keys: usize, deleted: u64) -> Self {
+    pub(crate) fn of_deletes(keys: usize, deleted: u64) -> Self {
         TableCounts {
             deleted,
             tombstone_noop: keys as u64 - deleted,

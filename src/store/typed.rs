@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::batch::{RowDelete, RowUpsert};
 use crate::columns::{ColumnMap, MappedColumn};
-use crate::types::TableName;
+use crate::route::Route;
 
 fn joined<'a>(
     cols: impl Iterator<Item = &'a MappedColumn>,
@@ -40,11 +40,35 @@ fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
 /// Upserts typed rows; a re-delivered event (same content) is a no-op.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
-    table: &TableName,
+    route: &Route,
     map: &ColumnMap,
     rows: &[RowUpsert],
 ) -> Result<TableCounts, sqlx::Error> {
-    let t = table.quoted();
+    let t = route.table.quoted();
+    let sql = upsert_sql(route, map);
+    let mut query = sqlx::query(&sql).bind(
+        rows.iter()
+            .map(|r| r.row.as_deref().unwrap_or("{}"))
+            .collect::<Vec<_>>(),
+    );
+    if route.is_cdc() {
+        query = query
+            .bind(rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.version.unwrap_or(i64::MIN))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(&t);
+    }
+    let row = query.fetch_one(&mut *conn).await?;
+    Ok(TableCounts::of_upsert(rows.len(), &row))
+}
+
+/// The upsert statement: rows converted by `jsonb_to_record`, the content
+/// (or, for change events, the position) guard, and the outcome counts.
+fn upsert_sql(route: &Route, map: &ColumnMap) -> String {
+    let t = route.table.quoted();
     let defs = joined(map.columns.iter(), |c| {
         format!("{} {}", c.quoted(), c.sql_type)
     });
@@ -64,6 +88,8 @@ pub(super) async fn upsert(
     };
     let version = map.version.map(|i| map.columns[i].quoted());
     let guard = match &version {
+        // Change events: identified by their source position (see documents.rs).
+        Some(v) if route.is_cdc() => format!("t.{v} IS NULL OR EXCLUDED.{v} > t.{v}"),
         Some(v) => format!("{changed} AND (t.{v} IS NULL OR EXCLUDED.{v} >= t.{v})"),
         None => changed,
     };
@@ -79,6 +105,10 @@ pub(super) async fn upsert(
             format!("cur.{0} = i.{0}", c.quoted())
         });
         let same_content = match (content_of(map, "cur"), content_of(map, "i")) {
+            _ if route.is_cdc() => {
+                let v = version.as_deref().unwrap_or_default();
+                format!("cur.{v} = i.{v}")
+            }
             (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
             _ => "TRUE".into(),
         };
@@ -86,35 +116,40 @@ pub(super) async fn upsert(
     } else {
         "NULL::bigint".into()
     };
-    let sql = format!(
+    // Change events: also the row key and position, for the markers.
+    let (unnest, markers) = if route.is_cdc() {
+        (
+            "UNNEST($1::text[], $2::text[], $3::int8[]) AS u(doc, key, position)",
+            format!(
+                " WHERE {}",
+                super::cdc::marker_filter("$4", "u.key", "u.position")
+            ),
+        )
+    } else {
+        ("UNNEST($1::text[]) AS u(doc)", String::new())
+    };
+    format!(
         "WITH input AS ( \
-           SELECT r.* FROM UNNEST($1::text[]) AS u(doc), \
-             LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs})), \
+           SELECT r.* FROM {unnest}, \
+             LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs}){markers}), \
          applied AS ( \
            INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM input \
            ON CONFLICT ({keys}) {on_conflict} \
            RETURNING (xmax = 0) AS inserted) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same} FROM applied"
-    );
-    let row = sqlx::query(&sql)
-        .bind(
-            rows.iter()
-                .map(|r| r.row.as_deref().unwrap_or("{}"))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(TableCounts::of_upsert(rows.len(), &row))
+    )
 }
 
 /// Deletes typed rows by key. Key values travel in their text form and are
-/// cast to the key column types.
+/// cast to the key column types. Change events delete only rows not newer
+/// than the delete and leave a marker (`store::cdc`).
 pub(super) async fn delete(
     conn: &mut PgConnection,
-    table: &TableName,
+    route: &Route,
     map: &ColumnMap,
     keys: &[RowDelete],
-) -> Result<u64, sqlx::Error> {
+) -> Result<TableCounts, sqlx::Error> {
+    let t = route.table.quoted();
     let casts: Vec<String> = map
         .key_columns()
         .enumerate()
@@ -123,16 +158,30 @@ pub(super) async fn delete(
     let on = joined_by(" AND ", map.key_columns(), |c| {
         format!("t.{0} = d.{0}", c.quoted())
     });
+    if let (true, Some(v)) = (route.is_cdc(), map.version) {
+        let rows = format!(
+            "SELECT u.k AS kpgs_key, u.position, {} FROM UNNEST($1::text[], $2::int8[]) AS u(k, position)",
+            casts.join(", ")
+        );
+        let version = format!("t.{}", map.columns[v].quoted());
+        let sql = super::cdc::delete_sql(&t, &rows, &on, &version, "d.kpgs_key");
+        return super::cdc::delete(conn, &sql, &t, keys).await;
+    }
     let sql = format!(
-        "DELETE FROM {} t USING (SELECT {} FROM UNNEST($1::text[]) AS u(k)) d WHERE {on}",
-        table.quoted(),
+        "DELETE FROM {t} t USING (SELECT {} FROM UNNEST($1::text[]) AS u(k)) d WHERE {on}",
         casts.join(", ")
     );
     let r = sqlx::query(&sql)
         .bind(keys.iter().map(|d| d.key.0.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    Ok(r.rows_affected())
+    Ok(TableCounts::of_deletes(keys.len(), r.rows_affected()))
+}
+
+/// The SQL expression of a typed route's position (version) column.
+pub(super) fn version_column(map: &ColumnMap) -> Option<String> {
+    map.version
+        .map(|v| format!("t.{}", map.columns[v].quoted()))
 }
 
 /// Explains why the database rejected one row: converts each column on its
