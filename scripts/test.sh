@@ -11,6 +11,10 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 echo "== environment"
 scripts/postgres.sh ensure
 scripts/kafka.sh ensure
+# Change data capture: Kafka Connect + Debezium (jars cached like Kafka's) and
+# the source database cluster on 5433 (wal_level = logical).
+scripts/connect.sh fetch
+scripts/connect.sh source-db ensure
 
 echo "== format and lint"
 cargo fmt --all -- --check

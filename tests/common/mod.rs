@@ -365,20 +365,7 @@ impl TestTopic {
 
     /// High watermarks per partition (what `sink_offsets` must reach).
     pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-        (0..self.partitions)
-            .map(|p| {
-                (
-                    p,
-                    c.fetch_watermarks(&self.name, p, Duration::from_secs(10))
-                        .unwrap()
-                        .1,
-                )
-            })
-            .collect()
+        end_offsets(&self.name)
     }
 }
 
@@ -394,6 +381,27 @@ async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
     for r in res {
         r.expect("create topic");
     }
+}
+
+/// High watermarks per partition of any topic on the test broker.
+pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (_, high) = c
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            (p.id(), high)
+        })
+        .collect()
 }
 
 /// Writes a sink configuration for one test and returns its path.
