@@ -6,6 +6,8 @@
 //! * `consumer` — rdkafka thread, assignment from stored offsets, seeks
 //! * `pipeline` — batch/commit loop, fencing, retries, replay notifications
 //! * `metrics`, `http` — Prometheus and health endpoints
+//! * `format`, `registry` — Avro / Protobuf / JSON Schema decoding (pure) and the
+//!   schema registry client (issue 14)
 //! * `config`, `cli`, `admin`, `app` — the edges
 
 pub mod admin;
@@ -15,9 +17,11 @@ pub mod cli;
 pub mod columns;
 pub mod config;
 pub mod consumer;
+pub mod format;
 pub mod hash;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod store;
 pub mod types;
