@@ -8,9 +8,9 @@ decodes them against the same registry.
 
     V=~/.cache/kafka-pg-sink/venv-registry-interop
     python3 -m venv $V && $V/bin/pip install 'confluent-kafka[avro,json,protobuf]'
-    $V/bin/python scripts/registry-interop.py "$(scripts/registry.sh url)" /tmp/interop
-    PY_INTEROP_DIR=/tmp/interop REGISTRY_URL="$(scripts/registry.sh url)" \
+    PY_INTEROP_PYTHON=$V/bin/python REGISTRY_URL="$(scripts/registry.sh url)" \
         cargo test --test registry python_serializers_interoperate
+(the test runs this script: registry-interop.py URL OUT_DIR)
 """
 import datetime
 import decimal

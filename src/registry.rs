@@ -625,6 +625,178 @@ mod tests {
         ));
     }
 
+    /// A one-connection-per-answer fake registry: answers each request with
+    /// the next canned (status, body) and records the request heads.
+    async fn fake(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/apis/ccompat/v7", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for (status, body) in answers {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                heads.push(String::from_utf8_lossy(&buf).into_owned());
+                if status == 0 {
+                    // Never answer: the client must time out.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(resp.as_bytes()).await.unwrap();
+            }
+            heads
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn statuses_map_to_poison_or_transient() {
+        let (url, task) = fake(vec![
+            (200, r#"{"schema":"\"long\""}"#),
+            (
+                404,
+                r#"{"error_code":40403,"message":"Schema 2 not found"}"#,
+            ),
+            (404, "<html>no such path</html>"),
+            (500, r#"{"error_code":50001,"message":"store down"}"#),
+            (503, ""),
+            (429, ""),
+            (401, r#"{"error_code":401,"message":"Unauthorized"}"#),
+            (200, r#"{"schema":"not json","schemaType":"AVRO"}"#),
+            (200, r#"{"schema":"{}","schemaType":"XML"}"#),
+            (409, r#"{"error_code":409,"message":"incompatible"}"#),
+            (200, r#"{"id":42}"#),
+        ])
+        .await;
+        let cfg = RegistryConfig {
+            username: Some("alice".into()),
+            password: Some(Secret::new("s3cret")),
+            ..RegistryConfig::new(url)
+        };
+        let c = RegistryClient::new(&cfg).unwrap();
+        let s = c.schema(1).await.unwrap();
+        assert_eq!(s.schema_type(), SchemaType::Avro);
+        assert!(c.cached(1).is_some());
+        let e = c.schema(2).await.unwrap_err();
+        assert!(
+            matches!(e, RegistryError::NotFound { id: 2 }) && e.is_poison(),
+            "{e:?}"
+        );
+        for _ in 0..4 {
+            let e = c.schema(3).await.unwrap_err();
+            assert!(
+                matches!(e, RegistryError::Unavailable(_)) && e.is_transient(),
+                "{e:?}"
+            );
+        }
+        let e = c.schema(3).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Unauthorized { status: 401 }) && e.is_transient());
+        for _ in 0..2 {
+            let e = c.schema(4).await.unwrap_err();
+            assert!(
+                matches!(e, RegistryError::Invalid(_)) && e.is_poison(),
+                "{e:?}"
+            );
+            assert_eq!(e.schema_id(), Some(4));
+        }
+        assert!(c.cached(4).is_none(), "failures are not cached");
+        let e = c
+            .register("s", SchemaType::Avro, "\"int\"")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RegistryError::Rejected {
+                    status: 409,
+                    error_code: Some(409),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.is_poison() && !e.is_transient());
+        assert_eq!(
+            c.register("a/b", SchemaType::Protobuf, "x").await.unwrap(),
+            42
+        );
+
+        let heads = task.await.unwrap();
+        // "alice:s3cret" in base64, on every request; the password never in clear.
+        for h in &heads {
+            assert!(h.contains("authorization: Basic YWxpY2U6czNjcmV0"), "{h}");
+            assert!(!h.contains("s3cret"));
+        }
+        assert!(
+            heads[0].starts_with("GET /apis/ccompat/v7/schemas/ids/1 HTTP/1.1"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[10].starts_with("POST /apis/ccompat/v7/subjects/a%2Fb/versions "),
+            "{}",
+            heads[10]
+        );
+        assert!(heads[10].contains("content-type: application/vnd.schemaregistry.v1+json"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_registry_times_out_as_unavailable() {
+        let (url, _task) = fake(vec![(0, "")]).await;
+        let cfg = RegistryConfig {
+            timeout: Duration::from_millis(300),
+            ..RegistryConfig::new(url)
+        };
+        let c = RegistryClient::new(&cfg).unwrap();
+        let t = std::time::Instant::now();
+        let e = c.schema(1).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Unavailable(_)), "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn references_are_resolved_transitively() {
+        let (url, task) = fake(vec![
+            (
+                200,
+                r#"{"schemaType":"PROTOBUF","schema":"syntax = \"proto3\"; import \"b.proto\"; message A { B b = 1; }","references":[{"name":"b.proto","subject":"b","version":1}]}"#,
+            ),
+            (
+                200,
+                r#"{"subject":"b","id":8,"version":1,"schemaType":"PROTOBUF","schema":"syntax = \"proto3\"; import \"c.proto\"; message B { C c = 1; }","references":[{"name":"c.proto","subject":"c","version":2}]}"#,
+            ),
+            (
+                200,
+                r#"{"subject":"c","id":9,"version":2,"schemaType":"PROTOBUF","schema":"syntax = \"proto3\"; message C { int64 x = 1; }"}"#,
+            ),
+        ])
+        .await;
+        let c = RegistryClient::new(&RegistryConfig::new(url)).unwrap();
+        let s = c.schema(7).await.unwrap();
+        // A { b: B { c: C { x: 5 } } } = 0a 04 0a 02 08 05
+        let msg =
+            crate::format::wire::encode_protobuf(7, &[0], &[0x0a, 0x04, 0x0a, 0x02, 0x08, 0x05]);
+        let v = crate::format::decode(crate::format::Format::Protobuf, &msg, &s).unwrap();
+        assert_eq!(v, serde_json::json!({"b": {"c": {"x": 5}}}));
+        let heads = task.await.unwrap();
+        assert!(heads[1].starts_with("GET /apis/ccompat/v7/subjects/b/versions/1 "));
+        assert!(heads[2].starts_with("GET /apis/ccompat/v7/subjects/c/versions/2 "));
+    }
+
     #[tokio::test]
     async fn connection_refused_is_unavailable() {
         // A port nothing listens on (bound then dropped).

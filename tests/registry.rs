@@ -8,9 +8,10 @@
 //! ```
 //! Without REGISTRY_URL every test returns early (and says so).
 //!
-//! `PY_INTEROP_DIR` (optional): a directory written by
-//! `scripts/registry-interop.py` (Python `confluent-kafka` serializers); each
-//! `*.bin` there is decoded and compared with the `*.json` beside it.
+//! `PY_INTEROP_PYTHON` (optional): a Python with `confluent-kafka[avro,json,protobuf]`
+//! (see scripts/registry-interop.py); the test runs that script against the
+//! registry, then decodes each message it wrote and compares it with the JSON
+//! the script expects.
 
 use std::collections::HashMap;
 
@@ -303,12 +304,25 @@ async fn registry_stopped_is_unavailable() {
 #[tokio::test]
 async fn python_serializers_interoperate() {
     let Some(c) = client() else { return };
-    let Ok(dir) = std::env::var("PY_INTEROP_DIR") else {
-        eprintln!("PY_INTEROP_DIR not set: skipped");
+    let Ok(python) = std::env::var("PY_INTEROP_PYTHON") else {
+        eprintln!("PY_INTEROP_PYTHON not set: skipped");
         return;
     };
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/registry-interop.py");
+    let out = std::process::Command::new(python)
+        .args([script, &std::env::var("REGISTRY_URL").unwrap()])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
     let mut checked = HashMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("bin") {
             continue;
@@ -333,5 +347,35 @@ async fn python_serializers_interoperate() {
         "python fixtures decoded: {:?}",
         checked.keys().collect::<Vec<_>>()
     );
-    assert!(!checked.is_empty());
+    assert_eq!(checked.len(), 3, "avro, json_schema and protobuf fixtures");
+}
+
+/// https with a private CA: `REGISTRY_TLS_PORT=18443 scripts/registry.sh ensure`, then
+/// `REGISTRY_TLS_URL=$(REGISTRY_TLS_PORT=18443 scripts/registry.sh tls-url) REGISTRY_CA_FILE=$(scripts/registry.sh ca)`.
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let (Ok(url), Ok(ca)) = (
+        std::env::var("REGISTRY_TLS_URL"),
+        std::env::var("REGISTRY_CA_FILE"),
+    ) else {
+        eprintln!("REGISTRY_TLS_URL / REGISTRY_CA_FILE not set: skipped");
+        return;
+    };
+    let trusted = RegistryClient::new(&RegistryConfig {
+        ca_file: Some(ca.into()),
+        ..RegistryConfig::new(url.clone())
+    })
+    .unwrap();
+    let id = trusted
+        .register(&subject("tls"), SchemaType::Avro, "\"double\"")
+        .await
+        .unwrap();
+    let s = trusted.schema(id).await.unwrap();
+    let msg = wire::encode(id, &1.5f64.to_le_bytes());
+    assert_eq!(format::decode(Format::Avro, &msg, &s).unwrap(), json!(1.5));
+    // Without the CA the certificate is not trusted: transient, not poison.
+    let untrusted = RegistryClient::new(&RegistryConfig::new(url)).unwrap();
+    let e = untrusted.schema(id).await.unwrap_err();
+    eprintln!("untrusted certificate: {e}");
+    assert!(matches!(e, RegistryError::Unavailable(_)), "{e:?}");
 }
