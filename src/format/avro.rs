@@ -27,9 +27,11 @@
 //! Timestamps/dates outside chrono's range (±262 143 years) or times outside a
 //! day are decode errors (poison), not silently clamped.
 //!
-//! Decoding is strict: bytes left over after the datum are an error (a body
-//! written with another schema often decodes "successfully" to garbage
-//! otherwise). Named-type references (`{"type":"com.x.Money"}` and
+//! Decoding is strict: a body that ends inside a value is an error (apache-avro
+//! alone would read a missing string/boolean/union as null), so are bytes left
+//! over after the datum (a body written with another schema often decodes
+//! "successfully" to garbage otherwise), and so is a length that would need
+//! more than [`MAX_ALLOCATION_BYTES`]. Named-type references (`{"type":"com.x.Money"}` and
 //! Confluent schema references) are resolved through the parsed schemata.
 //!
 //! # Columns from the schema
@@ -62,6 +64,10 @@ use serde_json::{Map, Value};
 use super::{bytea_hex, dedupe_names, float_json, number, pg_identifier, pointer_token};
 use super::{ColumnSpec, Reference};
 
+/// Largest single allocation apache-avro may make while decoding (a string,
+/// bytes, or an array/map block): 64 MiB, far above any Kafka message.
+pub const MAX_ALLOCATION_BYTES: usize = 64 << 20;
+
 /// A parsed Avro writer schema with its referenced schemata and a name table
 /// for `Ref` lookups.
 #[derive(Debug)]
@@ -75,6 +81,10 @@ impl AvroSchema {
     /// Parses the schema text; `references` are the named types it uses from
     /// other subjects (Confluent schema references), any order.
     pub fn parse(text: &str, references: &[Reference]) -> Result<Self, String> {
+        // Process-wide, first caller wins (apache-avro keeps it in a OnceLock):
+        // a poison message claiming a 1 TB string, or a billion-item array of
+        // nulls (0 bytes each), must fail instead of allocating it.
+        apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
         let (schema, refs) = if references.is_empty() {
             (
                 Avro::parse_str(text).map_err(|e| e.to_string())?,
@@ -746,6 +756,17 @@ mod tests {
         assert_eq!(err.reason(), "undecodable");
         assert_eq!(err.schema_id(), Some(5));
         assert!(err.to_string().contains("schema 5"), "{err}");
+        // A length far beyond the body: an error, not a huge allocation.
+        let err = e(&[2, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+        assert_eq!(err.reason(), "undecodable");
+        let arr = schema(17, r#"{"type":"array","items":"null"}"#);
+        let err = decode(
+            Format::Avro,
+            &wire::encode(17, &[0x80, 0x80, 0x80, 0x80, 0x10, 0]),
+            &arr,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "undecodable", "{err}");
         // Trailing bytes.
         assert!(e(&[2, 2, b'x', 0, 0]).to_string().contains("trailing"));
         // Empty body.

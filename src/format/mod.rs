@@ -501,3 +501,95 @@ mod tests {
         assert_eq!(e.reason(), "schema_id_mismatch");
     }
 }
+
+/// Rough decode cost next to plain JSON parsing (run in release:
+/// `cargo test --release --lib -- --ignored decode_throughput --nocapture`).
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    use apache_avro::types::Value as A;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn decode_throughput() {
+        let text = r#"{"type":"record","name":"Order","fields":[
+            {"name":"order_id","type":"long"},{"name":"customer","type":"string"},
+            {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
+            {"name":"status","type":{"type":"enum","name":"S","symbols":["NEW","PAID","SHIPPED"]}},
+            {"name":"updated_at","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"note","type":["null","string"],"default":null},
+            {"name":"version","type":"long"}]}"#;
+        let s = Schema::parse(1, SchemaType::Avro, text, &[]).unwrap();
+        let body = s
+            .as_avro()
+            .unwrap()
+            .encode(A::Record(vec![
+                ("order_id".into(), A::Long(123_456_789)),
+                ("customer".into(), A::String("customer-4711".into())),
+                (
+                    "amount".into(),
+                    A::Decimal(apache_avro::Decimal::from([0x01, 0xe2, 0x40])),
+                ),
+                ("status".into(), A::Enum(1, "PAID".into())),
+                ("updated_at".into(), A::TimestampMillis(1_700_000_000_123)),
+                (
+                    "note".into(),
+                    A::Union(1, Box::new(A::String("leave at door".into()))),
+                ),
+                ("version".into(), A::Long(3)),
+            ]))
+            .unwrap();
+        let avro = wire::encode(1, &body);
+        let json_text = crate::hash::canonical_string(&decode(Format::Avro, &avro, &s).unwrap());
+        let proto_text = "syntax = \"proto3\"; message Order { int64 order_id = 1; string customer = 2; \
+            string amount = 3; int32 status = 4; int64 updated_at = 5; optional string note = 6; int64 version = 7; }";
+        let p = Schema::parse(2, SchemaType::Protobuf, proto_text, &[]).unwrap();
+        let proto = wire::encode_protobuf(
+            2,
+            &[0],
+            &[
+                0x08, 0x95, 0x9a, 0xef, 0x3a, 0x12, 0x0d, b'c', b'u', b's', b't', b'o', b'm', b'e',
+                b'r', b'-', b'4', b'7', b'1', b'1', 0x1a, 0x07, b'1', b'2', b'3', b'4', b'.', b'5',
+                b'6', 0x20, 0x01, 0x28, 0xfb, 0x8f, 0xe3, 0xd6, 0xbc, 0x31, 0x32, 0x0d, b'l', b'e',
+                b'a', b'v', b'e', b' ', b'a', b't', b' ', b'd', b'o', b'o', b'r', 0x38, 0x03,
+            ],
+        );
+        println!(
+            "json: {json_text} ({} bytes), avro {} bytes, protobuf {} bytes",
+            json_text.len(),
+            avro.len(),
+            proto.len()
+        );
+        let n = 200_000;
+        let time = |name: &str, f: &dyn Fn() -> Value| {
+            let t = Instant::now();
+            let mut keep = 0usize;
+            for _ in 0..n {
+                keep += f().as_object().map_or(0, |o| o.len());
+            }
+            let per_s = n as f64 / t.elapsed().as_secs_f64();
+            println!("{name:>9}: {per_s:>10.0} msg/s ({keep})");
+            per_s
+        };
+        let j = time("json", &|| serde_json::from_str(&json_text).unwrap());
+        let a = time("avro", &|| decode(Format::Avro, &avro, &s).unwrap());
+        let pb = time("protobuf", &|| {
+            decode(Format::Protobuf, &proto, &p).unwrap()
+        });
+        println!("avro/json {:.2}, protobuf/json {:.2}", a / j, pb / j);
+        let t = Instant::now();
+        for _ in 0..n {
+            let r = apache_avro::reader::datum::GenericDatumReader::builder(
+                s.as_avro().unwrap().schema(),
+            )
+            .build()
+            .unwrap();
+            std::hint::black_box(&r);
+        }
+        println!(
+            "reader build alone: {:.0} /s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+}
