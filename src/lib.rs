@@ -3,6 +3,9 @@
 //! From the bottom up (a module only uses modules listed before it):
 //! * `types`, `backoff` — domain types; the retry schedule
 //! * `hash`, `message` — canonical JSON + SHA-256; messages and dead letters
+//! * `format`, `debezium` — schema'd wire formats (Avro, Protobuf, JSON
+//!   Schema) and change-event envelopes, decoded to JSON (pure)
+//! * `registry` — the schema registry client (Confluent API), cached by id
 //! * `columns`, `route`, `config` — typed column mapping; routes; layered config
 //! * `batch` — fold a batch into the writes with the same effect (pure)
 //! * `store` — the one transaction per batch, offsets, dead letters, setup
@@ -21,12 +24,14 @@ pub mod columns;
 pub mod config;
 pub mod consumer;
 pub mod debezium;
+pub mod format;
 pub mod hash;
 pub mod http;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod route;
 pub mod store;
 pub mod types;
