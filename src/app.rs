@@ -1,6 +1,7 @@
 //! Builds the running sink from a validated configuration: pool, migrations,
 //! tables, HTTP server, consumer thread and pipeline, and stops them in order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,20 +15,45 @@ use crate::consumer;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::registry::RegistryClient;
 use crate::route::{self, Route, RouteSpec};
+use crate::schemas::Schemas;
 use crate::store::{self, BatchWriter};
 
-/// Connects, migrates, creates document tables, checks every route's table
-/// and returns the routes resolved against the catalog (typed routes learn
-/// their column types here).
+/// Connects, migrates, creates document tables and the tables that follow a
+/// registry schema, checks every route's table and returns the routes
+/// resolved against the catalog (typed routes learn their column types here).
 pub async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<(PgPool, Vec<Route>)> {
+    let (pool, routes, _) = setup_with_schemas(cfg, specs).await?;
+    Ok((pool, routes))
+}
+
+/// [`setup`], also returning the schema registry feed when a route needs it.
+pub async fn setup_with_schemas(
+    cfg: &Config,
+    specs: &[RouteSpec],
+) -> anyhow::Result<(PgPool, Vec<Route>, Option<Arc<Schemas>>)> {
     let pool = store::connect(&cfg.postgres).await?;
     store::migrate(&pool).await.context("applying migrations")?;
-    store::schema::ensure_tables(&pool, specs)
+    let mut specs = specs.to_vec();
+    let schemas = match &cfg.schema_registry {
+        Some(r) => {
+            let client = RegistryClient::new(&r.client_config().map_err(anyhow::Error::msg)?)
+                .context("schema registry")?;
+            let schemas = Schemas::new(Arc::new(client));
+            schemas
+                .shape_tables(&pool, &mut specs)
+                .await
+                .context("creating tables from registry schemas")?;
+            Some(Arc::new(schemas))
+        }
+        None => None,
+    };
+    store::schema::ensure_tables(&pool, &specs)
         .await
         .context("creating route tables")?;
-    let routes = store::schema::resolve_routes(&pool, specs).await?;
-    Ok((pool, routes))
+    let routes = store::schema::resolve_routes(&pool, &specs).await?;
+    Ok((pool, routes, schemas))
 }
 
 /// Runs until `cancel` fires or a fatal error; returns after a bounded drain.
@@ -37,7 +63,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let (pool, routes) = setup(&cfg, &specs).await?;
+    let (pool, routes, schemas) = setup_with_schemas(&cfg, &specs).await?;
     let assignment = Assignment::default();
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
 
@@ -64,7 +90,8 @@ pub async fn run(
         ));
     }
     let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error);
-    let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone());
+    let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
+        .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;
 
     // Stop order: the pipeline has finished its in-flight commit; now leave

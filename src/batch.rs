@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use crate::columns::EventView;
 use crate::debezium::{self, Change, Op};
+use crate::format::{self, SchemaSet};
 use crate::hash;
 use crate::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
 use crate::route::{Route, RowKeySource, TombstonePolicy, TruncatePolicy};
@@ -115,14 +116,25 @@ impl PreparedBatch {
     }
 }
 
-/// Prepares a batch. `messages` must be in offset order within each partition.
+/// Prepares a batch of schema-less messages (see [`prepare_with`]).
 pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
+    prepare_with(routes, messages, &SchemaSet::default())
+}
+
+/// Prepares a batch. `messages` must be in offset order within each
+/// partition; `schemas` holds the writer schemas their schema'd values and
+/// keys name.
+pub fn prepare_with(
+    routes: &[Route],
+    messages: Vec<SourceMessage>,
+    schemas: &SchemaSet,
+) -> PreparedBatch {
     let mut batch = PreparedBatch {
         writes: vec![RouteWrites::default(); routes.len()],
         ..Default::default()
     };
     let mut folds: Vec<Fold> = routes.iter().map(Fold::new).collect();
-    for m in messages {
+    for mut m in messages {
         batch.counts.consumed += 1;
         batch
             .ranges
@@ -136,7 +148,11 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
                 .push(DeadLetter::of(m, PoisonReason::NoRoute, error));
             continue;
         };
-        match parse(&routes[ri], &m, &mut batch.counts) {
+        let parsed = match decode_schemad(&routes[ri], &mut m, schemas) {
+            Ok(value) => parse(&routes[ri], &m, value, &mut batch.counts),
+            Err(e) => Parsed::poison(e),
+        };
+        match parsed {
             Parsed::Ignored => batch.counts.tombstone_ignored += 1,
             Parsed::TruncateIgnored => batch.counts.truncates_ignored += 1,
             Parsed::Truncate(t) => folds[ri].truncate(t, &mut batch.counts),
@@ -313,7 +329,41 @@ impl Parsed {
     }
 }
 
-fn parse(route: &Route, m: &SourceMessage, counts: &mut BatchCounts) -> Parsed {
+/// Decodes a schema'd key in place (into its JSON text, which key sources
+/// and tombstones read) and a schema'd value (returned).
+fn decode_schemad(
+    route: &Route,
+    m: &mut SourceMessage,
+    schemas: &SchemaSet,
+) -> Result<Option<Value>, (PoisonReason, String)> {
+    let poison = |(code, e): (&'static str, String)| (PoisonReason::Schema(code), e);
+    if route.key_format.is_schemad() {
+        if let Some(k) = &m.key {
+            let key = schemas.decode(route.key_format, k).map_err(poison)?;
+            m.key = Some(key_text(&key).into_bytes());
+        }
+    }
+    match (&m.payload, route.format.is_schemad()) {
+        (Some(p), true) => schemas.decode(route.format, p).map(Some).map_err(poison),
+        _ => Ok(None),
+    }
+}
+
+/// A decoded key as the text key sources read: strings as is, anything else
+/// as JSON (a struct key stays addressable by pointers in tombstones).
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse(
+    route: &Route,
+    m: &SourceMessage,
+    decoded: Option<Value>,
+    counts: &mut BatchCounts,
+) -> Parsed {
     let Some(payload) = &m.payload else {
         if route.is_cdc() {
             // The tombstone after a delete event: the delete already did it.
@@ -321,9 +371,16 @@ fn parse(route: &Route, m: &SourceMessage, counts: &mut BatchCounts) -> Parsed {
         }
         return parse_tombstone(route, m);
     };
-    let (text, value) = match parse_json(payload) {
-        Ok(v) => v,
-        Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, e),
+    let schemad_text;
+    let (text, value) = match decoded {
+        Some(v) => {
+            schemad_text = v.to_string();
+            (schemad_text.as_str(), v)
+        }
+        None => match parse_json(payload) {
+            Ok(v) => v,
+            Err(e) => return Parsed::Poison(PoisonReason::InvalidJson, e),
+        },
     };
     if route.is_cdc() {
         return parse_change(route, m, value, counts);
@@ -501,8 +558,13 @@ fn document_key_and_hash(
             Some(k) => Some(RowKey(text_of_bytes(k))),
             None => return Err((PoisonReason::MissingKey, "message has no Kafka key".into())),
         },
-        RowKeySource::EventHash | RowKeySource::Columns => None,
+        RowKeySource::EventHash | RowKeySource::Columns(_) => None,
     };
+    if route.format.is_schemad() {
+        // Absent and null are the same in a schema'd record: an event encoded
+        // under a version with an added (null) field is still a duplicate.
+        value = format::hash_view(&value);
+    }
     hash::remove_pointers(&mut value, &route.hash_exclude);
     let h = hash::hash_value(&value);
     Ok((key.unwrap_or_else(|| RowKey(h.to_string())), h))
@@ -568,7 +630,7 @@ fn tombstone_key(route: &Route, key: Option<&[u8]>) -> Result<RowKey, (PoisonRea
         RowKeySource::EventHash => Err(missing(
             "tombstones cannot address rows keyed by @event_hash",
         )),
-        RowKeySource::Columns => unreachable!("typed routes derive keys in columns.rs"),
+        RowKeySource::Columns(_) => unreachable!("typed routes derive keys in columns.rs"),
         RowKeySource::Pointers(ps) => {
             if let Ok(v) = serde_json::from_slice::<Value>(k) {
                 if let Ok(rk) = key_from_pointers(&v, ps) {

@@ -28,8 +28,75 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Needed by routes with a schema'd `format` (Avro, Protobuf, JSON Schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<RegistrySection>,
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[schema_registry]`: a Confluent-API registry (Confluent, Apicurio's
+/// `/apis/ccompat/v7`, Redpanda, Karapace).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Better from the environment (`KAFKA_PG_SINK__SCHEMA_REGISTRY__PASSWORD`)
+    /// or `password_file`; never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Extra trusted CA certificates (PEM) for an https URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Client certificate chain + key (one PEM file) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity_file: Option<String>,
+    #[serde(default = "default_registry_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl fmt::Debug for RegistrySection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySection")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RegistrySection {
+    /// The client configuration, with the password read from its file.
+    pub fn client_config(&self) -> Result<crate::registry::RegistryConfig, String> {
+        let mut c = crate::registry::RegistryConfig::new(&self.url);
+        c.username = self.username.clone();
+        c.password = match (&self.password, &self.password_file) {
+            (_, Some(f)) => {
+                let pw = std::fs::read_to_string(f)
+                    .map_err(|e| format!("schema_registry.password_file {f}: {e}"))?;
+                Some(crate::registry::Secret::new(
+                    pw.trim_end_matches(['\n', '\r']),
+                ))
+            }
+            (Some(p), None) => Some(crate::registry::Secret::new(p.clone())),
+            (None, None) => None,
+        };
+        c.ca_file = self.ca_file.as_ref().map(Into::into);
+        c.client_identity_file = self.client_identity_file.as_ref().map(Into::into);
+        c.timeout = self.timeout;
+        Ok(c)
+    }
 }
 
 /// Where a partition without a stored position starts.
@@ -301,6 +368,7 @@ impl Config {
         self.validate_kafka(&mut p);
         self.validate_postgres(&mut p);
         self.validate_batch_and_http(&mut p);
+        self.validate_registry(&mut p);
         let routes = route::validate_all(&self.routes, &mut p);
         if p.is_empty() {
             Ok(routes)
@@ -357,10 +425,46 @@ impl Config {
         }
     }
 
+    fn validate_registry(&self, p: &mut Vec<String>) {
+        if let Some(r) = &self.schema_registry {
+            match url::Url::parse(&r.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => p.push(format!(
+                    "schema_registry.url: scheme `{}` is not http(s)",
+                    u.scheme()
+                )),
+                Err(e) => p.push(format!("schema_registry.url: not a URL ({e})")),
+            }
+            if r.password.is_some() && r.password_file.is_some() {
+                p.push("schema_registry: set password or password_file, not both".into());
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if (r.format.is_schemad() || r.key_format.is_schemad())
+                && self.schema_registry.is_none()
+            {
+                p.push(format!(
+                    "route[{i}].format: `{}` needs a [schema_registry] section",
+                    if r.format.is_schemad() {
+                        r.format
+                    } else {
+                        r.key_format
+                    }
+                ));
+            }
+        }
+    }
+
     /// The configuration as TOML with secrets masked (for `check-config`).
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.postgres.url = redact_url(&c.postgres.url);
+        if let Some(r) = &mut c.schema_registry {
+            r.url = redact_url(&r.url);
+            if r.password.is_some() {
+                r.password = Some("***".into());
+            }
+        }
         for (k, v) in c.kafka.properties.iter_mut() {
             if is_secret_key(k) {
                 *v = "***".into();

@@ -58,7 +58,16 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let code = if db_ok && joined {
+    let registry_ok = s.metrics.schema_registry_up.get() == 1;
+    let body = format!(
+        "{body}schema registry: {}\n",
+        if registry_ok {
+            "ok"
+        } else {
+            "unreachable (batches wait)"
+        }
+    );
+    let code = if db_ok && joined && registry_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

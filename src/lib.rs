@@ -33,5 +33,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod route;
+pub mod schemas;
 pub mod store;
 pub mod types;

@@ -31,6 +31,9 @@ pub enum PoisonReason {
     NoRoute,
     /// Rejected by the database (type conversion, constraint, jsonb limits).
     Database,
+    /// A schema'd message that does not decode: `no_magic_byte`,
+    /// `unknown_schema`, `invalid_schema`, `wrong_schema_type`, `undecodable`.
+    Schema(&'static str),
 }
 
 impl PoisonReason {
@@ -45,6 +48,7 @@ impl PoisonReason {
             PoisonReason::TimeRelative => "time_relative",
             PoisonReason::NoRoute => "no_route",
             PoisonReason::Database => "database",
+            PoisonReason::Schema(code) => code,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub partition_stalled: IntGaugeVec,
     pub change_events: IntCounterVec,
     pub rows_truncated: IntCounter,
+    pub schema_registry_up: IntGauge,
+    pub registry_errors: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -145,6 +147,11 @@ impl Metrics {
             partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped because its stored position cannot be resumed (on_offset_out_of_range = fail)", &["topic", "partition"]),
             change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
             rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
+            schema_registry_up: f.add(
+                IntGauge::new(format!("{PREFIX}schema_registry_up"), "1 while the schema registry answers (or none is used), 0 while batches wait for it")
+                    .expect("valid metric"),
+            ),
+            registry_errors: f.counter("schema_registry_errors_total", "Schema registry requests that failed transiently and were retried"),
             build_info: f.gauge_vec("build_info", "Build information", &["version"]),
             registry: f.registry,
             families: f.names.into(),
@@ -152,6 +159,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        m.schema_registry_up.set(1);
         // Show zero-valued series so rate() works from the first scrape.
         for s in ["batch", "table"] {
             m.duplicates.with_label_values(&[s]);

@@ -27,8 +27,10 @@ use crate::backoff::Backoff;
 use crate::batch::{self, PreparedBatch};
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::consumer::Command;
+use crate::format::SchemaSet;
 use crate::message::DeadLetter;
 use crate::metrics::Metrics;
+use crate::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
 use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
@@ -58,6 +60,10 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A table that follows its schema cannot take a new version (a column
+    /// would be dropped or change type), or setup-time schema work failed.
+    #[error("schema: {0}")]
+    Schema(#[from] SchemasError),
 }
 
 impl From<DeadLetter> for PipelineError {
@@ -81,6 +87,10 @@ pub struct Pipeline {
     assignment: Assignment,
     metrics: Metrics,
     commands: std::sync::mpsc::Sender<Command>,
+    /// Writer schemas of schema'd routes; `None` without a registry.
+    schemas: Option<Arc<Schemas>>,
+    /// Stops waits inside batch preparation (an unreachable registry).
+    cancel: CancellationToken,
     /// Fault injection for tests: hold each prepared batch this long before
     /// committing (`KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS`), so a test can freeze
     /// the process while it holds a batch and check that the fence refuses it.
@@ -105,11 +115,18 @@ impl Pipeline {
             assignment,
             metrics,
             commands,
+            schemas: None,
+            cancel: CancellationToken::new(),
             fault_commit_delay: std::env::var("KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_millis),
         }
+    }
+
+    pub fn with_schemas(mut self, schemas: Option<Arc<Schemas>>) -> Self {
+        self.schemas = schemas;
+        self
     }
 
     fn group(&self) -> &str {
@@ -126,10 +143,11 @@ impl Pipeline {
     /// this loop accumulates and prepares the next. Positions advance
     /// optimistically when a batch is handed over; a fence resets them.
     pub async fn run(
-        self,
+        mut self,
         mut rx: mpsc::Receiver<Envelope>,
         cancel: CancellationToken,
     ) -> Result<(), PipelineError> {
+        self.cancel = cancel.clone();
         let this = Arc::new(self);
         let (to_committer, mut batches) = mpsc::channel::<Prepared>(1);
         // Fired when the committer stops on an error, so an idle accumulator
@@ -250,10 +268,15 @@ impl Pipeline {
         if messages.is_empty() && !claim.advances_past_skipped() {
             return Ok(None);
         }
-        let routes = self.writer.routes().to_vec();
-        let batch = tokio::task::spawn_blocking(move || batch::prepare(&routes, messages))
-            .await
-            .expect("prepare does not panic");
+        let schemas = match self.schemas_for(&messages).await? {
+            Some(s) => s,
+            None => return Ok(None), // stopping while the registry was away
+        };
+        let routes = self.writer.routes();
+        let batch =
+            tokio::task::spawn_blocking(move || batch::prepare_with(&routes, messages, &schemas))
+                .await
+                .expect("prepare does not panic");
         if self.on_error == OnError::Stop {
             if let Some(d) = batch.dead_letters.first() {
                 return Err(d.clone().into());
@@ -266,6 +289,30 @@ impl Pipeline {
             tokio::time::sleep(d).await;
         }
         Ok(Some(Prepared { batch, expected }))
+    }
+
+    /// The writer schemas the messages name (after evolving the tables that
+    /// follow their schema); `None` when stopped while the registry was away.
+    async fn schemas_for(
+        &self,
+        messages: &[crate::message::SourceMessage],
+    ) -> Result<Option<SchemaSet>, PipelineError> {
+        let Some(schemas) = &self.schemas else {
+            return Ok(Some(SchemaSet::default()));
+        };
+        let routes = self.writer.routes();
+        let (set, ids) = match schemas
+            .for_batch(&routes, messages, &self.metrics, &self.cancel)
+            .await
+        {
+            Ok(found) => found,
+            Err(SchemasError::Cancelled) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        schemas
+            .evolve(self.writer.pool(), &self.writer, &set, &ids)
+            .await?;
+        Ok(Some(set))
     }
 
     async fn commit_with_retry(

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::columns::{ColumnMap, ColumnSpec};
+use crate::format::Format;
 use crate::types::TableName;
 
 /// How the row key is derived: `"/pointer"`, `["/a", "/b"]`, `"@kafka_key"`
@@ -67,6 +68,19 @@ pub enum TruncatePolicy {
     Ignore,
 }
 
+/// Whether a table created from the schema follows new schema versions.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Evolve {
+    /// Columns stay as created; fields added later are not stored.
+    #[default]
+    None,
+    /// A new schema version's added fields become nullable columns. Dropping
+    /// or changing a column's type is never done: such a version stops the
+    /// sink with a message naming the column.
+    AddColumns,
+}
+
 /// The source position that orders a Debezium route's changes when none is
 /// configured: the Postgres connector's WAL position.
 pub const DEFAULT_CDC_POSITION: &str = "@source:lsn";
@@ -96,6 +110,20 @@ pub struct RouteConfig {
     /// Debezium truncate events: `apply` or `ignore`.
     #[serde(default)]
     pub on_truncate: TruncatePolicy,
+    /// How values are encoded: `json` (default), or in the Confluent wire
+    /// format with a registry schema: `avro`, `protobuf`, `json_schema`.
+    #[serde(default)]
+    pub format: Format,
+    /// How Kafka keys are encoded (`json`: as text, the default).
+    #[serde(default)]
+    pub key_format: Format,
+    /// Create the typed table from the value schema (the registry's latest
+    /// version of `<topic>-value`); `columns` then come from the schema.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_table: bool,
+    /// `add_columns`: follow new schema versions (with `create_table`).
+    #[serde(default)]
+    pub evolve: Evolve,
     /// Typed table mode: column name → source (`/pointer`, `@payload`,
     /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
     /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`, with
@@ -117,6 +145,12 @@ pub struct Route<Columns = ColumnMap> {
     pub tombstones: TombstonePolicy,
     pub envelope: EnvelopeKind,
     pub on_truncate: TruncatePolicy,
+    pub format: Format,
+    pub key_format: Format,
+    /// The typed table follows the value schema (`create_table`): a spec has
+    /// no `columns` yet; setup derives them from the registry.
+    pub from_schema: bool,
+    pub evolve: Evolve,
     /// Typed table mode (see `columns.rs`); `None` = document table.
     pub columns: Option<Columns>,
 }
@@ -137,11 +171,20 @@ impl<C> Route<C> {
             tombstones: self.tombstones,
             envelope: self.envelope,
             on_truncate: self.on_truncate,
+            format: self.format,
+            key_format: self.key_format,
+            from_schema: self.from_schema,
+            evolve: self.evolve,
         })
     }
 
     pub fn is_typed(&self) -> bool {
-        self.columns.is_some()
+        self.columns.is_some() || self.from_schema
+    }
+
+    /// The table has the document shape (created by `setup`).
+    pub fn is_document(&self) -> bool {
+        !self.is_typed()
     }
 
     /// Change events: deletes carry a source position and are remembered.
@@ -183,8 +226,8 @@ pub enum RowKeySource {
     Pointers(Vec<String>),
     KafkaKey,
     EventHash,
-    /// Typed tables: the key is the mapped columns listed in `ColumnMap::key`.
-    Columns,
+    /// Typed tables: the key is these mapped columns (`ColumnMap::key`).
+    Columns(Vec<String>),
 }
 
 impl RouteConfig {
@@ -209,8 +252,9 @@ impl RouteConfig {
                 ));
             }
         }
-        let key = if self.columns.is_some() {
-            RowKeySource::Columns
+        self.check_schema_options(&at, p);
+        let key = if self.columns.is_some() || self.create_table {
+            RowKeySource::Columns(self.key.parts().to_vec())
         } else {
             self.document_key(&at, p)
         };
@@ -228,8 +272,37 @@ impl RouteConfig {
             tombstones: self.tombstones,
             envelope: self.envelope,
             on_truncate: self.on_truncate,
+            format: self.format,
+            key_format: self.key_format,
+            from_schema: self.create_table,
+            evolve: self.evolve,
             columns,
         })
+    }
+
+    fn check_schema_options(&self, at: &str, p: &mut Vec<String>) {
+        if self.create_table {
+            if !self.format.is_schemad() {
+                p.push(format!(
+                    "{at}.create_table: needs a schema'd `format` (avro, protobuf, json_schema)"
+                ));
+            }
+            if self.columns.is_some() {
+                p.push(format!(
+                    "{at}.create_table: columns come from the schema; remove `columns`"
+                ));
+            }
+            if self.topic.starts_with('^') {
+                p.push(format!(
+                    "{at}.create_table: needs an exact topic (the schema is the registry's `<topic>-value`)"
+                ));
+            }
+        }
+        if self.evolve == Evolve::AddColumns && !self.create_table {
+            p.push(format!(
+                "{at}.evolve: `add_columns` needs `create_table = true`"
+            ));
+        }
     }
 
     /// The configured `version`, or the source position for change events.

@@ -30,7 +30,7 @@ async fn commit_messages(
     from: Option<i64>,
 ) -> TableCounts {
     let last = msgs.last().unwrap().offset.0;
-    let batch = prepare(writer.routes(), msgs);
+    let batch = prepare(&writer.routes(), msgs);
     match commit(writer, &batch, &orders_position(from, last)).await {
         CommitOutcome::Committed(c) => c,
         other => panic!("{other:?}"),

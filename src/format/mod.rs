@@ -7,7 +7,7 @@
 //!
 //! 1. [`schema_id`] peeks at the 5-byte header (cheap) so unknown ids can be
 //!    fetched from the registry asynchronously *before* batch preparation
-//!    (`crate::registry::RegistryClient::schema`, which caches by id);
+//!    (the registry client's `schema`, which caches by id);
 //! 2. [`decode`] then turns `(format, bytes, &Schema)` into a
 //!    `serde_json::Value` synchronously; a [`DecodeError`] is a poison message
 //!    (dead letter) naming the reason and the schema id.
@@ -591,5 +591,55 @@ mod throughput {
             "reader build alone: {:.0} /s",
             n as f64 / t.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// The writer schemas a batch needs, fetched before it is prepared (the
+/// registry is I/O; preparing is pure). An id the registry does not know, or
+/// whose schema is unusable, maps to the reason its messages are dead letters.
+#[derive(Clone, Debug, Default)]
+pub struct SchemaSet {
+    by_id: std::collections::HashMap<u32, Result<std::sync::Arc<Schema>, Unusable>>,
+}
+
+/// Why a schema id cannot decode anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unusable {
+    /// `unknown_schema` (the registry answered "not found") or
+    /// `invalid_schema` (it does not parse or compile).
+    pub reason: &'static str,
+    pub error: String,
+}
+
+impl SchemaSet {
+    pub fn contains(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    pub fn insert(&mut self, id: u32, schema: Result<std::sync::Arc<Schema>, Unusable>) {
+        self.by_id.insert(id, schema);
+    }
+
+    /// Usable schemas, in id order.
+    pub fn usable(&self) -> Vec<std::sync::Arc<Schema>> {
+        let mut v: Vec<_> = self.by_id.values().filter_map(|s| s.clone().ok()).collect();
+        v.sort_by_key(|s| s.id());
+        v
+    }
+
+    /// Decodes a framed message; `Err((reason, error))` names why it is a
+    /// dead letter. Every id the message can name must have been looked up.
+    pub fn decode(&self, format: Format, bytes: &[u8]) -> Result<Value, (&'static str, String)> {
+        let id = schema_id(bytes).map_err(|e| (e.reason(), e.to_string()))?;
+        match self.by_id.get(&id) {
+            Some(Ok(schema)) => {
+                decode(format, bytes, schema).map_err(|e| (e.reason(), e.to_string()))
+            }
+            Some(Err(u)) => Err((u.reason, u.error.clone())),
+            None => Err((
+                "unknown_schema",
+                format!("schema {id} was not looked up before decoding"),
+            )),
+        }
     }
 }

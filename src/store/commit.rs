@@ -19,6 +19,7 @@
 //! those become dead letters in the same transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -42,7 +43,9 @@ pub enum CommitOutcome {
 pub struct BatchWriter {
     pool: PgPool,
     group: String,
-    routes: Vec<Route>,
+    /// Replaced as a whole when a route evolves (`set_route`); a commit uses
+    /// the routes current when it starts.
+    routes: RwLock<Arc<Vec<Route>>>,
     on_error: OnError,
     /// Per route: the last batch was mostly re-deliveries, so the next
     /// document upsert filters stored duplicates first (`documents::upsert`).
@@ -56,6 +59,13 @@ struct Written {
     counts: TableCounts,
     /// Rows rejected in the steps whose messages count as superseded.
     uncounted_rejects: Vec<DeadLetter>,
+}
+
+/// A route and its index (the index keys per-route state).
+#[derive(Clone, Copy)]
+struct RouteAt<'a> {
+    i: usize,
+    route: &'a Route,
 }
 
 /// One step of a route's writes, in transaction order.
@@ -73,14 +83,23 @@ impl BatchWriter {
         Self {
             pool,
             group: group.to_string(),
-            routes,
+            routes: RwLock::new(Arc::new(routes)),
             on_error,
             duplicate_heavy,
         }
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    /// The current routes.
+    pub fn routes(&self) -> Arc<Vec<Route>> {
+        self.routes.read().expect("routes lock").clone()
+    }
+
+    /// Replaces route `i` (a table that evolved with its schema).
+    pub fn set_route(&self, i: usize, route: Route) {
+        let mut routes = self.routes.write().expect("routes lock");
+        let mut next = (**routes).clone();
+        next[i] = route;
+        *routes = Arc::new(next);
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -110,8 +129,13 @@ impl BatchWriter {
             return Ok(CommitOutcome::Fenced(fenced));
         }
         let mut written = Written::default();
+        let routes = self.routes();
         for (i, writes) in batch.writes.iter().enumerate() {
-            if let Some(poison) = self.write_route(&mut tx, i, writes, &mut written).await? {
+            let at = RouteAt {
+                i,
+                route: &routes[i],
+            };
+            if let Some(poison) = self.write_route(&mut tx, at, writes, &mut written).await? {
                 tx.rollback().await?;
                 return Ok(CommitOutcome::Poison(poison));
             }
@@ -141,7 +165,7 @@ impl BatchWriter {
     async fn write_route(
         &self,
         conn: &mut PgConnection,
-        i: usize,
+        at: RouteAt<'_>,
         writes: &RouteWrites,
         written: &mut Written,
     ) -> Result<Option<DeadLetter>, StoreError> {
@@ -157,7 +181,7 @@ impl BatchWriter {
             }
             let mut counts = TableCounts::default();
             let mut rejected = Vec::new();
-            self.apply_isolating(conn, i, chunk, &mut counts, &mut rejected)
+            self.apply_isolating(conn, at, chunk, &mut counts, &mut rejected)
                 .await?;
             if self.on_error == OnError::Stop && !rejected.is_empty() {
                 return Ok(rejected.into_iter().next());
@@ -179,24 +203,9 @@ impl BatchWriter {
             }
         }
         if let Some(t) = &writes.truncate {
-            written.counts.truncated_rows += self.truncate(conn, i, t).await?;
+            written.counts.truncated_rows += truncate(conn, at.route, t).await?;
         }
         Ok(None)
-    }
-
-    /// A truncate change event, after the route's other writes of the batch.
-    async fn truncate(
-        &self,
-        conn: &mut PgConnection,
-        i: usize,
-        t: &RowTruncate,
-    ) -> Result<u64, StoreError> {
-        let route = &self.routes[i];
-        let version = match &route.columns {
-            Some(map) => typed::version_column(map).unwrap_or_else(|| "NULL::bigint".into()),
-            None => "t.version".into(),
-        };
-        Ok(cdc::truncate(conn, &route.table.quoted(), &version, t).await?)
     }
 
     /// Applies `chunk`; on a data error bisects under savepoints so only the
@@ -205,7 +214,7 @@ impl BatchWriter {
     async fn apply_isolating(
         &self,
         conn: &mut PgConnection,
-        i: usize,
+        at: RouteAt<'_>,
         chunk: Chunk<'_>,
         counts: &mut TableCounts,
         rejected: &mut Vec<DeadLetter>,
@@ -216,7 +225,7 @@ impl BatchWriter {
             sqlx::query("SAVEPOINT kpgs_write")
                 .execute(&mut *conn)
                 .await?;
-            match self.apply(conn, i, chunk).await {
+            match self.apply(conn, at, chunk).await {
                 Ok(c) => {
                     sqlx::query("RELEASE SAVEPOINT kpgs_write")
                         .execute(&mut *conn)
@@ -228,7 +237,7 @@ impl BatchWriter {
                         .execute(&mut *conn)
                         .await?;
                     if chunk.len() == 1 {
-                        rejected.push(dead_letter_for(conn, &self.routes[i], chunk, &e).await?);
+                        rejected.push(dead_letter_for(conn, at.route, chunk, &e).await?);
                     } else {
                         let (a, b) = chunk.halves();
                         pending.push(b);
@@ -245,19 +254,32 @@ impl BatchWriter {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        i: usize,
+        at: RouteAt<'_>,
         chunk: Chunk<'_>,
     ) -> Result<TableCounts, sqlx::Error> {
-        let route = &self.routes[i];
+        let route = at.route;
         match (chunk, &route.columns) {
             (Chunk::Upserts(rows), None) => {
-                documents::upsert(conn, route, rows, &self.duplicate_heavy[i]).await
+                documents::upsert(conn, route, rows, &self.duplicate_heavy[at.i]).await
             }
             (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, route, map, rows).await,
             (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,
         }
     }
+}
+
+/// A truncate change event, after the route's other writes of the batch.
+async fn truncate(
+    conn: &mut PgConnection,
+    route: &Route,
+    t: &RowTruncate,
+) -> Result<u64, StoreError> {
+    let version = match &route.columns {
+        Some(map) => typed::version_column(map).unwrap_or_else(|| "NULL::bigint".into()),
+        None => "t.version".into(),
+    };
+    Ok(cdc::truncate(conn, &route.table.quoted(), &version, t).await?)
 }
 
 /// The fence: compare-and-set on every partition. Returns the partitions whose

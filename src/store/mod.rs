@@ -5,6 +5,7 @@
 
 pub mod cdc;
 pub mod commit;
+pub mod derived;
 mod documents;
 pub mod offsets;
 pub mod schema;

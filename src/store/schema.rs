@@ -14,7 +14,7 @@ pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), 
         .execute(&mut *tx)
         .await?;
     // Typed tables belong to the user; only document tables are created.
-    for r in routes.iter().filter(|r| r.columns.is_none()) {
+    for r in routes.iter().filter(|r| r.is_document()) {
         if let Some(s) = &r.table.schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
                 .execute(&mut *tx)
