@@ -15,6 +15,10 @@ scripts/kafka.sh ensure
 # the source database cluster on 5433 (wal_level = logical).
 scripts/connect.sh fetch
 scripts/connect.sh source-db ensure
+# Schema'd topics: a real Confluent-API schema registry (Apicurio, in memory).
+scripts/registry.sh ensure
+REGISTRY_URL="$(scripts/registry.sh url)"
+export REGISTRY_URL
 
 echo "== format and lint"
 cargo fmt --all -- --check

@@ -144,12 +144,86 @@ fn write_number(n: &Number, out: &mut Vec<u8>) {
         }
         return;
     }
+    // More significant digits than a double holds: printing through a double
+    // would make distinct values (12345678901234567.89 and …567.90 in a
+    // numeric column) hash alike. Such numbers keep every digit, in
+    // ECMAScript's notation; up to 15 digits a double round-trips exactly, so
+    // the JCS form below is the same value.
+    if let Some(exact) = Decimal::parse(&text).filter(|d| d.digits.len() > 15) {
+        out.extend_from_slice(exact.to_ecmascript().as_bytes());
+        return;
+    }
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() => {
             let mut b = ryu_js::Buffer::new();
             out.extend_from_slice(b.format(f).as_bytes());
         }
         _ => out.extend_from_slice(text.to_ascii_lowercase().as_bytes()),
+    }
+}
+
+/// A JSON number as `±digits × 10^exponent`, digits without leading or
+/// trailing zeros.
+struct Decimal {
+    negative: bool,
+    digits: String,
+    exponent: i64,
+}
+
+impl Decimal {
+    fn parse(text: &str) -> Option<Decimal> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let all = format!("{int}{frac}");
+        let trimmed = all.trim_start_matches('0');
+        let digits = trimmed.trim_end_matches('0');
+        let exponent = exp - frac.len() as i64 + (trimmed.len() - digits.len()) as i64;
+        Some(Decimal {
+            negative: negative && !digits.is_empty(),
+            digits: digits.to_string(),
+            exponent,
+        })
+    }
+
+    /// ECMAScript's Number::toString layout for these exact digits.
+    fn to_ecmascript(&self) -> String {
+        let s = &self.digits;
+        if s.is_empty() {
+            return "0".into();
+        }
+        let k = s.len() as i64;
+        let n = k + self.exponent;
+        let body = if k <= n && n <= 21 {
+            format!("{s}{}", "0".repeat((n - k) as usize))
+        } else if 0 < n && n <= 21 {
+            format!("{}.{}", &s[..n as usize], &s[n as usize..])
+        } else if -6 < n && n <= 0 {
+            format!("0.{}{s}", "0".repeat((-n) as usize))
+        } else {
+            let e = n - 1;
+            let sign = if e < 0 { '-' } else { '+' };
+            let mantissa = if k == 1 {
+                s.clone()
+            } else {
+                format!("{}.{}", &s[..1], &s[1..])
+            };
+            format!("{mantissa}e{sign}{}", e.abs())
+        };
+        if self.negative {
+            format!("-{body}")
+        } else {
+            body
+        }
     }
 }
 
@@ -202,6 +276,29 @@ mod tests {
 
     fn vectors() -> Vec<Vector> {
         serde_json::from_str(include_str!("../docs/hash-vectors.json")).unwrap()
+    }
+
+    #[test]
+    fn numbers_beyond_double_precision_keep_their_digits() {
+        let canon = |t: &str| canonical_string(&serde_json::from_str::<Value>(t).unwrap());
+        assert_eq!(canon("12345678901234567.89"), "12345678901234567.89");
+        assert_ne!(canon("12345678901234567.89"), canon("12345678901234567.90"));
+        assert_eq!(canon("12345678901234567.90"), "12345678901234567.9");
+        assert_eq!(canon("0.10000000000000000001"), "0.10000000000000000001");
+        assert_eq!(
+            canon("-1.2345678901234567890e30"),
+            "-1.234567890123456789e+30"
+        );
+        assert_eq!(canon("1234567890123456.7e-10"), "123456.78901234567");
+        assert_eq!(canon("1234567890123456.7e-25"), "1.2345678901234567e-10");
+        assert_eq!(
+            canon("0.0000012345678901234567"),
+            "0.0000012345678901234567"
+        );
+        // Up to 15 significant digits: the JCS (double) form, as before.
+        assert_eq!(canon("1.50"), "1.5");
+        assert_eq!(canon("1E2"), "100");
+        assert_eq!(canon("0.1000"), "0.1");
     }
 
     #[test]
