@@ -169,7 +169,7 @@ async fn scenario(codec: Codec, name: &str) {
         topic.name, codec.format
     );
     let registry = format!("[schema_registry]\nurl = \"{}\"\n", registry_url());
-    let cfg = SinkConfig::with_routes(&db, &format!("{route}"), &registry);
+    let cfg = SinkConfig::with_routes(&db, &route, &registry);
     let mut model: BTreeMap<i64, Order> = BTreeMap::new();
     let send = |o: &Order, bytes: &[u8]| {
         let key = o.id.to_string();
