@@ -13,7 +13,7 @@ if [ "$(id -u)" = 0 ]; then
   mkdir -p "$PGDATA"
   chown -R postgres:postgres "$PGDATA" /var/run/postgresql
   chmod 700 "$PGDATA"
-  exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
+  exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
 file_env() {  # VAR or VAR_FILE (not both) -> VAR
@@ -44,6 +44,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
       | psql -v ON_ERROR_STOP=1 -X -q --username "$user" --dbname postgres --set db="$db" >/dev/null
   fi
   for f in /docker-entrypoint-initdb.d/*; do
+    # shellcheck disable=SC1090
     case "$f" in
       *.sh) echo "running $f"; . "$f" ;;
       *.sql) echo "running $f"; psql -v ON_ERROR_STOP=1 -X -q --username "$user" --dbname "$db" -f "$f" ;;
