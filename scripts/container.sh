@@ -210,7 +210,7 @@ rust_image() {
           build-essential ca-certificates curl git pkg-config libssl-dev >/dev/null
         rm -rf /var/lib/apt/lists/*
         if ls /mnt/cas/*.crt >/dev/null 2>&1; then
-          cp /mnt/cas/*.crt /usr/local/share/ca-certificates/ && update-ca-certificates >/dev/null
+          cp /mnt/cas/*.crt /usr/local/share/ca-certificates/ && update-ca-certificates >/dev/null 2>&1
         fi
         mkdir -p /usr/local/rustup/toolchains/$TC /usr/local/cargo/bin
         cd /mnt/toolchain
@@ -432,6 +432,7 @@ TOML
   password_proof "$work" "$name" "${run_args[@]}"
   smoke_features "$work" "$name" "$group" "$db" "${run_args[@]}"
 
+  smoke_cleanup; SMOKE_CLEANUP=(); trap - EXIT
   local size; size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
   log "smoke OK in $(since "$t_all") s: image $(human "$size"), cold start $cold s, SIGTERM exit $stop_s s"
   echo "smoke_seconds=$(since "$t_all") cold_start_seconds=$cold sigterm_exit_seconds=$stop_s image_bytes=$size" >"$STATE/smoke.result"
