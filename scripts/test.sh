@@ -31,3 +31,11 @@ echo "== tests"
 # Test binaries run one after another; tests inside one run in parallel.
 # Tests that restart shared services live in their own binaries.
 cargo test --all-targets --locked -- --test-threads "${TEST_THREADS:-4}"
+
+echo "== container image (podman: build the Dockerfile, run it beside Kafka and Postgres)"
+if [ "${SKIP_CONTAINER:-0}" = 1 ]; then
+  echo "SKIPPED: SKIP_CONTAINER=1 -- the image was neither built nor run"
+else
+  scripts/container.sh build
+  scripts/container.sh smoke
+fi
