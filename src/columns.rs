@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::copy_text;
 use crate::hash;
 use crate::message::{text_of_bytes, PoisonReason, SourceMessage};
 use crate::types::{quote_ident, EventHash, RowKey};
@@ -87,11 +88,36 @@ impl ColumnSource {
     }
 }
 
+/// A column's type as read from the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlType {
+    /// As `format_type()` prints it: valid SQL, identifiers quoted by Postgres.
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+impl SqlType {
+    pub fn new(name: impl Into<String>, kind: ColumnKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+        }
+    }
+}
+
+impl std::fmt::Display for SqlType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+pub use crate::copy_text::ColumnKind;
+
 /// A mapped column. `T` is its SQL type: `()` while only the configuration is
-/// known ([`ColumnSpec`]), the type as `format_type()` prints it (valid SQL,
-/// identifiers quoted by Postgres) once read from the catalog ([`ColumnMap`]).
+/// known ([`ColumnSpec`]), [`SqlType`] once read from the catalog
+/// ([`ColumnMap`]).
 #[derive(Clone, Debug)]
-pub struct MappedColumn<T = String> {
+pub struct MappedColumn<T = SqlType> {
     pub name: String,
     pub source: ColumnSource,
     pub sql_type: T,
@@ -107,7 +133,7 @@ impl MappedColumn {
     /// Date/time columns, where Postgres reads `now`, `today`, `tomorrow`
     /// and `yesterday` relative to the clock.
     fn is_date_time(&self) -> bool {
-        let t = self.sql_type.as_str();
+        let t = self.sql_type.name.as_str();
         (t.starts_with("timestamp") || t.starts_with("date") || t.starts_with("time"))
             && !t.ends_with("[]")
     }
@@ -125,7 +151,7 @@ fn is_time_relative(v: &Value) -> bool {
 
 /// A validated column mapping of one route; `T` as in [`MappedColumn`].
 #[derive(Clone, Debug)]
-pub struct ColumnMap<T = String> {
+pub struct ColumnMap<T = SqlType> {
     /// Sorted by column name (deterministic statements and hashes).
     pub columns: Vec<MappedColumn<T>>,
     /// Indexes of the key columns (the ON CONFLICT target), in `key` order.
@@ -153,7 +179,8 @@ pub struct TypedRow {
     pub key: RowKey,
     /// Hash of the content columns: equal hashes mean "would not change the row".
     pub content_hash: EventHash,
-    /// `{"column": value, …}`, converted by Postgres.
+    /// The row as Postgres reads it: a COPY text line ([`ColumnMap::copyable`])
+    /// or the `{"column": value, …}` object `jsonb_to_record` converts.
     pub doc: String,
 }
 
@@ -234,7 +261,7 @@ impl ColumnSpec {
     /// `Err` names the first column without one.
     pub fn resolve(
         self,
-        mut type_of: impl FnMut(&str) -> Option<String>,
+        mut type_of: impl FnMut(&str) -> Option<SqlType>,
     ) -> Result<ColumnMap, String> {
         let mut columns = Vec::with_capacity(self.columns.len());
         for c in self.columns {
@@ -306,11 +333,37 @@ impl ColumnMap {
             .collect();
         let key = self.row_key(|i| values[i].as_ref())?;
         self.refuse_clock_relative(&values)?;
+        let row = if self.copyable() {
+            self.copy_line(&values, text)
+        } else {
+            self.doc(&values, text)
+        };
         Ok(TypedRow {
             key,
             content_hash: self.content_hash(&values, text.len()),
-            doc: self.doc(&values, text),
+            doc: row,
         })
+    }
+
+    /// Whether rows travel as COPY text (every column takes its value as
+    /// text); otherwise as JSON converted by `jsonb_to_record` server side.
+    pub fn copyable(&self) -> bool {
+        self.columns
+            .iter()
+            .all(|c| c.sql_type.kind != ColumnKind::Structured)
+    }
+
+    /// The row as one COPY text line, fields in column order (no newline).
+    fn copy_line(&self, values: &[Cow<'_, Value>], text: &str) -> String {
+        let mut line = String::with_capacity(text.len() + 8 * self.columns.len());
+        for (n, (c, v)) in self.columns.iter().zip(values).enumerate() {
+            if n > 0 {
+                line.push('\t');
+            }
+            let raw = (c.source == ColumnSource::Payload).then_some(text);
+            copy_text::push_field(&mut line, v, c.sql_type.kind, raw);
+        }
+        line
     }
 
     fn refuse_clock_relative(
@@ -566,11 +619,13 @@ mod tests {
         )
         .unwrap();
         for c in &mut m.columns {
-            c.sql_type = match c.name.as_str() {
-                "at" => "timestamp with time zone",
-                _ => "text",
-            }
-            .into();
+            c.sql_type = SqlType::new(
+                match c.name.as_str() {
+                    "at" => "timestamp with time zone",
+                    _ => "text",
+                },
+                ColumnKind::Scalar,
+            );
         }
         let err = row(&m, &msg(None, r#"{"id":1,"at":" Yesterday ","note":"x"}"#)).unwrap_err();
         assert!(
@@ -589,19 +644,31 @@ mod tests {
             "",
         )
         .unwrap();
-        let r = row(&m, &msg(Some("key-1"), r#"{"id":7,"a":{"b":1.50}}"#)).unwrap();
-        let doc: Value = serde_json::from_str(&r.doc).unwrap();
-        assert_eq!(doc["id"], serde_json::json!(7));
-        assert_eq!(doc["amount"].to_string(), "1.50", "number text is kept");
-        assert_eq!(doc["doc"]["a"]["b"].to_string(), "1.50");
-        assert_eq!(doc["k"], "key-1");
-        assert_eq!(doc["t"], "orders");
-        assert_eq!(doc["p"], 3);
-        assert_eq!(doc["o"], 42);
-        assert_eq!(doc["ts"], "2023-11-14T22:13:20.123Z");
-        assert!(doc["h"].as_str().unwrap().starts_with("\\x"));
-        assert_eq!(doc["tr"], "abc");
-        assert_eq!(doc["none"], Value::Null);
+        let payload = r#"{"id":7,"a":{"b":1.50}}"#;
+        let r = row(&m, &msg(Some("key-1"), payload)).unwrap();
+        // One COPY field per column, in column order.
+        let fields: BTreeMap<&str, Option<String>> = m
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .zip(copy_text::split_line(&r.doc))
+            .collect();
+        let f = |name: &str| fields[name].clone();
+        assert_eq!(f("id").as_deref(), Some("7"));
+        assert_eq!(f("amount").as_deref(), Some("1.50"), "number text is kept");
+        assert_eq!(
+            f("doc").as_deref(),
+            Some(payload),
+            "the payload as received"
+        );
+        assert_eq!(f("k").as_deref(), Some("key-1"));
+        assert_eq!(f("t").as_deref(), Some("orders"));
+        assert_eq!(f("p").as_deref(), Some("3"));
+        assert_eq!(f("o").as_deref(), Some("42"));
+        assert_eq!(f("ts").as_deref(), Some("2023-11-14T22:13:20.123Z"));
+        assert!(f("h").unwrap().starts_with("\\x"));
+        assert_eq!(f("tr").as_deref(), Some("abc"));
+        assert_eq!(f("none"), None);
         assert_eq!(r.key, RowKey(r#"["7"]"#.into()));
     }
 

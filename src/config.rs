@@ -529,8 +529,15 @@ pub fn test_routes(route: &str) -> Result<Vec<crate::route::Route>, ConfigError>
     Ok(specs
         .into_iter()
         .map(|r| {
-            r.map_columns(|c| c.resolve(|_| Some("text".to_string())))
-                .expect("every column gets a type")
+            r.map_columns(|c| {
+                c.resolve(|_| {
+                    Some(crate::columns::SqlType::new(
+                        "text",
+                        crate::columns::ColumnKind::Scalar,
+                    ))
+                })
+            })
+            .expect("every column gets a type")
         })
         .collect())
 }

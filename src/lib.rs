@@ -23,6 +23,7 @@ pub mod cli;
 pub mod columns;
 pub mod config;
 pub mod consumer;
+pub mod copy_text;
 pub mod debezium;
 pub mod format;
 pub mod hash;

@@ -1,13 +1,16 @@
 //! Statements for document tables (routes without `columns`): `key`,
-//! `event_hash`, `payload jsonb`, `version` and the source position. Arrays
-//! are bound once per statement and unnested server side.
+//! `event_hash`, `payload jsonb`, `version` and the source position. Upserts
+//! travel by COPY into a staging table (`stage.rs`); deletes bind arrays
+//! unnested server side.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgConnection;
 
+use super::stage::Stage;
 use super::TableCounts;
 use crate::batch::{RowDelete, RowUpsert};
+use crate::copy_text;
 use crate::route::Route;
 
 /// Upserts document rows; a re-delivered event (same hash) is a no-op.
@@ -28,15 +31,10 @@ pub(super) async fn upsert(
     // Change events are filtered by delete/truncate markers; the pre-filter
     // would count those as duplicates, so it is not used there.
     let prefilter = duplicate_heavy.load(Ordering::Relaxed) && !route.is_cdc();
+    let data = copy_data(rows);
+    stage().fill(conn, &data).await?;
     let sql = upsert_sql(route, prefilter);
-    let mut query = sqlx::query(&sql)
-        .bind(rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.hash.0.to_vec()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.offset.0).collect::<Vec<_>>());
+    let mut query = sqlx::query(&sql);
     if route.is_cdc() {
         query = query.bind(route.table.quoted());
     }
@@ -47,6 +45,41 @@ pub(super) async fn upsert(
         Ordering::Relaxed,
     );
     Ok(counts)
+}
+
+/// The staging table of document rows. The payload stays text here: it is
+/// parsed into jsonb only for the rows the upsert keeps (the duplicate
+/// pre-filter skips that parse for re-deliveries).
+fn stage() -> Stage {
+    Stage::new(
+        "key text COLLATE \"C\", event_hash bytea, payload text, version bigint, \
+         kafka_topic text, kafka_partition integer, kafka_offset bigint"
+            .into(),
+    )
+}
+
+fn copy_data(rows: &[RowUpsert]) -> Vec<u8> {
+    let size: usize = rows
+        .iter()
+        .map(|r| r.payload.len() + r.key.0.len() + 120)
+        .sum();
+    let mut out = String::with_capacity(size);
+    for r in rows {
+        copy_text::push_escaped(&mut out, &r.key.0);
+        out.push_str("\t\\\\x");
+        out.push_str(&hex::encode(r.hash.0));
+        out.push('\t');
+        copy_text::push_escaped(&mut out, &r.payload);
+        out.push('\t');
+        match r.version {
+            Some(v) => out.push_str(&v.to_string()),
+            None => out.push_str(copy_text::NULL),
+        }
+        out.push('\t');
+        copy_text::push_escaped(&mut out, &r.topic);
+        out.push_str(&format!("\t{}\t{}\n", r.partition, r.offset.0));
+    }
+    out.into_bytes()
 }
 
 fn upsert_sql(route: &Route, prefilter: bool) -> String {
@@ -64,7 +97,7 @@ fn upsert_sql(route: &Route, prefilter: bool) -> String {
     let markers = if route.is_cdc() {
         format!(
             " WHERE {}",
-            super::cdc::marker_filter("$8", "u.key", "u.version")
+            super::cdc::marker_filter("$1", "u.key", "u.version")
         )
     } else {
         String::new()
@@ -90,10 +123,9 @@ fn upsert_sql(route: &Route, prefilter: bool) -> String {
     } else {
         ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
     };
+    let stage = stage().name;
     format!(
-        "WITH u AS ( \
-           SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::text[], $6::int4[], $7::int8[]) \
-             AS u(key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset)), \
+        "WITH u AS (SELECT * FROM {stage}), \
          input AS ({input}), \
          applied AS ( \
            INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \

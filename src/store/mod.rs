@@ -9,6 +9,7 @@ pub mod derived;
 mod documents;
 pub mod offsets;
 pub mod schema;
+mod stage;
 mod typed;
 
 use std::str::FromStr;

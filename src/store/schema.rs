@@ -2,7 +2,7 @@
 
 use sqlx::{PgPool, Row};
 
-use crate::columns::ColumnSpec;
+use crate::columns::{ColumnKind, ColumnSpec, SqlType};
 use crate::route::{Route, RouteSpec};
 use crate::types::{quote_ident, TableName};
 
@@ -172,7 +172,7 @@ async fn check_typed(
     if let Some(v) = map.version {
         let v = &map.columns[v];
         if let Some(c) = cols.iter().find(|c| c.name == v.name) {
-            let t = &c.sql_type;
+            let t = &c.sql_type.name;
             if !["smallint", "integer", "bigint"].contains(&t.as_str()) && !t.starts_with("numeric")
             {
                 problems.push(format!(
@@ -200,7 +200,7 @@ async fn check_typed(
 /// generated/identity ("always" identities cannot be written).
 struct TableColumn {
     name: String,
-    sql_type: String,
+    sql_type: SqlType,
     not_null: bool,
     has_default: bool,
     generated: bool,
@@ -209,10 +209,17 @@ struct TableColumn {
 
 async fn table_columns(pool: &PgPool, oid: i64) -> Result<Vec<TableColumn>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, \
-                atthasdef OR attidentity <> '', attgenerated <> '', attidentity = 'a' \
-         FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped \
-         ORDER BY attnum",
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                a.atthasdef OR a.attidentity <> '', a.attgenerated <> '', a.attidentity = 'a', \
+                CASE WHEN coalesce(b.typname, t.typname) IN ('json', 'jsonb') THEN 'json' \
+                     WHEN coalesce(b.typtype, t.typtype) = 'c' OR e.typtype = 'c' THEN 'structured' \
+                     WHEN coalesce(b.typcategory, t.typcategory) = 'A' THEN 'array' \
+                     ELSE 'scalar' END \
+         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
+         LEFT JOIN pg_type e ON e.oid = coalesce(b.typelem, t.typelem) AND e.oid <> 0 \
+         WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
     )
     .bind(oid)
     .fetch_all(pool)
@@ -221,7 +228,15 @@ async fn table_columns(pool: &PgPool, oid: i64) -> Result<Vec<TableColumn>, sqlx
         .iter()
         .map(|r| TableColumn {
             name: r.get(0),
-            sql_type: r.get(1),
+            sql_type: SqlType::new(
+                r.get::<String, _>(1),
+                match r.get::<String, _>(6).as_str() {
+                    "json" => ColumnKind::Json,
+                    "structured" => ColumnKind::Structured,
+                    "array" => ColumnKind::Array,
+                    _ => ColumnKind::Scalar,
+                },
+            ),
             not_null: r.get(2),
             has_default: r.get(3),
             generated: r.get(4),

@@ -7,9 +7,11 @@
 
 use sqlx::PgConnection;
 
+use super::stage::Stage;
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::batch::{RowDelete, RowUpsert};
-use crate::columns::{ColumnMap, MappedColumn};
+use crate::columns::{ColumnMap, ColumnSource, MappedColumn};
+use crate::copy_text;
 use crate::route::Route;
 
 fn joined<'a>(
@@ -38,6 +40,9 @@ fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
 }
 
 /// Upserts typed rows; a re-delivered event (same content) is a no-op.
+/// Rows travel by COPY into a staging table with the column types
+/// (`stage.rs`); routes with composite columns send JSON that
+/// `jsonb_to_record` converts instead.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
     route: &Route,
@@ -46,34 +51,115 @@ pub(super) async fn upsert(
 ) -> Result<TableCounts, sqlx::Error> {
     let t = route.table.quoted();
     let sql = upsert_sql(route, map);
-    let mut query = sqlx::query(&sql).bind(
-        rows.iter()
-            .map(|r| r.row.as_deref().unwrap_or("{}"))
-            .collect::<Vec<_>>(),
-    );
+    if map.copyable() {
+        let data = copy_data(route, rows);
+        stage_of(route, map).fill(conn, &data).await?;
+        let mut query = sqlx::query(&sql);
+        if route.is_cdc() {
+            query = query.bind(t);
+        }
+        let row = query.fetch_one(&mut *conn).await?;
+        return Ok(TableCounts::of_upsert(rows.len(), &row));
+    }
+    let docs: Vec<&str> = rows
+        .iter()
+        .map(|r| r.row.as_deref().unwrap_or("{}"))
+        .collect();
+    let mut query = sqlx::query(&sql).bind(docs);
     if route.is_cdc() {
-        query = query
-            .bind(rows.iter().map(|r| r.key.0.as_str()).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.version.unwrap_or(i64::MIN))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(&t);
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
+        let positions: Vec<i64> = rows.iter().map(|r| r.version.unwrap_or(i64::MIN)).collect();
+        query = query.bind(keys).bind(positions).bind(t);
     }
     let row = query.fetch_one(&mut *conn).await?;
     Ok(TableCounts::of_upsert(rows.len(), &row))
 }
 
-/// The upsert statement: rows converted by `jsonb_to_record`, the content
-/// (or, for change events, the position) guard, and the outcome counts.
+/// The staging table of a typed route: its mapped columns with their types,
+/// then (change events) the row key and position the markers are checked by.
+fn stage_of(route: &Route, map: &ColumnMap) -> Stage {
+    let mut cols = joined(map.columns.iter(), |c| {
+        format!("{} {}", c.quoted(), c.sql_type)
+    });
+    if route.is_cdc() {
+        cols.push_str(", kpgs_key text, kpgs_position bigint");
+    }
+    Stage::new(cols)
+}
+
+/// The COPY text of `rows`: each row's line, plus key and position for
+/// change events.
+fn copy_data(route: &Route, rows: &[RowUpsert]) -> Vec<u8> {
+    let size: usize = rows
+        .iter()
+        .map(|r| r.row.as_ref().map_or(0, String::len) + 24)
+        .sum();
+    let mut out = String::with_capacity(size);
+    for r in rows {
+        out.push_str(r.row.as_deref().unwrap_or_default());
+        if route.is_cdc() {
+            out.push('\t');
+            copy_text::push_escaped(&mut out, &r.key.0);
+            out.push('\t');
+            out.push_str(&r.version.unwrap_or(i64::MIN).to_string());
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// The upsert statement: the rows (staged, or converted by
+/// `jsonb_to_record`), the content (or, for change events, the position)
+/// guard, and the outcome counts.
 fn upsert_sql(route: &Route, map: &ColumnMap) -> String {
     let t = route.table.quoted();
+    let cols = joined(map.columns.iter(), MappedColumn::quoted);
+    let keys = joined(map.key_columns(), MappedColumn::quoted);
+    let on_conflict = on_conflict(route, map);
+    let same = same_count(route, map);
+    let input = input_sql(route, map);
+    format!(
+        "WITH input AS ({input}), \
+         applied AS ( \
+           INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM input \
+           ON CONFLICT ({keys}) {on_conflict} \
+           RETURNING (xmax = 0) AS inserted) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same} FROM applied"
+    )
+}
+
+/// The statement's input rows, with the markers' filter for change events.
+fn input_sql(route: &Route, map: &ColumnMap) -> String {
+    let target = if map.copyable() { "$1" } else { "$4" };
+    if map.copyable() {
+        let stage = stage_of(route, map).name;
+        return if route.is_cdc() {
+            let filter = super::cdc::marker_filter(target, "s.kpgs_key", "s.kpgs_position");
+            format!("SELECT s.* FROM {stage} s WHERE {filter}")
+        } else {
+            format!("SELECT * FROM {stage}")
+        };
+    }
     let defs = joined(map.columns.iter(), |c| {
         format!("{} {}", c.quoted(), c.sql_type)
     });
-    let cols = joined(map.columns.iter(), MappedColumn::quoted);
-    let keys = joined(map.key_columns(), MappedColumn::quoted);
+    let (unnest, markers) = if route.is_cdc() {
+        (
+            "UNNEST($1::text[], $2::text[], $3::int8[]) AS u(doc, key, position)",
+            format!(
+                " WHERE {}",
+                super::cdc::marker_filter(target, "u.key", "u.position")
+            ),
+        )
+    } else {
+        ("UNNEST($1::text[]) AS u(doc)", String::new())
+    };
+    format!("SELECT r.* FROM {unnest}, LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs}){markers}")
+}
+
+/// `ON CONFLICT … DO UPDATE … WHERE guard`: content changed (and version not
+/// older), or, for change events, a newer source position.
+fn on_conflict(route: &Route, map: &ColumnMap) -> String {
     let set = joined(
         map.columns
             .iter()
@@ -82,61 +168,38 @@ fn upsert_sql(route: &Route, map: &ColumnMap) -> String {
             .map(|(_, c)| c),
         |c| format!("{0} = EXCLUDED.{0}", c.quoted()),
     );
+    if set.is_empty() {
+        return "DO NOTHING".to_string();
+    }
     let changed = match (content_of(map, "t"), content_of(map, "EXCLUDED")) {
         (Some(a), Some(b)) => format!("{a} IS DISTINCT FROM {b}"),
         _ => "FALSE".into(),
     };
-    let version = map.version.map(|i| map.columns[i].quoted());
-    let guard = match &version {
-        // Change events: identified by their source position (see documents.rs).
+    let guard = match map.version.map(|i| map.columns[i].quoted()) {
         Some(v) if route.is_cdc() => format!("t.{v} IS NULL OR EXCLUDED.{v} > t.{v}"),
         Some(v) => format!("{changed} AND (t.{v} IS NULL OR EXCLUDED.{v} >= t.{v})"),
         None => changed,
     };
-    let on_conflict = if set.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {set} WHERE {guard}")
+    format!("DO UPDATE SET {set} WHERE {guard}")
+}
+
+/// Versioned no-ops are duplicates (same content — or position — stored) or
+/// stale; the pre-statement snapshot (`cur`) tells which.
+fn same_count(route: &Route, map: &ColumnMap) -> String {
+    let Some(v) = map.version.map(|i| map.columns[i].quoted()) else {
+        return "NULL::bigint".into();
     };
-    // Versioned no-ops are duplicates (same content stored) or stale; the
-    // pre-statement snapshot (`cur`) tells which.
-    let same = if version.is_some() {
-        let on = joined_by(" AND ", map.key_columns(), |c| {
-            format!("cur.{0} = i.{0}", c.quoted())
-        });
-        let same_content = match (content_of(map, "cur"), content_of(map, "i")) {
-            _ if route.is_cdc() => {
-                let v = version.as_deref().unwrap_or_default();
-                format!("cur.{v} = i.{v}")
-            }
-            (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
-            _ => "TRUE".into(),
-        };
-        format!("(SELECT count(*) FROM input i JOIN {t} cur ON {on} AND {same_content})")
-    } else {
-        "NULL::bigint".into()
-    };
-    // Change events: also the row key and position, for the markers.
-    let (unnest, markers) = if route.is_cdc() {
-        (
-            "UNNEST($1::text[], $2::text[], $3::int8[]) AS u(doc, key, position)",
-            format!(
-                " WHERE {}",
-                super::cdc::marker_filter("$4", "u.key", "u.position")
-            ),
-        )
-    } else {
-        ("UNNEST($1::text[]) AS u(doc)", String::new())
+    let on = joined_by(" AND ", map.key_columns(), |c| {
+        format!("cur.{0} = i.{0}", c.quoted())
+    });
+    let same = match (content_of(map, "cur"), content_of(map, "i")) {
+        _ if route.is_cdc() => format!("cur.{v} = i.{v}"),
+        (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
+        _ => "TRUE".into(),
     };
     format!(
-        "WITH input AS ( \
-           SELECT r.* FROM {unnest}, \
-             LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs}){markers}), \
-         applied AS ( \
-           INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM input \
-           ON CONFLICT ({keys}) {on_conflict} \
-           RETURNING (xmax = 0) AS inserted) \
-         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same} FROM applied"
+        "(SELECT count(*) FROM input i JOIN {} cur ON {on} AND {same})",
+        route.table.quoted()
     )
 }
 
@@ -194,28 +257,18 @@ pub(super) async fn explain_rejection(
     row: &RowUpsert,
     db_error: String,
 ) -> Result<String, sqlx::Error> {
-    let Some(doc) = row.row.as_deref() else {
+    let Some(text) = row.row.as_deref() else {
         return Ok(db_error);
     };
-    let Ok(serde_json::Value::Object(values)) = serde_json::from_str(doc) else {
-        return Ok(db_error);
-    };
-    for c in &map.columns {
-        let Some(value) = values.get(&c.name) else {
-            continue;
-        };
+    let inputs = column_inputs(map, text, &row.payload);
+    for (c, (input, shown)) in map.columns.iter().zip(inputs) {
+        let Some(input) = input else { continue };
         let ty = &c.sql_type;
-        let one = serde_json::json!({ c.name.clone(): value }).to_string();
         sqlx::query("SAVEPOINT kpgs_probe")
             .execute(&mut *conn)
             .await?;
-        let probe = sqlx::query(&format!(
-            "SELECT r.{0} IS NULL FROM jsonb_to_record($1::jsonb) AS r({0} {ty})",
-            c.quoted()
-        ))
-        .bind(&one)
-        .fetch_one(&mut *conn)
-        .await;
+        let probe = probe_sql(map, c);
+        let probe = sqlx::query(&probe).bind(&input).fetch_one(&mut *conn).await;
         match probe {
             Ok(_) => {
                 sqlx::query("RELEASE SAVEPOINT kpgs_probe")
@@ -226,18 +279,10 @@ pub(super) async fn explain_rejection(
                 sqlx::query("ROLLBACK TO SAVEPOINT kpgs_probe")
                     .execute(&mut *conn)
                     .await?;
-                let mut shown = value.to_string();
-                if shown.len() > 200 {
-                    let cut = (0..=200)
-                        .rev()
-                        .find(|&i| shown.is_char_boundary(i))
-                        .unwrap_or(0);
-                    shown.truncate(cut);
-                    shown.push('…');
-                }
                 return Ok(format!(
-                    "column {} ({ty}) cannot take {shown}: {}",
+                    "column {} ({ty}) cannot take {}: {}",
                     c.quoted(),
+                    shorten(shown),
                     db_error_text(&e)
                 ));
             }
@@ -245,4 +290,63 @@ pub(super) async fn explain_rejection(
         }
     }
     Ok(db_error)
+}
+
+/// What one column received, and how to show the value: for COPY rows the
+/// field text (shown as the JSON the pointer found in the payload, when it
+/// did), for JSON rows `{"column": value}` and the value.
+fn column_inputs(map: &ColumnMap, text: &str, payload: &str) -> Vec<(Option<String>, String)> {
+    if !map.copyable() {
+        let values: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).unwrap_or_default();
+        return map
+            .columns
+            .iter()
+            .map(|c| match values.get(&c.name) {
+                Some(v) => (
+                    Some(serde_json::json!({ c.name.clone(): v }).to_string()),
+                    v.to_string(),
+                ),
+                None => (None, String::new()),
+            })
+            .collect();
+    }
+    let parsed: Option<serde_json::Value> = serde_json::from_str(payload).ok();
+    map.columns
+        .iter()
+        .zip(copy_text::split_line(text))
+        .map(|(c, field)| {
+            let from_payload = match (&c.source, &parsed) {
+                (ColumnSource::Pointer(p), Some(v)) => v.pointer(p).map(ToString::to_string),
+                _ => None,
+            };
+            let shown = from_payload.or_else(|| field.clone()).unwrap_or_default();
+            (field, shown)
+        })
+        .collect()
+}
+
+/// A statement that converts one column's input as the upsert would.
+fn probe_sql(map: &ColumnMap, c: &MappedColumn) -> String {
+    if map.copyable() {
+        format!("SELECT $1::{} IS NULL", c.sql_type)
+    } else {
+        format!(
+            "SELECT r.{0} IS NULL FROM jsonb_to_record($1::jsonb) AS r({0} {1})",
+            c.quoted(),
+            c.sql_type
+        )
+    }
+}
+
+fn shorten(mut shown: String) -> String {
+    if shown.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| shown.is_char_boundary(i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    shown
 }
