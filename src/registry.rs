@@ -37,7 +37,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -235,24 +235,7 @@ impl RegistryClient {
                 base.scheme()
             )));
         }
-        // Credentials in the URL move to basic auth and out of the URL.
-        let mut username = cfg.username.clone();
-        let mut password = cfg.password.clone();
-        if !base.username().is_empty() || base.password().is_some() {
-            let dec = |s: &str| {
-                percent_decode(s).ok_or_else(|| {
-                    RegistryError::Config("bad percent-encoding in url credentials".into())
-                })
-            };
-            if username.is_none() {
-                username = Some(dec(base.username())?);
-            }
-            if password.is_none() {
-                password = base.password().map(dec).transpose()?.map(Secret);
-            }
-            let _ = base.set_username("");
-            let _ = base.set_password(None);
-        }
+        let (username, password) = take_url_credentials(&mut base, cfg)?;
         if username.is_none() && password.is_some() {
             return Err(RegistryError::Config("a password needs a username".into()));
         }
@@ -260,41 +243,8 @@ impl RegistryClient {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("kafka-pg-sink/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| RegistryError::Config(format!("ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RegistryError::Config(format!("ca_file {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(RegistryError::Config(format!(
-                    "ca_file {}: no PEM certificate in it",
-                    ca.display()
-                )));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        if let Some(id) = &cfg.client_identity_file {
-            let pem = std::fs::read(id).map_err(|e| {
-                RegistryError::Config(format!("client_identity_file {}: {e}", id.display()))
-            })?;
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                RegistryError::Config(format!("client_identity_file {}: {e}", id.display()))
-            })?;
-            builder = builder.identity(identity);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| RegistryError::Config(format!("http client: {e}")))?;
         Ok(RegistryClient {
-            http,
+            http: http_client(cfg)?,
             base,
             username,
             password,
@@ -401,6 +351,15 @@ impl RegistryClient {
         schema_type: SchemaType,
         top: &[SchemaReference],
     ) -> Result<Vec<Reference>, RegistryError> {
+        // A missing or runaway reference is the schema's fault (poison); a
+        // registry that fails to answer is not (transient, `into_error`).
+        let invalid = |reason: String| {
+            RegistryError::from(SchemaError {
+                id,
+                schema_type,
+                reason,
+            })
+        };
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut todo: Vec<SchemaReference> = top.iter().rev().cloned().collect();
@@ -409,27 +368,20 @@ impl RegistryClient {
                 continue;
             }
             if seen.len() > MAX_REFERENCES {
-                return Err(SchemaError {
-                    id,
-                    schema_type,
-                    reason: format!("more than {MAX_REFERENCES} schema references"),
-                }
-                .into());
+                return Err(invalid(format!(
+                    "more than {MAX_REFERENCES} schema references"
+                )));
             }
+            let version = r.version.to_string();
             let sv: SubjectVersion = match self
-                .get_json(&["subjects", &r.subject, "versions", &r.version.to_string()])
+                .get_json(&["subjects", &r.subject, "versions", &version])
                 .await
             {
                 Err(Failure::NotFound(_)) => {
-                    return Err(SchemaError {
-                        id,
-                        schema_type,
-                        reason: format!(
-                            "reference {} (subject {}, version {}) not found",
-                            r.name, r.subject, r.version
-                        ),
-                    }
-                    .into())
+                    return Err(invalid(format!(
+                        "reference {} (subject {}, version {}) not found",
+                        r.name, r.subject, r.version
+                    )))
                 }
                 other => other.map_err(Failure::into_error)?,
             };
@@ -526,6 +478,75 @@ impl Failure {
             },
         }
     }
+}
+
+/// Credentials in the URL move to basic auth and out of the URL (so it can
+/// be logged); explicitly configured ones win.
+fn take_url_credentials(
+    base: &mut url::Url,
+    cfg: &RegistryConfig,
+) -> Result<(Option<String>, Option<Secret>), RegistryError> {
+    let mut username = cfg.username.clone();
+    let mut password = cfg.password.clone();
+    if base.username().is_empty() && base.password().is_none() {
+        return Ok((username, password));
+    }
+    let dec = |s: &str| {
+        percent_decode(s)
+            .ok_or_else(|| RegistryError::Config("bad percent-encoding in url credentials".into()))
+    };
+    if username.is_none() {
+        username = Some(dec(base.username())?);
+    }
+    if password.is_none() {
+        password = base.password().map(dec).transpose()?.map(Secret);
+    }
+    let _ = base.set_username("");
+    let _ = base.set_password(None);
+    Ok((username, password))
+}
+
+/// The HTTP client: rustls, the configured timeouts, plus the optional CA
+/// bundle and client identity (mutual TLS).
+fn http_client(cfg: &RegistryConfig) -> Result<reqwest::Client, RegistryError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("kafka-pg-sink/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        for c in ca_certificates(ca)? {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if let Some(id) = &cfg.client_identity_file {
+        builder = builder.identity(client_identity(id)?);
+    }
+    builder
+        .build()
+        .map_err(|e| RegistryError::Config(format!("http client: {e}")))
+}
+
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+    let err = |e: &dyn fmt::Display| file_error("ca_file", path, e);
+    let pem = std::fs::read(path).map_err(|e| err(&e))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(&e))?;
+    if certs.is_empty() {
+        return Err(err(&"no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn client_identity(path: &Path) -> Result<reqwest::Identity, RegistryError> {
+    let err = |e: &dyn fmt::Display| file_error("client_identity_file", path, e);
+    let pem = std::fs::read(path).map_err(|e| err(&e))?;
+    reqwest::Identity::from_pem(&pem).map_err(|e| err(&e))
+}
+
+/// A config file that cannot be read or used: names the setting and path.
+fn file_error(setting: &str, path: &Path, e: &dyn fmt::Display) -> RegistryError {
+    RegistryError::Config(format!("{setting} {}: {e}", path.display()))
 }
 
 /// reqwest's error text plus its sources ("connection refused" is a source).
@@ -663,31 +684,41 @@ mod tests {
         (url, task)
     }
 
+    /// The fake registry's answers, in the order the test below asks.
+    const STATUS_ANSWERS: [(u16, &str); 11] = [
+        (200, r#"{"schema":"\"long\""}"#),
+        (
+            404,
+            r#"{"error_code":40403,"message":"Schema 2 not found"}"#,
+        ),
+        (404, "<html>no such path</html>"),
+        (500, r#"{"error_code":50001,"message":"store down"}"#),
+        (503, ""),
+        (429, ""),
+        (401, r#"{"error_code":401,"message":"Unauthorized"}"#),
+        (200, r#"{"schema":"not json","schemaType":"AVRO"}"#),
+        (200, r#"{"schema":"{}","schemaType":"XML"}"#),
+        (409, r#"{"error_code":409,"message":"incompatible"}"#),
+        (200, r#"{"id":42}"#),
+    ];
+
     #[tokio::test]
     async fn statuses_map_to_poison_or_transient() {
-        let (url, task) = fake(vec![
-            (200, r#"{"schema":"\"long\""}"#),
-            (
-                404,
-                r#"{"error_code":40403,"message":"Schema 2 not found"}"#,
-            ),
-            (404, "<html>no such path</html>"),
-            (500, r#"{"error_code":50001,"message":"store down"}"#),
-            (503, ""),
-            (429, ""),
-            (401, r#"{"error_code":401,"message":"Unauthorized"}"#),
-            (200, r#"{"schema":"not json","schemaType":"AVRO"}"#),
-            (200, r#"{"schema":"{}","schemaType":"XML"}"#),
-            (409, r#"{"error_code":409,"message":"incompatible"}"#),
-            (200, r#"{"id":42}"#),
-        ])
-        .await;
+        let (url, task) = fake(STATUS_ANSWERS.to_vec()).await;
         let cfg = RegistryConfig {
             username: Some("alice".into()),
             password: Some(Secret::new("s3cret")),
             ..RegistryConfig::new(url)
         };
         let c = RegistryClient::new(&cfg).unwrap();
+        schema_lookups_map_statuses(&c).await;
+        registrations_map_statuses(&c).await;
+        requests_carry_basic_auth(&task.await.unwrap());
+    }
+
+    /// Answers 1-9: found, not found (poison), transient failures, unusable
+    /// schemas (poison, not cached).
+    async fn schema_lookups_map_statuses(c: &RegistryClient) {
         let s = c.schema(1).await.unwrap();
         assert_eq!(s.schema_type(), SchemaType::Avro);
         assert!(c.cached(1).is_some());
@@ -714,6 +745,11 @@ mod tests {
             assert_eq!(e.schema_id(), Some(4));
         }
         assert!(c.cached(4).is_none(), "failures are not cached");
+    }
+
+    /// Answers 10-11: a rejected registration (neither poison nor
+    /// transient), then one that returns its id.
+    async fn registrations_map_statuses(c: &RegistryClient) {
         let e = c
             .register("s", SchemaType::Avro, "\"int\"")
             .await
@@ -734,10 +770,11 @@ mod tests {
             c.register("a/b", SchemaType::Protobuf, "x").await.unwrap(),
             42
         );
+    }
 
-        let heads = task.await.unwrap();
+    fn requests_carry_basic_auth(heads: &[String]) {
         // "alice:s3cret" in base64, on every request; the password never in clear.
-        for h in &heads {
+        for h in heads {
             assert!(h.contains("authorization: Basic YWxpY2U6czNjcmV0"), "{h}");
             assert!(!h.contains("s3cret"));
         }

@@ -20,7 +20,7 @@
 
 use serde_json::Value;
 
-use super::{dedupe_names, pg_identifier, pointer_token, ColumnSpec};
+use super::{only_non_null, whole_value_column, ColumnSpec, Flattened, Parent};
 
 /// A JSON Schema document (kept as JSON; used for columns only).
 #[derive(Debug)]
@@ -50,33 +50,17 @@ impl JsonSchema {
 
 /// Columns for a typed table following the schema's `properties`.
 pub fn columns_from_json_schema(schema: &JsonSchema) -> Vec<ColumnSpec> {
-    let mut cols = Vec::new();
     if schema.schema.get("properties").is_none() {
-        return vec![ColumnSpec {
-            name: "value".into(),
-            pg_type: "jsonb".into(),
-            pointer: String::new(),
-            nullable: true,
-        }];
+        return vec![whole_value_column("jsonb".into())];
     }
-    flatten(&schema.schema, "", "", false, 0, &mut cols);
-    let mut order: Vec<usize> = (0..cols.len()).collect();
-    order.sort_by_key(|&i| (cols[i].0, i));
-    let mut ranked: Vec<ColumnSpec> = order.iter().map(|&i| cols[i].1.clone()).collect();
-    dedupe_names(&mut ranked);
-    let mut out: Vec<(usize, ColumnSpec)> = order.into_iter().zip(ranked).collect();
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, c)| c).collect()
+    let mut cols = Flattened::default();
+    flatten(&schema.schema, &Parent::default(), &mut cols);
+    cols.into_columns()
 }
 
-fn flatten(
-    obj: &Value,
-    name_prefix: &str,
-    pointer_prefix: &str,
-    parent_nullable: bool,
-    depth: usize,
-    out: &mut Vec<(usize, ColumnSpec)>,
-) {
+/// Adds the columns of `obj`'s properties; an `object` property with
+/// `properties` is flattened in turn (up to 32 levels deep).
+fn flatten(obj: &Value, parent: &Parent, out: &mut Flattened) {
     let Some(props) = obj.get("properties").and_then(Value::as_object) else {
         return;
     };
@@ -90,40 +74,33 @@ fn flatten(
     names.sort();
     for key in names {
         let prop = &props[key];
-        let name = format!("{name_prefix}{key}");
-        let pointer = format!("{pointer_prefix}/{}", pointer_token(key));
+        let member = parent.member(key);
         let (ty, null_in_type) = main_type(prop);
-        let nullable = parent_nullable || null_in_type || !required.contains(&key.as_str());
-        if ty == Some("object") && prop.get("properties").is_some() && depth < 32 {
-            flatten(
-                prop,
-                &format!("{name}_"),
-                &pointer,
-                nullable,
-                depth + 1,
-                out,
-            );
+        let nullable = parent.nullable || null_in_type || !required.contains(&key.as_str());
+        if ty == Some("object") && prop.get("properties").is_some() && parent.depth < 32 {
+            flatten(prop, &parent.nested(&member, nullable), out);
             continue;
         }
-        let pg_type = match ty {
-            Some("array") => match prop.get("items").map(main_type) {
-                Some((Some(t), _)) => scalar(t, prop.get("items").unwrap_or(&Value::Null))
-                    .map(|s| format!("{s}[]"))
-                    .unwrap_or_else(|| "jsonb".into()),
-                _ => "jsonb".into(),
-            },
-            Some(t) => scalar(t, prop).unwrap_or("jsonb").to_string(),
-            None => "jsonb".into(),
-        };
-        out.push((
-            depth,
-            ColumnSpec {
-                name: pg_identifier(&name),
-                pg_type,
-                pointer,
-                nullable: nullable || ty.is_none(),
-            },
-        ));
+        out.push(
+            parent,
+            member,
+            column_type(ty, prop),
+            nullable || ty.is_none(),
+        );
+    }
+}
+
+/// The column type of a property that is not flattened.
+fn column_type(ty: Option<&str>, prop: &Value) -> String {
+    match ty {
+        Some("array") => match prop.get("items").map(main_type) {
+            Some((Some(t), _)) => scalar(t, prop.get("items").unwrap_or(&Value::Null))
+                .map(|s| format!("{s}[]"))
+                .unwrap_or_else(|| "jsonb".into()),
+            _ => "jsonb".into(),
+        },
+        Some(t) => scalar(t, prop).unwrap_or("jsonb").to_string(),
+        None => "jsonb".into(),
     }
 }
 
@@ -132,14 +109,7 @@ fn main_type(prop: &Value) -> (Option<&str>, bool) {
     match prop.get("type") {
         Some(Value::String(t)) => (Some(t.as_str()).filter(|t| *t != "null"), t == "null"),
         Some(Value::Array(ts)) => {
-            let names: Vec<&str> = ts.iter().filter_map(Value::as_str).collect();
-            let non_null: Vec<&str> = names.iter().copied().filter(|t| *t != "null").collect();
-            let has_null = non_null.len() < names.len();
-            if non_null.len() == 1 {
-                (Some(non_null[0]), has_null)
-            } else {
-                (None, has_null)
-            }
+            only_non_null(ts.iter().filter_map(Value::as_str), |t| *t == "null")
         }
         _ => (None, true),
     }
@@ -163,6 +133,7 @@ fn scalar(ty: &str, prop: &Value) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::column_rows;
     use super::super::{decode, wire, Format, Schema, SchemaType};
     use super::*;
     use serde_json::json;
@@ -202,19 +173,8 @@ mod tests {
     fn columns() {
         let s = Schema::parse(5, SchemaType::Json, SCHEMA, &[]).unwrap();
         let cols = columns_from_json_schema(s.as_json_schema().unwrap());
-        let got: Vec<(&str, &str, &str, bool)> = cols
-            .iter()
-            .map(|c| {
-                (
-                    c.name.as_str(),
-                    c.pg_type.as_str(),
-                    c.pointer.as_str(),
-                    c.nullable,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            column_rows(&cols),
             [
                 ("amount", "numeric", "/amount", true),
                 ("any", "jsonb", "/any", true),

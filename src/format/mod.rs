@@ -382,9 +382,112 @@ pub(crate) fn pg_identifier(name: &str) -> String {
     format!("{}_{}", &name[..cut], hex::encode(&digest[..4]))
 }
 
+/// The single column of a schema whose root is not a record (or has no
+/// properties): the whole decoded value, pointer `""`.
+pub(crate) fn whole_value_column(pg_type: String) -> ColumnSpec {
+    ColumnSpec {
+        name: "value".into(),
+        pg_type,
+        pointer: String::new(),
+        nullable: true,
+    }
+}
+
+/// `["null", T]` in any order means `T`, nullable: the only non-null member
+/// (`None` when there are several, or none) and whether null was among them.
+/// Shared by Avro unions and JSON Schema `type` arrays.
+pub(crate) fn only_non_null<T>(
+    members: impl IntoIterator<Item = T>,
+    is_null: impl Fn(&T) -> bool,
+) -> (Option<T>, bool) {
+    let (nulls, mut non_null): (Vec<T>, Vec<T>) = members.into_iter().partition(|m| is_null(m));
+    let only = if non_null.len() == 1 {
+        non_null.pop()
+    } else {
+        None
+    };
+    (only, !nulls.is_empty())
+}
+
+/// Where the members of a (possibly nested) record land when it is flattened
+/// into `parent_child` columns: the name prefix, the JSON pointer, whether
+/// the record itself may be null (then every member column is nullable), and
+/// its depth (on a name collision the shallowest claimant keeps the name).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Parent {
+    name_prefix: String,
+    pointer: String,
+    pub nullable: bool,
+    pub depth: usize,
+}
+
+/// One member of a [`Parent`]: its full column name (before the 63-byte
+/// cut) and its JSON pointer.
+pub(crate) struct Member {
+    pub name: String,
+    pub pointer: String,
+}
+
+impl Parent {
+    pub(crate) fn member(&self, key: &str) -> Member {
+        Member {
+            name: format!("{}{key}", self.name_prefix),
+            pointer: format!("{}/{}", self.pointer, pointer_token(key)),
+        }
+    }
+
+    /// The parent of the members of `member`, itself a record to flatten.
+    pub(crate) fn nested(&self, member: &Member, nullable: bool) -> Parent {
+        Parent {
+            name_prefix: format!("{}_", member.name),
+            pointer: member.pointer.clone(),
+            nullable,
+            depth: self.depth + 1,
+        }
+    }
+}
+
+/// Columns found while flattening, each with the depth it was found at.
+#[derive(Default)]
+pub(crate) struct Flattened(Vec<(usize, ColumnSpec)>);
+
+impl Flattened {
+    pub(crate) fn push(
+        &mut self,
+        parent: &Parent,
+        member: Member,
+        pg_type: String,
+        nullable: bool,
+    ) {
+        self.0.push((
+            parent.depth,
+            ColumnSpec {
+                name: pg_identifier(&member.name),
+                pg_type,
+                pointer: member.pointer,
+                nullable,
+            },
+        ));
+    }
+
+    /// Settles name collisions (shallowest first, then declaration order,
+    /// keeps the plain name) and returns the columns in declaration order,
+    /// the table layout.
+    pub(crate) fn into_columns(self) -> Vec<ColumnSpec> {
+        let cols = self.0;
+        let mut order: Vec<usize> = (0..cols.len()).collect();
+        order.sort_by_key(|&i| (cols[i].0, i));
+        let mut ranked: Vec<ColumnSpec> = order.iter().map(|&i| cols[i].1.clone()).collect();
+        dedupe_names(&mut ranked);
+        let mut out: Vec<(usize, ColumnSpec)> = order.into_iter().zip(ranked).collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, c)| c).collect()
+    }
+}
+
 /// Gives later duplicates `_2`, `_3`, … (the first claimant keeps the plain
 /// name). Input order decides who is first.
-pub(crate) fn dedupe_names(cols: &mut [ColumnSpec]) {
+fn dedupe_names(cols: &mut [ColumnSpec]) {
     let mut seen = std::collections::HashSet::new();
     for c in cols.iter_mut() {
         if seen.insert(c.name.clone()) {
@@ -442,6 +545,21 @@ pub(crate) fn number(text: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Columns as (name, type, pointer, nullable) rows, to compare with a
+    /// table in the tests of each format.
+    pub(super) fn column_rows(cols: &[ColumnSpec]) -> Vec<(&str, &str, &str, bool)> {
+        cols.iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.pg_type.as_str(),
+                    c.pointer.as_str(),
+                    c.nullable,
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn format_serde_names() {
@@ -510,9 +628,32 @@ mod throughput {
     use apache_avro::types::Value as A;
     use std::time::Instant;
 
+    /// Messages per measurement.
+    const N: usize = 200_000;
+
     #[test]
     #[ignore = "timing; run in release"]
     fn decode_throughput() {
+        let (s, avro) = avro_order();
+        let json_text = crate::hash::canonical_string(&decode(Format::Avro, &avro, &s).unwrap());
+        let (p, proto) = protobuf_order();
+        println!(
+            "json: {json_text} ({} bytes), avro {} bytes, protobuf {} bytes",
+            json_text.len(),
+            avro.len(),
+            proto.len()
+        );
+        let j = rate("json", &|| serde_json::from_str(&json_text).unwrap());
+        let a = rate("avro", &|| decode(Format::Avro, &avro, &s).unwrap());
+        let pb = rate("protobuf", &|| {
+            decode(Format::Protobuf, &proto, &p).unwrap()
+        });
+        println!("avro/json {:.2}, protobuf/json {:.2}", a / j, pb / j);
+        println!("reader build alone: {:.0} /s", reader_build_rate(&s));
+    }
+
+    /// A typical order event: its Avro schema and the framed message.
+    fn avro_order() -> (Schema, Vec<u8>) {
         let text = r#"{"type":"record","name":"Order","fields":[
             {"name":"order_id","type":"long"},{"name":"customer","type":"string"},
             {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
@@ -540,12 +681,16 @@ mod throughput {
                 ("version".into(), A::Long(3)),
             ]))
             .unwrap();
-        let avro = wire::encode(1, &body);
-        let json_text = crate::hash::canonical_string(&decode(Format::Avro, &avro, &s).unwrap());
+        let framed = wire::encode(1, &body);
+        (s, framed)
+    }
+
+    /// The same event as Protobuf (amount as text, status as a number).
+    fn protobuf_order() -> (Schema, Vec<u8>) {
         let proto_text = "syntax = \"proto3\"; message Order { int64 order_id = 1; string customer = 2; \
             string amount = 3; int32 status = 4; int64 updated_at = 5; optional string note = 6; int64 version = 7; }";
         let p = Schema::parse(2, SchemaType::Protobuf, proto_text, &[]).unwrap();
-        let proto = wire::encode_protobuf(
+        let framed = wire::encode_protobuf(
             2,
             &[0],
             &[
@@ -555,31 +700,26 @@ mod throughput {
                 b'a', b'v', b'e', b' ', b'a', b't', b' ', b'd', b'o', b'o', b'r', 0x38, 0x03,
             ],
         );
-        println!(
-            "json: {json_text} ({} bytes), avro {} bytes, protobuf {} bytes",
-            json_text.len(),
-            avro.len(),
-            proto.len()
-        );
-        let n = 200_000;
-        let time = |name: &str, f: &dyn Fn() -> Value| {
-            let t = Instant::now();
-            let mut keep = 0usize;
-            for _ in 0..n {
-                keep += f().as_object().map_or(0, |o| o.len());
-            }
-            let per_s = n as f64 / t.elapsed().as_secs_f64();
-            println!("{name:>9}: {per_s:>10.0} msg/s ({keep})");
-            per_s
-        };
-        let j = time("json", &|| serde_json::from_str(&json_text).unwrap());
-        let a = time("avro", &|| decode(Format::Avro, &avro, &s).unwrap());
-        let pb = time("protobuf", &|| {
-            decode(Format::Protobuf, &proto, &p).unwrap()
-        });
-        println!("avro/json {:.2}, protobuf/json {:.2}", a / j, pb / j);
+        (p, framed)
+    }
+
+    /// Calls `f` [`N`] times; prints and returns the rate per second.
+    fn rate(name: &str, f: &dyn Fn() -> Value) -> f64 {
         let t = Instant::now();
-        for _ in 0..n {
+        let mut keep = 0usize;
+        for _ in 0..N {
+            // Use the result so the work cannot be optimised away.
+            keep += f().as_object().map_or(0, |o| o.len());
+        }
+        let per_s = N as f64 / t.elapsed().as_secs_f64();
+        println!("{name:>9}: {per_s:>10.0} msg/s ({keep})");
+        per_s
+    }
+
+    /// What building apache-avro's datum reader costs, done once per message.
+    fn reader_build_rate(s: &Schema) -> f64 {
+        let t = Instant::now();
+        for _ in 0..N {
             let r = apache_avro::reader::datum::GenericDatumReader::builder(
                 s.as_avro().unwrap().schema(),
             )
@@ -587,10 +727,7 @@ mod throughput {
             .unwrap();
             std::hint::black_box(&r);
         }
-        println!(
-            "reader build alone: {:.0} /s",
-            n as f64 / t.elapsed().as_secs_f64()
-        );
+        N as f64 / t.elapsed().as_secs_f64()
     }
 }
 

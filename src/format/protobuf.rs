@@ -56,8 +56,8 @@ use prost_reflect::{
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 use serde_json::{Map, Value};
 
-use super::{bytea_hex, dedupe_names, float_json, pg_identifier, pointer_token};
-use super::{ColumnSpec, Reference};
+use super::{bytea_hex, float_json};
+use super::{ColumnSpec, Flattened, Parent, Reference};
 
 /// A compiled Protobuf writer schema.
 #[derive(Debug)]
@@ -208,17 +208,22 @@ fn field_json(field: &FieldDescriptor, v: &PValue) -> Result<Value, String> {
                 Kind::Message(entry) => entry.map_entry_value_field().kind(),
                 _ => return Err(format!("map field {} without an entry type", field.name())),
             };
-            let mut keyed: Vec<(String, &PValue)> =
-                entries.iter().map(|(k, v)| (map_key(k), v)).collect();
-            keyed.sort_by(|a, b| a.0.cmp(&b.0));
             let mut out = Map::new();
-            for (k, v) in keyed {
+            for (k, v) in sorted_entries(entries) {
                 out.insert(k, value_json(&value_kind, v)?);
             }
             Ok(Value::Object(out))
         }
         other => value_json(&field.kind(), other),
     }
+}
+
+/// Map entries with their keys as JSON object keys, sorted so the JSON (and
+/// any non-canonical rendering) is stable.
+fn sorted_entries(entries: &HashMap<MapKey, PValue>) -> Vec<(String, &PValue)> {
+    let mut keyed: Vec<(String, &PValue)> = entries.iter().map(|(k, v)| (map_key(k), v)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed
 }
 
 fn map_key(k: &MapKey) -> String {
@@ -283,30 +288,12 @@ fn fraction(nanos: u32) -> String {
     }
 }
 
+/// The JSON of a well-known type (module-doc table); `None` for any other
+/// message type, which is written as an object.
 fn well_known(name: &str, msg: &DynamicMessage) -> Result<Option<Value>, String> {
-    Ok(Some(match name {
-        "google.protobuf.Timestamp" => {
-            let secs = get_i64(msg, "seconds");
-            let nanos = get_i64(msg, "nanos");
-            let t = u32::try_from(nanos)
-                .ok()
-                .and_then(|n| DateTime::from_timestamp(secs, n))
-                .ok_or_else(|| format!("Timestamp {secs}s {nanos}ns out of range"))?;
-            Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        }
-        "google.protobuf.Duration" => {
-            let secs = get_i64(msg, "seconds");
-            let nanos = get_i64(msg, "nanos");
-            if (secs > 0 && nanos < 0) || (secs < 0 && nanos > 0) || nanos.abs() >= 1_000_000_000 {
-                return Err(format!("Duration {secs}s {nanos}ns is not normalized"));
-            }
-            let sign = if secs < 0 || nanos < 0 { "-" } else { "" };
-            Value::String(format!(
-                "PT{sign}{}{}S",
-                secs.unsigned_abs(),
-                fraction(nanos.unsigned_abs() as u32)
-            ))
-        }
+    let to_json: fn(&DynamicMessage) -> Result<Value, String> = match name {
+        "google.protobuf.Timestamp" => timestamp_json,
+        "google.protobuf.Duration" => duration_json,
         "google.protobuf.DoubleValue"
         | "google.protobuf.FloatValue"
         | "google.protobuf.Int64Value"
@@ -315,148 +302,171 @@ fn well_known(name: &str, msg: &DynamicMessage) -> Result<Option<Value>, String>
         | "google.protobuf.UInt32Value"
         | "google.protobuf.BoolValue"
         | "google.protobuf.StringValue"
-        | "google.protobuf.BytesValue" => {
-            let field = msg
-                .descriptor()
-                .get_field_by_name("value")
-                .ok_or("wrapper without a value field")?;
-            field_json(&field, &msg.get_field(&field))?
-        }
-        "google.protobuf.Struct" => match get(msg, "fields").as_deref() {
-            Some(PValue::Map(m)) => {
-                let mut keyed: Vec<(String, &PValue)> =
-                    m.iter().map(|(k, v)| (map_key(k), v)).collect();
-                keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut out = Map::new();
-                for (k, v) in keyed {
-                    out.insert(
-                        k,
-                        match v {
-                            PValue::Message(m) => message_json(m)?,
-                            _ => Value::Null,
-                        },
-                    );
-                }
-                Value::Object(out)
-            }
-            _ => Value::Object(Map::new()),
-        },
-        "google.protobuf.Value" => {
-            let set = msg.fields().next();
-            match set {
-                None => Value::Null,
-                Some((f, v)) => match (f.name(), v) {
-                    ("null_value", _) => Value::Null,
-                    ("number_value", PValue::F64(x)) => float_json(*x),
-                    ("string_value", PValue::String(s)) => Value::String(s.clone()),
-                    ("bool_value", PValue::Bool(b)) => Value::Bool(*b),
-                    (_, PValue::Message(m)) => message_json(m)?,
-                    _ => Value::Null,
-                },
-            }
-        }
-        "google.protobuf.ListValue" => match get(msg, "values").as_deref() {
-            Some(PValue::List(items)) => Value::Array(
-                items
-                    .iter()
-                    .map(|i| match i {
-                        PValue::Message(m) => message_json(m),
-                        _ => Ok(Value::Null),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            _ => Value::Array(vec![]),
-        },
-        "google.protobuf.Empty" => Value::Object(Map::new()),
-        "google.protobuf.Any" => {
-            let url = match get(msg, "type_url").as_deref() {
-                Some(PValue::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            let value = match get(msg, "value").as_deref() {
-                Some(PValue::Bytes(b)) => bytea_hex(b),
-                _ => bytea_hex(&[]),
-            };
-            serde_json::json!({"type_url": url, "value": value})
-        }
-        "google.protobuf.FieldMask" => match get(msg, "paths").as_deref() {
-            Some(PValue::List(items)) => Value::String(
-                items
-                    .iter()
-                    .filter_map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            _ => Value::String(String::new()),
-        },
+        | "google.protobuf.BytesValue" => wrapper_json,
+        "google.protobuf.Struct" => struct_json,
+        "google.protobuf.Value" => struct_value_json,
+        "google.protobuf.ListValue" => list_value_json,
+        "google.protobuf.Empty" => |_| Ok(Value::Object(Map::new())),
+        "google.protobuf.Any" => any_json,
+        "google.protobuf.FieldMask" => field_mask_json,
         _ => return Ok(None),
-    }))
+    };
+    to_json(msg).map(Some)
+}
+
+fn timestamp_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let secs = get_i64(msg, "seconds");
+    let nanos = get_i64(msg, "nanos");
+    let t = u32::try_from(nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(secs, n))
+        .ok_or_else(|| format!("Timestamp {secs}s {nanos}ns out of range"))?;
+    Ok(Value::String(
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    ))
+}
+
+fn duration_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let secs = get_i64(msg, "seconds");
+    let nanos = get_i64(msg, "nanos");
+    if (secs > 0 && nanos < 0) || (secs < 0 && nanos > 0) || nanos.abs() >= 1_000_000_000 {
+        return Err(format!("Duration {secs}s {nanos}ns is not normalized"));
+    }
+    let sign = if secs < 0 || nanos < 0 { "-" } else { "" };
+    Ok(Value::String(format!(
+        "PT{sign}{}{}S",
+        secs.unsigned_abs(),
+        fraction(nanos.unsigned_abs() as u32)
+    )))
+}
+
+/// `google.protobuf.*Value` wrappers: the wrapped value itself.
+fn wrapper_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let field = msg
+        .descriptor()
+        .get_field_by_name("value")
+        .ok_or("wrapper without a value field")?;
+    field_json(&field, &msg.get_field(&field))
+}
+
+/// A JSON object: `fields` maps names to `google.protobuf.Value`s.
+fn struct_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let fields = get(msg, "fields");
+    let Some(PValue::Map(m)) = fields.as_deref() else {
+        return Ok(Value::Object(Map::new()));
+    };
+    let mut out = Map::new();
+    for (k, v) in sorted_entries(m) {
+        out.insert(k, message_or_null(v)?);
+    }
+    Ok(Value::Object(out))
+}
+
+/// `google.protobuf.Value`: whichever member of its `kind` oneof is set.
+fn struct_value_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let Some((f, v)) = msg.fields().next() else {
+        return Ok(Value::Null);
+    };
+    Ok(match (f.name(), v) {
+        ("null_value", _) => Value::Null,
+        ("number_value", PValue::F64(x)) => float_json(*x),
+        ("string_value", PValue::String(s)) => Value::String(s.clone()),
+        ("bool_value", PValue::Bool(b)) => Value::Bool(*b),
+        (_, PValue::Message(m)) => message_json(m)?,
+        _ => Value::Null,
+    })
+}
+
+/// A JSON array of `google.protobuf.Value`s.
+fn list_value_json(msg: &DynamicMessage) -> Result<Value, String> {
+    match get(msg, "values").as_deref() {
+        Some(PValue::List(items)) => items
+            .iter()
+            .map(message_or_null)
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        _ => Ok(Value::Array(vec![])),
+    }
+}
+
+fn message_or_null(v: &PValue) -> Result<Value, String> {
+    match v {
+        PValue::Message(m) => message_json(m),
+        _ => Ok(Value::Null),
+    }
+}
+
+fn any_json(msg: &DynamicMessage) -> Result<Value, String> {
+    let url = match get(msg, "type_url").as_deref() {
+        Some(PValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let value = match get(msg, "value").as_deref() {
+        Some(PValue::Bytes(b)) => bytea_hex(b),
+        _ => bytea_hex(&[]),
+    };
+    Ok(serde_json::json!({"type_url": url, "value": value}))
+}
+
+/// The paths joined by `,`.
+fn field_mask_json(msg: &DynamicMessage) -> Result<Value, String> {
+    Ok(match get(msg, "paths").as_deref() {
+        Some(PValue::List(items)) => Value::String(
+            items
+                .iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => Value::String(String::new()),
+    })
 }
 
 /// Columns for a typed table following a message type (rules as for Avro:
 /// `parent_child` names, shallowest-then-first keeps a colliding name, 63-byte
 /// limit; types from the module-doc table).
 pub fn columns_from_protobuf(desc: &MessageDescriptor) -> Vec<ColumnSpec> {
-    let mut cols = Vec::new();
+    let mut cols = Flattened::default();
     let mut stack = vec![desc.full_name().to_string()];
-    flatten(desc, "", "", false, 0, &mut stack, &mut cols);
-    let mut order: Vec<usize> = (0..cols.len()).collect();
-    order.sort_by_key(|&i| (cols[i].0, i));
-    let mut ranked: Vec<ColumnSpec> = order.iter().map(|&i| cols[i].1.clone()).collect();
-    dedupe_names(&mut ranked);
-    let mut out: Vec<(usize, ColumnSpec)> = order.into_iter().zip(ranked).collect();
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, c)| c).collect()
+    flatten(desc, &Parent::default(), &mut stack, &mut cols);
+    cols.into_columns()
 }
 
+/// Adds the columns of `desc`'s fields; a singular message field is flattened
+/// in turn unless it maps to a scalar (well-known types) or its type is
+/// already on `stack` (recursive: one `jsonb` column).
 fn flatten(
     desc: &MessageDescriptor,
-    name_prefix: &str,
-    pointer_prefix: &str,
-    parent_nullable: bool,
-    depth: usize,
+    parent: &Parent,
     stack: &mut Vec<String>,
-    out: &mut Vec<(usize, ColumnSpec)>,
+    out: &mut Flattened,
 ) {
     for field in desc.fields() {
-        let name = format!("{name_prefix}{}", field.name());
-        let pointer = format!("{pointer_prefix}/{}", pointer_token(field.name()));
-        let nullable = parent_nullable || (field.supports_presence() && !field.is_list());
+        let member = parent.member(field.name());
+        let nullable = parent.nullable || (field.supports_presence() && !field.is_list());
         if let (Kind::Message(m), false, false) = (field.kind(), field.is_list(), field.is_map()) {
             if scalar_wkt(m.full_name()).is_none() && !stack.iter().any(|s| s == m.full_name()) {
                 stack.push(m.full_name().to_string());
-                flatten(
-                    &m,
-                    &format!("{name}_"),
-                    &pointer,
-                    nullable,
-                    depth + 1,
-                    stack,
-                    out,
-                );
+                flatten(&m, &parent.nested(&member, nullable), stack, out);
                 stack.pop();
                 continue;
             }
         }
-        let pg_type = if field.is_map() {
-            "jsonb".to_string()
-        } else if field.is_list() {
-            match scalar_type(&field.kind()) {
-                Some(t) => format!("{t}[]"),
-                None => "jsonb".into(),
-            }
-        } else {
-            scalar_type(&field.kind()).unwrap_or_else(|| "jsonb".into())
-        };
-        out.push((
-            depth,
-            ColumnSpec {
-                name: pg_identifier(&name),
-                pg_type,
-                pointer,
-                nullable,
-            },
-        ));
+        out.push(parent, member, column_type(&field), nullable);
+    }
+}
+
+/// The column type of a field that is not flattened.
+fn column_type(field: &FieldDescriptor) -> String {
+    if field.is_map() {
+        "jsonb".to_string()
+    } else if field.is_list() {
+        match scalar_type(&field.kind()) {
+            Some(t) => format!("{t}[]"),
+            None => "jsonb".into(),
+        }
+    } else {
+        scalar_type(&field.kind()).unwrap_or_else(|| "jsonb".into())
     }
 }
 
@@ -505,6 +515,7 @@ fn scalar_type(kind: &Kind) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::column_rows;
     use super::super::{decode, hash_view, wire, Format, Schema, SchemaType};
     use super::*;
     use prost::Message as _;
@@ -588,71 +599,125 @@ message Money { string currency = 1; int64 units = 2; }
         wire::encode_protobuf(s.id(), &path, &m.encode_to_vec())
     }
 
-    #[test]
-    fn every_type_maps_as_documented() {
-        let s = order_schema(1);
-        let mut m = msg(&s, "shop.Order");
-        m.set_field_by_name("id", PValue::I64(9_007_199_254_740_993));
-        m.set_field_by_name("big", PValue::U64(u64::MAX));
-        m.set_field_by_name("qty", PValue::I32(-3));
-        m.set_field_by_name("delta", PValue::I64(-5));
-        m.set_field_by_name("f", PValue::F32(0.1));
-        m.set_field_by_name("d", PValue::F64(f64::INFINITY));
-        m.set_field_by_name("ok", PValue::Bool(true));
-        m.set_field_by_name("name", PValue::String("Zoë".into()));
-        m.set_field_by_name(
-            "raw",
-            PValue::Bytes(prost::bytes::Bytes::from_static(&[0, 0xab])),
+    /// A message of type `name` with `fields` set, in this order.
+    fn msg_with(s: &Schema, name: &str, fields: Vec<(&str, PValue)>) -> DynamicMessage {
+        let mut m = msg(s, name);
+        for (field, v) in fields {
+            m.set_field_by_name(field, v);
+        }
+        m
+    }
+
+    /// Frames `m` with its own message-index path and decodes it.
+    fn roundtrip(s: &Schema, m: &DynamicMessage) -> Value {
+        decode(Format::Protobuf, &frame(s, m), s).unwrap()
+    }
+
+    /// `id` … `note` of `shop.Order`: scalars, bytes, an enum, an optional.
+    fn scalar_fields() -> Vec<(&'static str, PValue)> {
+        vec![
+            ("id", PValue::I64(9_007_199_254_740_993)),
+            ("big", PValue::U64(u64::MAX)),
+            ("qty", PValue::I32(-3)),
+            ("delta", PValue::I64(-5)),
+            ("f", PValue::F32(0.1)),
+            ("d", PValue::F64(f64::INFINITY)),
+            ("ok", PValue::Bool(true)),
+            ("name", PValue::String("Zoë".into())),
+            (
+                "raw",
+                PValue::Bytes(prost::bytes::Bytes::from_static(&[0, 0xab])),
+            ),
+            ("status", PValue::EnumNumber(1)),
+            ("note", PValue::String("".into())), // set, even if empty
+        ]
+    }
+
+    /// `ts` … `extra`: well-known types.
+    fn well_known_fields(s: &Schema) -> Vec<(&'static str, PValue)> {
+        let ts = msg_with(
+            s,
+            "google.protobuf.Timestamp",
+            vec![
+                ("seconds", PValue::I64(1_714_979_289)),
+                ("nanos", PValue::I32(123_000_000)),
+            ],
         );
-        m.set_field_by_name("status", PValue::EnumNumber(1));
-        m.set_field_by_name("note", PValue::String("".into())); // set, even if empty
-        let mut ts = msg(&s, "google.protobuf.Timestamp");
-        ts.set_field_by_name("seconds", PValue::I64(1_714_979_289));
-        ts.set_field_by_name("nanos", PValue::I32(123_000_000));
-        m.set_field_by_name("ts", PValue::Message(ts));
-        let mut took = msg(&s, "google.protobuf.Duration");
-        took.set_field_by_name("seconds", PValue::I64(-1));
-        took.set_field_by_name("nanos", PValue::I32(-500_000_000));
-        m.set_field_by_name("took", PValue::Message(took));
-        let mut maybe = msg(&s, "google.protobuf.Int64Value");
-        maybe.set_field_by_name("value", PValue::I64(0));
-        m.set_field_by_name("maybe", PValue::Message(maybe));
-        let extra: DynamicMessage = {
-            let mut st = msg(&s, "google.protobuf.Struct");
-            let mut num = msg(&s, "google.protobuf.Value");
-            num.set_field_by_name("number_value", PValue::F64(1.5));
-            let mut text = msg(&s, "google.protobuf.Value");
-            text.set_field_by_name("string_value", PValue::String("x".into()));
-            st.set_field_by_name(
+        let took = msg_with(
+            s,
+            "google.protobuf.Duration",
+            vec![
+                ("seconds", PValue::I64(-1)),
+                ("nanos", PValue::I32(-500_000_000)),
+            ],
+        );
+        let maybe = msg_with(
+            s,
+            "google.protobuf.Int64Value",
+            vec![("value", PValue::I64(0))],
+        );
+        let num = msg_with(
+            s,
+            "google.protobuf.Value",
+            vec![("number_value", PValue::F64(1.5))],
+        );
+        let text = msg_with(
+            s,
+            "google.protobuf.Value",
+            vec![("string_value", PValue::String("x".into()))],
+        );
+        let extra = msg_with(
+            s,
+            "google.protobuf.Struct",
+            vec![(
                 "fields",
                 PValue::Map(HashMap::from([
                     (MapKey::String("n".into()), PValue::Message(num)),
                     (MapKey::String("s".into()), PValue::Message(text)),
                 ])),
-            );
-            st
-        };
-        m.set_field_by_name("extra", PValue::Message(extra));
-        m.set_field_by_name(
-            "tags",
-            PValue::List(vec![PValue::String("a".into()), PValue::String("b".into())]),
+            )],
         );
-        m.set_field_by_name(
-            "attrs",
-            PValue::Map(HashMap::from([(
-                MapKey::String("k".into()),
-                PValue::I64(7),
-            )])),
-        );
-        let mut cust = msg(&s, "shop.Order.Customer");
-        cust.set_field_by_name("cid", PValue::I64(42));
-        m.set_field_by_name("customer", PValue::Message(cust));
-        m.set_field_by_name("iban", PValue::String("NO93".into()));
-        let mut line = msg(&s, "shop.Order.Line");
-        line.set_field_by_name("sku", PValue::String("A-1".into()));
-        m.set_field_by_name("lines", PValue::List(vec![PValue::Message(line)]));
+        vec![
+            ("ts", PValue::Message(ts)),
+            ("took", PValue::Message(took)),
+            ("maybe", PValue::Message(maybe)),
+            ("extra", PValue::Message(extra)),
+        ]
+    }
 
-        let got = decode(Format::Protobuf, &frame(&s, &m), &s).unwrap();
+    /// `tags` … `lines`: repeated, map, nested messages, a oneof member.
+    fn nested_fields(s: &Schema) -> Vec<(&'static str, PValue)> {
+        let cust = msg_with(s, "shop.Order.Customer", vec![("cid", PValue::I64(42))]);
+        let line = msg_with(
+            s,
+            "shop.Order.Line",
+            vec![("sku", PValue::String("A-1".into()))],
+        );
+        vec![
+            (
+                "tags",
+                PValue::List(vec![PValue::String("a".into()), PValue::String("b".into())]),
+            ),
+            (
+                "attrs",
+                PValue::Map(HashMap::from([(
+                    MapKey::String("k".into()),
+                    PValue::I64(7),
+                )])),
+            ),
+            ("customer", PValue::Message(cust)),
+            ("iban", PValue::String("NO93".into())),
+            ("lines", PValue::List(vec![PValue::Message(line)])),
+        ]
+    }
+
+    #[test]
+    fn every_type_maps_as_documented() {
+        let s = order_schema(1);
+        let mut fields = scalar_fields();
+        fields.extend(well_known_fields(&s));
+        fields.extend(nested_fields(&s));
+        let got = roundtrip(&s, &msg_with(&s, "shop.Order", fields));
         let want = json!({
             "id": 9_007_199_254_740_993u64, "big": u64::MAX, "qty": -3, "delta": -5,
             "f": 0.1, "d": "Infinity", "ok": true, "name": "Zoë", "raw": "\\x00ab",
@@ -671,8 +736,7 @@ message Money { string currency = 1; int64 units = 2; }
     #[test]
     fn unset_fields_follow_presence() {
         let s = order_schema(2);
-        let m = msg(&s, "shop.Order");
-        let got = decode(Format::Protobuf, &frame(&s, &m), &s).unwrap();
+        let got = roundtrip(&s, &msg(&s, "shop.Order"));
         // Implicit-presence scalars → defaults; presence-tracking fields → null.
         assert_eq!(got["id"], json!(0));
         assert_eq!(got["name"], json!(""));
@@ -694,18 +758,14 @@ message Money { string currency = 1; int64 units = 2; }
         assert_eq!(p.message_indexes("shop.Other"), Some(vec![1]));
         // Order's nested types: AttrsEntry (map entry) counts, so Customer is 1.
         assert_eq!(p.message_indexes("shop.Order.Customer"), Some(vec![0, 1]));
-        let mut o = msg(&s, "shop.Other");
-        o.set_field_by_name("x", PValue::String("y".into()));
-        assert_eq!(
-            decode(Format::Protobuf, &frame(&s, &o), &s).unwrap(),
-            json!({"x": "y"})
+        let o = msg_with(&s, "shop.Other", vec![("x", PValue::String("y".into()))]);
+        assert_eq!(roundtrip(&s, &o), json!({"x": "y"}));
+        let a = msg_with(
+            &s,
+            "shop.Order.Address",
+            vec![("city", PValue::String("Oslo".into()))],
         );
-        let mut a = msg(&s, "shop.Order.Address");
-        a.set_field_by_name("city", PValue::String("Oslo".into()));
-        assert_eq!(
-            decode(Format::Protobuf, &frame(&s, &a), &s).unwrap(),
-            json!({"city": "Oslo"})
-        );
+        assert_eq!(roundtrip(&s, &a), json!({"city": "Oslo"}));
         // A path that names nothing is poison.
         let bad = wire::encode_protobuf(3, &[7], &[]);
         let e = decode(Format::Protobuf, &bad, &s).unwrap_err();
@@ -754,15 +814,12 @@ message Money { string currency = 1; int64 units = 2; }
         assert_eq!(v, json!({"id": -7, "sku": "A-1", "qty": 0}));
     }
 
+    /// A message declaration cut off after its opening brace.
+    const UNCLOSED: &str = "syntax = \"proto3\"; message {";
+
     #[test]
     fn bad_schemas_are_schema_errors() {
-        assert!(Schema::parse(
-            5,
-            SchemaType::Protobuf,
-            "syntax = \"proto3\"; message {",
-            &[]
-        )
-        .is_err());
+        assert!(Schema::parse(5, SchemaType::Protobuf, UNCLOSED, &[]).is_err());
         // Missing reference.
         let e = Schema::parse(6, SchemaType::Protobuf, ORDER, &[]).unwrap_err();
         assert!(e.to_string().contains("money.proto"), "{e}");
@@ -776,14 +833,15 @@ message Money { string currency = 1; int64 units = 2; }
         let v2 = "syntax = \"proto3\"; message E { int64 id = 1; string name = 2; optional string note = 3; }";
         let s1 = Schema::parse(10, SchemaType::Protobuf, v1, &[]).unwrap();
         let s2 = Schema::parse(11, SchemaType::Protobuf, v2, &[]).unwrap();
-        let mut e1 = msg(&s1, "E");
-        e1.set_field_by_name("id", PValue::I64(1));
-        e1.set_field_by_name("name", PValue::String("a".into()));
-        let mut e2 = msg(&s2, "E");
-        e2.set_field_by_name("id", PValue::I64(1));
-        e2.set_field_by_name("name", PValue::String("a".into()));
-        let a = decode(Format::Protobuf, &frame(&s1, &e1), &s1).unwrap();
-        let b = decode(Format::Protobuf, &frame(&s2, &e2), &s2).unwrap();
+        let event = |s| {
+            msg_with(
+                s,
+                "E",
+                vec![("id", PValue::I64(1)), ("name", PValue::String("a".into()))],
+            )
+        };
+        let a = roundtrip(&s1, &event(&s1));
+        let b = roundtrip(&s2, &event(&s2));
         assert_eq!(b, json!({"id": 1, "name": "a", "note": null}));
         assert_eq!(hash_view(&a), hash_view(&b));
     }
@@ -792,19 +850,8 @@ message Money { string currency = 1; int64 units = 2; }
     fn columns_follow_the_schema() {
         let s = order_schema(8);
         let cols = columns_from_protobuf(&s.as_protobuf().unwrap().message(&[0]).unwrap());
-        let got: Vec<(&str, &str, &str, bool)> = cols
-            .iter()
-            .map(|c| {
-                (
-                    c.name.as_str(),
-                    c.pg_type.as_str(),
-                    c.pointer.as_str(),
-                    c.nullable,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            column_rows(&cols),
             [
                 ("id", "bigint", "/id", false),
                 ("big", "numeric(20,0)", "/big", false),
