@@ -4,15 +4,17 @@
 //! the order the README lists them, one function each.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kafka_pg_sink::batch::prepare;
 use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
+use kafka_pg_sink::format::wire;
 use kafka_pg_sink::hash;
 use kafka_pg_sink::message::SourceMessage;
 use kafka_pg_sink::metrics::sum_family;
-use kafka_pg_sink::route::Route;
+use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
+use kafka_pg_sink::route::{Route, RouteSpec};
 use kafka_pg_sink::store::{BatchWriter, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,52 +30,15 @@ use sqlx::{Connection, PgConnection, PgPool};
 #[path = "../tests/common/net.rs"]
 mod net;
 
+#[path = "data.rs"]
+mod data;
+
+use data::Order;
+
 const PARTITIONS: i32 = 4;
 const BATCH: usize = 5000;
 
-struct Event {
-    key: String,
-    partition: i32,
-    payload: String,
-}
-
-/// N messages, ~150 bytes, 3 key fields, 10% exact re-sends of earlier events.
-fn generate(n: usize) -> (Vec<Event>, usize) {
-    let mut out: Vec<Event> = Vec::with_capacity(n);
-    let mut distinct = 0usize;
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    for i in 0..n {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        if i % 10 == 9 && !out.is_empty() {
-            let e = &out[(rng as usize) % out.len()];
-            out.push(Event {
-                key: e.key.clone(),
-                partition: e.partition,
-                payload: e.payload.clone(),
-            });
-            continue;
-        }
-        let d = distinct;
-        distinct += 1;
-        let (tenant, region, seq) = (d % 97, (d / 97) % 13, d / (97 * 13));
-        let key = format!("t{tenant}|r{region}|{seq}");
-        let payload = format!(
-            r#"{{"tenant":"t{tenant}","region":"r{region}","seq":{seq},"amount":{}.{:02},"currency":"EUR","status":"created","customer":"c{:07}","note":"benchmark event"}}"#,
-            rng % 10_000,
-            rng % 100,
-            rng % 1_000_000
-        );
-        let partition = net::partition_of(&key, PARTITIONS);
-        out.push(Event {
-            key,
-            partition,
-            payload,
-        });
-    }
-    (out, distinct)
-}
+type Results = BTreeMap<&'static str, Value>;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -82,7 +47,7 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Everything the measurements share: the data, its topic and database.
+/// Everything the measurements share: the data, its topics and database.
 struct Bench {
     n: usize,
     distinct: usize,
@@ -94,24 +59,16 @@ struct Bench {
     topic: String,
     sink_bin: String,
     pool: PgPool,
+    orders: Vec<Order>,
     msgs: Vec<SourceMessage>,
 }
 
 impl Bench {
-    /// The sink's configuration for `table` and `group`: the shipped local
-    /// configuration through the real loader, with this run's settings.
-    fn config(
-        &self,
-        table: &str,
-        group: &str,
-        port: u16,
-    ) -> anyhow::Result<(Config, Vec<kafka_pg_sink::route::RouteSpec>)> {
+    /// The sink's configuration with one `[[route]]` body (and extra TOML):
+    /// the shipped local configuration through the real loader.
+    fn config(&self, route: &str, extra: &str, group: &str, port: u16) -> anyhow::Result<(Config, Vec<RouteSpec>)> {
         let overrides = Overrides {
-            toml: vec![format!(
-                "[sink]\ncommit_to_kafka = true\n[[route]]\ntopic = \"{}\"\ntable = \"{table}\"\n\
-                 key = [\"/tenant\", \"/region\", \"/seq\"]\n",
-                self.topic
-            )],
+            toml: vec![format!("[sink]\ncommit_to_kafka = true\n{extra}\n[[route]]\n{route}\n")],
             brokers: Some(self.brokers.clone()),
             group_id: Some(group.to_string()),
             database_url: Some(self.url.clone()),
@@ -120,12 +77,29 @@ impl Bench {
         Ok(Config::load(&local_config_path(), &overrides)?)
     }
 
-    /// Creates `table` the way `setup` does and returns its resolved route.
-    async fn route_for(&self, table: &str) -> anyhow::Result<Route> {
-        let (cfg, specs) = self.config(table, "bench-unused", 0)?;
+    fn document_route(&self, table: &str) -> String {
+        format!("topic = \"{}\"\ntable = \"{table}\"\nkey = \"/order_id\"", self.topic)
+    }
+
+    fn typed_route(&self, topic: &str, table: &str, format: &str) -> String {
+        format!(
+            "topic = \"{topic}\"\ntable = \"{table}\"\nkey = \"order_id\"\nformat = \"{format}\"\n\
+             columns = {}",
+            data::TYPED_COLUMNS
+        )
+    }
+
+    /// Creates the route's table the way `setup` does; its resolved route.
+    async fn route_for(&self, route: &str) -> anyhow::Result<Route> {
+        let (cfg, specs) = self.config(route, "", "bench-unused", 0)?;
         let (pool, mut routes) = kafka_pg_sink::app::setup(&cfg, &specs).await?;
         pool.close().await;
         Ok(routes.remove(0))
+    }
+
+    async fn exec(&self, sql: &str) -> anyhow::Result<()> {
+        sqlx::raw_sql(sql).execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn stored_sum(&self, group: &str) -> i64 {
@@ -143,7 +117,7 @@ impl Bench {
     /// Waits until `group` has stored every offset of the topic.
     async fn wait_stored(&self, group: &str, started: Instant, what: &str) -> anyhow::Result<()> {
         while self.stored_sum(group).await < self.n as i64 {
-            if started.elapsed() > Duration::from_secs(1800) {
+            if started.elapsed() > Duration::from_secs(3600) {
                 anyhow::bail!("{what} did not finish");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -152,8 +126,7 @@ impl Bench {
     }
 
     fn consumer(&self, group: &str) -> anyhow::Result<BaseConsumer> {
-        let (mut cfg, _) = self.config("unused", group, 0)?;
-        cfg.kafka.group_id = group.to_string();
+        let (cfg, _) = self.config(&self.document_route("unused"), "", group, 0)?;
         Ok(kafka_pg_sink::kafka::client_config(&cfg).create()?)
     }
 
@@ -164,36 +137,38 @@ impl Bench {
         }
         Ok(tpl)
     }
+
+    /// The last event of every order, in key order: the expected table.
+    fn final_orders(&self) -> Vec<&Order> {
+        let mut last: BTreeMap<&str, &Order> = BTreeMap::new();
+        for o in &self.orders {
+            last.insert(&o.key, o);
+        }
+        last.into_values().collect()
+    }
 }
 
 async fn setup() -> anyhow::Result<Bench> {
-    let n = env_usize("BENCH_EVENTS", 1_000_000);
+    let n = env_usize("BENCH_EVENTS", 550_000);
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let admin_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let db_name = format!("kpgs_bench_{}", stamp.to_lowercase());
     let topic = format!("kpgs-bench-{stamp}");
-
     eprintln!("generating {n} events…");
-    let (events, distinct) = generate(n);
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&admin)
-        .await?;
+    let (orders, distinct) = data::generate(n, PARTITIONS);
+    let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await?;
     admin.close().await;
     let mut url = url::Url::parse(&admin_url)?;
     url.set_path(&format!("/{db_name}"));
     let url = url.to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await?;
-    produce(&brokers, &topic, &events).await?;
-    let msgs = source_messages(&topic, &events);
+    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
+    let payloads: Vec<(i32, &str, Vec<u8>)> =
+        orders.iter().map(|o| (o.partition, o.key.as_str(), o.json.clone().into_bytes())).collect();
+    produce(&brokers, &topic, &payloads).await?;
+    let msgs = source_messages(&topic, &orders);
     Ok(Bench {
         n,
         distinct,
@@ -203,17 +178,16 @@ async fn setup() -> anyhow::Result<Bench> {
         db_name,
         url,
         topic,
-        sink_bin: std::env::var("SINK_BIN")
-            .unwrap_or_else(|_| "target/release/kafka-pg-sink".into()),
+        sink_bin: std::env::var("SINK_BIN").unwrap_or_else(|_| "target/release/kafka-pg-sink".into()),
         pool,
+        orders,
         msgs,
     })
 }
 
-async fn produce(brokers: &str, topic: &str, events: &[Event]) -> anyhow::Result<()> {
-    let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+async fn produce(brokers: &str, topic: &str, records: &[(i32, &str, Vec<u8>)]) -> anyhow::Result<()> {
+    let ac: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
     for r in ac.create_topics(&[new], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
@@ -225,35 +199,30 @@ async fn produce(brokers: &str, topic: &str, events: &[Event]) -> anyhow::Result
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .create()?;
-    for e in events {
-        let rec = || {
-            BaseRecord::to(topic)
-                .partition(e.partition)
-                .key(&e.key)
-                .payload(&e.payload)
-        };
+    for (partition, key, payload) in records {
+        let rec = || BaseRecord::to(topic).partition(*partition).key(*key).payload(payload);
         while producer.send(rec()).is_err() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    producer.flush(Duration::from_secs(120))?;
+    producer.flush(Duration::from_secs(300))?;
     Ok(())
 }
 
 /// The produced events as the consumer would hand them over (for the
 /// in-process measurements).
-fn source_messages(topic: &str, events: &[Event]) -> Vec<SourceMessage> {
+fn source_messages(topic: &str, orders: &[Order]) -> Vec<SourceMessage> {
     let mut next_off = [0i64; PARTITIONS as usize];
-    events
+    orders
         .iter()
-        .map(|e| {
-            let o = next_off[e.partition as usize];
-            next_off[e.partition as usize] += 1;
+        .map(|o| {
+            let off = next_off[o.partition as usize];
+            next_off[o.partition as usize] += 1;
             SourceMessage {
-                tp: TopicPartition::new(topic.to_string(), e.partition),
-                offset: Offset(o),
-                key: Some(e.key.clone().into_bytes()),
-                payload: Some(e.payload.clone().into_bytes()),
+                tp: TopicPartition::new(topic.to_string(), o.partition),
+                offset: Offset(off),
+                key: Some(o.key.clone().into_bytes()),
+                payload: Some(o.json.clone().into_bytes()),
                 timestamp: None,
                 headers: Vec::new(),
             }
@@ -261,37 +230,24 @@ fn source_messages(topic: &str, events: &[Event]) -> Vec<SourceMessage> {
         .collect()
 }
 
-/// Phase 1a: Postgres ceilings: the distinct rows staged server side, then one
-/// INSERT … SELECT … ON CONFLICT (no client round-trips), again (all
-/// duplicates), with the sink's duplicate pre-filter, and COPY into the same
-/// table shape.
-async fn postgres_ceilings(
-    b: &Bench,
-    out: &mut BTreeMap<&'static str, Value>,
-) -> anyhow::Result<()> {
-    eprintln!("measuring Postgres ceilings…");
-    let route = b.route_for("ceiling").await?;
+/// Phase 1a: document-table ceilings. The distinct rows staged server side
+/// (payload as text), then one INSERT … SELECT … ON CONFLICT (jsonb parsed,
+/// as the sink's statement does), again (all duplicates), with the sink's
+/// duplicate pre-filter, and COPY into the same table shape.
+async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    eprintln!("measuring Postgres ceilings (document table)…");
+    let route = b.route_for(&b.document_route("ceiling")).await?;
     let staged = prepare(std::slice::from_ref(&route), b.msgs.clone());
     let rows = &staged.writes[0].upserts;
     let mut copy_text = String::with_capacity(rows.len() * 260);
     for r in rows {
         copy_text.push_str(&format!(
             "{}\t\\\\x{}\t{}\t\\N\t{}\t{}\t{}\n",
-            r.key.0,
-            hex::encode(r.hash.0),
-            r.payload,
-            r.topic,
-            r.partition,
-            r.offset.0
+            r.key.0, hex::encode(r.hash.0), r.payload, r.topic, r.partition, r.offset.0
         ));
     }
     let mut conn = PgConnection::connect(&b.url).await?;
-    // Staged with the payload as text: the measured statement parses it into
-    // jsonb, the same server-side work the sink's statement (and COPY) does.
-    sqlx::query("CREATE UNLOGGED TABLE staging (LIKE ceiling)")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("ALTER TABLE staging ALTER COLUMN payload TYPE text")
+    sqlx::raw_sql("CREATE UNLOGGED TABLE staging (LIKE ceiling); ALTER TABLE staging ALTER COLUMN payload TYPE text")
         .execute(&mut conn)
         .await?;
     copy(&mut conn, "COPY staging FROM STDIN", &copy_text).await?;
@@ -305,13 +261,10 @@ async fn postgres_ceilings(
         "FROM staging s WHERE NOT EXISTS (SELECT 1 FROM ceiling c \
          WHERE c.key = s.key AND c.event_hash = s.event_hash) ON CONFLICT",
     );
-    anyhow::ensure!(filtered_sql != upsert_sql);
     let per_s = |t: Instant| rows.len() as f64 / t.elapsed().as_secs_f64();
     for (name, sql) in [
         ("ceiling_rows_per_s", upsert_sql),
         ("dup_ceiling_rows_per_s", upsert_sql),
-        // The same duplicates with the sink's pre-filter: the ceiling of the
-        // statement shape the sink uses during replays.
         ("dup_filtered_ceiling_rows_per_s", filtered_sql.as_str()),
     ] {
         let t = Instant::now();
@@ -325,8 +278,48 @@ async fn postgres_ceilings(
     Ok(())
 }
 
-/// Phase 1b: Broker read ceiling: a plain consumer with the sink's settings.
-fn broker_ceiling(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyhow::Result<()> {
+/// Phase 1b: typed-table ceilings, one backend, the distinct final rows:
+/// COPY into the table with its primary key, and COPY into a temporary
+/// table then one INSERT … SELECT … ON CONFLICT DO UPDATE (what the sink's
+/// staged statement does at best).
+async fn typed_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    eprintln!("measuring Postgres ceilings (typed table)…");
+    let rows = b.final_orders();
+    let mut text = String::with_capacity(rows.len() * 80);
+    for o in &rows {
+        let v: Value = serde_json::from_str(&o.json)?;
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            o.key, o.customer, v["amount"], o.currency, o.status, o.version,
+            v["ts"].as_str().unwrap_or_default()
+        ));
+    }
+    b.exec(&format!("CREATE TABLE typed_copy {0}; CREATE TABLE typed_ceiling {0}", data::TYPED_DDL)).await?;
+    let mut conn = PgConnection::connect(&b.url).await?;
+    let per_s = |t: Instant| rows.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    copy(&mut conn, "COPY typed_copy FROM STDIN", &text).await?;
+    out.insert("typed_copy_rows_per_s", json!(per_s(t)));
+    let t = Instant::now();
+    let mut tx = conn.begin().await?;
+    sqlx::query("CREATE TEMP TABLE stage (LIKE typed_ceiling) ON COMMIT DROP").execute(&mut *tx).await?;
+    copy(&mut tx, "COPY stage FROM STDIN", &text).await?;
+    sqlx::query(
+        "INSERT INTO typed_ceiling AS t SELECT * FROM stage ON CONFLICT (order_id) DO UPDATE SET \
+         customer = EXCLUDED.customer, amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
+         status = EXCLUDED.status, version = EXCLUDED.version, ts = EXCLUDED.ts \
+         WHERE (t.customer, t.amount, t.currency, t.status, t.version, t.ts) IS DISTINCT FROM \
+               (EXCLUDED.customer, EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.status, EXCLUDED.version, EXCLUDED.ts)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    out.insert("typed_ceiling_rows_per_s", json!(per_s(t)));
+    Ok(())
+}
+
+/// Phase 1c: broker read ceiling: a plain consumer with the sink's settings.
+fn broker_ceiling(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("measuring broker read ceiling…");
     let consumer = b.consumer(&format!("bench-read-{}", b.stamp))?;
     consumer.assign(&b.whole_topic()?)?;
@@ -340,35 +333,22 @@ fn broker_ceiling(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyhow:
             anyhow::bail!("broker read stalled at {read}/{}", b.n);
         }
     }
-    out.insert(
-        "broker_read_per_s",
-        json!(b.n as f64 / t.elapsed().as_secs_f64()),
-    );
+    out.insert("broker_read_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
     Ok(())
 }
 
-/// Phase 2: Write path in process: prepare + commit (offsets included), overlapped
-/// the way the pipeline overlaps them: one thread prepares batch N+1 while
-/// batch N commits (channel of one batch). Also the client-side cost alone:
-/// parse, hash, fold on one thread.
-async fn write_path(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyhow::Result<()> {
+/// Phase 2: write path in process (document route): prepare + commit
+/// (offsets included), overlapped the way the pipeline overlaps them, and
+/// the client-side cost alone (parse, hash, fold on one thread).
+async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("measuring the write path…");
-    let route = b.route_for("write_path").await?;
+    let route = b.route_for(&b.document_route("write_path")).await?;
     let t = Instant::now();
     for chunk in b.msgs.chunks(BATCH) {
         std::hint::black_box(prepare(std::slice::from_ref(&route), chunk.to_vec()));
     }
-    out.insert(
-        "prepare_per_s",
-        json!(b.n as f64 / t.elapsed().as_secs_f64()),
-    );
-
-    let writer = BatchWriter::new(
-        b.pool.clone(),
-        "bench-write-path",
-        vec![route.clone()],
-        OnError::DeadLetter,
-    );
+    out.insert("prepare_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
+    let writer = BatchWriter::new(b.pool.clone(), "bench-write-path", vec![route.clone()], OnError::DeadLetter);
     let mut planned: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
     let t = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -376,10 +356,7 @@ async fn write_path(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyho
         let msgs = b.msgs.clone();
         std::thread::spawn(move || {
             for chunk in msgs.chunks(BATCH) {
-                if tx
-                    .blocking_send(prepare(std::slice::from_ref(&route), chunk.to_vec()))
-                    .is_err()
-                {
+                if tx.blocking_send(prepare(std::slice::from_ref(&route), chunk.to_vec())).is_err() {
                     return;
                 }
             }
@@ -401,47 +378,41 @@ async fn write_path(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyho
         }
     }
     preparer.join().expect("preparer thread");
-    out.insert(
-        "write_path_per_s",
-        json!(b.n as f64 / t.elapsed().as_secs_f64()),
-    );
+    out.insert("write_path_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
     Ok(())
 }
 
 /// The release binary running as a child process.
 struct SinkRun {
     child: std::process::Child,
-    cfg_path: std::path::PathBuf,
+    cfg_path: PathBuf,
     port: u16,
     group: String,
+    started: Instant,
     _dir: tempfile::TempDir,
 }
 
 impl SinkRun {
     async fn metrics(&self) -> String {
-        net::http_get(self.port, "/metrics")
-            .await
-            .unwrap_or_default()
+        net::http_get(self.port, "/metrics").await.unwrap_or_default()
+    }
+
+    fn stop(mut self) {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
     }
 }
 
-/// Phase 3: The sink end to end, as a process, from offset 0 until every offset is
-/// stored (events/s, peak RSS, CPU seconds). The sink keeps running for 4.
-async fn sink_end_to_end(
-    b: &Bench,
-    out: &mut BTreeMap<&'static str, Value>,
-) -> anyhow::Result<SinkRun> {
-    eprintln!("running kafka-pg-sink end to end…");
+/// Starts the sink with one route (and extra TOML) under a new group.
+fn start_sink(b: &Bench, name: &str, route: &str, extra: &str) -> anyhow::Result<SinkRun> {
     let dir = tempfile::tempdir()?;
-    let group = format!("bench-sink-{}", b.stamp);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let (cfg, _) = b.config("sink_events", &group, port)?;
+    let group = format!("bench-{name}-{}", b.stamp);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let (cfg, _) = b.config(route, extra, &group, port)?;
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
     let log = std::fs::File::create(dir.path().join("sink.log"))?;
-    let t = Instant::now();
+    let started = Instant::now();
     let child = std::process::Command::new(&b.sink_bin)
         .arg("--config")
         .arg(&cfg_path)
@@ -449,77 +420,180 @@ async fn sink_end_to_end(
         .env_remove("DATABASE_URL")
         .stderr(log)
         .spawn()?;
-    b.wait_stored(&group, t, "the sink").await?;
-    let seconds = t.elapsed().as_secs_f64();
-    let (rss, cpu_s) = proc_stats(child.id());
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sink_events")
-        .fetch_one(&b.pool)
-        .await?;
-    anyhow::ensure!(
-        rows as usize == b.distinct,
-        "sink wrote {rows} rows, expected {}",
-        b.distinct
-    );
-    out.insert("sink_events_per_s", json!(b.n as f64 / seconds));
-    out.insert("sink_seconds", json!(seconds));
-    out.insert("peak_rss_mb", json!(rss));
-    out.insert("sink_cpu_seconds", json!(cpu_s));
-    let run = SinkRun {
-        child,
-        cfg_path,
-        port,
-        group,
-        _dir: dir,
-    };
+    Ok(SinkRun { child, cfg_path, port, group, started, _dir: dir })
+}
+
+/// Runs the sink from offset 0 until every offset is stored; records
+/// events/s under `prefix`, and peak RSS, CPU, batch size and commit time.
+async fn measure_sink(b: &Bench, run: &SinkRun, prefix: &str, out: &mut Results) -> anyhow::Result<()> {
+    b.wait_stored(&run.group, run.started, prefix).await?;
+    let seconds = run.started.elapsed().as_secs_f64();
+    let (rss, cpu_s) = proc_stats(run.child.id());
+    let key = |s: &str| -> &'static str { Box::leak(format!("{prefix}_{s}").into_boxed_str()) };
+    out.insert(key("events_per_s"), json!(b.n as f64 / seconds));
+    out.insert(key("peak_rss_mb"), json!(rss));
+    out.insert(key("cpu_seconds"), json!(cpu_s));
     let (batch, commit_ms) = phase_averages("", &run.metrics().await);
-    out.insert("sink_avg_batch", json!(batch));
-    out.insert("sink_avg_commit_ms", json!(commit_ms));
+    out.insert(key("avg_batch"), json!(batch));
+    out.insert(key("avg_commit_ms"), json!(commit_ms));
+    Ok(())
+}
+
+async fn count(b: &Bench, table: &str) -> anyhow::Result<usize> {
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&b.pool).await?;
+    Ok(n as usize)
+}
+
+/// Phase 3: the document route end to end, as a process. It keeps running
+/// for phase 4.
+async fn sink_document(b: &Bench, out: &mut Results) -> anyhow::Result<SinkRun> {
+    eprintln!("running kafka-pg-sink end to end (document table)…");
+    let run = start_sink(b, "sink", &b.document_route("sink_events"), "")?;
+    measure_sink(b, &run, "sink", out).await?;
+    let rows = count(b, "sink_events").await?;
+    anyhow::ensure!(rows == b.distinct, "sink wrote {rows} rows, expected {}", b.distinct);
     Ok(run)
 }
 
-/// Phase 4: Replay: `replay --to-earliest` on the running sink (all duplicates).
-async fn replay(
-    b: &Bench,
-    mut run: SinkRun,
-    out: &mut BTreeMap<&'static str, Value>,
-) -> anyhow::Result<()> {
+/// Phase 4: replay: `replay --to-earliest` on the running sink (all duplicates).
+async fn replay(b: &Bench, run: SinkRun, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("replaying (all duplicates)…");
     let before = run.metrics().await;
     let t = Instant::now();
     let st = std::process::Command::new(&b.sink_bin)
-        .args([
-            "--config",
-            run.cfg_path.to_str().unwrap(),
-            "replay",
-            "--to-earliest",
-        ])
+        .args(["--config", run.cfg_path.to_str().unwrap(), "replay", "--to-earliest"])
         .env_remove("DATABASE_URL")
         .output()?;
-    anyhow::ensure!(
-        st.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    anyhow::ensure!(st.status.success(), "replay failed: {}", String::from_utf8_lossy(&st.stderr));
     // Wait for the rewind to be visible, then for the sink to reach the end again.
     while b.stored_sum(&run.group).await >= b.n as i64 && t.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.wait_stored(&run.group, t, "the replay").await?;
-    out.insert(
-        "replay_events_per_s",
-        json!(b.n as f64 / t.elapsed().as_secs_f64()),
-    );
+    out.insert("replay_events_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
     let (rss, _) = proc_stats(run.child.id());
-    let peak = out["peak_rss_mb"].as_f64().unwrap_or(0.0).max(rss);
-    out.insert("peak_rss_mb", json!(peak));
+    let peak = out["sink_peak_rss_mb"].as_f64().unwrap_or(0.0).max(rss);
+    out.insert("sink_peak_rss_mb", json!(peak));
     let (batch, commit_ms) = phase_averages(&before, &run.metrics().await);
     out.insert("replay_avg_batch", json!(batch));
     out.insert("replay_avg_commit_ms", json!(commit_ms));
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(run.child.id().to_string())
-        .status();
-    let _ = run.child.wait();
+    run.stop();
+    Ok(())
+}
+
+/// Phase 5: the typed route end to end (7 typed columns, text primary key).
+async fn sink_typed(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    eprintln!("running kafka-pg-sink end to end (typed table)…");
+    b.exec(&format!("CREATE TABLE orders_typed {}", data::TYPED_DDL)).await?;
+    let run = start_sink(b, "typed", &b.typed_route(&b.topic, "orders_typed", "json"), "")?;
+    measure_sink(b, &run, "typed_sink", out).await?;
+    run.stop();
+    let rows = count(b, "orders_typed").await?;
+    anyhow::ensure!(rows == b.distinct, "typed sink wrote {rows} rows, expected {}", b.distinct);
+    Ok(())
+}
+
+/// Phase 6: the same events as Avro (Confluent wire format, schema in the
+/// registry at $REGISTRY_URL) into the same typed table shape.
+async fn sink_avro(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    let Ok(registry) = std::env::var("REGISTRY_URL") else {
+        eprintln!("REGISTRY_URL not set: Avro phase skipped");
+        return Ok(());
+    };
+    eprintln!("producing the events as Avro and running the typed route on them…");
+    let client = RegistryClient::new(&RegistryConfig::new(&registry))?;
+    let topic = format!("{}-avro", b.topic);
+    let id = client
+        .register(&format!("{topic}-value"), kafka_pg_sink::format::SchemaType::Avro, data::AVRO_SCHEMA)
+        .await?;
+    let schema = client.schema(id).await?;
+    let avro = schema.as_avro().expect("an Avro schema");
+    let mut records = Vec::with_capacity(b.orders.len());
+    for o in &b.orders {
+        let body = avro.encode(data::avro_record(o)).map_err(anyhow::Error::msg)?;
+        records.push((o.partition, o.key.as_str(), wire::encode(id, &body)));
+    }
+    produce(&b.brokers, &topic, &records).await?;
+    b.exec(&format!("CREATE TABLE orders_avro {}", data::TYPED_DDL)).await?;
+    let extra = format!("[schema_registry]\nurl = \"{registry}\"");
+    let run = start_sink(b, "avro", &b.typed_route(&topic, "orders_avro", "avro"), &extra)?;
+    measure_sink(b, &run, "avro_sink", out).await?;
+    run.stop();
+    let rows = count(b, "orders_avro").await?;
+    anyhow::ensure!(rows == b.distinct, "Avro sink wrote {rows} rows, expected {}", b.distinct);
+    let same: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders_avro a JOIN orders_typed j USING (order_id) \
+         WHERE (a.customer, a.amount, a.currency, a.status, a.version, a.ts) = \
+               (j.customer, j.amount, j.currency, j.status, j.version, j.ts)",
+    )
+    .fetch_one(&b.pool)
+    .await?;
+    anyhow::ensure!(same as usize == b.distinct, "Avro and JSON tables differ ({same} equal rows)");
+    Ok(())
+}
+
+/// Phase 7: naive at-least-once consumer: one upsert transaction per
+/// message plus an async Kafka commit.
+async fn naive(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    let naive_n = env_usize("BENCH_NAIVE_EVENTS", 20_000).min(b.n);
+    eprintln!("running the naive consumer on {naive_n} events…");
+    b.route_for(&b.document_route("naive")).await?;
+    let consumer = b.consumer(&format!("bench-naive-{}", b.stamp))?;
+    consumer.assign(&b.whole_topic()?)?;
+    let mut conn = PgConnection::connect(&b.url).await?;
+    let t = Instant::now();
+    let mut done = 0usize;
+    while done < naive_n {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let payload = std::str::from_utf8(m.payload().unwrap_or_default())?.to_string();
+        let v: Value = serde_json::from_str(&payload)?;
+        sqlx::query(
+            "INSERT INTO naive AS t (key, event_hash, payload, kafka_topic, kafka_partition, kafka_offset) \
+             VALUES ($1, $2, $3::jsonb, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET event_hash = EXCLUDED.event_hash, \
+             payload = EXCLUDED.payload WHERE t.event_hash IS DISTINCT FROM EXCLUDED.event_hash",
+        )
+        .bind(v["order_id"].as_str().unwrap_or_default())
+        .bind(hash::hash_value(&v).0.to_vec())
+        .bind(&payload)
+        .bind(m.topic())
+        .bind(m.partition())
+        .bind(m.offset())
+        .execute(&mut conn)
+        .await?;
+        let mut c = TopicPartitionList::new();
+        c.add_partition_offset(m.topic(), m.partition(), rdkafka::Offset::Offset(m.offset() + 1))?;
+        consumer.commit(&c, rdkafka::consumer::CommitMode::Async)?;
+        done += 1;
+    }
+    out.insert("naive_events", json!(naive_n));
+    out.insert("naive_events_per_s", json!(naive_n as f64 / t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Phase 8 (BENCH_PEERS=1): the Debezium JDBC sink on Kafka Connect, best
+/// configuration, alone on the same topic into the same typed table shape
+/// (bench/peer-debezium.sh), and the table it wrote checked.
+async fn peers(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    if std::env::var("BENCH_PEERS").as_deref() != Ok("1") {
+        return Ok(());
+    }
+    eprintln!("running the Debezium JDBC sink (best configuration) on the same topic…");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let st = std::process::Command::new("bash")
+        .arg(format!("{root}/bench/peer-debezium.sh"))
+        .args([&b.topic, &b.url, "orders_debezium", "best"])
+        .env("KAFKA_BROKERS", &b.brokers)
+        .output()?;
+    anyhow::ensure!(st.status.success(), "peer bench failed: {}", String::from_utf8_lossy(&st.stderr));
+    let line = String::from_utf8_lossy(&st.stdout);
+    let peer: Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
+    let rows = count(b, "orders_debezium").await?;
+    anyhow::ensure!(rows == b.distinct, "the peer wrote {rows} rows, expected {}", b.distinct);
+    out.insert("debezium_events_per_s", peer["msgs_per_s"].clone());
+    out.insert("debezium_incl_startup_per_s", peer["incl_startup_per_s"].clone());
+    out.insert("debezium_startup_s", peer["startup_s"].clone());
     Ok(())
 }
 
@@ -533,54 +607,6 @@ fn phase_averages(from: &str, to: &str) -> (f64, f64) {
     )
 }
 
-/// Phase 5: Naive at-least-once consumer: one upsert transaction per message plus
-/// an async Kafka commit.
-async fn naive(b: &Bench, out: &mut BTreeMap<&'static str, Value>) -> anyhow::Result<()> {
-    let naive_n = env_usize("BENCH_NAIVE_EVENTS", 20_000).min(b.n);
-    eprintln!("running the naive consumer on {naive_n} events…");
-    b.route_for("naive").await?;
-    let consumer = b.consumer(&format!("bench-naive-{}", b.stamp))?;
-    consumer.assign(&b.whole_topic()?)?;
-    let mut conn = PgConnection::connect(&b.url).await?;
-    let t = Instant::now();
-    let mut done = 0usize;
-    while done < naive_n {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let payload = std::str::from_utf8(m.payload().unwrap_or_default())?.to_string();
-        let v: Value = serde_json::from_str(&payload)?;
-        let key = format!("{}|{}|{}", v["tenant"], v["region"], v["seq"]);
-        sqlx::query(
-            "INSERT INTO naive AS t (key, event_hash, payload, kafka_topic, kafka_partition, kafka_offset) \
-             VALUES ($1, $2, $3::jsonb, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET event_hash = EXCLUDED.event_hash, \
-             payload = EXCLUDED.payload WHERE t.event_hash IS DISTINCT FROM EXCLUDED.event_hash",
-        )
-        .bind(&key)
-        .bind(hash::hash_value(&v).0.to_vec())
-        .bind(&payload)
-        .bind(m.topic())
-        .bind(m.partition())
-        .bind(m.offset())
-        .execute(&mut conn)
-        .await?;
-        let mut c = TopicPartitionList::new();
-        c.add_partition_offset(
-            m.topic(),
-            m.partition(),
-            rdkafka::Offset::Offset(m.offset() + 1),
-        )?;
-        consumer.commit(&c, rdkafka::consumer::CommitMode::Async)?;
-        done += 1;
-    }
-    out.insert("naive_events", json!(naive_n));
-    out.insert(
-        "naive_events_per_s",
-        json!(naive_n as f64 / t.elapsed().as_secs_f64()),
-    );
-    Ok(())
-}
-
 fn proc_stats(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb: f64 = status
@@ -589,18 +615,8 @@ fn proc_stats(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     (hwm_kb / 1024.0, (field(11) + field(12)) / 100.0)
 }
 
@@ -613,65 +629,42 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Ratios against the ceilings of the same run, printed and written to
-/// bench/results/<date>.json.
-fn report(b: &Bench, mut out: BTreeMap<&'static str, Value>) -> anyhow::Result<()> {
-    let f =
-        |out: &BTreeMap<&str, Value>, k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-    let ceiling = f(&out, "broker_read_per_s").min(f(&out, "ceiling_rows_per_s"));
+/// Ratios against the ceilings (and peers) of the same run, printed and
+/// written to bench/results/<date>.json.
+fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
+    let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let broker = f("broker_read_per_s");
     let ratios = [
-        (
-            "write_path_vs_pg_ceiling",
-            f(&out, "write_path_per_s") / f(&out, "ceiling_rows_per_s"),
-            ">= 0.6",
-        ),
-        (
-            "replay_vs_ceiling",
-            f(&out, "replay_events_per_s")
-                / f(&out, "dup_ceiling_rows_per_s").min(f(&out, "broker_read_per_s")),
-            ">= 0.7",
-        ),
-        (
-            "replay_vs_filtered_ceiling",
-            f(&out, "replay_events_per_s")
-                / f(&out, "dup_filtered_ceiling_rows_per_s").min(f(&out, "broker_read_per_s")),
-            "(info)",
-        ),
-        (
-            "sink_vs_ceiling",
-            f(&out, "sink_events_per_s") / ceiling,
-            ">= 0.5",
-        ),
-        (
-            "sink_vs_naive",
-            f(&out, "sink_events_per_s") / f(&out, "naive_events_per_s"),
-            ">= 20",
-        ),
+        ("write_path_vs_pg_ceiling", f("write_path_per_s") / f("ceiling_rows_per_s"), ">= 0.6"),
+        ("document_sink_vs_ceiling", f("sink_events_per_s") / f("ceiling_rows_per_s").min(broker), ">= 0.8"),
+        ("typed_sink_vs_typed_ceiling", f("typed_sink_events_per_s") / f("typed_ceiling_rows_per_s").min(broker), ">= 0.6"),
+        ("replay_vs_filtered_ceiling", f("replay_events_per_s") / f("dup_filtered_ceiling_rows_per_s").min(broker), ">= 0.9"),
+        ("replay_vs_dup_ceiling", f("replay_events_per_s") / f("dup_ceiling_rows_per_s").min(broker), "(info)"),
+        ("typed_vs_debezium", f("typed_sink_events_per_s") / f("debezium_events_per_s"), ">= 3"),
+        ("avro_vs_json_typed", f("avro_sink_events_per_s") / f("typed_sink_events_per_s"), "(info)"),
+        ("sink_vs_naive", f("sink_events_per_s") / f("naive_events_per_s"), ">= 20"),
     ];
-    println!("\n{:<34} {:>14}", "measure", "value");
+    println!("\n{:<36} {:>14}", "measure", "value");
     for (k, v) in &out {
         if let Some(x) = v.as_f64() {
-            println!("{k:<34} {x:>14.1}");
+            println!("{k:<36} {x:>14.1}");
         }
     }
-    println!("\n{:<34} {:>8} {:>8}", "ratio", "value", "target");
+    println!("\n{:<36} {:>8} {:>8}", "ratio", "value", "target");
     for (k, v, target) in ratios {
-        println!("{k:<34} {v:>8.2} {target:>8}");
-        out.insert(k, json!(v));
+        println!("{k:<36} {v:>8.2} {target:>8}");
+        if v.is_finite() {
+            out.insert(k, json!(v));
+        }
     }
     out.insert("date", json!(b.stamp));
     out.insert("events", json!(b.n));
     out.insert("distinct_events", json!(b.distinct));
     out.insert("partitions", json!(PARTITIONS));
-    out.insert(
-        "cores",
-        json!(std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)),
-    );
+    out.insert("cores", json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.json", &b.stamp[..8]));
+    let path = dir.join(format!("{}.json", &b.stamp[..15]));
     std::fs::write(&path, serde_json::to_string_pretty(&out)? + "\n")?;
     eprintln!("wrote {}", path.display());
     Ok(())
@@ -680,24 +673,24 @@ fn report(b: &Bench, mut out: BTreeMap<&'static str, Value>) -> anyhow::Result<(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let b = setup().await?;
-    let mut out = BTreeMap::new();
-    postgres_ceilings(&b, &mut out).await?;
+    let mut out = Results::new();
+    document_ceilings(&b, &mut out).await?;
+    typed_ceilings(&b, &mut out).await?;
     broker_ceiling(&b, &mut out)?;
     write_path(&b, &mut out).await?;
-    let run = sink_end_to_end(&b, &mut out).await?;
+    let run = sink_document(&b, &mut out).await?;
     replay(&b, run, &mut out).await?;
+    sink_typed(&b, &mut out).await?;
+    sink_avro(&b, &mut out).await?;
     naive(&b, &mut out).await?;
+    peers(&b, &mut out).await?;
     report(&b, out)?;
     b.pool.close().await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&b.admin_url)
-        .await?;
-    let _ = sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        b.db_name
-    ))
-    .execute(&admin)
-    .await;
+    if std::env::var("BENCH_KEEP_DB").as_deref() != Ok("1") {
+        let admin = PgPoolOptions::new().max_connections(1).connect(&b.admin_url).await?;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", b.db_name))
+            .execute(&admin)
+            .await;
+    }
     Ok(())
 }
