@@ -66,9 +66,17 @@ struct Bench {
 impl Bench {
     /// The sink's configuration with one `[[route]]` body (and extra TOML):
     /// the shipped local configuration through the real loader.
-    fn config(&self, route: &str, extra: &str, group: &str, port: u16) -> anyhow::Result<(Config, Vec<RouteSpec>)> {
+    fn config(
+        &self,
+        route: &str,
+        extra: &str,
+        group: &str,
+        port: u16,
+    ) -> anyhow::Result<(Config, Vec<RouteSpec>)> {
         let overrides = Overrides {
-            toml: vec![format!("[sink]\ncommit_to_kafka = true\n{extra}\n[[route]]\n{route}\n")],
+            toml: vec![format!(
+                "[sink]\ncommit_to_kafka = true\n{extra}\n[[route]]\n{route}\n"
+            )],
             brokers: Some(self.brokers.clone()),
             group_id: Some(group.to_string()),
             database_url: Some(self.url.clone()),
@@ -78,7 +86,10 @@ impl Bench {
     }
 
     fn document_route(&self, table: &str) -> String {
-        format!("topic = \"{}\"\ntable = \"{table}\"\nkey = \"/order_id\"", self.topic)
+        format!(
+            "topic = \"{}\"\ntable = \"{table}\"\nkey = \"/order_id\"",
+            self.topic
+        )
     }
 
     fn typed_route(&self, topic: &str, table: &str, format: &str) -> String {
@@ -158,15 +169,25 @@ async fn setup() -> anyhow::Result<Bench> {
     let topic = format!("kpgs-bench-{stamp}");
     eprintln!("generating {n} events…");
     let (orders, distinct) = data::generate(n, PARTITIONS);
-    let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&admin).await?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let mut url = url::Url::parse(&admin_url)?;
     url.set_path(&format!("/{db_name}"));
     let url = url.to_string();
-    let pool = PgPoolOptions::new().max_connections(4).connect(&url).await?;
-    let payloads: Vec<(i32, &str, Vec<u8>)> =
-        orders.iter().map(|o| (o.partition, o.key.as_str(), o.json.clone().into_bytes())).collect();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    let payloads: Vec<(i32, &str, Vec<u8>)> = orders
+        .iter()
+        .map(|o| (o.partition, o.key.as_str(), o.json.clone().into_bytes()))
+        .collect();
     produce(&brokers, &topic, &payloads).await?;
     let msgs = source_messages(&topic, &orders);
     Ok(Bench {
@@ -178,16 +199,22 @@ async fn setup() -> anyhow::Result<Bench> {
         db_name,
         url,
         topic,
-        sink_bin: std::env::var("SINK_BIN").unwrap_or_else(|_| "target/release/kafka-pg-sink".into()),
+        sink_bin: std::env::var("SINK_BIN")
+            .unwrap_or_else(|_| "target/release/kafka-pg-sink".into()),
         pool,
         orders,
         msgs,
     })
 }
 
-async fn produce(brokers: &str, topic: &str, records: &[(i32, &str, Vec<u8>)]) -> anyhow::Result<()> {
-    let ac: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    records: &[(i32, &str, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
     for r in ac.create_topics(&[new], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
@@ -200,7 +227,12 @@ async fn produce(brokers: &str, topic: &str, records: &[(i32, &str, Vec<u8>)]) -
         .set("compression.type", "lz4")
         .create()?;
     for (partition, key, payload) in records {
-        let rec = || BaseRecord::to(topic).partition(*partition).key(*key).payload(payload);
+        let rec = || {
+            BaseRecord::to(topic)
+                .partition(*partition)
+                .key(*key)
+                .payload(payload)
+        };
         while producer.send(rec()).is_err() {
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -243,7 +275,12 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     for r in rows {
         copy_text.push_str(&format!(
             "{}\t\\\\x{}\t{}\t\\N\t{}\t{}\t{}\n",
-            r.key.0, hex::encode(r.hash.0), r.payload, r.topic, r.partition, r.offset.0
+            r.key.0,
+            hex::encode(r.hash.0),
+            r.payload,
+            r.topic,
+            r.partition,
+            r.offset.0
         ));
     }
     let mut conn = PgConnection::connect(&b.url).await?;
@@ -290,11 +327,20 @@ async fn typed_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         let v: Value = serde_json::from_str(&o.json)?;
         text.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-            o.key, o.customer, v["amount"], o.currency, o.status, o.version,
+            o.key,
+            o.customer,
+            v["amount"],
+            o.currency,
+            o.status,
+            o.version,
             v["ts"].as_str().unwrap_or_default()
         ));
     }
-    b.exec(&format!("CREATE TABLE typed_copy {0}; CREATE TABLE typed_ceiling {0}", data::TYPED_DDL)).await?;
+    b.exec(&format!(
+        "CREATE TABLE typed_copy {0}; CREATE TABLE typed_ceiling {0}",
+        data::TYPED_DDL
+    ))
+    .await?;
     let mut conn = PgConnection::connect(&b.url).await?;
     let per_s = |t: Instant| rows.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -302,7 +348,9 @@ async fn typed_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     out.insert("typed_copy_rows_per_s", json!(per_s(t)));
     let t = Instant::now();
     let mut tx = conn.begin().await?;
-    sqlx::query("CREATE TEMP TABLE stage (LIKE typed_ceiling) ON COMMIT DROP").execute(&mut *tx).await?;
+    sqlx::query("CREATE TEMP TABLE stage (LIKE typed_ceiling) ON COMMIT DROP")
+        .execute(&mut *tx)
+        .await?;
     copy(&mut tx, "COPY stage FROM STDIN", &text).await?;
     sqlx::query(
         "INSERT INTO typed_ceiling AS t SELECT * FROM stage ON CONFLICT (order_id) DO UPDATE SET \
@@ -333,7 +381,10 @@ fn broker_ceiling(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
             anyhow::bail!("broker read stalled at {read}/{}", b.n);
         }
     }
-    out.insert("broker_read_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
+    out.insert(
+        "broker_read_per_s",
+        json!(b.n as f64 / t.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -347,8 +398,16 @@ async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     for chunk in b.msgs.chunks(BATCH) {
         std::hint::black_box(prepare(std::slice::from_ref(&route), chunk.to_vec()));
     }
-    out.insert("prepare_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
-    let writer = BatchWriter::new(b.pool.clone(), "bench-write-path", vec![route.clone()], OnError::DeadLetter);
+    out.insert(
+        "prepare_per_s",
+        json!(b.n as f64 / t.elapsed().as_secs_f64()),
+    );
+    let writer = BatchWriter::new(
+        b.pool.clone(),
+        "bench-write-path",
+        vec![route.clone()],
+        OnError::DeadLetter,
+    );
     let mut planned: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
     let t = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -356,7 +415,10 @@ async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         let msgs = b.msgs.clone();
         std::thread::spawn(move || {
             for chunk in msgs.chunks(BATCH) {
-                if tx.blocking_send(prepare(std::slice::from_ref(&route), chunk.to_vec())).is_err() {
+                if tx
+                    .blocking_send(prepare(std::slice::from_ref(&route), chunk.to_vec()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -378,7 +440,10 @@ async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         }
     }
     preparer.join().expect("preparer thread");
-    out.insert("write_path_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
+    out.insert(
+        "write_path_per_s",
+        json!(b.n as f64 / t.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -394,11 +459,16 @@ struct SinkRun {
 
 impl SinkRun {
     async fn metrics(&self) -> String {
-        net::http_get(self.port, "/metrics").await.unwrap_or_default()
+        net::http_get(self.port, "/metrics")
+            .await
+            .unwrap_or_default()
     }
 
     fn stop(mut self) {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -407,7 +477,9 @@ impl SinkRun {
 fn start_sink(b: &Bench, name: &str, route: &str, extra: &str) -> anyhow::Result<SinkRun> {
     let dir = tempfile::tempdir()?;
     let group = format!("bench-{name}-{}", b.stamp);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let (cfg, _) = b.config(route, extra, &group, port)?;
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
@@ -420,12 +492,24 @@ fn start_sink(b: &Bench, name: &str, route: &str, extra: &str) -> anyhow::Result
         .env_remove("DATABASE_URL")
         .stderr(log)
         .spawn()?;
-    Ok(SinkRun { child, cfg_path, port, group, started, _dir: dir })
+    Ok(SinkRun {
+        child,
+        cfg_path,
+        port,
+        group,
+        started,
+        _dir: dir,
+    })
 }
 
 /// Runs the sink from offset 0 until every offset is stored; records
 /// events/s under `prefix`, and peak RSS, CPU, batch size and commit time.
-async fn measure_sink(b: &Bench, run: &SinkRun, prefix: &str, out: &mut Results) -> anyhow::Result<()> {
+async fn measure_sink(
+    b: &Bench,
+    run: &SinkRun,
+    prefix: &str,
+    out: &mut Results,
+) -> anyhow::Result<()> {
     b.wait_stored(&run.group, run.started, prefix).await?;
     let seconds = run.started.elapsed().as_secs_f64();
     let (rss, cpu_s) = proc_stats(run.child.id());
@@ -440,7 +524,9 @@ async fn measure_sink(b: &Bench, run: &SinkRun, prefix: &str, out: &mut Results)
 }
 
 async fn count(b: &Bench, table: &str) -> anyhow::Result<usize> {
-    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&b.pool).await?;
+    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&b.pool)
+        .await?;
     Ok(n as usize)
 }
 
@@ -451,7 +537,11 @@ async fn sink_document(b: &Bench, out: &mut Results) -> anyhow::Result<SinkRun> 
     let run = start_sink(b, "sink", &b.document_route("sink_events"), "")?;
     measure_sink(b, &run, "sink", out).await?;
     let rows = count(b, "sink_events").await?;
-    anyhow::ensure!(rows == b.distinct, "sink wrote {rows} rows, expected {}", b.distinct);
+    anyhow::ensure!(
+        rows == b.distinct,
+        "sink wrote {rows} rows, expected {}",
+        b.distinct
+    );
     Ok(run)
 }
 
@@ -461,16 +551,28 @@ async fn replay(b: &Bench, run: SinkRun, out: &mut Results) -> anyhow::Result<()
     let before = run.metrics().await;
     let t = Instant::now();
     let st = std::process::Command::new(&b.sink_bin)
-        .args(["--config", run.cfg_path.to_str().unwrap(), "replay", "--to-earliest"])
+        .args([
+            "--config",
+            run.cfg_path.to_str().unwrap(),
+            "replay",
+            "--to-earliest",
+        ])
         .env_remove("DATABASE_URL")
         .output()?;
-    anyhow::ensure!(st.status.success(), "replay failed: {}", String::from_utf8_lossy(&st.stderr));
+    anyhow::ensure!(
+        st.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     // Wait for the rewind to be visible, then for the sink to reach the end again.
     while b.stored_sum(&run.group).await >= b.n as i64 && t.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.wait_stored(&run.group, t, "the replay").await?;
-    out.insert("replay_events_per_s", json!(b.n as f64 / t.elapsed().as_secs_f64()));
+    out.insert(
+        "replay_events_per_s",
+        json!(b.n as f64 / t.elapsed().as_secs_f64()),
+    );
     let (rss, _) = proc_stats(run.child.id());
     let peak = out["sink_peak_rss_mb"].as_f64().unwrap_or(0.0).max(rss);
     out.insert("sink_peak_rss_mb", json!(peak));
@@ -484,12 +586,22 @@ async fn replay(b: &Bench, run: SinkRun, out: &mut Results) -> anyhow::Result<()
 /// Phase 5: the typed route end to end (7 typed columns, text primary key).
 async fn sink_typed(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("running kafka-pg-sink end to end (typed table)…");
-    b.exec(&format!("CREATE TABLE orders_typed {}", data::TYPED_DDL)).await?;
-    let run = start_sink(b, "typed", &b.typed_route(&b.topic, "orders_typed", "json"), "")?;
+    b.exec(&format!("CREATE TABLE orders_typed {}", data::TYPED_DDL))
+        .await?;
+    let run = start_sink(
+        b,
+        "typed",
+        &b.typed_route(&b.topic, "orders_typed", "json"),
+        "",
+    )?;
     measure_sink(b, &run, "typed_sink", out).await?;
     run.stop();
     let rows = count(b, "orders_typed").await?;
-    anyhow::ensure!(rows == b.distinct, "typed sink wrote {rows} rows, expected {}", b.distinct);
+    anyhow::ensure!(
+        rows == b.distinct,
+        "typed sink wrote {rows} rows, expected {}",
+        b.distinct
+    );
     Ok(())
 }
 
@@ -504,23 +616,39 @@ async fn sink_avro(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     let client = RegistryClient::new(&RegistryConfig::new(&registry))?;
     let topic = format!("{}-avro", b.topic);
     let id = client
-        .register(&format!("{topic}-value"), kafka_pg_sink::format::SchemaType::Avro, data::AVRO_SCHEMA)
+        .register(
+            &format!("{topic}-value"),
+            kafka_pg_sink::format::SchemaType::Avro,
+            data::AVRO_SCHEMA,
+        )
         .await?;
     let schema = client.schema(id).await?;
     let avro = schema.as_avro().expect("an Avro schema");
     let mut records = Vec::with_capacity(b.orders.len());
     for o in &b.orders {
-        let body = avro.encode(data::avro_record(o)).map_err(anyhow::Error::msg)?;
+        let body = avro
+            .encode(data::avro_record(o))
+            .map_err(anyhow::Error::msg)?;
         records.push((o.partition, o.key.as_str(), wire::encode(id, &body)));
     }
     produce(&b.brokers, &topic, &records).await?;
-    b.exec(&format!("CREATE TABLE orders_avro {}", data::TYPED_DDL)).await?;
+    b.exec(&format!("CREATE TABLE orders_avro {}", data::TYPED_DDL))
+        .await?;
     let extra = format!("[schema_registry]\nurl = \"{registry}\"");
-    let run = start_sink(b, "avro", &b.typed_route(&topic, "orders_avro", "avro"), &extra)?;
+    let run = start_sink(
+        b,
+        "avro",
+        &b.typed_route(&topic, "orders_avro", "avro"),
+        &extra,
+    )?;
     measure_sink(b, &run, "avro_sink", out).await?;
     run.stop();
     let rows = count(b, "orders_avro").await?;
-    anyhow::ensure!(rows == b.distinct, "Avro sink wrote {rows} rows, expected {}", b.distinct);
+    anyhow::ensure!(
+        rows == b.distinct,
+        "Avro sink wrote {rows} rows, expected {}",
+        b.distinct
+    );
     let same: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders_avro a JOIN orders_typed j USING (order_id) \
          WHERE (a.customer, a.amount, a.currency, a.status, a.version, a.ts) = \
@@ -528,7 +656,10 @@ async fn sink_avro(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     )
     .fetch_one(&b.pool)
     .await?;
-    anyhow::ensure!(same as usize == b.distinct, "Avro and JSON tables differ ({same} equal rows)");
+    anyhow::ensure!(
+        same as usize == b.distinct,
+        "Avro and JSON tables differ ({same} equal rows)"
+    );
     Ok(())
 }
 
@@ -563,12 +694,19 @@ async fn naive(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
         let mut c = TopicPartitionList::new();
-        c.add_partition_offset(m.topic(), m.partition(), rdkafka::Offset::Offset(m.offset() + 1))?;
+        c.add_partition_offset(
+            m.topic(),
+            m.partition(),
+            rdkafka::Offset::Offset(m.offset() + 1),
+        )?;
         consumer.commit(&c, rdkafka::consumer::CommitMode::Async)?;
         done += 1;
     }
     out.insert("naive_events", json!(naive_n));
-    out.insert("naive_events_per_s", json!(naive_n as f64 / t.elapsed().as_secs_f64()));
+    out.insert(
+        "naive_events_per_s",
+        json!(naive_n as f64 / t.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -586,13 +724,24 @@ async fn peers(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         .args([&b.topic, &b.url, "orders_debezium", "best"])
         .env("KAFKA_BROKERS", &b.brokers)
         .output()?;
-    anyhow::ensure!(st.status.success(), "peer bench failed: {}", String::from_utf8_lossy(&st.stderr));
+    anyhow::ensure!(
+        st.status.success(),
+        "peer bench failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let line = String::from_utf8_lossy(&st.stdout);
     let peer: Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
     let rows = count(b, "orders_debezium").await?;
-    anyhow::ensure!(rows == b.distinct, "the peer wrote {rows} rows, expected {}", b.distinct);
+    anyhow::ensure!(
+        rows == b.distinct,
+        "the peer wrote {rows} rows, expected {}",
+        b.distinct
+    );
     out.insert("debezium_events_per_s", peer["msgs_per_s"].clone());
-    out.insert("debezium_incl_startup_per_s", peer["incl_startup_per_s"].clone());
+    out.insert(
+        "debezium_incl_startup_per_s",
+        peer["incl_startup_per_s"].clone(),
+    );
     out.insert("debezium_startup_s", peer["startup_s"].clone());
     Ok(())
 }
@@ -615,8 +764,18 @@ fn proc_stats(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (hwm_kb / 1024.0, (field(11) + field(12)) / 100.0)
 }
 
@@ -635,14 +794,46 @@ fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
     let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let broker = f("broker_read_per_s");
     let ratios = [
-        ("write_path_vs_pg_ceiling", f("write_path_per_s") / f("ceiling_rows_per_s"), ">= 0.6"),
-        ("document_sink_vs_ceiling", f("sink_events_per_s") / f("ceiling_rows_per_s").min(broker), ">= 0.8"),
-        ("typed_sink_vs_typed_ceiling", f("typed_sink_events_per_s") / f("typed_ceiling_rows_per_s").min(broker), ">= 0.6"),
-        ("replay_vs_filtered_ceiling", f("replay_events_per_s") / f("dup_filtered_ceiling_rows_per_s").min(broker), ">= 0.9"),
-        ("replay_vs_dup_ceiling", f("replay_events_per_s") / f("dup_ceiling_rows_per_s").min(broker), "(info)"),
-        ("typed_vs_debezium", f("typed_sink_events_per_s") / f("debezium_events_per_s"), ">= 3"),
-        ("avro_vs_json_typed", f("avro_sink_events_per_s") / f("typed_sink_events_per_s"), "(info)"),
-        ("sink_vs_naive", f("sink_events_per_s") / f("naive_events_per_s"), ">= 20"),
+        (
+            "write_path_vs_pg_ceiling",
+            f("write_path_per_s") / f("ceiling_rows_per_s"),
+            ">= 0.6",
+        ),
+        (
+            "document_sink_vs_ceiling",
+            f("sink_events_per_s") / f("ceiling_rows_per_s").min(broker),
+            ">= 0.8",
+        ),
+        (
+            "typed_sink_vs_typed_ceiling",
+            f("typed_sink_events_per_s") / f("typed_ceiling_rows_per_s").min(broker),
+            ">= 0.6",
+        ),
+        (
+            "replay_vs_filtered_ceiling",
+            f("replay_events_per_s") / f("dup_filtered_ceiling_rows_per_s").min(broker),
+            ">= 0.9",
+        ),
+        (
+            "replay_vs_dup_ceiling",
+            f("replay_events_per_s") / f("dup_ceiling_rows_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "typed_vs_debezium",
+            f("typed_sink_events_per_s") / f("debezium_events_per_s"),
+            ">= 3",
+        ),
+        (
+            "avro_vs_json_typed",
+            f("avro_sink_events_per_s") / f("typed_sink_events_per_s"),
+            "(info)",
+        ),
+        (
+            "sink_vs_naive",
+            f("sink_events_per_s") / f("naive_events_per_s"),
+            ">= 20",
+        ),
     ];
     println!("\n{:<36} {:>14}", "measure", "value");
     for (k, v) in &out {
@@ -661,7 +852,12 @@ fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
     out.insert("events", json!(b.n));
     out.insert("distinct_events", json!(b.distinct));
     out.insert("partitions", json!(PARTITIONS));
-    out.insert("cores", json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    out.insert(
+        "cores",
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)),
+    );
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{}.json", &b.stamp[..15]));
@@ -687,10 +883,16 @@ async fn main() -> anyhow::Result<()> {
     report(&b, out)?;
     b.pool.close().await;
     if std::env::var("BENCH_KEEP_DB").as_deref() != Ok("1") {
-        let admin = PgPoolOptions::new().max_connections(1).connect(&b.admin_url).await?;
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", b.db_name))
-            .execute(&admin)
-            .await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&b.admin_url)
+            .await?;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            b.db_name
+        ))
+        .execute(&admin)
+        .await;
     }
     Ok(())
 }

@@ -100,7 +100,9 @@ pub fn avro_record(o: &Order) -> apache_avro::types::Value {
         ("customer".into(), A::String(o.customer.clone())),
         (
             "amount".into(),
-            A::Decimal(apache_avro::Decimal::from(unscaled[first.min(6)..].to_vec())),
+            A::Decimal(apache_avro::Decimal::from(
+                unscaled[first.min(6)..].to_vec(),
+            )),
         ),
         ("currency".into(), A::String(o.currency.into())),
         ("status".into(), A::String(o.status.into())),

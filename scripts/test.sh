@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): sets up everything it needs on a fresh
-# machine — PostgreSQL, a real Apache Kafka broker — then checks formatting,
+# machine — PostgreSQL, a real Apache Kafka broker, a 3-node Kafka cluster and
+# a Postgres primary/standby pair for the fault tests — then checks formatting,
 # lints, and runs unit + integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ scripts/connect.sh source-db ensure
 scripts/registry.sh ensure
 REGISTRY_URL="$(scripts/registry.sh url)"
 export REGISTRY_URL
+# Fault tests kill and restart nodes of their own sets, never the two above:
+scripts/kafka-cluster.sh ensure   # tests/cluster.rs: 3 KRaft nodes on 29092-29094, RF 3
+scripts/pg-failover.sh ensure     # tests/failover.rs: primary + async standby behind 5439
 
 echo "== format and lint"
 cargo fmt --all -- --check

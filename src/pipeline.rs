@@ -10,6 +10,11 @@
 //! Failure handling:
 //! * fenced batch → nothing was written; re-read the stored positions of the
 //!   batch's partitions and seek there (zombie or replay);
+//! * database connection lost (restart, failover) → once it answers again,
+//!   re-read every owned partition's position and seek those that differ:
+//!   a standby promoted after losing the last commits holds older positions,
+//!   and a partition that gets no new message would never hit the fence
+//!   that reveals it;
 //! * transient DB error → back off with jitter, then ask the stored offsets
 //!   what happened (committed / not applied / fenced) and act on that;
 //! * poison with `on_error = "stop"` or a fatal DB error → stop with an error.
@@ -184,10 +189,14 @@ impl Pipeline {
         let mut listener = self.listen().await;
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
         let mut deadline: Option<tokio::time::Instant> = None;
+        // Set while positions must be re-read after a lost connection; at
+        // most one attempt per RESYNC_RETRY.
+        let mut resync_at: Option<tokio::time::Instant> = None;
+        let mut last_resync: Option<tokio::time::Instant> = None;
         loop {
             if buf.len() < self.max_messages {
-                let sleep_until = deadline
-                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+                let sleep_until = deadline.unwrap_or_else(far);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => {
@@ -210,10 +219,33 @@ impl Pipeline {
                         continue;
                     }
                     _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {}
+                    _ = tokio::time::sleep_until(resync_at.unwrap_or_else(far)), if resync_at.is_some() => {
+                        let now = tokio::time::Instant::now();
+                        last_resync = Some(now);
+                        let done = tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => continue,
+                            done = self.relisten_and_resync(&mut listener) => done,
+                        };
+                        resync_at = (!done).then_some(now + RESYNC_RETRY);
+                        continue;
+                    }
                     n = recv_notification(&mut listener) => {
-                        if n.as_deref() == Some(self.group()) {
-                            tracing::info!("offsets rewritten (replay): re-reading positions");
-                            self.resync_all().await;
+                        match n {
+                            Notice::Offsets(group) if group == self.group() => {
+                                tracing::info!("offsets rewritten (replay): re-reading positions");
+                                self.resync_all().await;
+                            }
+                            Notice::Offsets(_) => {}
+                            Notice::Lost => {
+                                tracing::warn!(
+                                    "database connection lost: re-reading stored positions once it answers \
+                                     (a failover may have moved them back)"
+                                );
+                                listener = None;
+                                let now = tokio::time::Instant::now();
+                                resync_at = Some(last_resync.map_or(now, |t| now.max(t + RESYNC_RETRY)));
+                            }
                         }
                         continue;
                     }
@@ -234,15 +266,35 @@ impl Pipeline {
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let listener = match PgListener::connect_with(self.writer.pool()).await {
-            Ok(mut l) => l.listen(REPLAY_CHANNEL).await.map(|()| l),
-            Err(e) => Err(e),
-        };
-        listener
+        self.try_listen()
+            .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "LISTEN failed; replays are noticed at the next fence")
             })
             .ok()
+    }
+
+    /// A LISTEN connection that reports a lost connection at once (instead
+    /// of reconnecting first, which a cancelled `select!` branch could cut
+    /// short, losing the report).
+    async fn try_listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut l = PgListener::connect_with(self.writer.pool()).await?;
+        l.eager_reconnect(false);
+        l.listen(REPLAY_CHANNEL).await?;
+        Ok(l)
+    }
+
+    /// After a lost connection: LISTEN again, then re-read every position
+    /// (in this order, so a replay committed after the read is notified).
+    /// False while the database does not answer.
+    async fn relisten_and_resync(&self, listener: &mut Option<PgListener>) -> bool {
+        if listener.is_none() {
+            match self.try_listen().await {
+                Ok(l) => *listener = Some(l),
+                Err(_) => return false,
+            }
+        }
+        self.resync_all().await
     }
 
     /// Admits the buffered messages still owned and current, and prepares one
@@ -493,13 +545,14 @@ impl Pipeline {
         }
     }
 
-    /// After a replay NOTIFY: seek partitions whose stored position differs
-    /// from what this process planned.
-    async fn resync_all(&self) {
+    /// After a replay NOTIFY or a lost connection: seek partitions whose
+    /// stored position differs from what this process planned. Returns
+    /// false if the positions could not be read.
+    async fn resync_all(&self) -> bool {
         let owned = self.assignment.positions();
         let tps: Vec<TopicPartition> = owned.iter().map(|(tp, _)| tp.clone()).collect();
         let Ok(stored) = offsets::read(self.writer.pool(), self.group(), &tps).await else {
-            return; // the next commit's fence catches it
+            return false;
         };
         let changed: Vec<TopicPartition> = owned
             .into_iter()
@@ -507,21 +560,35 @@ impl Pipeline {
             .map(|(tp, _)| tp)
             .collect();
         if !changed.is_empty() {
+            tracing::info!(partitions = ?changed, "stored positions differ from the planned ones; seeking");
             self.resync(&changed).await;
         }
+        true
     }
 }
 
-async fn recv_notification(listener: &mut Option<PgListener>) -> Option<String> {
+/// Pause between attempts to re-read positions after a lost connection.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// What the LISTEN connection reported.
+enum Notice {
+    /// A replay rewrote the positions of a group (the payload).
+    Offsets(String),
+    /// The connection was lost: notifications may have been missed, and
+    /// stored positions may have moved (a failover).
+    Lost,
+}
+
+async fn recv_notification(listener: &mut Option<PgListener>) -> Notice {
     match listener {
         Some(l) => match l.try_recv().await {
-            Ok(Some(n)) => Some(n.payload().to_string()),
-            // Connection lost: PgListener reconnects on the next call.
-            Ok(None) => None,
+            Ok(Some(n)) => Notice::Offsets(n.payload().to_string()),
+            // Returned at once (no await after the loss is seen), so a
+            // cancelled branch cannot swallow it.
+            Ok(None) => Notice::Lost,
             Err(e) => {
                 tracing::debug!(error = %e, "LISTEN connection error");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                None
+                Notice::Lost
             }
         },
         None => std::future::pending().await,

@@ -46,23 +46,33 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    /// The server's maintenance database URL (creates and drops `name`).
+    admin_url: String,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let admin_url = database_url();
+        Self::on(&database_url()).await
+    }
+
+    /// A fresh database on another server (`admin_url`: any database there).
+    pub async fn on(admin_url: &str) -> TestDb {
         let admin = PgPoolOptions::new()
             .max_connections(1)
-            .connect(&admin_url)
+            .connect(admin_url)
             .await
-            .expect("PostgreSQL must be reachable at DATABASE_URL (scripts/test.sh starts it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL must be reachable at {admin_url} (scripts/test.sh starts it): {e}"
+                )
+            });
         let name = unique("kpgs_test");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await
             .unwrap();
         admin.close().await;
-        let mut url = url::Url::parse(&admin_url).unwrap();
+        let mut url = url::Url::parse(admin_url).unwrap();
         url.set_path(&format!("/{name}"));
         let url = url.to_string();
         let pool = PgPoolOptions::new()
@@ -70,7 +80,12 @@ impl TestDb {
             .connect(&url)
             .await
             .unwrap();
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            url,
+            pool,
+            admin_url: admin_url.to_string(),
+        }
     }
 
     /// A batch writer for group `g` with one route (a `[[route]]` body),
@@ -149,6 +164,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let pool = self.pool.clone();
+        let admin_url = self.admin_url.clone();
         // Drop cannot await; a short-lived runtime on a thread does the cleanup.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -159,7 +175,7 @@ impl Drop for TestDb {
                 pool.close().await;
                 if let Ok(admin) = PgPoolOptions::new()
                     .max_connections(1)
-                    .connect(&database_url())
+                    .connect(&admin_url)
                     .await
                 {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -176,13 +192,21 @@ impl Drop for TestDb {
 pub struct TestTopic {
     pub name: String,
     pub partitions: i32,
+    /// The bootstrap string of the cluster holding the topic.
+    pub brokers: String,
+    replication: i32,
     producer: ThreadedProducer<DefaultProducerContext>,
 }
 
 /// An admin client for the test broker.
 pub fn admin() -> AdminClient<DefaultClientContext> {
+    admin_on(&brokers())
+}
+
+/// An admin client for the cluster at `brokers`.
+pub fn admin_on(brokers: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap()
 }
@@ -209,10 +233,20 @@ impl TestTopic {
 
     /// A topic with topic-level configuration (e.g. `cleanup.policy`).
     pub async fn with_config(partitions: i32, config: &[(&str, &str)]) -> TestTopic {
+        Self::on(&brokers(), partitions, 1, config).await
+    }
+
+    /// A topic on the cluster at `brokers` with `replication` replicas.
+    pub async fn on(
+        brokers: &str,
+        partitions: i32,
+        replication: i32,
+        config: &[(&str, &str)],
+    ) -> TestTopic {
         let name = unique("kpgs_topic");
-        create_topic(&name, partitions, config).await;
+        create_topic(brokers, &name, partitions, replication, config).await;
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
             .create()
@@ -220,13 +254,15 @@ impl TestTopic {
         TestTopic {
             name,
             partitions,
+            brokers: brokers.to_string(),
+            replication,
             producer,
         }
     }
 
     /// Grows the topic to `total` partitions.
     pub async fn add_partitions(&mut self, total: i32) {
-        let res = admin()
+        let res = admin_on(&self.brokers)
             .create_partitions(
                 &[rdkafka::admin::NewPartitions::new(
                     &self.name,
@@ -260,7 +296,7 @@ impl TestTopic {
         let mut tpl = rdkafka::TopicPartitionList::new();
         tpl.add_partition_offset(&self.name, partition, rdkafka::Offset::Offset(offset))
             .unwrap();
-        let res = admin()
+        let res = admin_on(&self.brokers)
             .delete_records(&tpl, &admin_options())
             .await
             .unwrap();
@@ -271,7 +307,7 @@ impl TestTopic {
 
     /// Deletes the topic and creates it again, empty, with the same name.
     pub async fn recreate(&self) {
-        let res = admin()
+        let res = admin_on(&self.brokers)
             .delete_topics(&[&self.name], &admin_options())
             .await
             .unwrap();
@@ -281,12 +317,12 @@ impl TestTopic {
         // Deletion completes asynchronously: creation fails until it has.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let res = admin()
+            let res = admin_on(&self.brokers)
                 .create_topics(
                     &[NewTopic::new(
                         &self.name,
                         self.partitions,
-                        TopicReplication::Fixed(1),
+                        TopicReplication::Fixed(self.replication),
                     )],
                     &admin_options(),
                 )
@@ -365,16 +401,22 @@ impl TestTopic {
 
     /// High watermarks per partition (what `sink_offsets` must reach).
     pub fn end_offsets(&self) -> BTreeMap<i32, i64> {
-        end_offsets(&self.name)
+        end_offsets_at(&self.brokers, &self.name)
     }
 }
 
-async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+async fn create_topic(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    config: &[(&str, &str)],
+) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     for (k, v) in config {
         topic = topic.set(k, v);
     }
-    let res = admin()
+    let res = admin_on(brokers)
         .create_topics(&[topic], &admin_options())
         .await
         .expect("Kafka must be reachable (scripts/test.sh starts it)");
@@ -385,8 +427,13 @@ async fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
 
 /// High watermarks per partition of any topic on the test broker.
 pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    end_offsets_at(&brokers(), topic)
+}
+
+/// High watermarks per partition of a topic on the cluster at `brokers`.
+pub fn end_offsets_at(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let md = c
@@ -474,6 +521,11 @@ impl SinkConfig {
     /// over it, written back as TOML for the sink process. `extra` is TOML
     /// placed in the `[sink]` table (and may open tables of its own).
     pub fn with_routes(db: &TestDb, routes: &str, extra: &str) -> SinkConfig {
+        Self::with_brokers(db, &brokers(), routes, extra)
+    }
+
+    /// As [`SinkConfig::with_routes`], for the Kafka cluster at `brokers`.
+    pub fn with_brokers(db: &TestDb, brokers: &str, routes: &str, extra: &str) -> SinkConfig {
         let dir = tempfile::tempdir().unwrap();
         let group = unique("kpgs_group");
         let http_port = free_port();
@@ -482,7 +534,7 @@ impl SinkConfig {
                 "[batch]\nmax_messages = 500\nmax_wait = \"50ms\"\n\
                  [sink]\nshutdown_timeout = \"10s\"\n{extra}\n\n{routes}\n"
             )],
-            brokers: Some(brokers()),
+            brokers: Some(brokers.to_string()),
             group_id: Some(group.clone()),
             database_url: Some(db.url.clone()),
             http_bind: Some(format!("127.0.0.1:{http_port}")),
@@ -686,4 +738,95 @@ pub async fn assert_same_as_clean_run(db: &TestDb, topic: &TestTopic, timeout: D
     let _sink = SinkProcess::start(&clean_cfg);
     wait_caught_up(&clean, &clean_cfg.group, topic, timeout).await;
     assert_eq!(db.checksum("events").await, clean.checksum("events").await);
+}
+
+/// Runs `scripts/<name> <args>` (the repo's service scripts) and returns its
+/// stdout, the machine-readable result; its progress lines (stderr) are
+/// printed with the test's output. Panics unless the script succeeds.
+pub fn script(name: &str, args: &[&str]) -> String {
+    let path = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash").arg(&path).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.is_empty() {
+        eprint!("{stderr}");
+    }
+    assert!(out.status.success(), "{name} {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Keyed events for a route with `version = "/v"`, from a seeded generator:
+/// mostly newer versions, some exact re-sends (a producer retry: same
+/// version, same body) and some late older versions. One event in ten has a
+/// key of its own (`u<n>`, written once), so a lost event shows in the final
+/// table even when later versions of busy keys would hide it.
+pub struct VersionedEvents {
+    rng: rand::rngs::StdRng,
+    keys: u32,
+    current: BTreeMap<String, (i64, String)>,
+    seq: u64,
+}
+
+impl VersionedEvents {
+    pub fn new(seed: u64, keys: u32) -> Self {
+        use rand::SeedableRng;
+        VersionedEvents {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            keys,
+            current: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// The next event: `(key, payload)`.
+    pub fn next_event(&mut self) -> (String, String) {
+        self.next_event_where(|_| true)
+    }
+
+    /// The next event for a key that `pick` accepts (e.g. only keys of some
+    /// partitions).
+    pub fn next_event_where(&mut self, pick: impl Fn(&str) -> bool) -> (String, String) {
+        use rand::Rng;
+        self.seq += 1;
+        let unique = format!("u{}", self.seq);
+        let id = if self.rng.gen_range(0..10) == 0 && pick(&unique) {
+            unique
+        } else {
+            loop {
+                let id = format!("k{}", self.rng.gen_range(0..self.keys));
+                if pick(&id) {
+                    break id;
+                }
+            }
+        };
+        let (cur, body) = self.current.get(&id).cloned().unwrap_or((0, String::new()));
+        let (v, body) = match self.rng.gen_range(0..100) {
+            0..=14 if cur > 0 => (cur, body),
+            15..=29 if cur > 1 => (cur - 1, format!("late-{}", self.seq)),
+            _ => (cur + 1, format!("s{}", self.seq)),
+        };
+        if v > cur {
+            self.current.insert(id.clone(), (v, body.clone()));
+        }
+        let payload = format!(r#"{{"id":"{id}","v":{v},"body":"{body}"}}"#);
+        (id, payload)
+    }
+}
+
+/// What a route with `version = "/v"` makes of a log (`(key, payload)` in
+/// log order per key): an event replaces the key's row when its version is
+/// at least the row's. Computed from the log, not by the sink's code.
+pub fn versioned_model<'a>(
+    log: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut rows: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for (key, payload) in log {
+        let doc: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let newer = rows
+            .get(key)
+            .is_none_or(|row| doc["v"].as_i64() >= row["v"].as_i64());
+        if newer {
+            rows.insert(key.to_string(), doc);
+        }
+    }
+    rows
 }
