@@ -56,7 +56,7 @@ impl Envelope {
         }
     }
 
-    fn tp(&self) -> &TopicPartition {
+    pub fn tp(&self) -> &TopicPartition {
         match &self.item {
             Polled::Message(m) => &m.tp,
             Polled::Skipped { tp, .. } | Polled::OutOfRange { tp, .. } => tp,

@@ -268,10 +268,19 @@ pub struct SinkConfig {
     /// Copy committed offsets to Kafka (informational, for lag tools).
     #[serde(default = "default_true")]
     pub commit_to_kafka: bool,
+    /// Commit lanes: partitions are split into this many disjoint sets, each
+    /// committing its batches on its own connection, in parallel (each
+    /// partition's batches stay in order; the fence is per partition).
+    #[serde(default = "default_lanes")]
+    pub commit_lanes: usize,
     /// How long deletes of change-event routes are remembered to refuse an
     /// older change re-sent later (`sink_delete_markers`).
     #[serde(default = "default_marker_retention", with = "humantime_serde")]
     pub delete_marker_retention: Duration,
+}
+
+fn default_lanes() -> usize {
+    2
 }
 
 fn default_marker_retention() -> Duration {
@@ -294,6 +303,7 @@ impl Default for SinkConfig {
             on_error: default_on_error(),
             shutdown_timeout: default_shutdown(),
             commit_to_kafka: true,
+            commit_lanes: default_lanes(),
             delete_marker_retention: default_marker_retention(),
         }
     }
@@ -407,6 +417,15 @@ impl Config {
         }
         if self.postgres.max_connections == 0 {
             p.push("postgres.max_connections: must be at least 1".into());
+        }
+        // One connection per commit lane, one for LISTEN, one for position reads.
+        if self.sink.commit_lanes == 0 {
+            p.push("sink.commit_lanes: must be at least 1".into());
+        } else if self.postgres.max_connections < self.sink.commit_lanes as u32 + 2 {
+            p.push(format!(
+                "postgres.max_connections: {} is too few for sink.commit_lanes = {} (needs lanes + 2)",
+                self.postgres.max_connections, self.sink.commit_lanes
+            ));
         }
     }
 

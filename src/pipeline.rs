@@ -27,13 +27,14 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{Assignment, Envelope, Generation, Polled};
+use crate::assignment::{Assignment, Claim, Envelope, Generation, Polled};
 use crate::backoff::Backoff;
 use crate::batch::{self, PreparedBatch};
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::consumer::Command;
 use crate::format::SchemaSet;
 use crate::message::DeadLetter;
+use crate::message::SourceMessage;
 use crate::metrics::Metrics;
 use crate::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
@@ -46,6 +47,14 @@ enum Attempt {
     Done(CommitOutcome),
     /// An earlier attempt whose outcome was unknown had committed.
     AlreadyCommitted,
+}
+
+/// The LISTEN connection, and the re-read of positions it may owe after the
+/// connection was lost (at most one attempt per RESYNC_RETRY).
+struct Watch {
+    listener: Option<PgListener>,
+    resync_at: Option<tokio::time::Instant>,
+    last_resync: Option<tokio::time::Instant>,
 }
 
 /// A prepared batch on its way to the committer.
@@ -86,6 +95,9 @@ pub struct Pipeline {
     writer: BatchWriter,
     max_messages: usize,
     max_wait: Duration,
+    /// Commit lanes: disjoint partition sets committing in parallel, each on
+    /// its own connection (`sink.commit_lanes`).
+    lanes: usize,
     on_error: OnError,
     out_of_range: OutOfRangePolicy,
     commit_to_kafka: bool,
@@ -114,6 +126,7 @@ impl Pipeline {
             writer,
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
+            lanes: cfg.sink.commit_lanes.max(1),
             on_error: cfg.sink.on_error,
             out_of_range: cfg.kafka.on_offset_out_of_range,
             commit_to_kafka: cfg.sink.commit_to_kafka,
@@ -154,29 +167,44 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         self.cancel = cancel.clone();
         let this = Arc::new(self);
-        let (to_committer, mut batches) = mpsc::channel::<Prepared>(1);
-        // Fired when the committer stops on an error, so an idle accumulator
+        // Fired when a committer stops on an error, so an idle accumulator
         // (no new messages) does not wait forever to notice.
         let committer_failed = CancellationToken::new();
-        let committer = {
-            let this = this.clone();
-            let failed = committer_failed.clone();
-            tokio::spawn(async move {
-                while let Some(p) = batches.recv().await {
-                    if let Err(e) = this.commit_with_retry(&p.batch, &p.expected).await {
-                        failed.cancel();
-                        return Err(e);
-                    }
-                }
-                Ok::<(), PipelineError>(())
+        let (lanes, committers): (Vec<_>, Vec<_>) = (0..this.lanes)
+            .map(|_| {
+                let (tx, batches) = mpsc::channel::<Prepared>(1);
+                (tx, this.spawn_committer(batches, committer_failed.clone()))
             })
-        };
+            .unzip();
         let result = this
-            .accumulate(&mut rx, &cancel, &committer_failed, &to_committer)
+            .accumulate(&mut rx, &cancel, &committer_failed, &lanes)
             .await;
-        drop(to_committer);
-        let committed = committer.await.expect("committer does not panic");
+        drop(lanes);
+        let mut committed = Ok(());
+        for c in committers {
+            let r = c.await.expect("committer does not panic");
+            committed = committed.and(r);
+        }
         result.and(committed)
+    }
+
+    /// One commit lane: takes its batches in order and commits each, on its
+    /// own connection, before the next.
+    fn spawn_committer(
+        self: &Arc<Self>,
+        mut batches: mpsc::Receiver<Prepared>,
+        failed: CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<(), PipelineError>> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(p) = batches.recv().await {
+                if let Err(e) = this.commit_with_retry(&p.batch, &p.expected).await {
+                    failed.cancel();
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })
     }
 
     async fn accumulate(
@@ -184,19 +212,18 @@ impl Pipeline {
         rx: &mut mpsc::Receiver<Envelope>,
         cancel: &CancellationToken,
         committer_failed: &CancellationToken,
-        to_committer: &mpsc::Sender<Prepared>,
+        lanes: &[mpsc::Sender<Prepared>],
     ) -> Result<(), PipelineError> {
-        let mut listener = self.listen().await;
+        let mut watch = Watch {
+            listener: self.listen().await,
+            resync_at: None,
+            last_resync: None,
+        };
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
         let mut deadline: Option<tokio::time::Instant> = None;
-        // Set while positions must be re-read after a lost connection; at
-        // most one attempt per RESYNC_RETRY.
-        let mut resync_at: Option<tokio::time::Instant> = None;
-        let mut last_resync: Option<tokio::time::Instant> = None;
         loop {
             if buf.len() < self.max_messages {
                 let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
-                let sleep_until = deadline.unwrap_or_else(far);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => {
@@ -207,46 +234,20 @@ impl Pipeline {
                     _ = committer_failed.cancelled() => return Ok(()),
                     env = rx.recv() => {
                         let Some(env) = env else { return Ok(()) };
-                        if buf.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + self.max_wait);
-                        }
-                        buf.push(env);
-                        // Drain what is already queued without waking per message.
-                        while buf.len() < self.max_messages {
-                            let Ok(e) = rx.try_recv() else { break };
-                            buf.push(e);
-                        }
+                        self.take(env, rx, &mut buf, &mut deadline);
                         continue;
                     }
-                    _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {}
-                    _ = tokio::time::sleep_until(resync_at.unwrap_or_else(far)), if resync_at.is_some() => {
-                        let now = tokio::time::Instant::now();
-                        last_resync = Some(now);
-                        let done = tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {}
+                    _ = tokio::time::sleep_until(watch.resync_at.unwrap_or_else(far)), if watch.resync_at.is_some() => {
+                        tokio::select! {
                             biased;
-                            _ = cancel.cancelled() => continue,
-                            done = self.relisten_and_resync(&mut listener) => done,
-                        };
-                        resync_at = (!done).then_some(now + RESYNC_RETRY);
+                            _ = cancel.cancelled() => {}
+                            _ = self.resync_due(&mut watch) => {}
+                        }
                         continue;
                     }
-                    n = recv_notification(&mut listener) => {
-                        match n {
-                            Notice::Offsets(group) if group == self.group() => {
-                                tracing::info!("offsets rewritten (replay): re-reading positions");
-                                self.resync_all().await;
-                            }
-                            Notice::Offsets(_) => {}
-                            Notice::Lost => {
-                                tracing::warn!(
-                                    "database connection lost: re-reading stored positions once it answers \
-                                     (a failover may have moved them back)"
-                                );
-                                listener = None;
-                                let now = tokio::time::Instant::now();
-                                resync_at = Some(last_resync.map_or(now, |t| now.max(t + RESYNC_RETRY)));
-                            }
-                        }
+                    n = recv_notification(&mut watch.listener) => {
+                        self.on_notice(&mut watch, n).await;
                         continue;
                     }
                 }
@@ -255,14 +256,63 @@ impl Pipeline {
             if buf.is_empty() {
                 continue;
             }
-            let envs = std::mem::take(&mut buf);
-            if let Some(p) = self.prepare(envs).await? {
-                if to_committer.send(p).await.is_err() {
+            for (lane, p) in self.prepare(std::mem::take(&mut buf)).await? {
+                if lanes[lane].send(p).await.is_err() {
                     // The committer stopped on an error; run() reports it.
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Buffers `env` and whatever is already queued behind it (without
+    /// waking per message); the first message of a batch starts its clock.
+    fn take(
+        &self,
+        env: Envelope,
+        rx: &mut mpsc::Receiver<Envelope>,
+        buf: &mut Vec<Envelope>,
+        deadline: &mut Option<tokio::time::Instant>,
+    ) {
+        if buf.is_empty() {
+            *deadline = Some(tokio::time::Instant::now() + self.max_wait);
+        }
+        buf.push(env);
+        while buf.len() < self.max_messages {
+            let Ok(e) = rx.try_recv() else { break };
+            buf.push(e);
+        }
+    }
+
+    /// A replay notice re-reads the group's positions; a lost connection
+    /// schedules a re-read for when the database answers again.
+    async fn on_notice(&self, watch: &mut Watch, n: Notice) {
+        match n {
+            Notice::Offsets(group) if group == self.group() => {
+                tracing::info!("offsets rewritten (replay): re-reading positions");
+                self.resync_all().await;
+            }
+            Notice::Offsets(_) => {}
+            Notice::Lost => {
+                tracing::warn!(
+                    "database connection lost: re-reading stored positions once it answers \
+                     (a failover may have moved them back)"
+                );
+                watch.listener = None;
+                let now = tokio::time::Instant::now();
+                watch.resync_at =
+                    Some(watch.last_resync.map_or(now, |t| now.max(t + RESYNC_RETRY)));
+            }
+        }
+    }
+
+    /// The re-read after a lost connection: LISTEN again, then positions;
+    /// tried again after RESYNC_RETRY while the database does not answer.
+    async fn resync_due(&self, watch: &mut Watch) {
+        let now = tokio::time::Instant::now();
+        watch.last_resync = Some(now);
+        let done = self.relisten_and_resync(&mut watch.listener).await;
+        watch.resync_at = (!done).then_some(now + RESYNC_RETRY);
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -297,9 +347,58 @@ impl Pipeline {
         self.resync_all().await
     }
 
-    /// Admits the buffered messages still owned and current, and prepares one
-    /// batch for the committer.
-    async fn prepare(&self, envs: Vec<Envelope>) -> Result<Option<Prepared>, PipelineError> {
+    /// Admits the buffered messages still owned and current and prepares a
+    /// batch per commit lane (partitions always map to the same lane, so
+    /// each partition's batches commit in order).
+    async fn prepare(&self, envs: Vec<Envelope>) -> Result<Vec<(usize, Prepared)>, PipelineError> {
+        let envs = self.handle_out_of_range(envs).await;
+        let mut lanes: Vec<Vec<Envelope>> = (0..self.lanes).map(|_| Vec::new()).collect();
+        for e in envs {
+            lanes[lane_of(e.tp(), self.lanes)].push(e);
+        }
+        let admitted: Vec<(usize, Vec<SourceMessage>, Claim)> = lanes
+            .into_iter()
+            .enumerate()
+            .map(|(lane, envs)| {
+                let (messages, claim) = self.assignment.admit(envs);
+                (lane, messages, claim)
+            })
+            .filter(|(_, m, c)| !m.is_empty() || c.advances_past_skipped())
+            .collect();
+        if admitted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = admitted.iter().flat_map(|(_, m, _)| m.iter());
+        let Some(schemas) = self.schemas_for(all).await? else {
+            return Ok(Vec::new()); // stopping while the registry was away
+        };
+        let schemas = Arc::new(schemas);
+        let routes = self.writer.routes();
+        // The lanes' batches are prepared in parallel (parse, hash, fold).
+        let jobs: Vec<_> = admitted
+            .into_iter()
+            .map(|(lane, messages, claim)| {
+                let (routes, schemas) = (routes.clone(), schemas.clone());
+                let job = tokio::task::spawn_blocking(move || {
+                    batch::prepare_with(&routes, messages, &schemas)
+                });
+                (lane, claim, job)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for (lane, claim, job) in jobs {
+            let batch = job.await.expect("prepare does not panic");
+            out.push((lane, self.hand_over(batch, claim)?));
+        }
+        if let Some(d) = self.fault_commit_delay {
+            tracing::warn!(?d, "fault injection: holding the batch before commit");
+            tokio::time::sleep(d).await;
+        }
+        Ok(out)
+    }
+
+    /// Acts on out-of-range reports; returns the other envelopes.
+    async fn handle_out_of_range(&self, envs: Vec<Envelope>) -> Vec<Envelope> {
         let (out_of_range, envs): (Vec<Envelope>, Vec<Envelope>) = envs
             .into_iter()
             .partition(|e| matches!(e.item, Polled::OutOfRange { .. }));
@@ -316,19 +415,12 @@ impl Pipeline {
                     .await;
             }
         }
-        let (messages, claim) = self.assignment.admit(envs);
-        if messages.is_empty() && !claim.advances_past_skipped() {
-            return Ok(None);
-        }
-        let schemas = match self.schemas_for(&messages).await? {
-            Some(s) => s,
-            None => return Ok(None), // stopping while the registry was away
-        };
-        let routes = self.writer.routes();
-        let batch =
-            tokio::task::spawn_blocking(move || batch::prepare_with(&routes, messages, &schemas))
-                .await
-                .expect("prepare does not panic");
+        envs
+    }
+
+    /// A prepared batch becomes the committer's: its expected positions, and
+    /// the next batch plans from its end.
+    fn hand_over(&self, batch: PreparedBatch, claim: Claim) -> Result<Prepared, PipelineError> {
         if self.on_error == OnError::Stop {
             if let Some(d) = batch.dead_letters.first() {
                 return Err(d.clone().into());
@@ -336,18 +428,14 @@ impl Pipeline {
         }
         let expected = claim.expected(&batch.ranges);
         self.assignment.advance(&claim, &expected);
-        if let Some(d) = self.fault_commit_delay {
-            tracing::warn!(?d, "fault injection: holding the batch before commit");
-            tokio::time::sleep(d).await;
-        }
-        Ok(Some(Prepared { batch, expected }))
+        Ok(Prepared { batch, expected })
     }
 
     /// The writer schemas the messages name (after evolving the tables that
     /// follow their schema); `None` when stopped while the registry was away.
-    async fn schemas_for(
+    async fn schemas_for<'m>(
         &self,
-        messages: &[crate::message::SourceMessage],
+        messages: impl Iterator<Item = &'m SourceMessage>,
     ) -> Result<Option<SchemaSet>, PipelineError> {
         let Some(schemas) = &self.schemas else {
             return Ok(Some(SchemaSet::default()));
@@ -565,6 +653,16 @@ impl Pipeline {
         }
         true
     }
+}
+
+/// The commit lane of a partition: stable, and consecutive partitions of a
+/// topic spread over the lanes.
+fn lane_of(tp: &TopicPartition, lanes: usize) -> usize {
+    let topic = tp
+        .topic
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    (topic as usize).wrapping_add(tp.partition as usize) % lanes.max(1)
 }
 
 /// Pause between attempts to re-read positions after a lost connection.

@@ -63,10 +63,10 @@ impl Schemas {
 
     /// The schemas `messages` name, by route: waits out an unreachable
     /// registry (until `cancel`), records unknown or unusable ids as such.
-    pub async fn for_batch(
+    pub async fn for_batch<'m>(
         &self,
         routes: &[Route],
-        messages: &[SourceMessage],
+        messages: impl Iterator<Item = &'m SourceMessage>,
         metrics: &Metrics,
         cancel: &CancellationToken,
     ) -> Result<(SchemaSet, Vec<(usize, u32)>), SchemasError> {
@@ -199,7 +199,10 @@ impl Schemas {
 
 /// `(route index, schema id)` of every schema'd value and key in `messages`
 /// (messages without a readable header decode to their own dead letter).
-fn ids_by_route(routes: &[Route], messages: &[SourceMessage]) -> Vec<(usize, u32)> {
+fn ids_by_route<'m>(
+    routes: &[Route],
+    messages: impl Iterator<Item = &'m SourceMessage>,
+) -> Vec<(usize, u32)> {
     let mut ids = Vec::new();
     for m in messages {
         let Some(i) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
