@@ -45,7 +45,7 @@ pub fn generate(n: usize, partitions: i32) -> (Vec<Order>, usize) {
 
 fn order(i: usize, version: i64, partitions: i32) -> Order {
     let cents = (i % 10_000) as i64 + 100 + if version == 2 { 100 } else { 0 };
-    let currency = if i % 3 == 0 { "USD" } else { "EUR" };
+    let currency = if i.is_multiple_of(3) { "USD" } else { "EUR" };
     let status = if version == 2 { "paid" } else { "new" };
     let s = (i % 86_400) as i64;
     // 2026-11-27T00:00:00Z + s seconds
