@@ -663,6 +663,67 @@ async fn sink_avro(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Phase 6b: scaling of the typed route: 1, 2 and 4 commit lanes (disjoint
+/// partition sets committing on their own connections), and two sink
+/// processes in one group against one process.
+async fn scaling(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    for lanes in [1usize, 2, 4] {
+        eprintln!("typed route with {lanes} commit lane(s)…");
+        let table = format!("orders_lanes_{lanes}");
+        b.exec(&format!("CREATE TABLE {table} {}", data::TYPED_DDL))
+            .await?;
+        let extra = format!(
+            "commit_lanes = {lanes}\n[postgres]\nmax_connections = {}",
+            lanes + 2
+        );
+        let run = start_sink(
+            b,
+            &format!("lanes{lanes}"),
+            &b.typed_route(&b.topic, &table, "json"),
+            &extra,
+        )?;
+        let key: &'static str = Box::leak(format!("typed_lanes_{lanes}").into_boxed_str());
+        measure_sink(b, &run, key, out).await?;
+        run.stop();
+        anyhow::ensure!(
+            count(b, &table).await? == b.distinct,
+            "{table} is not exact"
+        );
+    }
+    eprintln!("typed route on two sink processes in one group…");
+    b.exec(&format!("CREATE TABLE orders_two {}", data::TYPED_DDL))
+        .await?;
+    let route = b.typed_route(&b.topic, "orders_two", "json");
+    let first = start_sink(b, "two", &route, "")?;
+    let (cfg, _) = b.config(&route, "", &first.group, 0)?;
+    let second_path = first._dir.path().join("second.toml");
+    std::fs::write(&second_path, cfg.to_toml())?;
+    let mut second = std::process::Command::new(&b.sink_bin)
+        .arg("--config")
+        .arg(&second_path)
+        .arg("run")
+        .env_remove("DATABASE_URL")
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    b.wait_stored(&first.group, first.started, "two replicas")
+        .await?;
+    out.insert(
+        "typed_two_processes_events_per_s",
+        json!(b.n as f64 / first.started.elapsed().as_secs_f64()),
+    );
+    first.stop();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(second.id().to_string())
+        .status();
+    let _ = second.wait();
+    anyhow::ensure!(
+        count(b, "orders_two").await? == b.distinct,
+        "orders_two is not exact"
+    );
+    Ok(())
+}
+
 /// Phase 7: naive at-least-once consumer: one upsert transaction per
 /// message plus an async Kafka commit.
 async fn naive(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
@@ -866,19 +927,43 @@ fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a phase runs: all, or those listed in BENCH_PHASES
+/// (`ceilings,write_path,document,typed,avro,scaling,naive,peers`).
+fn runs(phase: &str) -> bool {
+    match std::env::var("BENCH_PHASES") {
+        Ok(list) if !list.is_empty() => list.split(',').any(|p| p.trim() == phase),
+        _ => true,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let b = setup().await?;
     let mut out = Results::new();
-    document_ceilings(&b, &mut out).await?;
-    typed_ceilings(&b, &mut out).await?;
-    broker_ceiling(&b, &mut out)?;
-    write_path(&b, &mut out).await?;
-    let run = sink_document(&b, &mut out).await?;
-    replay(&b, run, &mut out).await?;
-    sink_typed(&b, &mut out).await?;
-    sink_avro(&b, &mut out).await?;
-    naive(&b, &mut out).await?;
+    if runs("ceilings") {
+        document_ceilings(&b, &mut out).await?;
+        typed_ceilings(&b, &mut out).await?;
+        broker_ceiling(&b, &mut out)?;
+    }
+    if runs("write_path") {
+        write_path(&b, &mut out).await?;
+    }
+    if runs("document") {
+        let run = sink_document(&b, &mut out).await?;
+        replay(&b, run, &mut out).await?;
+    }
+    if runs("typed") {
+        sink_typed(&b, &mut out).await?;
+    }
+    if runs("avro") {
+        sink_avro(&b, &mut out).await?;
+    }
+    if runs("scaling") {
+        scaling(&b, &mut out).await?;
+    }
+    if runs("naive") {
+        naive(&b, &mut out).await?;
+    }
     peers(&b, &mut out).await?;
     report(&b, out)?;
     b.pool.close().await;

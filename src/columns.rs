@@ -94,6 +94,8 @@ pub struct SqlType {
     /// As `format_type()` prints it: valid SQL, identifiers quoted by Postgres.
     pub name: String,
     pub kind: ColumnKind,
+    /// The type has an `=` operator (json, xml, point… do not).
+    pub comparable: bool,
 }
 
 impl SqlType {
@@ -101,6 +103,7 @@ impl SqlType {
         Self {
             name: name.into(),
             kind,
+            comparable: true,
         }
     }
 }

@@ -214,7 +214,12 @@ async fn table_columns(pool: &PgPool, oid: i64) -> Result<Vec<TableColumn>, sqlx
                 CASE WHEN coalesce(b.typname, t.typname) IN ('json', 'jsonb') THEN 'json' \
                      WHEN coalesce(b.typtype, t.typtype) = 'c' OR e.typtype = 'c' THEN 'structured' \
                      WHEN coalesce(b.typcategory, t.typcategory) = 'A' THEN 'array' \
-                     ELSE 'scalar' END \
+                     ELSE 'scalar' END, \
+                EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprname = '=' \
+                          AND o.oprleft = coalesce(b.oid, t.oid) AND o.oprright = coalesce(b.oid, t.oid)) \
+                OR (coalesce(b.typcategory, t.typcategory) = 'A' AND EXISTS ( \
+                    SELECT 1 FROM pg_operator o WHERE o.oprname = '=' \
+                      AND o.oprleft = e.oid AND o.oprright = e.oid)) \
          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
          LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
          LEFT JOIN pg_type e ON e.oid = coalesce(b.typelem, t.typelem) AND e.oid <> 0 \
@@ -228,15 +233,16 @@ async fn table_columns(pool: &PgPool, oid: i64) -> Result<Vec<TableColumn>, sqlx
         .iter()
         .map(|r| TableColumn {
             name: r.get(0),
-            sql_type: SqlType::new(
-                r.get::<String, _>(1),
-                match r.get::<String, _>(6).as_str() {
+            sql_type: SqlType {
+                name: r.get(1),
+                kind: match r.get::<String, _>(6).as_str() {
                     "json" => ColumnKind::Json,
                     "structured" => ColumnKind::Structured,
                     "array" => ColumnKind::Array,
                     _ => ColumnKind::Scalar,
                 },
-            ),
+                comparable: r.get(7),
+            },
             not_null: r.get(2),
             has_default: r.get(3),
             generated: r.get(4),

@@ -29,14 +29,19 @@ fn joined_by<'a>(
     cols.map(f).collect::<Vec<_>>().join(sep)
 }
 
-/// `to_jsonb(ROW(alias.c, …))` over the content columns: compares values the
-/// way jsonb does (numbers numerically, everything else by its canonical
-/// text), which works for every type, including those without `=` (json).
+/// The content columns of `alias` as a row to compare with another:
+/// `(alias.a, alias.b, …)`. A row comparison uses each type's `=` (numbers
+/// numerically: `1.0 = 1`); a column whose type has no `=` (json, xml,
+/// point…) is compared as `to_jsonb(…)`, by its canonical JSON.
 fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
     let cols = joined(map.content().map(|(_, c)| c), |c| {
-        format!("{alias}.{}", c.quoted())
+        if c.sql_type.comparable {
+            format!("{alias}.{}", c.quoted())
+        } else {
+            format!("to_jsonb({alias}.{})", c.quoted())
+        }
     });
-    (!cols.is_empty()).then(|| format!("to_jsonb(ROW({cols}))"))
+    (!cols.is_empty()).then(|| format!("ROW({cols})"))
 }
 
 /// Upserts typed rows; a re-delivered event (same content) is a no-op.
