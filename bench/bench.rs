@@ -278,8 +278,8 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
             r.key.0,
             hex::encode(r.hash.0),
             r.payload,
-            r.topic,
-            r.partition,
+            r.tp.topic,
+            r.tp.partition,
             r.offset.0
         ));
     }

@@ -55,7 +55,7 @@ pub async fn show(
         let s = stored.iter().find(|(t, _)| *t == tp).map(|(_, o)| o.0);
         out.push(PartitionStatus {
             lag: high - s.unwrap_or(low).max(low),
-            topic: tp.topic,
+            topic: tp.topic.to_string(),
             partition: tp.partition,
             stored_next_offset: s,
             low_watermark: low,
@@ -109,7 +109,7 @@ pub async fn replay(
         if !routes.iter().any(|r| r.topic.matches(t)) {
             bail!("topic `{t}` is not consumed by any [[route]]");
         }
-        tps.retain(|tp| tp.topic == t);
+        tps.retain(|tp| &*tp.topic == t);
     }
     if let Some(p) = partition {
         tps.retain(|tp| tp.partition == p);

@@ -22,7 +22,9 @@
 //! Two rounds are exactly equivalent to applying every message in turn
 //! (property test `fold_model` below).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use serde_json::Value;
 
@@ -31,6 +33,7 @@ use crate::debezium::{self, Change, Op};
 use crate::format::{self, SchemaSet};
 use crate::hash;
 use crate::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
+use crate::pointer::JsonPointer;
 use crate::route::{Route, RowKeySource, TombstonePolicy, TruncatePolicy};
 use crate::types::{EventHash, Offset, RowKey, TopicPartition};
 
@@ -44,8 +47,7 @@ pub struct RowUpsert {
     /// Typed tables: the `{"column": value}` object Postgres converts.
     pub row: Option<String>,
     pub version: Option<i64>,
-    pub topic: String,
-    pub partition: i32,
+    pub tp: TopicPartition,
     pub offset: Offset,
 }
 
@@ -134,6 +136,7 @@ pub fn prepare_with(
         ..Default::default()
     };
     let mut folds: Vec<Fold> = routes.iter().map(Fold::new).collect();
+    let mut route_of = RouteCache::default();
     for mut m in messages {
         batch.counts.consumed += 1;
         batch
@@ -141,7 +144,7 @@ pub fn prepare_with(
             .entry(m.tp.clone())
             .and_modify(|r| r.1 = m.offset)
             .or_insert((m.offset, m.offset));
-        let Some(ri) = routes.iter().position(|r| r.topic.matches(&m.tp.topic)) else {
+        let Some(ri) = route_of.lookup(routes, &m.tp.topic) else {
             let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
             batch
                 .dead_letters
@@ -167,6 +170,26 @@ pub fn prepare_with(
         fold.finish(writes);
     }
     batch
+}
+
+/// The route of the last topic seen: a batch holds few topics, and a
+/// pattern route would otherwise run its regex per message.
+#[derive(Default)]
+struct RouteCache {
+    last: Option<(std::sync::Arc<str>, Option<usize>)>,
+}
+
+impl RouteCache {
+    fn lookup(&mut self, routes: &[Route], topic: &std::sync::Arc<str>) -> Option<usize> {
+        match &self.last {
+            Some((t, i)) if t == topic => *i,
+            _ => {
+                let i = routes.iter().position(|r| r.topic.matches(topic));
+                self.last = Some((topic.clone(), i));
+                i
+            }
+        }
+    }
 }
 
 /// The state of one key within a batch.
@@ -200,7 +223,9 @@ struct Fold {
     /// same position is a duplicate and a newer one always applies (even with
     /// the same content: it moves the row's position forward).
     cdc: bool,
-    keys: HashMap<RowKey, KeyFold>,
+    /// FxHash: keys are ours, not an attacker's, and SipHash was a visible
+    /// share of the profile.
+    keys: FxHashMap<RowKey, KeyFold>,
     truncate: Option<RowTruncate>,
     /// First-seen order of keys, so statements are deterministic.
     order: Vec<RowKey>,
@@ -211,7 +236,7 @@ impl Fold {
         Self {
             versioned: route.version.is_some(),
             cdc: route.is_cdc(),
-            keys: HashMap::new(),
+            keys: FxHashMap::default(),
             truncate: None,
             order: Vec::new(),
         }
@@ -465,9 +490,10 @@ fn version_of(
     let Some(p) = &route.version else {
         return Ok(None);
     };
-    let found = match p.strip_prefix("@source:") {
-        Some(field) => source.and_then(|s| s.get(field)),
-        None => value.pointer(p),
+    let found = match (p.strip_prefix("@source:"), &route.version_pointer) {
+        (Some(field), _) => source.and_then(|s| s.get(field)),
+        (None, Some(pointer)) => pointer.get(value),
+        (None, None) => None,
     };
     match found.and_then(as_integer) {
         Some(v) => Ok(Some(v)),
@@ -507,8 +533,7 @@ fn upsert(
             payload: text.to_string(),
             row,
             version,
-            topic: m.tp.topic.clone(),
-            partition: m.tp.partition,
+            tp: m.tp.clone(),
             offset: m.offset,
         }),
         Err(e) => Parsed::poison(e),
@@ -584,11 +609,11 @@ fn as_integer(v: &Value) -> Option<i64> {
 /// concatenation. Objects and arrays are not keys.
 pub fn key_from_pointers(
     value: &Value,
-    pointers: &[String],
+    pointers: &[JsonPointer],
 ) -> Result<RowKey, (PoisonReason, String)> {
     let mut parts = Vec::with_capacity(pointers.len());
     for p in pointers {
-        match value.pointer(p) {
+        match p.get(value) {
             None | Some(Value::Null) => {
                 return Err((
                     PoisonReason::MissingKey,
@@ -777,16 +802,26 @@ mod tests {
     #[test]
     fn key_rendering() {
         let v: Value = serde_json::from_str(r#"{"a":"x","b":1.0,"c":{"z":1,"y":2}}"#).unwrap();
-        assert_eq!(key_from_pointers(&v, &["/a".into()]).unwrap().0, "x");
-        assert_eq!(key_from_pointers(&v, &["/b".into()]).unwrap().0, "1");
-        let (reason, error) = key_from_pointers(&v, &["/c".into()]).unwrap_err();
+        assert_eq!(
+            key_from_pointers(&v, &[JsonPointer::parse("/a")])
+                .unwrap()
+                .0,
+            "x"
+        );
+        assert_eq!(
+            key_from_pointers(&v, &[JsonPointer::parse("/b")])
+                .unwrap()
+                .0,
+            "1"
+        );
+        let (reason, error) = key_from_pointers(&v, &[JsonPointer::parse("/c")]).unwrap_err();
         assert_eq!(reason, PoisonReason::InvalidKey);
         assert!(
             error.contains("/c") && error.contains("an object"),
             "{error}"
         );
         assert_eq!(
-            key_from_pointers(&v, &["/a".into(), "/b".into()])
+            key_from_pointers(&v, &[JsonPointer::parse("/a"), JsonPointer::parse("/b")])
                 .unwrap()
                 .0,
             r#"["x",1]"#

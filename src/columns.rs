@@ -25,13 +25,14 @@ use serde_json::Value;
 use crate::copy_text;
 use crate::hash;
 use crate::message::{text_of_bytes, PoisonReason, SourceMessage};
+use crate::pointer::JsonPointer;
 use crate::types::{quote_ident, EventHash, RowKey};
 
 /// Where a column's value comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ColumnSource {
     /// A JSON pointer into the payload; missing → NULL.
-    Pointer(String),
+    Pointer(JsonPointer),
     /// The whole payload (schema-less JSON into a json/jsonb column).
     Payload,
     KafkaKey,
@@ -52,7 +53,7 @@ pub enum ColumnSource {
 impl ColumnSource {
     pub fn parse(s: &str) -> Result<Self, String> {
         Ok(match s {
-            _ if s.starts_with('/') => ColumnSource::Pointer(s.to_string()),
+            _ if s.starts_with('/') => ColumnSource::Pointer(JsonPointer::parse(s)),
             "@payload" => ColumnSource::Payload,
             "@kafka_key" => ColumnSource::KafkaKey,
             "@kafka_topic" => ColumnSource::KafkaTopic,
@@ -428,7 +429,7 @@ impl ColumnMap {
     pub fn key_of(&self, ev: &EventView<'_>) -> Result<RowKey, (PoisonReason, String)> {
         self.row_key(|i| {
             match &self.columns[i].source {
-                ColumnSource::Pointer(p) => ev.value.pointer(p),
+                ColumnSource::Pointer(p) => p.get(ev.value),
                 ColumnSource::Source(f) => ev.source.and_then(|s| s.get(f)),
                 _ => None,
             }
@@ -449,7 +450,7 @@ impl ColumnMap {
         let mut values = Vec::with_capacity(self.key.len());
         for c in self.key_columns() {
             let v = match &c.source {
-                ColumnSource::Pointer(p) => match parsed.as_ref().and_then(|v| v.pointer(p)) {
+                ColumnSource::Pointer(p) => match parsed.as_ref().and_then(|v| p.get(v)) {
                     Some(v) => Cow::Borrowed(v),
                     None if single => Cow::Owned(Value::String(text_of_bytes(raw))),
                     None => {
@@ -520,7 +521,7 @@ impl ColumnMap {
 
 fn describe(s: &ColumnSource) -> String {
     match s {
-        ColumnSource::Pointer(p) => p.clone(),
+        ColumnSource::Pointer(p) => p.to_string(),
         ColumnSource::Header(h) => format!("@header:{h}"),
         ColumnSource::Source(f) => format!("@source:{f}"),
         other => format!("{other:?}"),
@@ -536,7 +537,7 @@ fn source_value<'a>(
 ) -> Cow<'a, Value> {
     let owned = |v: Value| Cow::Owned(v);
     match src {
-        ColumnSource::Pointer(p) => match payload.and_then(|v| v.pointer(p)) {
+        ColumnSource::Pointer(p) => match payload.and_then(|v| p.get(v)) {
             Some(v) => Cow::Borrowed(v),
             None => owned(Value::Null),
         },
@@ -546,7 +547,7 @@ fn source_value<'a>(
                 .as_deref()
                 .map_or(Value::Null, |k| Value::String(text_of_bytes(k))),
         ),
-        ColumnSource::KafkaTopic => owned(Value::String(m.tp.topic.clone())),
+        ColumnSource::KafkaTopic => owned(Value::String(m.tp.topic.to_string())),
         ColumnSource::KafkaPartition => owned(Value::from(m.tp.partition)),
         ColumnSource::KafkaOffset => owned(Value::from(m.offset.0)),
         ColumnSource::KafkaTimestamp => owned(

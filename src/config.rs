@@ -213,7 +213,7 @@ pub struct BatchConfig {
 }
 
 fn default_max_messages() -> usize {
-    5000
+    10_000
 }
 fn default_max_wait() -> Duration {
     Duration::from_millis(200)
@@ -280,7 +280,7 @@ pub struct SinkConfig {
 }
 
 fn default_lanes() -> usize {
-    2
+    1
 }
 
 fn default_marker_retention() -> Duration {
@@ -615,6 +615,7 @@ pub fn redact_url(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pointer::JsonPointer;
     use crate::route::RowKeySource;
 
     const GOOD: &str = r#"
@@ -632,12 +633,12 @@ mod tests {
     #[test]
     fn good_config_loads_with_defaults() {
         let (c, routes) = parse(GOOD).unwrap();
-        assert_eq!(c.batch.max_messages, 5000);
+        assert_eq!(c.batch.max_messages, 10_000);
         assert_eq!(c.sink.on_error, OnError::DeadLetter);
         assert_eq!(routes.len(), 1);
         assert_eq!(
             routes[0].key,
-            RowKeySource::Pointers(vec!["/order_id".into()])
+            RowKeySource::Pointers(vec![JsonPointer::parse("/order_id")])
         );
         assert_eq!(routes[0].table.quoted(), r#""public"."orders""#);
     }
@@ -753,7 +754,7 @@ mod tests {
         let (_, r) = parse(&GOOD.replace("\"/order_id\"", r#"["/a", "/b"]"#)).unwrap();
         assert_eq!(
             r[0].key,
-            RowKeySource::Pointers(vec!["/a".into(), "/b".into()])
+            RowKeySource::Pointers(vec![JsonPointer::parse("/a"), JsonPointer::parse("/b")])
         );
     }
 }

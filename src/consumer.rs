@@ -208,6 +208,7 @@ pub fn spawn(
         pending_seeks: Vec::new(),
         tracked: HashMap::new(),
         last_gap_check: Instant::now(),
+        topic_names: Default::default(),
     };
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
@@ -234,6 +235,7 @@ struct Poller {
     /// Per partition, what this thread has forwarded in the current generation.
     tracked: HashMap<TopicPartition, Tracked>,
     last_gap_check: Instant,
+    topic_names: std::cell::RefCell<Vec<std::sync::Arc<str>>>,
 }
 
 /// What the poller knows of one partition's delivery, per generation.
@@ -389,7 +391,7 @@ impl Poller {
     /// The message as an owned envelope, or `None` if its partition does not
     /// admit messages now.
     fn envelope(&self, m: &BorrowedMessage<'_>) -> Option<Envelope> {
-        let tp = TopicPartition::new(m.topic(), m.partition());
+        let tp = TopicPartition::new(self.topic_name(m.topic()), m.partition());
         let generation = self.assignment.stamp(&tp)?;
         let headers = match m.headers() {
             Some(hs) if self.copy_headers => hs
@@ -410,6 +412,18 @@ impl Poller {
             },
             generation,
         ))
+    }
+
+    /// The shared name of a topic this consumer reads (one allocation per
+    /// topic, not per message).
+    fn topic_name(&self, topic: &str) -> std::sync::Arc<str> {
+        let mut names = self.topic_names.borrow_mut();
+        if let Some(t) = names.iter().find(|t| ***t == *topic) {
+            return t.clone();
+        }
+        let t: std::sync::Arc<str> = topic.into();
+        names.push(t.clone());
+        t
     }
 
     /// Records that a message was delivered: the partition's next record is
@@ -485,7 +499,7 @@ impl Poller {
             t.seen = None;
             self.metrics
                 .offsets_skipped
-                .with_label_values(&[tp.topic.as_str()])
+                .with_label_values(&[tp.topic.as_ref()])
                 .inc_by((position.0 - next.0) as u64);
             let env = Envelope {
                 item: Polled::Skipped { tp, next: position },

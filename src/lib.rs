@@ -32,6 +32,7 @@ pub mod kafka;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod pointer;
 pub mod registry;
 pub mod route;
 pub mod schemas;

@@ -214,7 +214,7 @@ impl Metrics {
     }
 
     fn partition_labels(tp: &TopicPartition) -> [String; 2] {
-        [tp.topic.clone(), tp.partition.to_string()]
+        [tp.topic.to_string(), tp.partition.to_string()]
     }
 
     pub fn set_lag(&self, tp: &TopicPartition, lag: i64) {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::columns::{ColumnMap, ColumnSpec};
 use crate::format::Format;
+use crate::pointer::JsonPointer;
 use crate::types::TableName;
 
 /// How the row key is derived: `"/pointer"`, `["/a", "/b"]`, `"@kafka_key"`
@@ -142,6 +143,8 @@ pub struct Route<Columns = ColumnMap> {
     pub key: RowKeySource,
     pub hash_exclude: Vec<String>,
     pub version: Option<String>,
+    /// `version` when it is a pointer into the event, parsed once.
+    pub version_pointer: Option<JsonPointer>,
     pub tombstones: TombstonePolicy,
     pub envelope: EnvelopeKind,
     pub on_truncate: TruncatePolicy,
@@ -168,6 +171,7 @@ impl<C> Route<C> {
             key: self.key,
             hash_exclude: self.hash_exclude,
             version: self.version,
+            version_pointer: self.version_pointer,
             tombstones: self.tombstones,
             envelope: self.envelope,
             on_truncate: self.on_truncate,
@@ -223,7 +227,7 @@ pub fn subscriptions<C>(routes: &[Route<C>]) -> Vec<String> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowKeySource {
-    Pointers(Vec<String>),
+    Pointers(Vec<JsonPointer>),
     KafkaKey,
     EventHash,
     /// Typed tables: the key is these mapped columns (`ColumnMap::key`).
@@ -268,6 +272,10 @@ impl RouteConfig {
             table: table?,
             key,
             hash_exclude: self.hash_exclude.clone(),
+            version_pointer: version
+                .as_deref()
+                .filter(|v| v.starts_with('/'))
+                .map(JsonPointer::parse),
             version,
             tombstones: self.tombstones,
             envelope: self.envelope,
@@ -359,7 +367,7 @@ impl RouteConfig {
                         ));
                     }
                 }
-                RowKeySource::Pointers(spec.parts().to_vec())
+                RowKeySource::Pointers(spec.parts().iter().map(|p| JsonPointer::parse(p)).collect())
             }
         }
     }

@@ -3,6 +3,7 @@
 //! partition number or format an unquoted identifier into SQL.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A Kafka offset. `next_offset` values stored in `sink_offsets` are also
 /// offsets: the first offset *not yet* applied.
@@ -23,14 +24,16 @@ impl fmt::Display for Offset {
 }
 
 /// One partition of one topic: the unit of ordering, ownership and fencing.
+/// The topic name is shared (`Arc`): every message carries its partition,
+/// and cloning one must not allocate.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
 }
 
 impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
         Self {
             topic: topic.into(),
             partition,

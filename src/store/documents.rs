@@ -76,8 +76,8 @@ fn copy_data(rows: &[RowUpsert]) -> Vec<u8> {
             None => out.push_str(copy_text::NULL),
         }
         out.push('\t');
-        copy_text::push_escaped(&mut out, &r.topic);
-        out.push_str(&format!("\t{}\t{}\n", r.partition, r.offset.0));
+        copy_text::push_escaped(&mut out, &r.tp.topic);
+        out.push_str(&format!("\t{}\t{}\n", r.tp.partition, r.offset.0));
     }
     out.into_bytes()
 }

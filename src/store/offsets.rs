@@ -36,7 +36,7 @@ pub async fn read(
          WHERE o.consumer_group = $1",
     )
     .bind(group)
-    .bind(tps.iter().map(|t| t.topic.as_str()).collect::<Vec<_>>())
+    .bind(tps.iter().map(|t| t.topic.as_ref()).collect::<Vec<_>>())
     .bind(tps.iter().map(|t| t.partition).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
@@ -82,7 +82,7 @@ pub async fn rewrite(
     .bind(
         positions
             .iter()
-            .map(|(t, _)| t.topic.as_str())
+            .map(|(t, _)| t.topic.as_ref())
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -172,7 +172,7 @@ pub async fn reset(
              WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
         )
         .bind(group)
-        .bind(&r.tp.topic)
+        .bind(r.tp.topic.as_ref())
         .bind(r.tp.partition)
         .bind(p.0)
         .bind(r.to.0),
@@ -181,7 +181,7 @@ pub async fn reset(
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         )
         .bind(group)
-        .bind(&r.tp.topic)
+        .bind(r.tp.topic.as_ref())
         .bind(r.tp.partition)
         .bind(r.to.0),
     }
@@ -199,7 +199,7 @@ pub async fn reset(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(group)
-    .bind(&r.tp.topic)
+    .bind(r.tp.topic.as_ref())
     .bind(r.tp.partition)
     .bind(r.from.0)
     .bind(r.to.0)

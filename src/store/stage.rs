@@ -47,7 +47,7 @@ impl Stage {
         sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
         let copy_sql = format!("COPY {} FROM STDIN", self.name);
         let mut copy = conn.copy_in_raw(&copy_sql).await?;
-        if let Err(e) = copy.send(data.to_vec()).await {
+        if let Err(e) = copy.send(data).await {
             let _ = copy.abort("kafka-pg-sink: sending the chunk failed").await;
             return Err(e);
         }

@@ -322,7 +322,7 @@ fn column_inputs(map: &ColumnMap, text: &str, payload: &str) -> Vec<(Option<Stri
         .zip(copy_text::split_line(text))
         .map(|(c, field)| {
             let from_payload = match (&c.source, &parsed) {
-                (ColumnSource::Pointer(p), Some(v)) => v.pointer(p).map(ToString::to_string),
+                (ColumnSource::Pointer(p), Some(v)) => p.get(v).map(ToString::to_string),
                 _ => None,
             };
             let shown = from_payload.or_else(|| field.clone()).unwrap_or_default();
