@@ -13,6 +13,7 @@ use crate::admin::{self, ReplayTarget};
 use crate::app;
 use crate::config::{Config, Overrides};
 use crate::route::RouteSpec;
+use crate::supervise::{self, ConfigSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -131,7 +132,11 @@ pub fn main(cli: Cli) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(dispatch(cli.command, cfg, routes)) {
+    let source = ConfigSource {
+        path: cli.global.config.clone(),
+        overrides: cli.global.overrides(),
+    };
+    match rt.block_on(dispatch(cli.command, cfg, routes, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -140,7 +145,12 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command, cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+async fn dispatch(
+    cmd: Command,
+    cfg: Config,
+    routes: Vec<RouteSpec>,
+    source: ConfigSource,
+) -> anyhow::Result<()> {
     match cmd {
         Command::CheckConfig => {
             println!("# configuration OK ({} route(s))", routes.len());
@@ -148,7 +158,7 @@ async fn dispatch(cmd: Command, cfg: Config, routes: Vec<RouteSpec>) -> anyhow::
             Ok(())
         }
         Command::Setup => setup(&cfg, &routes).await,
-        Command::Run => run(cfg, routes).await,
+        Command::Run => run(cfg, routes, source).await,
         Command::Offsets {
             command: OffsetsCommand::Show { json },
         } => offsets_show(&cfg, &routes, json).await,
@@ -168,9 +178,15 @@ async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+async fn run(cfg: Config, routes: Vec<RouteSpec>, source: ConfigSource) -> anyhow::Result<()> {
+    let cancel = shutdown_on_signal(cfg.sink.shutdown_timeout);
+    supervise::run(source, cfg, routes, cancel).await
+}
+
+/// A token cancelled on SIGTERM/SIGINT; the process exits 1 if the drain
+/// that follows exceeds `timeout`.
+fn shutdown_on_signal(timeout: std::time::Duration) -> CancellationToken {
     let cancel = CancellationToken::new();
-    let timeout = cfg.sink.shutdown_timeout;
     let c = cancel.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -183,7 +199,7 @@ async fn run(cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
         tracing::error!("shutdown exceeded its bound; exiting");
         std::process::exit(1);
     });
-    app::run(cfg, routes, cancel).await
+    cancel
 }
 
 async fn offsets_show(cfg: &Config, specs: &[RouteSpec], json: bool) -> anyhow::Result<()> {

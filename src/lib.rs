@@ -4,12 +4,15 @@
 //! * `types`, `backoff` — domain types; the retry schedule
 //! * `hash`, `message` — canonical JSON + SHA-256; messages and dead letters
 //! * `columns`, `route`, `config` — typed column mapping; routes; layered config
+//! * `mapping` — a route's mapping fingerprint; selecting routes by name
 //! * `batch` — fold a batch into the writes with the same effect (pure)
 //! * `store` — the one transaction per batch, offsets, dead letters, setup
 //! * `assignment` — partition ownership: generations, planned positions, seeks
 //! * `metrics`, `kafka` — Prometheus registry; Kafka client settings
 //! * `consumer`, `pipeline` — rdkafka thread; batch/commit loop, fences, replays
-//! * `http`, `admin`, `app`, `cli` — the edges
+//! * `http`, `admin`, `app` — the edges
+//! * `supervise` — the live sink across promotes (reloads its configuration)
+//! * `cli` — the command line
 
 pub mod admin;
 pub mod app;
@@ -23,9 +26,11 @@ pub mod consumer;
 pub mod hash;
 pub mod http;
 pub mod kafka;
+pub mod mapping;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;
 pub mod store;
+pub mod supervise;
 pub mod types;

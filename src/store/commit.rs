@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{PgConnection, PgPool, Row};
 
+use super::mappings::MappingGuard;
 use super::{db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowUpsert};
 use crate::config::OnError;
@@ -47,6 +48,9 @@ pub struct BatchWriter {
     /// Per route: the last batch was mostly re-deliveries, so the next
     /// document upsert filters stored duplicates first (`documents::upsert`).
     duplicate_heavy: Vec<AtomicBool>,
+    /// The route mappings this writer runs, checked after the fence
+    /// (`store/mappings.rs`: a promote fences writers of the old mapping).
+    guard: MappingGuard,
 }
 
 /// What the steps of one batch wrote and rejected.
@@ -76,7 +80,15 @@ impl BatchWriter {
             routes,
             on_error,
             duplicate_heavy,
+            guard: MappingGuard::default(),
         }
+    }
+
+    /// The same writer, refusing to commit once a promote replaced the
+    /// mapping of a table it writes ([`StoreError::MappingReplaced`]).
+    pub fn with_guard(mut self, guard: MappingGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -108,6 +120,11 @@ impl BatchWriter {
         if !fenced.is_empty() {
             tx.rollback().await?;
             return Ok(CommitOutcome::Fenced(fenced));
+        }
+        let replaced = self.guard.check(&mut tx).await?;
+        if !replaced.is_empty() {
+            tx.rollback().await?;
+            return Err(StoreError::MappingReplaced(replaced));
         }
         let mut written = Written::default();
         for (i, writes) in batch.writes.iter().enumerate() {
