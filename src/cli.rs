@@ -1,6 +1,7 @@
-//! Command line: `run | setup | check-config | offsets show | replay`, and
-//! the dispatch of each command to the library. Exit codes: 0 ok, 1 runtime
-//! failure, 2 invalid configuration.
+//! Command line: `run | setup | check-config | offsets show | replay |
+//! verify`, and the dispatch of each command to
+//! the library. Exit codes: 0 ok, 1 runtime failure, 2 invalid
+//! configuration, 3 `verify` found differences.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,8 @@ use tracing_subscriber::EnvFilter;
 use crate::admin::{self, ReplayTarget};
 use crate::app;
 use crate::config::{Config, Overrides};
+use crate::reprocess::verify::{self, VerifyOptions};
+use crate::reprocess::Start;
 use crate::route::RouteSpec;
 use crate::supervise::{self, ConfigSource};
 
@@ -85,6 +88,34 @@ pub enum Command {
     },
     /// Rewind (or move) stored offsets; running sinks pick it up without restart.
     Replay(ReplayArgs),
+    /// Compare tables with the log up to the stored positions (exit 3 if they differ).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("start").args(["from_earliest", "from_offset", "from_timestamp"])))]
+pub struct VerifyArgs {
+    /// Only this route (its table or topic).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Read each partition from its first available offset (the default).
+    #[arg(long)]
+    pub from_earliest: bool,
+    /// Read each partition from this offset (partial check).
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+    /// Read from the first offset at or after this time, RFC 3339 (partial check).
+    #[arg(long)]
+    pub from_timestamp: Option<String>,
+    /// Do not compare source-position columns (compacted topics).
+    #[arg(long)]
+    pub content_only: bool,
+    /// Sample keys shown per kind of difference.
+    #[arg(long, default_value_t = 10)]
+    pub samples: i64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,12 +163,19 @@ pub fn main(cli: Cli) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let source = ConfigSource {
-        path: cli.global.config.clone(),
-        overrides: cli.global.overrides(),
+    let ctx = Context {
+        source: ConfigSource {
+            path: cli.global.config.clone(),
+            overrides: cli.global.overrides(),
+        },
+        http_bind: cli
+            .global
+            .http_bind
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
     };
-    match rt.block_on(dispatch(cli.command, cfg, routes, source)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match rt.block_on(dispatch(cli.command, cfg, routes, ctx)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -145,24 +183,34 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// What some commands need beyond the loaded configuration.
+struct Context {
+    source: ConfigSource,
+    /// `--http-bind` as given on the command line (one-shot commands serve
+    /// metrics only when asked, so they never collide with a running sink).
+    http_bind: Option<String>,
+}
+
 async fn dispatch(
     cmd: Command,
     cfg: Config,
     routes: Vec<RouteSpec>,
-    source: ConfigSource,
-) -> anyhow::Result<()> {
+    ctx: Context,
+) -> anyhow::Result<ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cmd {
         Command::CheckConfig => {
             println!("# configuration OK ({} route(s))", routes.len());
             print!("{}", cfg.redacted_toml());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Setup => setup(&cfg, &routes).await,
-        Command::Run => run(cfg, routes, source).await,
+        Command::Setup => done(setup(&cfg, &routes).await),
+        Command::Run => done(run(cfg, routes, ctx.source).await),
         Command::Offsets {
             command: OffsetsCommand::Show { json },
-        } => offsets_show(&cfg, &routes, json).await,
-        Command::Replay(a) => replay(&cfg, &routes, &a).await,
+        } => done(offsets_show(&cfg, &routes, json).await),
+        Command::Replay(a) => done(replay(&cfg, &routes, &a).await),
+        Command::Verify(a) => verify(&cfg, &routes, a, ctx.http_bind).await,
     }
 }
 
@@ -220,9 +268,7 @@ async fn replay(cfg: &Config, specs: &[RouteSpec], a: &ReplayArgs) -> anyhow::Re
         ReplayTarget::Offset(o)
     } else {
         let t = a.to_timestamp.as_deref().expect("clap requires one target");
-        let ts = chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| anyhow::anyhow!("--to-timestamp `{t}`: not RFC 3339 ({e})"))?;
-        ReplayTarget::Timestamp(ts.timestamp_millis())
+        ReplayTarget::Timestamp(rfc3339_ms("--to-timestamp", t)?)
     };
     let (pool, routes) = app::setup(cfg, specs).await?;
     let moved = admin::replay(cfg, &routes, &pool, target, a.topic.as_deref(), a.partition).await?;
@@ -234,6 +280,48 @@ async fn replay(cfg: &Config, specs: &[RouteSpec], a: &ReplayArgs) -> anyhow::Re
         moved.len()
     );
     Ok(())
+}
+
+async fn verify(
+    cfg: &Config,
+    specs: &[RouteSpec],
+    a: VerifyArgs,
+    http_bind: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let start = match (a.from_offset, &a.from_timestamp) {
+        (Some(o), _) => Start::Offset(o),
+        (_, Some(t)) => Start::Timestamp(rfc3339_ms("--from-timestamp", t)?),
+        _ => Start::Earliest,
+    };
+    let opts = VerifyOptions {
+        route: a.route,
+        start,
+        content_only: a.content_only,
+        samples: a.samples.max(0),
+        metrics_bind: http_bind,
+    };
+    let report = verify::verify(cfg, specs, &opts).await?;
+    tracing::info!(
+        ok = report.ok,
+        messages = report.messages_read,
+        "verify finished"
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn rfc3339_ms(flag: &str, t: &str) -> anyhow::Result<i64> {
+    let ts = chrono::DateTime::parse_from_rfc3339(t)
+        .map_err(|e| anyhow::anyhow!("{flag} `{t}`: not RFC 3339 ({e})"))?;
+    Ok(ts.timestamp_millis())
 }
 
 async fn wait_for_signal() {

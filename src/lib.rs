@@ -12,6 +12,7 @@
 //! * `consumer`, `pipeline` — rdkafka thread; batch/commit loop, fences, replays
 //! * `http`, `admin`, `app` — the edges
 //! * `supervise` — the live sink across promotes (reloads its configuration)
+//! * `reprocess` — verify, rebuild, promote, abort
 //! * `cli` — the command line
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod mapping;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
+pub mod reprocess;
 pub mod route;
 pub mod store;
 pub mod supervise;

@@ -146,6 +146,24 @@ impl BatchWriter {
         Ok(CommitOutcome::Committed(written.counts))
     }
 
+    /// Applies a prepared batch's route writes on `conn` with the statements
+    /// of [`commit`](Self::commit), but without fence, mapping check, dead
+    /// letters or transaction control: `verify` folds a log range into
+    /// temporary copies of the tables this way, many batches in one
+    /// transaction. Rows the database rejects are returned in `rejected`.
+    pub async fn apply_unfenced(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PreparedBatch,
+    ) -> Result<TableCounts, StoreError> {
+        let mut written = Written::default();
+        for (i, writes) in batch.writes.iter().enumerate() {
+            self.write_route(conn, i, writes, &mut written).await?;
+        }
+        written.counts.rejected.extend(written.uncounted_rejects);
+        Ok(written.counts)
+    }
+
     /// Applies one route's writes in order: tombstones of keys re-inserted
     /// later in the batch; round 1, the previous state of keys that changed
     /// within the batch; round 2, every final state; final tombstones.

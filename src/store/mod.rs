@@ -4,6 +4,7 @@
 //! outcome counts the statements report.
 
 pub mod commit;
+pub mod compare;
 mod documents;
 pub mod mappings;
 pub mod offsets;
