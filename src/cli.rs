@@ -1,5 +1,5 @@
 //! Command line: `run | setup | check-config | offsets show | replay |
-//! verify`, and the dispatch of each command to
+//! verify | rebuild | promote | abort`, and the dispatch of each command to
 //! the library. Exit codes: 0 ok, 1 runtime failure, 2 invalid
 //! configuration, 3 `verify` found differences.
 
@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 use crate::admin::{self, ReplayTarget};
 use crate::app;
 use crate::config::{Config, Overrides};
+use crate::reprocess::rebuild::{self, PromoteOptions, RebuildEnd};
 use crate::reprocess::verify::{self, VerifyOptions};
 use crate::reprocess::Start;
 use crate::route::RouteSpec;
@@ -90,6 +91,12 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Compare tables with the log up to the stored positions (exit 3 if they differ).
     Verify(VerifyArgs),
+    /// Rebuild one route into a shadow table with this file's mapping; runs until promoted or aborted.
+    Rebuild(RebuildArgs),
+    /// Swap a rebuilt shadow table in for the live one, in one transaction.
+    Promote(PromoteArgs),
+    /// Drop a rebuild's shadow table and positions; the live table is untouched.
+    Abort(ShadowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +105,9 @@ pub struct VerifyArgs {
     /// Only this route (its table or topic).
     #[arg(long)]
     pub route: Option<String>,
+    /// Verify this rebuild's shadow table against the rebuild's positions (needs --route).
+    #[arg(long)]
+    pub shadow: Option<String>,
     /// Read each partition from its first available offset (the default).
     #[arg(long)]
     pub from_earliest: bool,
@@ -113,6 +123,44 @@ pub struct VerifyArgs {
     /// Sample keys shown per kind of difference.
     #[arg(long, default_value_t = 10)]
     pub samples: i64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    /// The route (its table or topic).
+    #[arg(long)]
+    pub route: String,
+    /// The shadow table (in the live table's schema).
+    #[arg(long, alias = "into")]
+    pub shadow: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The route (its table or topic) whose mapping in this file is rebuilt.
+    #[arg(long)]
+    pub route: String,
+    /// The shadow table to fill (created like the live table if missing).
+    #[arg(long)]
+    pub into: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub shadow: ShadowArgs,
+    /// New name of the old live table (default `<table>_retired`).
+    #[arg(long)]
+    pub retire_as: Option<String>,
+    /// Refuse if the rebuild is more than this many messages behind the live group.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_lag: i64,
+    /// Show the hand-over without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -211,6 +259,9 @@ async fn dispatch(
         } => done(offsets_show(&cfg, &routes, json).await),
         Command::Replay(a) => done(replay(&cfg, &routes, &a).await),
         Command::Verify(a) => verify(&cfg, &routes, a, ctx.http_bind).await,
+        Command::Rebuild(a) => done(rebuild(cfg, routes, &a, ctx.http_bind).await),
+        Command::Promote(a) => done(promote(&cfg, &routes, &a).await),
+        Command::Abort(a) => done(abort(&cfg, &routes, &a).await),
     }
 }
 
@@ -295,6 +346,7 @@ async fn verify(
     };
     let opts = VerifyOptions {
         route: a.route,
+        shadow: a.shadow,
         start,
         content_only: a.content_only,
         samples: a.samples.max(0),
@@ -322,6 +374,75 @@ fn rfc3339_ms(flag: &str, t: &str) -> anyhow::Result<i64> {
     let ts = chrono::DateTime::parse_from_rfc3339(t)
         .map_err(|e| anyhow::anyhow!("{flag} `{t}`: not RFC 3339 ({e})"))?;
     Ok(ts.timestamp_millis())
+}
+
+async fn rebuild(
+    mut cfg: Config,
+    specs: Vec<RouteSpec>,
+    a: &RebuildArgs,
+    http_bind: Option<String>,
+) -> anyhow::Result<()> {
+    // The live sink usually serves http.bind on this host: only --http-bind
+    // gives the rebuild an HTTP server.
+    cfg.http.bind = http_bind.unwrap_or_default();
+    let cancel = shutdown_on_signal(cfg.sink.shutdown_timeout);
+    match rebuild::run(cfg, specs, &a.route, &a.into, cancel).await? {
+        RebuildEnd::Promoted => eprintln!("the rebuild was promoted; stopping"),
+        RebuildEnd::Aborted => eprintln!("the rebuild was aborted; stopping"),
+        RebuildEnd::Stopped => eprintln!("stopped; run `rebuild` again to resume"),
+    }
+    Ok(())
+}
+
+async fn promote(cfg: &Config, specs: &[RouteSpec], a: &PromoteArgs) -> anyhow::Result<()> {
+    let opts = PromoteOptions {
+        route: a.shadow.route.clone(),
+        shadow: a.shadow.shadow.clone(),
+        retire_as: a.retire_as.clone(),
+        max_lag: Some(a.max_lag),
+        dry_run: a.dry_run,
+    };
+    let r = rebuild::promote(cfg, specs, &opts).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    for p in &r.positions {
+        let show = |o: Option<i64>| o.map_or("-".to_string(), |o| o.to_string());
+        println!(
+            "{}[{}]: live {} rebuild {} -> {}",
+            p.topic,
+            p.partition,
+            show(p.live),
+            show(p.rebuild),
+            p.next
+        );
+    }
+    if r.promoted {
+        println!(
+            "promoted {} as {}; the old table is now {} (drop it when no longer needed). \
+             Live sinks re-read their configuration and must map the route with fingerprint {}",
+            r.shadow_table, r.live_table, r.retired_table, r.fingerprint
+        );
+    } else {
+        println!(
+            "dry run: nothing changed ({} message(s) to re-apply on the live side)",
+            r.lag
+        );
+    }
+    Ok(())
+}
+
+async fn abort(cfg: &Config, specs: &[RouteSpec], a: &ShadowArgs) -> anyhow::Result<()> {
+    let (done, shadow) = rebuild::abort(cfg, specs, &a.route, &a.shadow).await?;
+    if done {
+        println!(
+            "aborted: dropped {shadow} and the rebuild's positions; the live table is untouched"
+        );
+    } else {
+        println!("the rebuild into {shadow} was already aborted");
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -1,6 +1,6 @@
 //! Reprocessing with audit (docs/reprocessing.md): `verify` a table against
 //! the log, `rebuild` a route into a shadow table with its own consumer
-//! group, then `promote` (swap atomically) or `abort` it (`rebuild.rs`).
+//! group, then `promote` (swap atomically) or `abort` it.
 //!
 //! * `verify.rs` — reads the range a table claims to reflect and folds it
 //!   with the sink's own code into a temporary copy, compares server side;
@@ -13,6 +13,7 @@
 //! makes in `store/mappings.rs`.
 
 pub mod reader;
+pub mod rebuild;
 pub mod report;
 pub mod verify;
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reader::{self, Range};
 use super::report::{self, Mode, PartitionRange, RouteReport, VerifyReport};
-use super::{existing_table, metadata_client, partition_logs, start_offsets};
+use super::{existing_table, metadata_client, partition_logs, shadow_beside, start_offsets};
 use super::{PartitionLog, Start};
 use crate::assignment::Assignment;
 use crate::batch::{self, PreparedBatch};
@@ -41,6 +41,7 @@ use crate::mapping;
 use crate::metrics::Metrics;
 use crate::route::{Route, RouteSpec};
 use crate::store::compare::{self, Columns};
+use crate::store::shadow::rebuild_group;
 use crate::store::{self, schema, BatchWriter};
 use crate::types::{Offset, RowKey, TopicPartition};
 
@@ -48,6 +49,8 @@ use crate::types::{Offset, RowKey, TopicPartition};
 pub struct VerifyOptions {
     /// A route's table or topic; all routes when `None`.
     pub route: Option<String>,
+    /// Verify this rebuild's shadow table against the rebuild's positions.
+    pub shadow: Option<String>,
     pub start: Start,
     /// Leave the source-position columns out of the comparison.
     pub content_only: bool,
@@ -58,7 +61,7 @@ pub struct VerifyOptions {
 }
 
 /// What is verified: the group whose positions count, and the routes
-/// resolved against the tables compared.
+/// resolved against the tables compared (the live ones, or a shadow).
 struct Target {
     pool: PgPool,
     group: String,
@@ -74,12 +77,18 @@ impl Target {
         let selected = mapping::select(cfg, specs, opts.route.as_deref())?;
         let pool = store::connect(&cfg.postgres).await?;
         store::migrate(&pool).await.context("applying migrations")?;
-        let group = cfg.kafka.group_id.clone();
+        let mut group = cfg.kafka.group_id.clone();
         let mut chosen: Vec<RouteSpec> = Vec::with_capacity(selected.len());
         for r in selected {
             let mut spec = r.spec;
             spec.table = existing_table(&pool, &spec.table).await?;
             chosen.push(spec);
+        }
+        if let Some(name) = &opts.shadow {
+            anyhow::ensure!(chosen.len() == 1, "--shadow needs --route naming one route");
+            let shadow = shadow_beside(&chosen[0].table, name)?;
+            group = rebuild_group(&group, &shadow);
+            chosen[0].table = existing_table(&pool, &shadow).await?;
         }
         let routes = schema::resolve_routes(&pool, &chosen).await?;
         Ok(Target {

@@ -9,6 +9,7 @@ mod documents;
 pub mod mappings;
 pub mod offsets;
 pub mod schema;
+pub mod shadow;
 mod typed;
 
 use std::str::FromStr;
