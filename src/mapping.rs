@@ -74,8 +74,9 @@ pub enum SelectError {
     Unknown(String, String),
 }
 
-/// The routes named by `name` (a route's table as written or quoted, or its
-/// topic), or every route when `name` is `None`.
+/// The routes named by `name` (a route's table as written or quoted, with
+/// or without its schema, or its topic), or every route when `name` is
+/// `None`.
 pub fn select(
     cfg: &Config,
     specs: &[RouteSpec],
@@ -88,7 +89,12 @@ pub fn select(
         .iter()
         .filter(|r| {
             let rc = &cfg.routes[r.index];
-            rc.table == name || rc.topic == name || wanted.as_ref() == Some(&r.spec.table)
+            let t = &r.spec.table;
+            rc.table == name
+                || rc.topic == name
+                || wanted
+                    .as_ref()
+                    .is_some_and(|w| w == t || (w.schema.is_none() && w.name == t.name))
         })
         .cloned()
         .collect();
@@ -143,6 +149,8 @@ mod tests {
         };
         assert_eq!(by("public.ta"), Ok(vec![0]));
         assert_eq!(by(r#""public"."ta""#), Ok(vec![0]));
+        assert_eq!(by("ta"), Ok(vec![0]));
+        assert!(by("other.ta").is_err());
         assert_eq!(by("b"), Ok(vec![1]));
         assert!(by("nope").unwrap_err().contains("public.ta, tb"));
         assert_eq!(select(&cfg, &specs, None).unwrap().len(), 2);

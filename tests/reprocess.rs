@@ -303,6 +303,14 @@ async fn verify_passes_while_the_sink_runs_and_data_arrives() {
         .as_array()
         .unwrap()
         .contains(&Value::from("kafka_offset")));
+    // From a time before the first record: the whole log again.
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (code, report) = verify(&cfg.path, &["--from-timestamp", &hour_ago]);
+    assert_eq!(
+        (code, &report["routes"][0]["mode"]),
+        (0, &Value::from("complete")),
+        "{report}"
+    );
     traffic.stop();
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     // verify never wrote positions (its own or the sink's).

@@ -124,10 +124,16 @@ pub async fn verify(
     let positions = !opts.content_only && plans.iter().all(|p| p.mode == Mode::Complete);
     let expected = create_expected(&mut conn, &target.routes, &plans).await?;
     let (read, dead) = fold(&mut conn, cfg, &target, &plans, &expected, &metrics).await?;
+    tracing::info!(
+        messages = read,
+        seconds = started.elapsed().as_secs_f64(),
+        "verify: range folded into temporary copies; comparing"
+    );
     let mut routes = Vec::with_capacity(plans.len());
     for (i, p) in plans.into_iter().enumerate() {
         let r = &target.routes[i];
         let cols = Columns::of(r, positions);
+        let partial = p.mode == Mode::Partial;
         let c = compare::compare(
             &mut conn,
             &r.table,
@@ -135,6 +141,7 @@ pub async fn verify(
             i,
             &cols,
             opts.samples,
+            partial,
         )
         .await?;
         metrics.record(&r.table.to_string(), &c);
@@ -313,7 +320,7 @@ async fn fold(
         let rs = routes.clone();
         let batch = tokio::task::spawn_blocking(move || batch::prepare(&rs, messages)).await?;
         let counts = writer.apply_unfenced(conn, &batch).await?;
-        record_keys(conn, &batch).await?;
+        record_keys(conn, &batch, plans).await?;
         read += batch.counts.consumed;
         dead += (batch.dead_letters.len() + counts.rejected.len()) as u64;
         metrics.progress(read, done.load(Ordering::Relaxed), total);
@@ -324,8 +331,15 @@ async fn fold(
     Ok((read, dead))
 }
 
-async fn record_keys(conn: &mut PgConnection, batch: &PreparedBatch) -> anyhow::Result<()> {
+async fn record_keys(
+    conn: &mut PgConnection,
+    batch: &PreparedBatch,
+    plans: &[RoutePlan],
+) -> anyhow::Result<()> {
     for (i, w) in batch.writes.iter().enumerate() {
+        if plans[i].mode != Mode::Partial {
+            continue;
+        }
         let keys: Vec<&RowKey> = w
             .upserts
             .iter()
