@@ -13,7 +13,9 @@ set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 CACHE="${KAFKA_PG_SINK_CACHE:-$HOME/.cache/kafka-pg-sink}"
-LIB="$CACHE/kafka-$KAFKA_VERSION/lib"
+# The suffix changes when the resolved jar set changes (old caches are then
+# not reused): -2 pins slf4j-api 2.x so the broker actually logs.
+LIB="$CACHE/kafka-$KAFKA_VERSION-2/lib"
 STATE="${KAFKA_STATE_DIR:-/tmp/kafka-pg-sink-kafka}"
 PORT="${KAFKA_PORT:-9092}"
 CPORT=$((PORT + 1))
@@ -39,6 +41,8 @@ fetch() {
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>
+    <!-- kafka_2.13 drags in slf4j-api 1.7, which cannot see the slf4j2 binding: no broker logs at all -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.16</version></dependency>
   </dependencies>
 </project>
 POM

@@ -13,11 +13,13 @@ use crate::assignment::Assignment;
 use crate::config::Config;
 use crate::consumer;
 use crate::http::{self, HttpState};
+use crate::mapping::{self, SelectedRoute};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
 use crate::route::{self, Route, RouteSpec};
 use crate::schemas::Schemas;
+use crate::store::mappings::{canonical_table, MappingGuard};
 use crate::store::{self, BatchWriter};
 
 /// Connects, migrates, creates document tables and the tables that follow a
@@ -62,8 +64,23 @@ pub async fn run(
     specs: Vec<RouteSpec>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let routes = mapping::fingerprinted(&cfg, &specs);
+    run_with(cfg, routes, Metrics::new(), cancel).await
+}
+
+/// [`run`] for some routes of `cfg` (a live sink leaves out routes whose
+/// promoted mapping it does not run; a rebuild runs one route into its
+/// shadow), recording into `metrics` (kept across reloads). The writer
+/// refuses to commit once a promote replaced one of these mappings.
+pub async fn run_with(
+    cfg: Config,
+    selected: Vec<SelectedRoute>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let specs: Vec<RouteSpec> = selected.iter().map(|r| r.spec.clone()).collect();
     let (pool, routes, schemas) = setup_with_schemas(&cfg, &specs).await?;
+    let guard = mapping_guard(&pool, &cfg.kafka.group_id, &selected).await?;
     let assignment = Assignment::default();
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
 
@@ -89,7 +106,8 @@ pub async fn run(
             cancel.clone(),
         ));
     }
-    let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error);
+    let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error)
+        .with_guard(guard);
     let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
         .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;
@@ -105,6 +123,23 @@ pub async fn run(
     }
     pool.close().await;
     result.map_err(anyhow::Error::from)
+}
+
+/// The mapping each route's table must be written with (store/mappings.rs).
+async fn mapping_guard(
+    pool: &PgPool,
+    group: &str,
+    selected: &[SelectedRoute],
+) -> anyhow::Result<MappingGuard> {
+    let mut conn = pool.acquire().await?;
+    let mut tables = Vec::with_capacity(selected.len());
+    for r in selected {
+        let t = canonical_table(&mut conn, &r.spec.table)
+            .await?
+            .with_context(|| format!("table {} disappeared", r.spec.table))?;
+        tables.push((t.quoted(), r.fingerprint.clone()));
+    }
+    Ok(MappingGuard::new(group, tables))
 }
 
 async fn serve_http(

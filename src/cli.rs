@@ -1,6 +1,7 @@
-//! Command line: `run | setup | check-config | offsets show | replay`, and
-//! the dispatch of each command to the library. Exit codes: 0 ok, 1 runtime
-//! failure, 2 invalid configuration.
+//! Command line: `run | setup | check-config | offsets show | replay |
+//! verify | rebuild | promote | abort`, and the dispatch of each command to
+//! the library. Exit codes: 0 ok, 1 runtime failure, 2 invalid
+//! configuration, 3 `verify` found differences.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 use crate::admin::{self, ReplayTarget};
 use crate::app;
 use crate::config::{Config, Overrides};
+use crate::reprocess::rebuild::{self, PromoteOptions, RebuildEnd};
+use crate::reprocess::verify::{self, VerifyOptions};
+use crate::reprocess::Start;
 use crate::route::RouteSpec;
+use crate::supervise::{self, ConfigSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +89,81 @@ pub enum Command {
     },
     /// Rewind (or move) stored offsets; running sinks pick it up without restart.
     Replay(ReplayArgs),
+    /// Compare tables with the log up to the stored positions (exit 3 if they differ).
+    Verify(VerifyArgs),
+    /// Rebuild one route into a shadow table with this file's mapping; runs until promoted or aborted.
+    Rebuild(RebuildArgs),
+    /// Swap a rebuilt shadow table in for the live one, in one transaction.
+    Promote(PromoteArgs),
+    /// Drop a rebuild's shadow table and positions; the live table is untouched.
+    Abort(ShadowArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("start").args(["from_earliest", "from_offset", "from_timestamp"])))]
+pub struct VerifyArgs {
+    /// Only this route (its table or topic).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Verify this rebuild's shadow table against the rebuild's positions (needs --route).
+    #[arg(long)]
+    pub shadow: Option<String>,
+    /// Read each partition from its first available offset (the default).
+    #[arg(long)]
+    pub from_earliest: bool,
+    /// Read each partition from this offset (partial check).
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+    /// Read from the first offset at or after this time, RFC 3339 (partial check).
+    #[arg(long)]
+    pub from_timestamp: Option<String>,
+    /// Do not compare source-position columns (compacted topics).
+    #[arg(long)]
+    pub content_only: bool,
+    /// Sample keys shown per kind of difference.
+    #[arg(long, default_value_t = 10)]
+    pub samples: i64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    /// The route (its table or topic).
+    #[arg(long)]
+    pub route: String,
+    /// The shadow table (in the live table's schema).
+    #[arg(long, alias = "into")]
+    pub shadow: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The route (its table or topic) whose mapping in this file is rebuilt.
+    #[arg(long)]
+    pub route: String,
+    /// The shadow table to fill (created like the live table if missing).
+    #[arg(long)]
+    pub into: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub shadow: ShadowArgs,
+    /// New name of the old live table (default `<table>_retired`).
+    #[arg(long)]
+    pub retire_as: Option<String>,
+    /// Refuse if the rebuild is more than this many messages behind the live group.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_lag: i64,
+    /// Show the hand-over without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,8 +211,19 @@ pub fn main(cli: Cli) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(dispatch(cli.command, cfg, routes)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let ctx = Context {
+        source: ConfigSource {
+            path: cli.global.config.clone(),
+            overrides: cli.global.overrides(),
+        },
+        http_bind: cli
+            .global
+            .http_bind
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
+    };
+    match rt.block_on(dispatch(cli.command, cfg, routes, ctx)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -140,19 +231,37 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command, cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+/// What some commands need beyond the loaded configuration.
+struct Context {
+    source: ConfigSource,
+    /// `--http-bind` as given on the command line (one-shot commands serve
+    /// metrics only when asked, so they never collide with a running sink).
+    http_bind: Option<String>,
+}
+
+async fn dispatch(
+    cmd: Command,
+    cfg: Config,
+    routes: Vec<RouteSpec>,
+    ctx: Context,
+) -> anyhow::Result<ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cmd {
         Command::CheckConfig => {
             println!("# configuration OK ({} route(s))", routes.len());
             print!("{}", cfg.redacted_toml());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Setup => setup(&cfg, &routes).await,
-        Command::Run => run(cfg, routes).await,
+        Command::Setup => done(setup(&cfg, &routes).await),
+        Command::Run => done(run(cfg, routes, ctx.source).await),
         Command::Offsets {
             command: OffsetsCommand::Show { json },
-        } => offsets_show(&cfg, &routes, json).await,
-        Command::Replay(a) => replay(&cfg, &routes, &a).await,
+        } => done(offsets_show(&cfg, &routes, json).await),
+        Command::Replay(a) => done(replay(&cfg, &routes, &a).await),
+        Command::Verify(a) => verify(&cfg, &routes, a, ctx.http_bind).await,
+        Command::Rebuild(a) => done(rebuild(cfg, routes, &a, ctx.http_bind).await),
+        Command::Promote(a) => done(promote(&cfg, &routes, &a).await),
+        Command::Abort(a) => done(abort(&cfg, &routes, &a).await),
     }
 }
 
@@ -168,9 +277,15 @@ async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
+async fn run(cfg: Config, routes: Vec<RouteSpec>, source: ConfigSource) -> anyhow::Result<()> {
+    let cancel = shutdown_on_signal(cfg.sink.shutdown_timeout);
+    supervise::run(source, cfg, routes, cancel).await
+}
+
+/// A token cancelled on SIGTERM/SIGINT; the process exits 1 if the drain
+/// that follows exceeds `timeout`.
+fn shutdown_on_signal(timeout: std::time::Duration) -> CancellationToken {
     let cancel = CancellationToken::new();
-    let timeout = cfg.sink.shutdown_timeout;
     let c = cancel.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -183,7 +298,7 @@ async fn run(cfg: Config, routes: Vec<RouteSpec>) -> anyhow::Result<()> {
         tracing::error!("shutdown exceeded its bound; exiting");
         std::process::exit(1);
     });
-    app::run(cfg, routes, cancel).await
+    cancel
 }
 
 async fn offsets_show(cfg: &Config, specs: &[RouteSpec], json: bool) -> anyhow::Result<()> {
@@ -204,9 +319,7 @@ async fn replay(cfg: &Config, specs: &[RouteSpec], a: &ReplayArgs) -> anyhow::Re
         ReplayTarget::Offset(o)
     } else {
         let t = a.to_timestamp.as_deref().expect("clap requires one target");
-        let ts = chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| anyhow::anyhow!("--to-timestamp `{t}`: not RFC 3339 ({e})"))?;
-        ReplayTarget::Timestamp(ts.timestamp_millis())
+        ReplayTarget::Timestamp(rfc3339_ms("--to-timestamp", t)?)
     };
     let (pool, routes) = app::setup(cfg, specs).await?;
     let moved = admin::replay(cfg, &routes, &pool, target, a.topic.as_deref(), a.partition).await?;
@@ -217,6 +330,118 @@ async fn replay(cfg: &Config, specs: &[RouteSpec], a: &ReplayArgs) -> anyhow::Re
         "rewrote {} partition position(s); running sinks re-read them now",
         moved.len()
     );
+    Ok(())
+}
+
+async fn verify(
+    cfg: &Config,
+    specs: &[RouteSpec],
+    a: VerifyArgs,
+    http_bind: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let start = match (a.from_offset, &a.from_timestamp) {
+        (Some(o), _) => Start::Offset(o),
+        (_, Some(t)) => Start::Timestamp(rfc3339_ms("--from-timestamp", t)?),
+        _ => Start::Earliest,
+    };
+    let opts = VerifyOptions {
+        route: a.route,
+        shadow: a.shadow,
+        start,
+        content_only: a.content_only,
+        samples: a.samples.max(0),
+        metrics_bind: http_bind,
+    };
+    let report = verify::verify(cfg, specs, &opts).await?;
+    tracing::info!(
+        ok = report.ok,
+        messages = report.messages_read,
+        "verify finished"
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn rfc3339_ms(flag: &str, t: &str) -> anyhow::Result<i64> {
+    let ts = chrono::DateTime::parse_from_rfc3339(t)
+        .map_err(|e| anyhow::anyhow!("{flag} `{t}`: not RFC 3339 ({e})"))?;
+    Ok(ts.timestamp_millis())
+}
+
+async fn rebuild(
+    mut cfg: Config,
+    specs: Vec<RouteSpec>,
+    a: &RebuildArgs,
+    http_bind: Option<String>,
+) -> anyhow::Result<()> {
+    // The live sink usually serves http.bind on this host: only --http-bind
+    // gives the rebuild an HTTP server.
+    cfg.http.bind = http_bind.unwrap_or_default();
+    let cancel = shutdown_on_signal(cfg.sink.shutdown_timeout);
+    match rebuild::run(cfg, specs, &a.route, &a.into, cancel).await? {
+        RebuildEnd::Promoted => eprintln!("the rebuild was promoted; stopping"),
+        RebuildEnd::Aborted => eprintln!("the rebuild was aborted; stopping"),
+        RebuildEnd::Stopped => eprintln!("stopped; run `rebuild` again to resume"),
+    }
+    Ok(())
+}
+
+async fn promote(cfg: &Config, specs: &[RouteSpec], a: &PromoteArgs) -> anyhow::Result<()> {
+    let opts = PromoteOptions {
+        route: a.shadow.route.clone(),
+        shadow: a.shadow.shadow.clone(),
+        retire_as: a.retire_as.clone(),
+        max_lag: Some(a.max_lag),
+        dry_run: a.dry_run,
+    };
+    let r = rebuild::promote(cfg, specs, &opts).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    for p in &r.positions {
+        let show = |o: Option<i64>| o.map_or("-".to_string(), |o| o.to_string());
+        println!(
+            "{}[{}]: live {} rebuild {} -> {}",
+            p.topic,
+            p.partition,
+            show(p.live),
+            show(p.rebuild),
+            p.next
+        );
+    }
+    if r.promoted {
+        println!(
+            "promoted {} as {}; the old table is now {} (drop it when no longer needed). \
+             Live sinks re-read their configuration and must map the route with fingerprint {}",
+            r.shadow_table, r.live_table, r.retired_table, r.fingerprint
+        );
+    } else {
+        println!(
+            "dry run: nothing changed ({} message(s) to re-apply on the live side)",
+            r.lag
+        );
+    }
+    Ok(())
+}
+
+async fn abort(cfg: &Config, specs: &[RouteSpec], a: &ShadowArgs) -> anyhow::Result<()> {
+    let (done, shadow) = rebuild::abort(cfg, specs, &a.route, &a.shadow).await?;
+    if done {
+        println!(
+            "aborted: dropped {shadow} and the rebuild's positions; the live table is untouched"
+        );
+    } else {
+        println!("the rebuild into {shadow} was already aborted");
+    }
     Ok(())
 }
 

@@ -7,12 +7,16 @@
 //!   Schema) and change-event envelopes, decoded to JSON (pure)
 //! * `registry` — the schema registry client (Confluent API), cached by id
 //! * `columns`, `route`, `config` — typed column mapping; routes; layered config
+//! * `mapping` — a route's mapping fingerprint; selecting routes by name
 //! * `batch` — fold a batch into the writes with the same effect (pure)
 //! * `store` — the one transaction per batch, offsets, dead letters, setup
 //! * `assignment` — partition ownership: generations, planned positions, seeks
 //! * `metrics`, `kafka` — Prometheus registry; Kafka client settings
 //! * `consumer`, `pipeline` — rdkafka thread; batch/commit loop, fences, replays
-//! * `http`, `admin`, `app`, `cli` — the edges
+//! * `http`, `admin`, `app` — the edges
+//! * `supervise` — the live sink across promotes (reloads its configuration)
+//! * `reprocess` — verify, rebuild, promote, abort
+//! * `cli` — the command line
 
 pub mod admin;
 pub mod app;
@@ -29,12 +33,15 @@ pub mod format;
 pub mod hash;
 pub mod http;
 pub mod kafka;
+pub mod mapping;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod pointer;
 pub mod registry;
+pub mod reprocess;
 pub mod route;
 pub mod schemas;
 pub mod store;
+pub mod supervise;
 pub mod types;

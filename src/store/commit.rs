@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use sqlx::{PgConnection, PgPool, Row};
 
+use super::mappings::MappingGuard;
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
 use crate::config::OnError;
@@ -50,6 +51,9 @@ pub struct BatchWriter {
     /// Per route: the last batch was mostly re-deliveries, so the next
     /// document upsert filters stored duplicates first (`documents::upsert`).
     duplicate_heavy: Vec<AtomicBool>,
+    /// The route mappings this writer runs, checked after the fence
+    /// (`store/mappings.rs`: a promote fences writers of the old mapping).
+    guard: MappingGuard,
 }
 
 /// What the steps of one batch wrote and rejected.
@@ -86,7 +90,15 @@ impl BatchWriter {
             routes: RwLock::new(Arc::new(routes)),
             on_error,
             duplicate_heavy,
+            guard: MappingGuard::default(),
         }
+    }
+
+    /// The same writer, refusing to commit once a promote replaced the
+    /// mapping of a table it writes ([`StoreError::MappingReplaced`]).
+    pub fn with_guard(mut self, guard: MappingGuard) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// The current routes.
@@ -129,6 +141,11 @@ impl BatchWriter {
             tx.rollback().await?;
             return Ok(CommitOutcome::Fenced(fenced));
         }
+        let replaced = self.guard.check(&mut tx).await?;
+        if !replaced.is_empty() {
+            tx.rollback().await?;
+            return Err(StoreError::MappingReplaced(replaced));
+        }
         let fenced_at = started.elapsed();
         let mut written = Written::default();
         let routes = self.routes();
@@ -162,6 +179,29 @@ impl BatchWriter {
             "batch committed"
         );
         Ok(CommitOutcome::Committed(written.counts))
+    }
+
+    /// Applies a prepared batch's route writes on `conn` with the statements
+    /// of [`commit`](Self::commit), but without fence, mapping check, dead
+    /// letters or transaction control: `verify` folds a log range into
+    /// temporary copies of the tables this way, many batches in one
+    /// transaction. Rows the database rejects are returned in `rejected`.
+    pub async fn apply_unfenced(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PreparedBatch,
+    ) -> Result<TableCounts, StoreError> {
+        let mut written = Written::default();
+        let routes = self.routes();
+        for (i, writes) in batch.writes.iter().enumerate() {
+            let at = RouteAt {
+                i,
+                route: &routes[i],
+            };
+            self.write_route(conn, at, writes, &mut written).await?;
+        }
+        written.counts.rejected.extend(written.uncounted_rejects);
+        Ok(written.counts)
     }
 
     /// Applies one route's writes in order: tombstones of keys re-inserted

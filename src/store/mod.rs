@@ -5,10 +5,13 @@
 
 pub mod cdc;
 pub mod commit;
+pub mod compare;
 pub mod derived;
 mod documents;
+pub mod mappings;
 pub mod offsets;
 pub mod schema;
+pub mod shadow;
 mod stage;
 mod typed;
 
@@ -34,6 +37,11 @@ pub enum StoreError {
     /// Anything else (permissions, missing table, bad SQL): not retried.
     #[error("database error: {0}")]
     Fatal(#[source] sqlx::Error),
+    /// A promote replaced the mapping of these tables: this writer runs the
+    /// old one and must not write them (`store/mappings.rs`). Nothing of the
+    /// batch was written; live sinks reload their configuration.
+    #[error("the route mapping of {} was replaced by `promote`; this writer runs another mapping", .0.join(", "))]
+    MappingReplaced(Vec<String>),
 }
 
 impl From<sqlx::Error> for StoreError {
