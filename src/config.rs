@@ -682,6 +682,20 @@ mod tests {
     }
 
     #[test]
+    fn create_table_routes_refuse_hash_exclude() {
+        let route = "[schema_registry]\nurl = \"http://registry:8081\"\n[[route]]\n\
+                     topic = \"orders\"\ntable = \"orders\"\nformat = \"avro\"\n\
+                     create_table = true\nkey = \"id\"\n";
+        let base = GOOD.split("[[route]]").next().unwrap();
+        assert!(parse(&format!("{base}{route}")).is_ok());
+        let err = parse(&format!("{base}{route}hash_exclude = [\"/sent_at\"]\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("route[0].hash_exclude: a table created from the schema"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_name_the_key() {
         let err = parse(&GOOD.replace("group_id", "groupid")).unwrap_err();
         assert!(err.to_string().contains("groupid"), "{err}");

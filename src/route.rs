@@ -256,6 +256,12 @@ impl RouteConfig {
                 ));
             }
         }
+        if self.create_table && !self.hash_exclude.is_empty() {
+            p.push(format!(
+                "{at}.hash_exclude: a table created from the schema detects duplicates by its \
+                 column values (every field is a column); drop the field from the schema instead"
+            ));
+        }
         self.check_schema_options(&at, p);
         let key = if self.columns.is_some() || self.create_table {
             RowKeySource::Columns(self.key.parts().to_vec())
