@@ -690,7 +690,8 @@ mod tests {
         assert!(parse(&format!("{base}{route}")).is_ok());
         let err = parse(&format!("{base}{route}hash_exclude = [\"/sent_at\"]\n")).unwrap_err();
         assert!(
-            err.to_string().contains("route[0].hash_exclude: a table created from the schema"),
+            err.to_string()
+                .contains("route[0].hash_exclude: a table created from the schema"),
             "{err}"
         );
     }

@@ -33,15 +33,29 @@ pub const NULL: &str = "\\N";
 
 /// Appends `s` escaped for COPY's text format.
 pub fn push_escaped(out: &mut String, s: &str) {
-    for ch in s.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    // Whole runs between special bytes are copied at once (payloads are
+    // mostly plain): the specials are ASCII, so slicing at them keeps UTF-8
+    // boundaries.
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
+}
+
+/// Appends an integer field without a temporary string.
+pub fn push_int(out: &mut String, v: i64) {
+    use std::fmt::Write;
+    let _ = write!(out, "{v}");
 }
 
 /// Appends the field for JSON value `v` in a column of `kind`. `raw` is the
@@ -58,7 +72,10 @@ pub fn push_field(out: &mut String, v: &Value, kind: ColumnKind, raw: Option<&st
             array_literal(items, &mut literal);
             push_escaped(out, &literal);
         }
-        (Value::Number(n), ColumnKind::Scalar | ColumnKind::Array) => out.push_str(&n.to_string()),
+        (Value::Number(n), ColumnKind::Scalar | ColumnKind::Array) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{n}");
+        }
         (Value::Bool(b), ColumnKind::Scalar | ColumnKind::Array) => {
             out.push_str(if *b { "true" } else { "false" })
         }
@@ -157,6 +174,19 @@ mod tests {
             r#"{"a":[1,"b\\\\"]}"#
         );
         assert_eq!(field(json!({"x": 1}), ColumnKind::Scalar), r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn escaping_keeps_multibyte_text_and_escapes_only_the_four_specials() {
+        let mut s = String::new();
+        push_escaped(&mut s, "é\\ü\tß\n✓\r€");
+        assert_eq!(s, "é\\\\ü\\tß\\n✓\\r€");
+        s.clear();
+        push_escaped(&mut s, "plain ünïcode");
+        assert_eq!(s, "plain ünïcode");
+        s.clear();
+        push_escaped(&mut s, "\\");
+        assert_eq!(s, "\\\\");
     }
 
     #[test]

@@ -25,9 +25,11 @@ use crate::batch::{RowDelete, RowTruncate};
 /// SQL condition: the row (`key`, `position` expressions) is not refused by a
 /// delete or truncate marker of `target` (a bound text parameter).
 pub(super) fn marker_filter(target: &str, key: &str, position: &str) -> String {
+    // Scalar subqueries ((target, key) is unique): one index probe per row
+    // rather than a possible hash join over every marker.
     format!(
-        "NOT EXISTS (SELECT 1 FROM sink_delete_markers m \
-           WHERE m.target = {target} AND m.key = {key} AND m.position >= {position}) \
+        "coalesce((SELECT m.position FROM sink_delete_markers m \
+           WHERE m.target = {target} AND m.key = {key}) < {position}, TRUE) \
          AND {position} > coalesce((SELECT tm.position FROM sink_truncate_markers tm \
            WHERE tm.target = {target}), -9223372036854775808)"
     )

@@ -106,7 +106,7 @@ fn copy_data(route: &Route, rows: &[RowUpsert]) -> Vec<u8> {
             out.push('\t');
             copy_text::push_escaped(&mut out, &r.key.0);
             out.push('\t');
-            out.push_str(&r.version.unwrap_or(i64::MIN).to_string());
+            copy_text::push_int(&mut out, r.version.unwrap_or(i64::MIN));
         }
         out.push('\n');
     }
@@ -202,8 +202,10 @@ fn same_count(route: &Route, map: &ColumnMap) -> String {
         (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
         _ => "TRUE".into(),
     };
+    // A scalar subquery: one index probe per row, never a hash join over the
+    // whole table (see `documents::upsert_sql`); the key is unique.
     format!(
-        "(SELECT count(*) FROM input i JOIN {} cur ON {on} AND {same})",
+        "(SELECT count(*) FROM input i WHERE (SELECT {same} FROM {} cur WHERE {on}))",
         route.table.quoted()
     )
 }
