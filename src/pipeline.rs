@@ -256,11 +256,20 @@ impl Pipeline {
             if buf.is_empty() {
                 continue;
             }
-            for (lane, p) in self.prepare(std::mem::take(&mut buf)).await? {
-                if lanes[lane].send(p).await.is_err() {
+            // Room in every lane first, then prepare: a batch is prepared
+            // only when its committer takes it next, so per lane one batch
+            // commits, one waits and the next is still raw messages (not a
+            // third prepared batch held until the channel frees up).
+            let mut permits = Vec::with_capacity(lanes.len());
+            for lane in lanes {
+                match lane.reserve().await {
+                    Ok(p) => permits.push(Some(p)),
                     // The committer stopped on an error; run() reports it.
-                    return Ok(());
+                    Err(_) => return Ok(()),
                 }
+            }
+            for (lane, p) in self.prepare(std::mem::take(&mut buf)).await? {
+                permits[lane].take().expect("one batch per lane").send(p);
             }
         }
     }
