@@ -170,6 +170,7 @@ impl Pipeline {
         // Fired when a committer stops on an error, so an idle accumulator
         // (no new messages) does not wait forever to notice.
         let committer_failed = CancellationToken::new();
+        tracing::info!(commit_lanes = this.lanes, "committing");
         let (lanes, committers): (Vec<_>, Vec<_>) = (0..this.lanes)
             .map(|_| {
                 let (tx, batches) = mpsc::channel::<Prepared>(1);

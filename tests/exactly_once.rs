@@ -69,9 +69,26 @@ async fn same_input_twice_gives_identical_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_five_times_loses_and_doubles_nothing() {
+    sigkill_five_times("", "commit_lanes=1").await;
+}
+
+/// The same with three commit lanes: the 4 partitions' batches commit on
+/// three connections concurrently, each partition in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_five_times_with_three_commit_lanes_loses_and_doubles_nothing() {
+    sigkill_five_times(
+        "commit_lanes = 3\n[postgres]\nmax_connections = 5",
+        "commit_lanes=3",
+    )
+    .await;
+}
+
+/// SIGKILLs the sink five times while events arrive; `lanes_log` is the
+/// startup log naming the lanes the settings must give.
+async fn sigkill_five_times(sink_settings: &str, lanes_log: &str) {
     let db = TestDb::new().await;
     let topic = TestTopic::new(4).await;
-    let cfg = SinkConfig::new(&db, &topic.name, "", "");
+    let cfg = SinkConfig::new(&db, &topic.name, "", sink_settings);
     let mut w = Workload::new();
     let mut seq = 0u64;
     let mut produce = |w: &mut Workload, n: u64| {
@@ -111,6 +128,7 @@ async fn sigkill_mid_stream_five_times_loses_and_doubles_nothing() {
     }
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert!(sink.logs().contains(lanes_log), "{}", sink.logs());
     assert_eq!(
         db.rows("events").await,
         w.expected,
@@ -296,6 +314,10 @@ async fn sigterm_exits_zero_quickly_and_restart_completes() {
     assert_eq!(db.rows("events").await, w.expected);
 }
 
+const SINK_BACKENDS_PIDS: &str = "SELECT pid FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+       AND application_name = 'kafka-pg-sink'";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_backends_are_survived() {
     let db = TestDb::new().await;
@@ -309,16 +331,21 @@ async fn terminated_backends_are_survived() {
             w.send(&topic, &id, &event(&id, round * 1000 + i));
         }
         topic.flush();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid() \
-               AND application_name = 'kafka-pg-sink') t",
-        )
+        // The sink may still be starting (round 0) or reconnecting after the
+        // previous round's kill: wait for a backend instead of guessing a delay.
+        wait_until(T, "a sink connection to terminate", || async {
+            db.count(&format!("SELECT count(*) FROM ({SINK_BACKENDS_PIDS}) b"))
+                .await
+                > 0
+        })
+        .await;
+        let killed: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM ({SINK_BACKENDS_PIDS}) b) t"
+        ))
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        assert!(killed > 0 || round > 0, "no sink connection to terminate");
+        assert!(killed > 0, "round {round}: no sink connection terminated");
     }
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(db.rows("events").await, w.expected);
