@@ -123,6 +123,14 @@ impl Connector {
     fn kill9(&self) {
         connect_sh(&["kill", &self.name]);
     }
+
+    /// The worker's last `lines` log lines, for failure reports.
+    fn log_tail(&self, lines: usize) -> String {
+        let path = connect_sh(&["log", &self.name]);
+        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl Drop for Connector {
@@ -145,6 +153,29 @@ async fn checksum(pool: &PgPool) -> String {
     .await
     .unwrap()
     .unwrap_or_default()
+}
+
+/// The rows of `items` that differ between the two databases, at most 20.
+async fn differences(source: &PgPool, target: &PgPool) -> String {
+    async fn rows(pool: &PgPool) -> std::collections::BTreeMap<i32, String> {
+        sqlx::query_as::<_, (i32, String)>(
+            "SELECT id, concat_ws('|', name, qty, price, extract(epoch FROM updated), tags::text) \
+             FROM items",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+    }
+    let (s, t) = (rows(source).await, rows(target).await);
+    let ids: std::collections::BTreeSet<i32> = s.keys().chain(t.keys()).copied().collect();
+    ids.into_iter()
+        .filter(|id| s.get(id) != t.get(id))
+        .take(20)
+        .map(|id| format!("{id}: {:?} | {:?}", s.get(&id), t.get(&id)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One random step of the source workload.
@@ -244,10 +275,16 @@ async fn a_database_replicated_through_debezium_stays_identical() {
         }
     }
     let want = checksum(&source.pool).await;
-    wait_until(T, "the target to equal the source", || async {
-        checksum(&db.pool).await == want
-    })
-    .await;
+    if !poll_until(T, || async { checksum(&db.pool).await == want }).await {
+        panic!(
+            "timed out after {T:?} waiting for the target to equal the source\n\
+             rows that differ (id: source | target):\n{}\n\
+             ---- connector log tail ----\n{}\n---- sink log ----\n{}",
+            differences(&source.pool, &db.pool).await,
+            connector.log_tail(80),
+            sink.logs()
+        );
+    }
     let rows = db.count("SELECT count(*) FROM items").await;
     eprintln!("replicated {rows} rows; source ids up to {next_id}");
     let m = sink.metrics().await.unwrap();

@@ -650,7 +650,19 @@ impl Drop for SinkProcess {
 }
 
 /// Polls `check` until it returns true or `timeout` passes; panics with `what`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if !poll_until(timeout, check).await {
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// Polls `check` until it returns true (true) or `timeout` passes (false),
+/// for callers that gather diagnostics before failing.
+pub async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -658,10 +670,10 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if check().await {
-            return;
+            return true;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
