@@ -44,6 +44,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$HERE/lib.sh"
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 CACHE="${KAFKA_PG_SINK_CACHE:-$HOME/.cache/kafka-pg-sink}"
 STATE="${CLUSTER_STATE_DIR:-/tmp/kafka-pg-sink-cluster}"
@@ -158,26 +159,7 @@ controller.quorum.fetch.timeout.ms=1000
 controller.quorum.election.timeout.ms=500
 replica.lag.time.max.ms=10000
 PROPS
-  cat >"$d/log4j2.yaml" <<'L4J'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaServer
-        level: INFO
-      - name: org.apache.kafka.controller.QuorumController
-        level: INFO
-      - name: org.apache.kafka.raft.QuorumState
-        level: INFO
-L4J
+  write_broker_log4j "$d/log4j2.yaml" org.apache.kafka.controller.QuorumController org.apache.kafka.raft.QuorumState
 }
 
 java_opts() {

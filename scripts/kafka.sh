@@ -10,6 +10,7 @@
 # Env: KAFKA_VERSION (4.3.1), KAFKA_PG_SINK_CACHE (~/.cache/kafka-pg-sink),
 #      KAFKA_STATE_DIR (/tmp/kafka-pg-sink-kafka), KAFKA_PORT (9092)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 CACHE="${KAFKA_PG_SINK_CACHE:-$HOME/.cache/kafka-pg-sink}"
@@ -82,22 +83,7 @@ group.consumer.min.session.timeout.ms=6000
 auto.create.topics.enable=true
 log.retention.hours=-1
 PROPS
-  cat >"$STATE/log4j2.yaml" <<'L4J'
-Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaServer
-        level: INFO
-L4J
+  write_broker_log4j "$STATE/log4j2.yaml"
 }
 
 java_opts() {
@@ -150,14 +136,7 @@ ensure() {
   start
 }
 
-stop_sig() {
-  local sig="$1"
-  [ -f "$PIDFILE" ] || return 0
-  local pid; pid="$(cat "$PIDFILE")"
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }; sleep 0.25; done
-  kill -9 "$pid" 2>/dev/null || true; rm -f "$PIDFILE"
-}
+stop_sig() { stop_pidfile "$1" "$PIDFILE"; }
 
 cmd="${1:-ensure}"
 case "$cmd" in

@@ -15,6 +15,7 @@
 #      REGISTRY_STATE_DIR (/tmp/kafka-pg-sink-registry), REGISTRY_PORT (18081),
 #      REGISTRY_TLS_PORT (unset: no https)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REGISTRY_VERSION="${REGISTRY_VERSION:-2.6.13.Final}"
 CACHE="${KAFKA_PG_SINK_CACHE:-$HOME/.cache/kafka-pg-sink}"
@@ -110,14 +111,7 @@ ensure() {
   start
 }
 
-stop_sig() {
-  local sig="$1"
-  [ -f "$PIDFILE" ] || return 0
-  local pid; pid="$(cat "$PIDFILE")"
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; return 0; }; sleep 0.25; done
-  kill -9 "$pid" 2>/dev/null || true; rm -f "$PIDFILE"
-}
+stop_sig() { stop_pidfile "$1" "$PIDFILE"; }
 
 cmd="${1:-ensure}"
 case "$cmd" in

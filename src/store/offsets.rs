@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::config::OutOfRangePolicy;
 use crate::types::{Offset, TopicPartition};
@@ -67,10 +67,30 @@ pub async fn rewrite(
     positions: &[(TopicPartition, Offset)],
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Marks this transaction as a replay, for audit triggers: outside a
-    // replay, next_offset only ever moves forward.
-    sqlx::query("SELECT set_config('kafka_pg_sink.replay', 'on', true)")
+    let topics: Vec<&str> = positions.iter().map(|(t, _)| t.topic.as_ref()).collect();
+    let partitions: Vec<i32> = positions.iter().map(|(t, _)| t.partition).collect();
+    let offsets: Vec<i64> = positions.iter().map(|(_, o)| o.0).collect();
+    overwrite_positions(&mut tx, group, &topics, &partitions, &offsets).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(REPLAY_CHANNEL)
+        .bind(group)
         .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Sets `group`'s positions (parallel slices), inside the caller's
+/// transaction, marked as a replay for the audit triggers: outside a replay,
+/// next_offset only ever moves forward.
+pub(crate) async fn overwrite_positions(
+    conn: &mut PgConnection,
+    group: &str,
+    topics: &[&str],
+    partitions: &[i32],
+    offsets: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('kafka_pg_sink.replay', 'on', true)")
+        .execute(&mut *conn)
         .await?;
     sqlx::query(
         "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
@@ -79,27 +99,12 @@ pub async fn rewrite(
          DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
     )
     .bind(group)
-    .bind(
-        positions
-            .iter()
-            .map(|(t, _)| t.topic.as_ref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        positions
-            .iter()
-            .map(|(t, _)| t.partition)
-            .collect::<Vec<_>>(),
-    )
-    .bind(positions.iter().map(|(_, o)| o.0).collect::<Vec<_>>())
-    .execute(&mut *tx)
+    .bind(topics)
+    .bind(partitions)
+    .bind(offsets)
+    .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(REPLAY_CHANNEL)
-        .bind(group)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// A move of a stored position that fell outside the partition's log.

@@ -492,21 +492,10 @@ async fn hand_over_positions(
     rebuild_group: &str,
     moves: &[PositionMove],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('kafka_pg_sink.replay', 'on', true)")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[]) \
-         ON CONFLICT (consumer_group, topic, partition) \
-         DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-    )
-    .bind(live_group)
-    .bind(moves.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>())
-    .bind(moves.iter().map(|m| m.partition).collect::<Vec<_>>())
-    .bind(moves.iter().map(|m| m.next).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
+    let topics: Vec<&str> = moves.iter().map(|m| m.topic.as_str()).collect();
+    let partitions: Vec<i32> = moves.iter().map(|m| m.partition).collect();
+    let offsets: Vec<i64> = moves.iter().map(|m| m.next).collect();
+    super::offsets::overwrite_positions(conn, live_group, &topics, &partitions, &offsets).await?;
     sqlx::query("DELETE FROM sink_offsets WHERE consumer_group = $1")
         .bind(rebuild_group)
         .execute(&mut *conn)

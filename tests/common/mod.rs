@@ -842,3 +842,24 @@ pub fn versioned_model<'a>(
     }
     rows
 }
+
+/// Asserts the document table `events` equals the versioned model of `log`
+/// (the newest version per key), naming the seed and how many rows differ.
+pub async fn assert_table_is_model<'a>(
+    db: &TestDb,
+    log: impl IntoIterator<Item = (&'a str, &'a str)>,
+    seed: u64,
+) {
+    let expected = versioned_model(log);
+    let actual = db.rows("events").await;
+    assert!(
+        actual == expected,
+        "table differs from the model (seed {seed}): {} rows vs {} expected, {} differ",
+        actual.len(),
+        expected.len(),
+        expected
+            .iter()
+            .filter(|(k, v)| actual.get(*k) != Some(v))
+            .count()
+    );
+}
