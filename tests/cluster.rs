@@ -332,11 +332,16 @@ async fn leader_and_controller_sigkill_during_a_run_is_exact_without_long_stalls
         "{} SIGKILLed node {controller}, the active controller",
         at()
     );
+    let deadline = Instant::now() + Duration::from_secs(60);
     let elected = loop {
         let c = cluster(&["controller"]).await;
         if c != controller {
             break c;
         }
+        assert!(
+            Instant::now() < deadline,
+            "no new controller 60 s after SIGKILL of {controller} (seed {seed})"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let moved: serde_json::Value =
