@@ -24,6 +24,13 @@
 //! | map                               | object                                            | `jsonb`                      |
 //! | record                            | object with the field names of the schema (order irrelevant: the hash is canonical) | flattened, see below |
 //!
+//! Kafka Connect / Debezium `connect.name` annotations on primitives
+//! (`io.debezium.time.MicroTimestamp`, `…Date`, `…Time`, `…MicroTime`,
+//! `…Timestamp`, `…NanoTimestamp`, `io.debezium.data.Uuid`, and Connect's
+//! `Date`, `Time`, `Timestamp`) decode as the logical type of the same
+//! meaning (see [`CONNECT_LOGICAL_TYPES`]); Debezium's timestamps are local
+//! (no zone), Connect's `Timestamp` is UTC.
+//!
 //! Timestamps/dates outside chrono's range (±262 143 years) or times outside a
 //! day are decode errors (poison), not silently clamped.
 //!
@@ -85,13 +92,18 @@ impl AvroSchema {
         // a poison message claiming a 1 TB string, or a billion-item array of
         // nulls (0 bytes each), must fail instead of allocating it.
         apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+        let text = with_connect_logical_types(text)?;
         let (schema, refs) = if references.is_empty() {
             (
-                Avro::parse_str(text).map_err(|e| e.to_string())?,
+                Avro::parse_str(&text).map_err(|e| e.to_string())?,
                 Vec::new(),
             )
         } else {
-            Avro::parse_str_with_list(text, references.iter().map(|r| r.text.as_str()))
+            let refs = references
+                .iter()
+                .map(|r| with_connect_logical_types(&r.text).map(String::from))
+                .collect::<Result<Vec<_>, _>>()?;
+            Avro::parse_str_with_list(&text, refs.iter().map(String::as_str))
                 .map_err(|e| e.to_string())?
         };
         let mut names = HashMap::new();
@@ -261,6 +273,81 @@ impl AvroSchema {
 
 /// A decimal needs its scale from the schema; the digits never pass through
 /// a float.
+/// Kafka Connect and Debezium annotate temporal types with `connect.name`
+/// instead of (or beside) an Avro logical type: `{"type": "long",
+/// "connect.name": "io.debezium.time.MicroTimestamp"}` is a count of
+/// microseconds. Each annotation maps to the logical type with that meaning,
+/// so the value decodes to the text a timestamp (date, time, uuid) column
+/// takes. A logical type already present wins. Connect `Decimal`s carry
+/// `logicalType: decimal` from the converter and need nothing.
+const CONNECT_LOGICAL_TYPES: &[(&str, &str, &str)] = &[
+    // (connect.name, Avro base type, logical type)
+    ("io.debezium.time.Date", "int", "date"),
+    ("io.debezium.time.Time", "int", "time-millis"),
+    ("io.debezium.time.MicroTime", "long", "time-micros"),
+    // Debezium's timestamps of `timestamp without time zone` columns: a
+    // count since the epoch of the local date-time, no zone.
+    (
+        "io.debezium.time.Timestamp",
+        "long",
+        "local-timestamp-millis",
+    ),
+    (
+        "io.debezium.time.MicroTimestamp",
+        "long",
+        "local-timestamp-micros",
+    ),
+    (
+        "io.debezium.time.NanoTimestamp",
+        "long",
+        "local-timestamp-nanos",
+    ),
+    ("io.debezium.data.Uuid", "string", "uuid"),
+    ("org.apache.kafka.connect.data.Date", "int", "date"),
+    ("org.apache.kafka.connect.data.Time", "int", "time-millis"),
+    // Connect's Timestamp is an instant (java.util.Date).
+    (
+        "org.apache.kafka.connect.data.Timestamp",
+        "long",
+        "timestamp-millis",
+    ),
+];
+
+/// The schema text with [`CONNECT_LOGICAL_TYPES`] applied (borrowed when it
+/// has no `connect.name`).
+fn with_connect_logical_types(text: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    fn annotate(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                let logical = match (m.get("connect.name"), m.get("type")) {
+                    (Some(Value::String(name)), Some(Value::String(base)))
+                        if !m.contains_key("logicalType") =>
+                    {
+                        CONNECT_LOGICAL_TYPES
+                            .iter()
+                            .find(|(n, b, _)| n == name && b == base)
+                            .map(|(_, _, l)| *l)
+                    }
+                    _ => None,
+                };
+                if let Some(l) = logical {
+                    m.insert("logicalType".into(), Value::String(l.into()));
+                }
+                m.values_mut().for_each(annotate);
+            }
+            Value::Array(items) => items.iter_mut().for_each(annotate),
+            _ => {}
+        }
+    }
+    if !text.contains("connect.name") {
+        return Ok(text.into());
+    }
+    let mut v: Value =
+        serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
+    annotate(&mut v);
+    Ok(v.to_string().into())
+}
+
 fn decimal_json(d: &apache_avro::Decimal, schema: &Avro) -> Result<Value, String> {
     let scale = match schema {
         Avro::Decimal(ds) => ds.scale,
@@ -682,6 +769,82 @@ mod tests {
             ("billing".into(), V::Union(0, Box::new(V::Null))),
             ("either".into(), either),
         ]
+    }
+
+    /// A Debezium `after` record as Connect's Avro converter writes it:
+    /// temporal types only named by `connect.name`. The bytes are what the
+    /// connector sends (plain ints and longs); the decoded values are the
+    /// text the matching columns take.
+    #[test]
+    fn connect_and_debezium_temporal_names_decode_as_logical_types() {
+        const FIELDS: &str = r#"[
+          {"name": "id", "type": "int"},
+          {"name": "created", "type": ["null", {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTimestamp"}], "default": null},
+          {"name": "day", "type": {"type": "int", "connect.version": 1, "connect.name": "io.debezium.time.Date"}},
+          {"name": "at", "type": {"type": "string", "connect.version": 1, "connect.name": "io.debezium.time.ZonedTimestamp"}},
+          {"name": "t", "type": {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.MicroTime"}},
+          {"name": "ms", "type": {"type": "long", "connect.version": 1, "connect.name": "io.debezium.time.Timestamp"}},
+          {"name": "inst", "type": {"type": "long", "connect.version": 1, "connect.name": "org.apache.kafka.connect.data.Timestamp", "logicalType": "timestamp-millis"}},
+          {"name": "uid", "type": {"type": "string", "connect.version": 1, "connect.name": "io.debezium.data.Uuid"}},
+          {"name": "odd", "type": {"type": "long", "connect.name": "io.debezium.time.Date"}}
+        ]"#;
+        let annotated = schema(
+            3,
+            &format!(
+                r#"{{"type": "record", "name": "Value", "namespace": "db.public.items", "fields": {FIELDS}}}"#
+            ),
+        );
+        // The same record without the annotations: what the bytes are.
+        let plain: Value = serde_json::from_str(&FIELDS.replace("connect.name", "x")).unwrap();
+        let plain = AvroSchema::parse(
+            &json!({"type": "record", "name": "Value", "fields": plain}).to_string(),
+            &[],
+        )
+        .unwrap();
+        let ms = 1_714_979_289_123_i64; // 2024-05-06T07:08:09.123
+        let body = plain
+            .encode(V::Record(vec![
+                ("id".into(), V::Int(1)),
+                (
+                    "created".into(),
+                    V::Union(1, Box::new(V::Long(ms * 1000 + 456))),
+                ),
+                ("day".into(), V::Int(19_849)),
+                ("at".into(), V::String("2024-05-06T07:08:09.123456Z".into())),
+                ("t".into(), V::Long(25_689_123_456)),
+                ("ms".into(), V::Long(ms)),
+                ("inst".into(), V::Long(ms)),
+                (
+                    "uid".into(),
+                    V::String("6f9619ff-8b86-d011-b42d-00c04fc964ff".into()),
+                ),
+                ("odd".into(), V::Long(5)),
+            ]))
+            .unwrap();
+        assert_eq!(
+            decode_body(&annotated, &body).unwrap(),
+            json!({
+                "id": 1,
+                "created": "2024-05-06T07:08:09.123456",
+                "day": "2024-05-06",
+                "at": "2024-05-06T07:08:09.123456Z",
+                "t": "07:08:09.123456",
+                "ms": "2024-05-06T07:08:09.123",
+                "inst": "2024-05-06T07:08:09.123Z",
+                "uid": "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+                "odd": 5
+            })
+        );
+        // Columns created from such a schema get the temporal types.
+        let cols: HashMap<String, String> = columns_from_avro(annotated.as_avro().unwrap())
+            .into_iter()
+            .map(|c| (c.name, c.pg_type))
+            .collect();
+        assert_eq!(cols["created"], "timestamp without time zone");
+        assert_eq!(cols["day"], "date");
+        assert_eq!(cols["t"], "time(6)");
+        assert_eq!(cols["uid"], "uuid");
+        assert_eq!(cols["odd"], "bigint");
     }
 
     #[test]
