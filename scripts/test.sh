@@ -34,7 +34,8 @@ scripts/check-deploy.sh
 echo "== tests"
 # Test binaries run one after another; tests inside one run in parallel.
 # Tests that restart shared services live in their own binaries.
-cargo test --all-targets --locked -- --test-threads "${TEST_THREADS:-4}"
+# --no-fail-fast: one failing binary does not hide the others' results.
+cargo test --all-targets --locked --no-fail-fast -- --test-threads "${TEST_THREADS:-4}"
 
 echo "== container image (podman: build the Dockerfile, run it beside Kafka and Postgres)"
 if [ "${SKIP_CONTAINER:-0}" = 1 ]; then
