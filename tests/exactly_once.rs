@@ -324,6 +324,9 @@ async fn terminated_backends_are_survived() {
     let topic = TestTopic::new(2).await;
     let cfg = SinkConfig::new(&db, &topic.name, "", "");
     let sink = SinkProcess::start(&cfg);
+    // Backends are terminated in steady state; a connection lost during
+    // setup (migrations) ends the process, for its supervisor to restart.
+    sink.wait_ready(T).await;
     let mut w = Workload::new();
     for round in 0..6u64 {
         for i in 0..1000u64 {
@@ -331,8 +334,8 @@ async fn terminated_backends_are_survived() {
             w.send(&topic, &id, &event(&id, round * 1000 + i));
         }
         topic.flush();
-        // The sink may still be starting (round 0) or reconnecting after the
-        // previous round's kill: wait for a backend instead of guessing a delay.
+        // The sink may be reconnecting after the previous round's kill:
+        // wait for a backend instead of guessing a delay.
         wait_until(T, "a sink connection to terminate", || async {
             db.count(&format!("SELECT count(*) FROM ({SINK_BACKENDS_PIDS}) b"))
                 .await

@@ -632,6 +632,15 @@ impl SinkProcess {
     pub async fn metrics(&self) -> Option<String> {
         http_get(self.http_port, "/metrics").await
     }
+
+    /// Waits until `/readyz` answers 200: setup (migrations, catalog reads)
+    /// is done, the database answers and the consumer has joined.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        wait_until(timeout, "the sink to be ready (/readyz 200)", || async {
+            http_get(self.http_port, "/readyz").await.is_some()
+        })
+        .await;
+    }
 }
 
 impl Drop for SinkProcess {
