@@ -159,13 +159,16 @@ impl Drop for Connector {
     }
 }
 
+/// One row of `items` as text (timestamps as epoch, so the two clusters'
+/// time zone settings do not matter; `name` is NOT NULL, so never empty).
+const ROW_TEXT: &str = "concat_ws('|', name, qty, price, extract(epoch FROM updated), tags::text)";
+
 /// Order-independent content of `items` (timestamps as epoch, so the two
 /// clusters' time zone settings do not matter).
 async fn checksum(pool: &PgPool) -> String {
-    sqlx::query_scalar::<_, Option<String>>(
-        "SELECT md5(string_agg(concat_ws('|', id, name, qty, price, extract(epoch FROM updated), tags::text), \
-         E'\\n' ORDER BY id)) FROM items",
-    )
+    sqlx::query_scalar::<_, Option<String>>(&format!(
+        "SELECT md5(string_agg(concat_ws('|', id, {ROW_TEXT}), E'\\n' ORDER BY id)) FROM items"
+    ))
     .fetch_one(pool)
     .await
     .unwrap()
@@ -175,15 +178,12 @@ async fn checksum(pool: &PgPool) -> String {
 /// The rows of `items` that differ between the two databases, at most 20.
 async fn differences(source: &PgPool, target: &PgPool) -> String {
     async fn rows(pool: &PgPool) -> std::collections::BTreeMap<i32, String> {
-        sqlx::query_as::<_, (i32, String)>(
-            "SELECT id, concat_ws('|', name, qty, price, extract(epoch FROM updated), tags::text) \
-             FROM items",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
+        sqlx::query_as::<_, (i32, String)>(&format!("SELECT id, {ROW_TEXT} FROM items"))
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
     }
     let (s, t) = (rows(source).await, rows(target).await);
     let ids: std::collections::BTreeSet<i32> = s.keys().chain(t.keys()).copied().collect();

@@ -48,6 +48,11 @@ struct Acks {
 #[derive(Clone)]
 struct AckContext(Arc<Acks>);
 
+/// A record's key or payload as text (empty when absent).
+fn text(b: Option<&[u8]>) -> String {
+    String::from_utf8_lossy(b.unwrap_or(&[])).to_string()
+}
+
 impl ClientContext for AckContext {}
 
 impl ProducerContext for AckContext {
@@ -56,7 +61,6 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
             Ok(m) => {
-                let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(&[])).to_string();
                 self.0.next[m.partition() as usize].fetch_max(m.offset() + 1, Ordering::SeqCst);
                 self.0.records.lock().unwrap().push((
                     m.partition(),
@@ -127,7 +131,6 @@ fn place_unknown_offsets(
                     None => panic!("reading back {p}@{gap}: nothing within 10 s"),
                 }
             };
-            let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(&[])).to_string();
             let (key, payload) = (text(m.key()), text(m.payload()));
             let r = records
                 .iter_mut()
@@ -286,13 +289,7 @@ fn gap_bound() -> Duration {
 }
 
 async fn cluster(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        script("kafka-cluster.sh", &args)
-    })
-    .await
-    .unwrap()
+    script_async("kafka-cluster.sh", args).await
 }
 
 async fn stored(db: &TestDb, group: &str, topic: &str) -> BTreeMap<i32, i64> {

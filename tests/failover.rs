@@ -31,13 +31,7 @@ const PARTITIONS: i32 = 4;
 const T: Duration = Duration::from_secs(120);
 
 async fn pgfo(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        script("pg-failover.sh", &args)
-    })
-    .await
-    .unwrap()
+    script_async("pg-failover.sh", args).await
 }
 
 struct Producer {

@@ -775,6 +775,18 @@ pub fn script(name: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// [`script`] off the async runtime's worker threads (the scripts wait for
+/// nodes and proxies for seconds).
+pub async fn script_async(name: &'static str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        script(name, &args)
+    })
+    .await
+    .unwrap()
+}
+
 /// Keyed events for a route with `version = "/v"`, from a seeded generator:
 /// mostly newer versions, some exact re-sends (a producer retry: same
 /// version, same body) and some late older versions. One event in ten has a
