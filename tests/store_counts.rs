@@ -11,6 +11,8 @@ use kafka_pg_sink::store::{BatchWriter, CommitOutcome, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 
 const ROUTE: &str = "topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"\nversion = \"/v\"";
+/// The same without `version`: an older event is applied (last write wins).
+const UNVERSIONED: &str = "topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"";
 
 fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {
     SourceMessage {
@@ -37,9 +39,9 @@ async fn commit_messages(
     }
 }
 
-async fn run(filter: bool) -> (TableCounts, String) {
+async fn run(route: &str, filter: bool) -> (TableCounts, String) {
     let db = TestDb::new().await;
-    let writer = db.writer_for(ROUTE).await;
+    let writer = db.writer_for(route).await;
     let first: Vec<SourceMessage> = (0..20).map(|i| msg(i as i64, i, 2, "a")).collect();
     commit_messages(&writer, first, None).await;
 
@@ -68,13 +70,30 @@ async fn run(filter: bool) -> (TableCounts, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_prefilter_changes_nothing_but_speed() {
-    let (plain, plain_sum) = run(false).await;
-    let (filtered, filtered_sum) = run(true).await;
+    let (plain, plain_sum) = run(ROUTE, false).await;
+    let (filtered, filtered_sum) = run(ROUTE, true).await;
     let want = TableCounts {
         inserted: 5,
         updated: 5,
         duplicate_in_table: 5,
         stale_in_table: 5,
+        ..Default::default()
+    };
+    assert_eq!(plain, want);
+    assert_eq!(filtered, want);
+    assert_eq!(plain_sum, filtered_sum);
+}
+
+/// Without `version` an older event is a change like any other: the
+/// pre-filter keeps it (only same-hash rows are left out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unversioned_prefilter_keeps_older_events() {
+    let (plain, plain_sum) = run(UNVERSIONED, false).await;
+    let (filtered, filtered_sum) = run(UNVERSIONED, true).await;
+    let want = TableCounts {
+        inserted: 5,
+        updated: 10,
+        duplicate_in_table: 5,
         ..Default::default()
     };
     assert_eq!(plain, want);

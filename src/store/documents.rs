@@ -15,14 +15,15 @@ use crate::route::Route;
 
 /// Upserts document rows; a re-delivered event (same hash) is a no-op.
 ///
-/// When re-deliveries dominate (a replay, a producer retry storm), the keys
-/// and hashes are checked against the table first and only rows not stored
-/// with the same hash are staged and upserted: a duplicate then costs one
-/// index probe and 40 bytes on the wire, instead of its payload's COPY, a
-/// jsonb parse and a speculative insertion. That costs one more round trip
-/// for batches with new rows, so it is used when the route's last batch was
-/// at least 20% stored duplicates (`duplicate_heavy`, updated here). Either
-/// way the duplicate count is the same: rows filtered out, or rows the guard
+/// When no-ops dominate (a replay, a producer retry storm), the keys, hashes
+/// and versions are checked against the table first and only rows the
+/// upsert would change are staged and upserted: a duplicate (same hash
+/// stored) or, on a versioned route, a stale event (a newer version stored)
+/// then costs one index probe and ~50 bytes on the wire, instead of its
+/// payload's COPY, a jsonb parse and a speculative insertion. That costs one
+/// more round trip for batches with new rows, so it is used when the route's
+/// last batch was at least 20% no-ops (`duplicate_heavy`, updated here).
+/// Either way the counts are the same: rows filtered out, or rows the guard
 /// turned into no-ops.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
@@ -33,10 +34,10 @@ pub(super) async fn upsert(
     // Change events are filtered by delete/truncate markers; the pre-filter
     // would count those as duplicates, so it is not used there.
     let prefilter = duplicate_heavy.load(Ordering::Relaxed) && !route.is_cdc();
-    let kept: Vec<&RowUpsert> = if prefilter {
-        not_stored(conn, route, rows).await?
+    let (kept, stale) = if prefilter {
+        changing(conn, route, rows).await?
     } else {
-        rows.iter().collect()
+        (rows.iter().collect(), 0)
     };
     let mut counts = TableCounts::default();
     if !kept.is_empty() {
@@ -49,33 +50,67 @@ pub(super) async fn upsert(
         let row = query.fetch_one(&mut *conn).await?;
         counts = TableCounts::of_upsert(kept.len(), &row);
     }
-    counts.duplicate_in_table += (rows.len() - kept.len()) as u64;
-    duplicate_heavy.store(
-        counts.duplicate_in_table * 5 >= rows.len() as u64,
-        Ordering::Relaxed,
+    counts.duplicate_in_table += (rows.len() - kept.len()) as u64 - stale;
+    counts.stale_in_table += stale;
+    tracing::debug!(
+        route = %route.table,
+        prefilter,
+        rows = rows.len(),
+        kept = kept.len(),
+        duplicates = counts.duplicate_in_table,
+        stale = counts.stale_in_table,
+        "document upsert"
     );
+    let no_ops = counts.duplicate_in_table + counts.stale_in_table;
+    duplicate_heavy.store(no_ops * 5 >= rows.len() as u64, Ordering::Relaxed);
     Ok(counts)
 }
 
-/// The rows whose key is not stored with the same event hash, in order.
-async fn not_stored<'r>(
+/// The rows the upsert would change, in order, and the number of stale ones
+/// left out. Each row is classified by one probe of the stored row: `d` same
+/// hash (a duplicate), `s` a newer version stored (versioned routes: the
+/// upsert's guard refuses it, and counts it stale), `k` or no stored row:
+/// kept. `OFFSET 0` keeps the subquery from being inlined, which would run
+/// the probe again in the WHERE clause.
+async fn changing<'r>(
     conn: &mut PgConnection,
     route: &Route,
     rows: &'r [RowUpsert],
-) -> Result<Vec<&'r RowUpsert>, sqlx::Error> {
+) -> Result<(Vec<&'r RowUpsert>, u64), sqlx::Error> {
     let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
     let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
+    let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
+    // The guard's version test, negated: `t.version IS NULL OR
+    // EXCLUDED.version >= t.version` is not true.
+    let stale = if route.version.is_some() {
+        "WHEN cur.version IS NOT NULL AND (u.version IS NULL OR u.version < cur.version) THEN 's' "
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT u.i FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS u(key, event_hash, i) \
-         WHERE {} IS DISTINCT FROM u.event_hash",
-        stored_of(route, "event_hash", "u")
+        "SELECT i, class FROM ( \
+           SELECT u.i, (SELECT CASE WHEN cur.event_hash = u.event_hash THEN 'd' {stale}ELSE 'k' END \
+                        FROM {} cur WHERE cur.key = u.key) AS class \
+           FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS u(key, event_hash, version, i) \
+           OFFSET 0) c \
+         WHERE class IS DISTINCT FROM 'd'",
+        route.table.quoted()
     );
-    let kept: Vec<i64> = sqlx::query_scalar(&sql)
+    let found: Vec<(i64, Option<String>)> = sqlx::query_as(&sql)
         .bind(keys)
         .bind(hashes)
+        .bind(versions)
         .fetch_all(&mut *conn)
         .await?;
-    Ok(kept.into_iter().map(|i| &rows[i as usize - 1]).collect())
+    let mut kept = Vec::with_capacity(found.len());
+    let mut stale = 0;
+    for (i, class) in found {
+        match class.as_deref() {
+            Some("s") => stale += 1,
+            _ => kept.push(&rows[i as usize - 1]),
+        }
+    }
+    Ok((kept, stale))
 }
 
 /// The stored `col` of the row with `alias.key`, as a scalar subquery:
