@@ -18,9 +18,10 @@ fn main() -> ExitCode {
     kafka_pg_sink::cli::main(kafka_pg_sink::cli::Cli::parse())
 }
 
-/// glibc allocator settings for a bounded RSS (since jemalloc serves Rust,
-/// these apply to librdkafka's C allocations; measured before that switch), measured with the bench
-/// (10,000-message batches): each thread that allocates gets its own arena
+/// glibc allocator settings for a bounded RSS. Since jemalloc serves Rust's
+/// allocations they apply to librdkafka's C allocations only; the numbers
+/// below were measured before that switch, when glibc served everything
+/// (bench, 10,000-message batches): each thread that allocates gets its own arena
 /// (up to 8 per core), and batches are built on one thread and freed on
 /// another, so freed memory scatters over arenas (two arenas: peak 159 →
 /// 130 MB). And glibc raises its mmap threshold after a large block is
