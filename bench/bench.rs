@@ -269,9 +269,8 @@ fn source_messages(topic: &str, orders: &[Order]) -> Vec<SourceMessage> {
 /// parsing the jsonb, as the sink's statement does, timed together.
 /// `dup_filtered_ceiling_rows_per_s` is the sink's own duplicate pre-filter
 /// statement for a versioned route (keys, hashes and versions bound as
-/// arrays, one probe per row) over every
-/// row already stored, in the sink's batch size: what a replay asks of
-/// Postgres. For reference, the earlier definitions with the rows staged
+/// arrays, one probe per row) over every row already stored, in the sink's
+/// batch size: what a replay asks of Postgres. For reference, the earlier definitions with the rows staged
 /// server side before the clock starts (no data crosses the wire): the
 /// upsert into the empty table, again (all duplicates), and a server-side
 /// anti-join as the pre-filter. Last, COPY into the table itself.
@@ -318,19 +317,16 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         out.insert(name, json!(per_s(t)));
     }
     let (cfg, _) = b.config(&b.document_route("ceiling"), "", "ceiling", 0)?;
-    // As `store/documents.rs` sends it for a versioned route.
-    let prefilter_sql = "SELECT i, class FROM ( \
-        SELECT u.i, (SELECT CASE WHEN cur.event_hash = u.event_hash THEN 'd' \
-          WHEN cur.version IS NOT NULL AND (u.version IS NULL OR u.version < cur.version) THEN 's' ELSE 'k' END \
-          FROM ceiling cur WHERE cur.key = u.key) AS class \
-        FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS u(key, event_hash, version, i) \
-        OFFSET 0) c WHERE class IS DISTINCT FROM 'd'";
+    // The sink's own statement, as it sends it for a versioned route.
+    let mut versioned = route.clone();
+    versioned.version = Some("/version".into());
+    let prefilter_sql = kafka_pg_sink::store::prefilter_sql(&versioned);
     let t = Instant::now();
     for chunk in rows.chunks(cfg.batch.max_messages) {
         let keys: Vec<&str> = chunk.iter().map(|r| r.key.0.as_str()).collect();
         let hashes: Vec<&[u8]> = chunk.iter().map(|r| &r.hash.0[..]).collect();
         let versions: Vec<Option<i64>> = chunk.iter().map(|r| r.version).collect();
-        let kept: Vec<(i64, Option<String>)> = sqlx::query_as(prefilter_sql)
+        let kept: Vec<(i64, Option<String>)> = sqlx::query_as(&prefilter_sql)
             .bind(keys)
             .bind(hashes)
             .bind(versions)
@@ -560,7 +556,7 @@ async fn measure_sink(
     b.wait_stored(&run.group, run.started, prefix).await?;
     let seconds = run.started.elapsed().as_secs_f64();
     let (rss, cpu_s) = proc_stats(run.child.id());
-    let key = |s: &str| -> &'static str { Box::leak(format!("{prefix}_{s}").into_boxed_str()) };
+    let key = |s: &str| prefixed(prefix, s);
     out.insert(key("events_per_s"), json!(b.n as f64 / seconds));
     out.insert(key("peak_rss_mb"), json!(rss));
     out.insert(key("cpu_seconds"), json!(cpu_s));
@@ -568,6 +564,11 @@ async fn measure_sink(
     out.insert(key("avg_batch"), json!(batch));
     out.insert(key("avg_commit_ms"), json!(commit_ms));
     Ok(())
+}
+
+/// A result key `<prefix>_<name>` (result keys live as long as the run).
+fn prefixed(prefix: &str, name: &str) -> &'static str {
+    Box::leak(format!("{prefix}_{name}").into_boxed_str())
 }
 
 async fn count(b: &Bench, table: &str) -> anyhow::Result<usize> {
@@ -636,7 +637,7 @@ async fn replay(b: &Bench, run: SinkRun, prefix: &str, out: &mut Results) -> any
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.wait_stored(&run.group, t, "the replay").await?;
-    let key = |s: &str| -> &'static str { Box::leak(format!("{prefix}_{s}").into_boxed_str()) };
+    let key = |s: &str| prefixed(prefix, s);
     out.insert(
         key("events_per_s"),
         json!(b.n as f64 / t.elapsed().as_secs_f64()),
@@ -749,8 +750,7 @@ async fn scaling(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
             &b.typed_route(&b.topic, &table, "json"),
             &extra,
         )?;
-        let key: &'static str = Box::leak(format!("typed_lanes_{lanes}").into_boxed_str());
-        measure_sink(b, &run, key, out).await?;
+        measure_sink(b, &run, &format!("typed_lanes_{lanes}"), out).await?;
         run.stop();
         anyhow::ensure!(
             count(b, &table).await? == b.distinct,
