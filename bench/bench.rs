@@ -555,15 +555,31 @@ async fn measure_sink(
 ) -> anyhow::Result<()> {
     b.wait_stored(&run.group, run.started, prefix).await?;
     let seconds = run.started.elapsed().as_secs_f64();
+    let cpu_s = record_phase(b, run, prefix, seconds, "", out).await;
+    out.insert(prefixed(prefix, "cpu_seconds"), json!(cpu_s));
+    Ok(())
+}
+
+/// Records a phase of `run` that took `seconds` for the whole topic under
+/// `prefix`: events/s, peak RSS, and the average batch size and commit time
+/// from the sink's metrics since `before` (a scrape, or "" for since start).
+/// Returns the process's CPU seconds so far.
+async fn record_phase(
+    b: &Bench,
+    run: &SinkRun,
+    prefix: &str,
+    seconds: f64,
+    before: &str,
+    out: &mut Results,
+) -> f64 {
     let (rss, cpu_s) = proc_stats(run.child.id());
     let key = |s: &str| prefixed(prefix, s);
     out.insert(key("events_per_s"), json!(b.n as f64 / seconds));
     out.insert(key("peak_rss_mb"), json!(rss));
-    out.insert(key("cpu_seconds"), json!(cpu_s));
-    let (batch, commit_ms) = phase_averages("", &run.metrics().await);
+    let (batch, commit_ms) = phase_averages(before, &run.metrics().await);
     out.insert(key("avg_batch"), json!(batch));
     out.insert(key("avg_commit_ms"), json!(commit_ms));
-    Ok(())
+    cpu_s
 }
 
 /// A result key `<prefix>_<name>` (result keys live as long as the run).
@@ -637,16 +653,8 @@ async fn replay(b: &Bench, run: SinkRun, prefix: &str, out: &mut Results) -> any
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.wait_stored(&run.group, t, "the replay").await?;
-    let key = |s: &str| prefixed(prefix, s);
-    out.insert(
-        key("events_per_s"),
-        json!(b.n as f64 / t.elapsed().as_secs_f64()),
-    );
-    let (rss, _) = proc_stats(run.child.id());
-    out.insert(key("peak_rss_mb"), json!(rss));
-    let (batch, commit_ms) = phase_averages(&before, &run.metrics().await);
-    out.insert(key("avg_batch"), json!(batch));
-    out.insert(key("avg_commit_ms"), json!(commit_ms));
+    let seconds = t.elapsed().as_secs_f64();
+    record_phase(b, &run, prefix, seconds, &before, out).await;
     run.stop();
     Ok(())
 }

@@ -271,8 +271,6 @@ impl AvroSchema {
     }
 }
 
-/// A decimal needs its scale from the schema; the digits never pass through
-/// a float.
 /// Kafka Connect and Debezium annotate temporal types with `connect.name`
 /// instead of (or beside) an Avro logical type: `{"type": "long",
 /// "connect.name": "io.debezium.time.MicroTimestamp"}` is a count of
@@ -348,6 +346,8 @@ fn with_connect_logical_types(text: &str) -> Result<std::borrow::Cow<'_, str>, S
     Ok(v.to_string().into())
 }
 
+/// A decimal needs its scale from the schema; the digits never pass through
+/// a float.
 fn decimal_json(d: &apache_avro::Decimal, schema: &Avro) -> Result<Value, String> {
     let scale = match schema {
         Avro::Decimal(ds) => ds.scale,
