@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kafka_pg_sink::batch::prepare;
+use anyhow::Context;
+use kafka_pg_sink::batch::{prepare, RowUpsert};
 use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
 use kafka_pg_sink::format::wire;
 use kafka_pg_sink::hash;
@@ -36,7 +37,6 @@ mod data;
 use data::Order;
 
 const PARTITIONS: i32 = 4;
-const BATCH: usize = 5000;
 
 type Results = BTreeMap<&'static str, Value>;
 
@@ -83,6 +83,12 @@ impl Bench {
             http_bind: Some(format!("127.0.0.1:{port}")),
         };
         Ok(Config::load(&local_config_path(), &overrides)?)
+    }
+
+    /// The sink's batch size (`batch.max_messages`, as configured).
+    fn batch_size(&self) -> anyhow::Result<usize> {
+        let (cfg, _) = self.config(&self.document_route("ceiling"), "", "ceiling", 0)?;
+        Ok(cfg.batch.max_messages)
     }
 
     fn document_route(&self, table: &str) -> String {
@@ -279,18 +285,7 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     let route = b.route_for(&b.document_route("ceiling")).await?;
     let staged = prepare(std::slice::from_ref(&route), b.msgs.clone());
     let rows = &staged.writes[0].upserts;
-    let mut copy_text = String::with_capacity(rows.len() * 260);
-    for r in rows {
-        copy_text.push_str(&format!(
-            "{}\t\\\\x{}\t{}\t\\N\t{}\t{}\t{}\n",
-            r.key.0,
-            hex::encode(r.hash.0),
-            r.payload,
-            r.tp.topic,
-            r.tp.partition,
-            r.offset.0
-        ));
-    }
+    let copy_text: String = rows.iter().map(copy_line).collect();
     let mut conn = PgConnection::connect(&b.url).await?;
     sqlx::raw_sql("CREATE UNLOGGED TABLE staging (LIKE ceiling); ALTER TABLE staging ALTER COLUMN payload TYPE text")
         .execute(&mut conn)
@@ -316,13 +311,14 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         sqlx::query(sql).execute(&mut conn).await?;
         out.insert(name, json!(per_s(t)));
     }
-    let (cfg, _) = b.config(&b.document_route("ceiling"), "", "ceiling", 0)?;
+    let batch_size = b.batch_size()?;
     // The sink's own statement, as it sends it for a versioned route.
     let mut versioned = route.clone();
     versioned.version = Some("/version".into());
     let prefilter_sql = kafka_pg_sink::store::prefilter_sql(&versioned);
+    let cpu = CpuMark::now(None);
     let t = Instant::now();
-    for chunk in rows.chunks(cfg.batch.max_messages) {
+    for chunk in rows.chunks(batch_size) {
         let keys: Vec<&str> = chunk.iter().map(|r| r.key.0.as_str()).collect();
         let hashes: Vec<&[u8]> = chunk.iter().map(|r| &r.hash.0[..]).collect();
         let versions: Vec<Option<i64>> = chunk.iter().map(|r| r.version).collect();
@@ -339,7 +335,9 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         );
     }
     out.insert("dup_filtered_ceiling_rows_per_s", json!(per_s(t)));
+    record_cpu(out, "dup_filtered_ceiling", &cpu, None, "row", rows.len());
     sqlx::query("TRUNCATE ceiling").execute(&mut conn).await?;
+    let cpu = CpuMark::now(None);
     let t = Instant::now();
     let mut tx = conn.begin().await?;
     sqlx::query("CREATE TEMP TABLE stage (LIKE staging) ON COMMIT DROP")
@@ -351,11 +349,79 @@ async fn document_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         .await?;
     tx.commit().await?;
     out.insert("ceiling_rows_per_s", json!(per_s(t)));
+    record_cpu(out, "ceiling", &cpu, None, "row", rows.len());
+    sqlx::query("TRUNCATE ceiling").execute(&mut conn).await?;
+    let stream = StreamCeiling {
+        name: "stream_ceiling_events_per_s",
+        route: route.clone(),
+        line: copy_line,
+        stage: "CREATE TEMP TABLE stage (LIKE staging) ON COMMIT DROP",
+        copy: "COPY stage FROM STDIN",
+        upsert: &upsert_sql.replace("FROM staging", "FROM stage"),
+    };
+    stream_ceiling(b, &mut conn, stream, out).await?;
     sqlx::query("TRUNCATE ceiling").execute(&mut conn).await?;
     let t = Instant::now();
     copy(&mut conn, "COPY ceiling FROM STDIN", &copy_text).await?;
     out.insert("copy_rows_per_s", json!(per_s(t)));
     Ok(())
+}
+
+/// A ceiling's statement applied to the topic's whole event stream rather
+/// than its distinct final rows: each batch of the sink's size folded as
+/// the sink folds it (not timed), then COPY-staged (`stage` is the CREATE
+/// of the temporary table `stage`, `copy` the COPY into it) and upserted
+/// (`upsert`) in its own transaction. The database's share of a route:
+/// re-sends and versions that land in different batches reach Postgres as
+/// rows here too, as they do from the sink. Recorded as `<name>` in
+/// events/s.
+struct StreamCeiling<'a> {
+    name: &'static str,
+    route: Route,
+    line: fn(&RowUpsert) -> String,
+    stage: &'a str,
+    copy: &'a str,
+    upsert: &'a str,
+}
+
+async fn stream_ceiling(
+    b: &Bench,
+    conn: &mut PgConnection,
+    c: StreamCeiling<'_>,
+    out: &mut Results,
+) -> anyhow::Result<()> {
+    let batches: Vec<String> = b
+        .msgs
+        .chunks(b.batch_size()?)
+        .map(|chunk| {
+            let batch = prepare(std::slice::from_ref(&c.route), chunk.to_vec());
+            let w = &batch.writes[0];
+            w.previous.iter().chain(&w.upserts).map(c.line).collect()
+        })
+        .collect();
+    let t = Instant::now();
+    for text in &batches {
+        let mut tx = conn.begin().await?;
+        sqlx::query(c.stage).execute(&mut *tx).await?;
+        copy(&mut tx, c.copy, text).await?;
+        sqlx::query(c.upsert).execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    out.insert(c.name, json!(b.n as f64 / t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// A document row as a line of the ceilings' COPY text.
+fn copy_line(r: &RowUpsert) -> String {
+    format!(
+        "{}\t\\\\x{}\t{}\t\\N\t{}\t{}\t{}\n",
+        r.key.0,
+        hex::encode(r.hash.0),
+        r.payload,
+        r.tp.topic,
+        r.tp.partition,
+        r.offset.0
+    )
 }
 
 /// Phase 1b: typed-table ceilings, one backend, the distinct final rows:
@@ -389,24 +455,53 @@ async fn typed_ceilings(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     let t = Instant::now();
     copy(&mut conn, "COPY typed_copy FROM STDIN", &text).await?;
     out.insert("typed_copy_rows_per_s", json!(per_s(t)));
+    let cpu = CpuMark::now(None);
     let t = Instant::now();
     let mut tx = conn.begin().await?;
     sqlx::query("CREATE TEMP TABLE stage (LIKE typed_ceiling) ON COMMIT DROP")
         .execute(&mut *tx)
         .await?;
     copy(&mut tx, "COPY stage FROM STDIN", &text).await?;
-    sqlx::query(
-        "INSERT INTO typed_ceiling AS t SELECT * FROM stage ON CONFLICT (order_id) DO UPDATE SET \
+    sqlx::query(&typed_upsert_sql("typed_ceiling"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    out.insert("typed_ceiling_rows_per_s", json!(per_s(t)));
+    record_cpu(out, "typed_ceiling", &cpu, None, "row", rows.len());
+    b.exec(&format!("CREATE TABLE typed_stream {}", data::TYPED_DDL))
+        .await?;
+    let route = b
+        .route_for(&b.typed_route(&b.topic, "typed_stream", "json"))
+        .await?;
+    // The route's columns, in the order of its COPY lines.
+    let columns = route
+        .columns
+        .as_ref()
+        .expect("a typed route")
+        .columns
+        .iter();
+    let columns: Vec<String> = columns.map(|c| c.quoted()).collect();
+    let stream = StreamCeiling {
+        name: "typed_stream_ceiling_events_per_s",
+        route,
+        line: |r| format!("{}\n", r.row.as_deref().unwrap_or_default()),
+        stage: "CREATE TEMP TABLE stage (LIKE typed_stream) ON COMMIT DROP",
+        copy: &format!("COPY stage ({}) FROM STDIN", columns.join(", ")),
+        upsert: &typed_upsert_sql("typed_stream"),
+    };
+    stream_ceiling(b, &mut conn, stream, out).await?;
+    Ok(())
+}
+
+/// The typed ceilings' upsert of the staged rows into `table`.
+fn typed_upsert_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS t SELECT * FROM stage ON CONFLICT (order_id) DO UPDATE SET \
          customer = EXCLUDED.customer, amount = EXCLUDED.amount, currency = EXCLUDED.currency, \
          status = EXCLUDED.status, version = EXCLUDED.version, ts = EXCLUDED.ts \
          WHERE (t.customer, t.amount, t.currency, t.status, t.version, t.ts) IS DISTINCT FROM \
-               (EXCLUDED.customer, EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.status, EXCLUDED.version, EXCLUDED.ts)",
+               (EXCLUDED.customer, EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.status, EXCLUDED.version, EXCLUDED.ts)"
     )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    out.insert("typed_ceiling_rows_per_s", json!(per_s(t)));
-    Ok(())
 }
 
 /// Phase 1c: broker read ceiling: a plain consumer with the sink's settings.
@@ -437,8 +532,9 @@ fn broker_ceiling(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
 async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("measuring the write path…");
     let route = b.route_for(&b.document_route("write_path")).await?;
+    let batch_size = b.batch_size()?;
     let t = Instant::now();
-    for chunk in b.msgs.chunks(BATCH) {
+    for chunk in b.msgs.chunks(batch_size) {
         std::hint::black_box(prepare(std::slice::from_ref(&route), chunk.to_vec()));
     }
     out.insert(
@@ -457,7 +553,7 @@ async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
     let preparer = {
         let msgs = b.msgs.clone();
         std::thread::spawn(move || {
-            for chunk in msgs.chunks(BATCH) {
+            for chunk in msgs.chunks(batch_size) {
                 if tx
                     .blocking_send(prepare(std::slice::from_ref(&route), chunk.to_vec()))
                     .is_err()
@@ -497,6 +593,7 @@ struct SinkRun {
     port: u16,
     group: String,
     started: Instant,
+    cpu_start: CpuMark,
     _dir: tempfile::TempDir,
 }
 
@@ -526,7 +623,11 @@ fn start_sink(b: &Bench, name: &str, route: &str, extra: &str) -> anyhow::Result
     let (cfg, _) = b.config(route, extra, &group, port)?;
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
-    let log = std::fs::File::create(dir.path().join("sink.log"))?;
+    // BENCH_LOG_DIR keeps each sink's log (with KAFKA_PG_SINK_LOG, e.g.
+    // `kafka_pg_sink::store=debug,info` for per-batch timings).
+    let log_dir = std::env::var_os("BENCH_LOG_DIR").map_or(dir.path().to_owned(), PathBuf::from);
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+    let cpu_start = CpuMark::now(None);
     let started = Instant::now();
     let child = std::process::Command::new(&b.sink_bin)
         .arg("--config")
@@ -541,6 +642,7 @@ fn start_sink(b: &Bench, name: &str, route: &str, extra: &str) -> anyhow::Result
         port,
         group,
         started,
+        cpu_start,
         _dir: dir,
     })
 }
@@ -555,24 +657,27 @@ async fn measure_sink(
 ) -> anyhow::Result<()> {
     b.wait_stored(&run.group, run.started, prefix).await?;
     let seconds = run.started.elapsed().as_secs_f64();
-    let cpu_s = record_phase(b, run, prefix, seconds, "", out).await;
+    let cpu_s = record_phase(b, run, prefix, seconds, "", &run.cpu_start, out).await;
     out.insert(prefixed(prefix, "cpu_seconds"), json!(cpu_s));
     Ok(())
 }
 
 /// Records a phase of `run` that took `seconds` for the whole topic under
-/// `prefix`: events/s, peak RSS, and the average batch size and commit time
-/// from the sink's metrics since `before` (a scrape, or "" for since start).
-/// Returns the process's CPU seconds so far.
+/// `prefix`: events/s, peak RSS, the average batch size and commit time
+/// from the sink's metrics since `before` (a scrape, or "" for since start)
+/// and CPU use since `cpu` ([`record_cpu`]). Returns the process's CPU
+/// seconds so far.
 async fn record_phase(
     b: &Bench,
     run: &SinkRun,
     prefix: &str,
     seconds: f64,
     before: &str,
+    cpu: &CpuMark,
     out: &mut Results,
 ) -> f64 {
     let (rss, cpu_s) = proc_stats(run.child.id());
+    record_cpu(out, prefix, cpu, Some(run.child.id()), "event", b.n);
     let key = |s: &str| prefixed(prefix, s);
     out.insert(key("events_per_s"), json!(b.n as f64 / seconds));
     out.insert(key("peak_rss_mb"), json!(rss));
@@ -633,6 +738,7 @@ async fn sink_versioned(b: &Bench, out: &mut Results) -> anyhow::Result<SinkRun>
 async fn replay(b: &Bench, run: SinkRun, prefix: &str, out: &mut Results) -> anyhow::Result<()> {
     eprintln!("replaying ({prefix})…");
     let before = run.metrics().await;
+    let cpu = CpuMark::now(Some(run.child.id()));
     let t = Instant::now();
     let st = std::process::Command::new(&b.sink_bin)
         .args([
@@ -654,7 +760,7 @@ async fn replay(b: &Bench, run: SinkRun, prefix: &str, out: &mut Results) -> any
     }
     b.wait_stored(&run.group, t, "the replay").await?;
     let seconds = t.elapsed().as_secs_f64();
-    record_phase(b, &run, prefix, seconds, &before, out).await;
+    record_phase(b, &run, prefix, seconds, &before, &cpu, out).await;
     run.stop();
     Ok(())
 }
@@ -892,6 +998,70 @@ fn phase_averages(from: &str, to: &str) -> (f64, f64) {
     )
 }
 
+/// CPU counters at one moment: the whole machine's busy and total time
+/// (all cores, `/proc/stat`) and one process's CPU time, in seconds.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    busy: f64,
+    total: f64,
+    process: f64,
+}
+
+impl CpuMark {
+    fn now(pid: Option<u32>) -> CpuMark {
+        // cpu  user nice system idle iowait irq softirq steal (USER_HZ ticks)
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        let total: f64 = ticks.iter().sum();
+        let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+        CpuMark {
+            busy: (total - idle) / 100.0,
+            total: total / 100.0,
+            process: pid.map_or(0.0, |p| proc_stats(p).1),
+        }
+    }
+}
+
+/// Records CPU use since `since` under `prefix`: `machine_busy`, the share
+/// of all cores busy (sink, Postgres, broker and anything else on the
+/// machine), and `cpu_us_per_<unit>`, busy CPU time per unit of work; with
+/// a process, also its own `process_cpu_us_per_<unit>`. The ceilings run one
+/// Postgres backend; a sink phase shares the same cores with the broker and
+/// its own parsing: this is what says whether a phase was bound by the
+/// machine's CPU.
+fn record_cpu(
+    out: &mut Results,
+    prefix: &str,
+    since: &CpuMark,
+    pid: Option<u32>,
+    unit: &str,
+    units: usize,
+) {
+    let now = CpuMark::now(pid);
+    let key = |s: String| prefixed(prefix, &s);
+    let busy = now.busy - since.busy;
+    out.insert(
+        key("machine_busy".into()),
+        json!(busy / (now.total - since.total).max(1e-9)),
+    );
+    let per_unit = |s: f64| s * 1e6 / units as f64;
+    out.insert(key(format!("cpu_us_per_{unit}")), json!(per_unit(busy)));
+    if pid.is_some() {
+        out.insert(
+            key(format!("process_cpu_us_per_{unit}")),
+            json!(per_unit(now.process - since.process)),
+        );
+    }
+}
+
 fn proc_stats(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb: f64 = status
@@ -927,60 +1097,7 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 /// Ratios against the ceilings (and peers) of the same run, printed and
 /// written to bench/results/<date>.json.
 fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
-    let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let broker = f("broker_read_per_s");
-    let ratios = [
-        (
-            "write_path_vs_pg_ceiling",
-            f("write_path_per_s") / f("ceiling_rows_per_s"),
-            ">= 0.6",
-        ),
-        (
-            "document_sink_vs_ceiling",
-            f("sink_events_per_s") / f("ceiling_rows_per_s").min(broker),
-            ">= 0.8",
-        ),
-        (
-            "typed_sink_vs_typed_ceiling",
-            f("typed_sink_events_per_s") / f("typed_ceiling_rows_per_s").min(broker),
-            ">= 0.6",
-        ),
-        (
-            "replay_vs_filtered_ceiling",
-            f("replay_events_per_s") / f("dup_filtered_ceiling_rows_per_s").min(broker),
-            ">= 0.9",
-        ),
-        (
-            "document_sink_vs_prestaged_ceiling",
-            f("sink_events_per_s") / f("prestaged_ceiling_rows_per_s").min(broker),
-            "(info)",
-        ),
-        (
-            "replay_vs_antijoin_ceiling",
-            f("replay_events_per_s") / f("dup_antijoin_ceiling_rows_per_s").min(broker),
-            "(info)",
-        ),
-        (
-            "replay_vs_dup_ceiling",
-            f("replay_events_per_s") / f("dup_ceiling_rows_per_s").min(broker),
-            "(info)",
-        ),
-        (
-            "typed_vs_debezium",
-            f("typed_sink_events_per_s") / f("debezium_events_per_s"),
-            ">= 3",
-        ),
-        (
-            "avro_vs_json_typed",
-            f("avro_sink_events_per_s") / f("typed_sink_events_per_s"),
-            "(info)",
-        ),
-        (
-            "sink_vs_naive",
-            f("sink_events_per_s") / f("naive_events_per_s"),
-            ">= 20",
-        ),
-    ];
+    let ratios = ratios(&out);
     println!("\n{:<36} {:>14}", "measure", "value");
     for (k, v) in &out {
         if let Some(x) = v.as_f64() {
@@ -1012,6 +1129,107 @@ fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench --medians FILE…`: each ratio of several result files and its
+/// median. One run's ratio moves with its ceilings (±0.1 here); the median
+/// of several runs is the number to quote.
+fn medians(files: &[String]) -> anyhow::Result<()> {
+    let runs: Vec<BTreeMap<String, Value>> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {f}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    println!(
+        "{:<36} {:>8} {:>8}   runs, sorted",
+        "ratio", "median", "target"
+    );
+    for (k, _, target) in ratios(&Results::new()) {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        let all: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        println!("{k:<36} {median:>8.2} {target:>8}   {}", all.join(" "));
+    }
+    Ok(())
+}
+
+/// The printed ratios of one run's results: name, value, target.
+fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
+    let f = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let broker = f("broker_read_per_s");
+    vec![
+        (
+            "write_path_vs_pg_ceiling",
+            f("write_path_per_s") / f("ceiling_rows_per_s"),
+            ">= 0.6",
+        ),
+        (
+            "document_sink_vs_ceiling",
+            f("sink_events_per_s") / f("ceiling_rows_per_s").min(broker),
+            ">= 0.8",
+        ),
+        (
+            "typed_sink_vs_typed_ceiling",
+            f("typed_sink_events_per_s") / f("typed_ceiling_rows_per_s").min(broker),
+            ">= 0.6",
+        ),
+        (
+            "replay_vs_filtered_ceiling",
+            f("replay_events_per_s") / f("dup_filtered_ceiling_rows_per_s").min(broker),
+            ">= 0.9",
+        ),
+        (
+            "document_sink_vs_prestaged_ceiling",
+            f("sink_events_per_s") / f("prestaged_ceiling_rows_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "document_sink_vs_stream_ceiling",
+            f("sink_events_per_s") / f("stream_ceiling_events_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "typed_sink_vs_typed_stream_ceiling",
+            f("typed_sink_events_per_s") / f("typed_stream_ceiling_events_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "replay_vs_antijoin_ceiling",
+            f("replay_events_per_s") / f("dup_antijoin_ceiling_rows_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "replay_vs_dup_ceiling",
+            f("replay_events_per_s") / f("dup_ceiling_rows_per_s").min(broker),
+            "(info)",
+        ),
+        (
+            "typed_vs_debezium",
+            f("typed_sink_events_per_s") / f("debezium_events_per_s"),
+            ">= 3",
+        ),
+        (
+            "avro_vs_json_typed",
+            f("avro_sink_events_per_s") / f("typed_sink_events_per_s"),
+            "(info)",
+        ),
+        (
+            "sink_vs_naive",
+            f("sink_events_per_s") / f("naive_events_per_s"),
+            ">= 20",
+        ),
+    ]
+}
+
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
 /// (`ceilings,write_path,document,typed,avro,scaling,naive,peers`).
 fn runs(phase: &str) -> bool {
@@ -1023,6 +1241,10 @@ fn runs(phase: &str) -> bool {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--medians") {
+        return medians(&args[1..]);
+    }
     let b = setup().await?;
     let mut out = Results::new();
     if runs("ceilings") {
