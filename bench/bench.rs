@@ -28,6 +28,12 @@ use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
+/// The sink's allocator, so the in-process phases (`prepare_per_s`, the
+/// write path) allocate as the sink does.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[path = "../tests/common/net.rs"]
 mod net;
 

@@ -476,7 +476,7 @@ fn change_key(
                 source: Some(&c.source),
             })
         }
-        None => document_key_and_hash(route, m, c.row.clone()).map(|(k, _)| k),
+        None => document_key_and_hash(route, m, &c.row).map(|(k, _)| k),
     }
 }
 
@@ -524,7 +524,7 @@ fn upsert(
             map.row(&ev, &route.hash_exclude)
                 .map(|r| (r.key, r.content_hash, Some(r.doc)))
         }
-        None => document_key_and_hash(route, m, value.clone()).map(|(k, h)| (k, h, None)),
+        None => document_key_and_hash(route, m, value).map(|(k, h)| (k, h, None)),
     };
     match row {
         Ok((key, hash, row)) => Parsed::Upsert(RowUpsert {
@@ -575,23 +575,31 @@ fn parse_json(payload: &[u8]) -> Result<(&str, Value), String> {
 fn document_key_and_hash(
     route: &Route,
     m: &SourceMessage,
-    mut value: Value,
+    value: &Value,
 ) -> Result<(RowKey, EventHash), (PoisonReason, String)> {
     let key = match &route.key {
-        RowKeySource::Pointers(ps) => Some(key_from_pointers(&value, ps)?),
+        RowKeySource::Pointers(ps) => Some(key_from_pointers(value, ps)?),
         RowKeySource::KafkaKey => match m.key.as_deref() {
             Some(k) => Some(RowKey(text_of_bytes(k))),
             None => return Err((PoisonReason::MissingKey, "message has no Kafka key".into())),
         },
         RowKeySource::EventHash | RowKeySource::Columns(_) => None,
     };
-    if route.format.is_schemad() {
+    // The value is copied only when the hashed view differs from it (a
+    // whole-tree clone per message was a visible share of the profile).
+    let h = if route.format.is_schemad() {
         // Absent and null are the same in a schema'd record: an event encoded
         // under a version with an added (null) field is still a duplicate.
-        value = format::hash_view(&value);
-    }
-    hash::remove_pointers(&mut value, &route.hash_exclude);
-    let h = hash::hash_value(&value);
+        let mut view = format::hash_view(value);
+        hash::remove_pointers(&mut view, &route.hash_exclude);
+        hash::hash_value(&view)
+    } else if route.hash_exclude.is_empty() {
+        hash::hash_value(value)
+    } else {
+        let mut view = value.clone();
+        hash::remove_pointers(&mut view, &route.hash_exclude);
+        hash::hash_value(&view)
+    };
     Ok((key.unwrap_or_else(|| RowKey(h.to_string())), h))
 }
 
@@ -716,6 +724,34 @@ mod tests {
             b.ranges[&TopicPartition::new("t", 0)],
             (Offset(10), Offset(12))
         );
+    }
+
+    #[test]
+    fn excluded_fields_are_left_out_of_the_hash_only() {
+        let ev = |off, v: &str, sent: &str| {
+            msg(
+                0,
+                off,
+                Some(&format!(r#"{{"id":1,"v":"{v}","sent_at":"{sent}"}}"#)),
+            )
+        };
+        let excluding = routes("hash_exclude = [\"/sent_at\"]");
+        // A re-send that differs only in the excluded field is a duplicate…
+        let b = prepare(&excluding, vec![ev(1, "a", "t1"), ev(2, "a", "t2")]);
+        assert_eq!(b.counts.duplicate_in_batch, 1);
+        let row = &b.writes[0].upserts[0];
+        let without: Value = serde_json::from_str(r#"{"id":1,"v":"a"}"#).unwrap();
+        assert_eq!(row.hash, hash::hash_value(&without));
+        // …the stored payload keeps it…
+        assert!(row.payload.contains(r#""sent_at":"t1""#));
+        // …and a change elsewhere is not a duplicate.
+        let b = prepare(&excluding, vec![ev(1, "a", "t1"), ev(2, "b", "t1")]);
+        assert_eq!(b.counts.duplicate_in_batch, 0);
+        // Without the exclusion the field counts.
+        let b = prepare(&routes(""), vec![ev(1, "a", "t1"), ev(2, "a", "t2")]);
+        assert_eq!(b.counts.duplicate_in_batch, 0);
+        let with: Value = serde_json::from_str(r#"{"id":1,"v":"a","sent_at":"t2"}"#).unwrap();
+        assert_eq!(b.writes[0].upserts[0].hash, hash::hash_value(&with));
     }
 
     #[test]
