@@ -81,7 +81,8 @@ struct PartState {
 
 #[derive(Default)]
 struct Owned {
-    parts: HashMap<TopicPartition, PartState>,
+    /// FxHash: looked up for every message the consumer thread polls.
+    parts: rustc_hash::FxHashMap<TopicPartition, PartState>,
     next_generation: Generation,
     /// Set once the first assignment happened (readiness).
     joined: bool,
