@@ -14,9 +14,11 @@
 //! COMMIT
 //! ```
 //!
-//! A statement that fails because of its data (SQLSTATE class 22/23) is rolled
-//! back to a savepoint and bisected until the offending rows are isolated;
-//! those become dead letters in the same transaction.
+//! A statement that fails because of its data (SQLSTATE class 22/23) aborts
+//! the first attempt, which runs without savepoints. The second attempt runs
+//! each statement under a savepoint and bisects a failing one until the
+//! offending rows are isolated; those become dead letters in the same
+//! transaction.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::mappings::MappingGuard;
+use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
 use crate::config::OnError;
@@ -70,6 +73,16 @@ struct Written {
 struct RouteAt<'a> {
     i: usize,
     route: &'a Route,
+}
+
+/// How the statements of one commit attempt meet a data error.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: the error aborts the transaction (the attempt is
+    /// rolled back and repeated with `Savepoints`).
+    None,
+    /// Each statement under a savepoint, bisected to isolate refused rows.
+    Savepoints,
 }
 
 /// One step of a route's writes, in transaction order.
@@ -129,17 +142,51 @@ impl BatchWriter {
     }
 
     /// Commits one prepared batch atomically with its offsets.
+    ///
+    /// The batch is first applied without savepoints. A statement the
+    /// database refuses because of its data then aborts the transaction;
+    /// it is rolled back and the batch applied again with each statement
+    /// under a savepoint, bisected to isolate the refused rows. Clean
+    /// batches — nearly all — save two round trips and a subtransaction
+    /// per statement.
     pub async fn commit(
         &self,
         batch: &PreparedBatch,
         expected: &[Expected],
     ) -> Result<CommitOutcome, StoreError> {
+        if let Some(outcome) = self.commit_as(batch, expected, Isolation::None).await? {
+            return Ok(outcome);
+        }
+        tracing::debug!("a statement hit a data error; applying the batch again, isolating rows");
+        let outcome = self
+            .commit_as(batch, expected, Isolation::Savepoints)
+            .await?;
+        Ok(outcome.expect("isolating commits handle data errors"))
+    }
+
+    /// One attempt of [`commit`](Self::commit). `None`: with
+    /// [`Isolation::None`], a statement hit a data error and the
+    /// transaction was rolled back.
+    async fn commit_as(
+        &self,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+        isolation: Isolation,
+    ) -> Result<Option<CommitOutcome>, StoreError> {
         let started = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
+        let routes = self.routes();
+        let stages = batch
+            .writes
+            .iter()
+            .zip(routes.iter())
+            .filter(|(w, _)| !w.upserts.is_empty() || !w.previous.is_empty())
+            .filter_map(|(_, route)| stage_of(route));
+        let (begin, mut fresh) = Fresh::begin(stages);
+        let mut tx = self.pool.begin_with(begin).await?;
         let fenced = fence(&mut tx, &self.group, expected).await?;
         if !fenced.is_empty() {
             tx.rollback().await?;
-            return Ok(CommitOutcome::Fenced(fenced));
+            return Ok(Some(CommitOutcome::Fenced(fenced)));
         }
         let replaced = self.guard.check(&mut tx).await?;
         if !replaced.is_empty() {
@@ -148,15 +195,25 @@ impl BatchWriter {
         }
         let fenced_at = started.elapsed();
         let mut written = Written::default();
-        let routes = self.routes();
         for (i, writes) in batch.writes.iter().enumerate() {
             let at = RouteAt {
                 i,
                 route: &routes[i],
             };
-            if let Some(poison) = self.write_route(&mut tx, at, writes, &mut written).await? {
-                tx.rollback().await?;
-                return Ok(CommitOutcome::Poison(poison));
+            match self
+                .write_route(&mut tx, &mut fresh, at, writes, isolation, &mut written)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(poison)) => {
+                    tx.rollback().await?;
+                    return Ok(Some(CommitOutcome::Poison(poison)));
+                }
+                Err(StoreError::Fatal(e)) if isolation == Isolation::None && is_data_error(&e) => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
             }
         }
         let dead: Vec<&DeadLetter> = batch
@@ -178,7 +235,7 @@ impl BatchWriter {
             commit_ms = (started.elapsed() - written_at).as_secs_f64() * 1e3,
             "batch committed"
         );
-        Ok(CommitOutcome::Committed(written.counts))
+        Ok(Some(CommitOutcome::Committed(written.counts)))
     }
 
     /// Applies a prepared batch's route writes on `conn` with the statements
@@ -198,7 +255,16 @@ impl BatchWriter {
                 i,
                 route: &routes[i],
             };
-            self.write_route(conn, at, writes, &mut written).await?;
+            let mut fresh = Fresh::default();
+            self.write_route(
+                conn,
+                &mut fresh,
+                at,
+                writes,
+                Isolation::Savepoints,
+                &mut written,
+            )
+            .await?;
         }
         written.counts.rejected.extend(written.uncounted_rejects);
         Ok(written.counts)
@@ -216,8 +282,10 @@ impl BatchWriter {
     async fn write_route(
         &self,
         conn: &mut PgConnection,
+        fresh: &mut Fresh,
         at: RouteAt<'_>,
         writes: &RouteWrites,
+        isolation: Isolation,
         written: &mut Written,
     ) -> Result<Option<DeadLetter>, StoreError> {
         let mut created_in_round_1 = 0;
@@ -232,8 +300,12 @@ impl BatchWriter {
             }
             let mut counts = TableCounts::default();
             let mut rejected = Vec::new();
-            self.apply_isolating(conn, at, chunk, &mut counts, &mut rejected)
-                .await?;
+            if isolation == Isolation::None {
+                counts = self.apply(conn, fresh, at, chunk).await?;
+            } else {
+                self.apply_isolating(conn, fresh, at, chunk, &mut counts, &mut rejected)
+                    .await?;
+            }
             if self.on_error == OnError::Stop && !rejected.is_empty() {
                 return Ok(rejected.into_iter().next());
             }
@@ -265,6 +337,7 @@ impl BatchWriter {
     async fn apply_isolating(
         &self,
         conn: &mut PgConnection,
+        fresh: &mut Fresh,
         at: RouteAt<'_>,
         chunk: Chunk<'_>,
         counts: &mut TableCounts,
@@ -276,7 +349,7 @@ impl BatchWriter {
             sqlx::query("SAVEPOINT kpgs_write")
                 .execute(&mut *conn)
                 .await?;
-            match self.apply(conn, at, chunk).await {
+            match self.apply(conn, fresh, at, chunk).await {
                 Ok(c) => {
                     sqlx::query("RELEASE SAVEPOINT kpgs_write")
                         .execute(&mut *conn)
@@ -305,18 +378,28 @@ impl BatchWriter {
     async fn apply(
         &self,
         conn: &mut PgConnection,
+        fresh: &mut Fresh,
         at: RouteAt<'_>,
         chunk: Chunk<'_>,
     ) -> Result<TableCounts, sqlx::Error> {
         let route = at.route;
         match (chunk, &route.columns) {
             (Chunk::Upserts(rows), None) => {
-                documents::upsert(conn, route, rows, &self.duplicate_heavy[at.i]).await
+                documents::upsert(conn, fresh, route, rows, &self.duplicate_heavy[at.i]).await
             }
-            (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, route, map, rows).await,
+            (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, fresh, route, map, rows).await,
             (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,
         }
+    }
+}
+
+/// The staging table `route`'s upserts travel through, if any.
+fn stage_of(route: &Route) -> Option<Stage> {
+    match &route.columns {
+        None => Some(documents::stage()),
+        Some(map) if map.copyable() => Some(typed::stage_of(route, map)),
+        Some(_) => None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgConnection;
 
-use super::stage::Stage;
+use super::stage::{Fresh, Stage};
 use super::TableCounts;
 use crate::batch::{RowDelete, RowUpsert};
 use crate::copy_text;
@@ -27,6 +27,7 @@ use crate::route::Route;
 /// turned into no-ops.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
+    fresh: &mut Fresh,
     route: &Route,
     rows: &[RowUpsert],
     duplicate_heavy: &AtomicBool,
@@ -41,7 +42,7 @@ pub(super) async fn upsert(
     };
     let mut counts = TableCounts::default();
     if !kept.is_empty() {
-        stage().fill(conn, &copy_data(&kept)).await?;
+        stage().fill(conn, fresh, &copy_data(&kept)).await?;
         let sql = upsert_sql(route);
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
@@ -135,7 +136,7 @@ fn stored_of(route: &Route, col: &str, alias: &str) -> String {
 /// The staging table of document rows. The payload stays text here: it is
 /// parsed into jsonb only for the rows the upsert keeps (the duplicate
 /// pre-filter skips that parse for re-deliveries).
-fn stage() -> Stage {
+pub(super) fn stage() -> Stage {
     Stage::new(
         "key text COLLATE \"C\", event_hash bytea, payload text, version bigint, \
          kafka_topic text, kafka_partition integer, kafka_offset bigint"

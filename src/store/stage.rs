@@ -32,19 +32,31 @@ impl Stage {
         }
     }
 
-    /// Empties the stage (creating it on this connection if needed) and
-    /// loads `data`, COPY text lines each ending in `\n`.
-    pub async fn fill(&self, conn: &mut PgConnection, data: &[u8]) -> Result<(), sqlx::Error> {
-        // One round trip: quiet the "already exists" notice, make sure the
-        // table exists, drop the rows of an earlier chunk of this transaction.
-        let setup = format!(
+    /// Creates the stage on this connection if needed; quiets the "already
+    /// exists" notice for the rest of the transaction.
+    pub fn create_sql(&self) -> String {
+        format!(
             "SET LOCAL client_min_messages = warning; \
-             CREATE TEMP TABLE IF NOT EXISTS {0} ({1}) ON COMMIT DELETE ROWS; \
-             DELETE FROM {0};",
+             CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
             self.name, self.columns
-        );
-        // A plain string runs as a simple query: several statements allowed.
-        sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
+        )
+    }
+
+    /// Loads `data`, COPY text lines each ending in `\n`, into the stage,
+    /// empty afterwards but for them. A stage `fresh` lists exists and is
+    /// empty already; any other is created if needed and emptied first (one
+    /// round trip).
+    pub async fn fill(
+        &self,
+        conn: &mut PgConnection,
+        fresh: &mut Fresh,
+        data: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        if !fresh.take(&self.name) {
+            let setup = format!("{} DELETE FROM {};", self.create_sql(), self.name);
+            // A plain string runs as a simple query: several statements allowed.
+            sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
+        }
         let copy_sql = format!("COPY {} FROM STDIN", self.name);
         let mut copy = conn.copy_in_raw(&copy_sql).await?;
         if let Err(e) = copy.send(data).await {
@@ -55,5 +67,58 @@ impl Stage {
         // caller bisects the chunk).
         copy.finish().await?;
         Ok(())
+    }
+}
+
+/// Stages a transaction created at its start (with `BEGIN`, in one round
+/// trip) and has not filled yet: `ON COMMIT DELETE ROWS` left them empty,
+/// so their first fill skips the setup round trip.
+#[derive(Debug, Default)]
+pub(super) struct Fresh(Vec<String>);
+
+impl Fresh {
+    /// The `BEGIN` that creates `stages`, and those stages as fresh.
+    pub fn begin(stages: impl IntoIterator<Item = Stage>) -> (String, Fresh) {
+        let mut sql = String::from("BEGIN;");
+        let mut names = Vec::new();
+        for s in stages {
+            if !names.contains(&s.name) {
+                sql.push(' ');
+                sql.push_str(&s.create_sql());
+                names.push(s.name);
+            }
+        }
+        (sql, Fresh(names))
+    }
+
+    /// Whether `name` was fresh; it no longer is.
+    fn take(&mut self, name: &str) -> bool {
+        match self.0.iter().position(|n| n == name) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_creates_each_stage_once_and_each_is_fresh_for_one_fill() {
+        let a = || Stage::new("\"a\" text".into());
+        let b = Stage::new("\"b\" integer".into());
+        let b_name = b.name.clone();
+        let (sql, mut fresh) = Fresh::begin([a(), b, a()]);
+        assert!(sql.starts_with("BEGIN;"), "{sql}");
+        assert_eq!(sql.matches("CREATE TEMP TABLE IF NOT EXISTS").count(), 2);
+        assert!(sql.contains(&format!("{} (\"a\" text)", a().name)), "{sql}");
+        assert!(fresh.take(&a().name));
+        assert!(!fresh.take(&a().name), "a second fill must empty the stage");
+        assert!(fresh.take(&b_name));
+        assert!(!Fresh::default().take(&a().name));
     }
 }

@@ -7,7 +7,7 @@
 
 use sqlx::PgConnection;
 
-use super::stage::Stage;
+use super::stage::{Fresh, Stage};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::batch::{RowDelete, RowUpsert};
 use crate::columns::{ColumnMap, ColumnSource, MappedColumn};
@@ -50,6 +50,7 @@ fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
 /// `jsonb_to_record` converts instead.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
+    fresh: &mut Fresh,
     route: &Route,
     map: &ColumnMap,
     rows: &[RowUpsert],
@@ -58,7 +59,7 @@ pub(super) async fn upsert(
     let sql = upsert_sql(route, map);
     if map.copyable() {
         let data = copy_data(route, rows);
-        stage_of(route, map).fill(conn, &data).await?;
+        stage_of(route, map).fill(conn, fresh, &data).await?;
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
             query = query.bind(t);
@@ -82,7 +83,7 @@ pub(super) async fn upsert(
 
 /// The staging table of a typed route: its mapped columns with their types,
 /// then (change events) the row key and position the markers are checked by.
-fn stage_of(route: &Route, map: &ColumnMap) -> Stage {
+pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Stage {
     let mut cols = joined(map.columns.iter(), |c| {
         format!("{} {}", c.quoted(), c.sql_type)
     });
