@@ -131,3 +131,44 @@ async fn a_key_created_and_changed_in_one_batch_counts_as_one_insert() {
     );
     assert_eq!(db.count("SELECT count(*) FROM events").await, 3);
 }
+
+/// Document routes share one staging table. In a batch for two routes, each
+/// table gets exactly its own rows: the stage is emptied before the second
+/// route's rows are loaded into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_document_routes_in_one_batch_write_only_their_own_rows() {
+    use kafka_pg_sink::store::Expected;
+    let db = TestDb::new().await;
+    let writer = db
+        .writer_for(&format!(
+            "{UNVERSIONED}\n\n[[route]]\ntopic = \"payments\"\ntable = \"payments\"\nkey = \"/id\""
+        ))
+        .await;
+    let mut msgs: Vec<SourceMessage> = (0..4).map(|i| msg(i, i as u32, 1, "order")).collect();
+    for i in 0..3 {
+        let mut m = msg(i, 100 + i as u32, 1, "payment");
+        m.tp = TopicPartition::new("payments", 0);
+        msgs.push(m);
+    }
+    let batch = prepare(&writer.routes(), msgs);
+    let expected = [("orders", 3), ("payments", 2)].map(|(topic, last)| Expected {
+        tp: TopicPartition::new(topic, 0),
+        expected: None,
+        new_next: Offset(last + 1),
+    });
+    match commit(&writer, &batch, &expected).await {
+        CommitOutcome::Committed(c) => assert_eq!(c.inserted, 7, "{c:?}"),
+        other => panic!("{other:?}"),
+    }
+    let keys = |table: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SELECT key FROM {table} ORDER BY key"))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(keys("events").await, ["k0", "k1", "k2", "k3"]);
+    assert_eq!(keys("payments").await, ["k100", "k101", "k102"]);
+}
