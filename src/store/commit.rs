@@ -250,12 +250,13 @@ impl BatchWriter {
     ) -> Result<TableCounts, StoreError> {
         let mut written = Written::default();
         let routes = self.routes();
+        // No stage was created with this transaction's BEGIN.
+        let mut fresh = Fresh::default();
         for (i, writes) in batch.writes.iter().enumerate() {
             let at = RouteAt {
                 i,
                 route: &routes[i],
             };
-            let mut fresh = Fresh::default();
             self.write_route(
                 conn,
                 &mut fresh,

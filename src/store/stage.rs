@@ -14,6 +14,10 @@
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+/// Quiets the "already exists" notice of `CREATE … IF NOT EXISTS` for the
+/// rest of the transaction.
+const QUIET: &str = "SET LOCAL client_min_messages = warning;";
+
 /// A temporary staging table.
 pub(super) struct Stage {
     /// Unquoted name (a hash: always a valid plain identifier).
@@ -32,12 +36,10 @@ impl Stage {
         }
     }
 
-    /// Creates the stage on this connection if needed; quiets the "already
-    /// exists" notice for the rest of the transaction.
-    pub fn create_sql(&self) -> String {
+    /// Creates the stage on this connection if needed (after [`QUIET`]).
+    fn create_sql(&self) -> String {
         format!(
-            "SET LOCAL client_min_messages = warning; \
-             CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
             self.name, self.columns
         )
     }
@@ -53,7 +55,7 @@ impl Stage {
         data: &[u8],
     ) -> Result<(), sqlx::Error> {
         if !fresh.take(&self.name) {
-            let setup = format!("{} DELETE FROM {};", self.create_sql(), self.name);
+            let setup = format!("{QUIET} {} DELETE FROM {};", self.create_sql(), self.name);
             // A plain string runs as a simple query: several statements allowed.
             sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
         }
@@ -83,6 +85,10 @@ impl Fresh {
         let mut names = Vec::new();
         for s in stages {
             if !names.contains(&s.name) {
+                if names.is_empty() {
+                    sql.push(' ');
+                    sql.push_str(QUIET);
+                }
                 sql.push(' ');
                 sql.push_str(&s.create_sql());
                 names.push(s.name);
@@ -115,6 +121,8 @@ mod tests {
         let (sql, mut fresh) = Fresh::begin([a(), b, a()]);
         assert!(sql.starts_with("BEGIN;"), "{sql}");
         assert_eq!(sql.matches("CREATE TEMP TABLE IF NOT EXISTS").count(), 2);
+        assert_eq!(sql.matches(QUIET).count(), 1, "{sql}");
+        assert_eq!(Fresh::begin([]).0, "BEGIN;");
         assert!(sql.contains(&format!("{} (\"a\" text)", a().name)), "{sql}");
         assert!(fresh.take(&a().name));
         assert!(!fresh.take(&a().name), "a second fill must empty the stage");
