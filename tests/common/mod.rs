@@ -431,22 +431,44 @@ pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
 }
 
 /// High watermarks per partition of a topic on the cluster at `brokers`.
+/// Retried for a while: right after a broker restart, metadata and
+/// watermark requests fail transiently (NotLeaderForPartition, transport
+/// errors) until leadership settles.
 pub fn end_offsets_at(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()[0]
-        .partitions()
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match watermarks(&c, topic) {
+            Ok(end) => return end,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("end offsets of {topic}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("end offsets of {topic} for 90 s: {e}"),
+        }
+    }
+}
+
+fn watermarks(
+    c: &BaseConsumer,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = &md.topics()[0];
+    // A topic whose leaders are not settled reports an error and no
+    // partitions; an empty map would look like "nothing to consume".
+    if let Some(e) = t.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    t.partitions()
         .iter()
         .map(|p| {
-            let (_, high) = c
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .unwrap();
-            (p.id(), high)
+            let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            Ok((p.id(), high))
         })
         .collect()
 }
