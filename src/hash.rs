@@ -109,34 +109,38 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            out.push(b'{');
             // serde_json's map is ordered by UTF-8 bytes; JCS orders by UTF-16
             // code units. They differ only for names mixing astral characters
-            // with U+E000..U+FFFF, so sort only when that can matter.
-            if members
-                .iter()
-                .any(|(k, _)| k.chars().any(|c| c as u32 >= 0xE000))
-            {
+            // with U+E000..U+FFFF (UTF-8 lead bytes 0xEE and up), so sort only
+            // when that can matter.
+            if map.keys().any(|k| k.bytes().any(|b| b >= 0xEE)) {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
                 members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            }
-            out.push(b'{');
-            for (i, (k, v)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_canonical(v, out);
+                write_members(members.into_iter(), out);
+            } else {
+                write_members(map.iter(), out);
             }
             out.push(b'}');
         }
     }
 }
 
+fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
+}
+
 fn write_number(n: &Number, out: &mut Vec<u8>) {
-    // With serde_json's `arbitrary_precision`, Display yields the source text.
-    let text = n.to_string();
-    if is_plain_integer(&text) {
+    // With serde_json's `arbitrary_precision`, this is the source text.
+    let text = n.as_str();
+    if is_plain_integer(text) {
         if text == "-0" {
             out.push(b'0');
         } else {
@@ -149,9 +153,11 @@ fn write_number(n: &Number, out: &mut Vec<u8>) {
     // numeric column) hash alike. Such numbers keep every digit, in
     // ECMAScript's notation; up to 15 digits a double round-trips exactly, so
     // the JCS form below is the same value.
-    if let Some(exact) = Decimal::parse(&text).filter(|d| d.digits.len() > 15) {
-        out.extend_from_slice(exact.to_ecmascript().as_bytes());
-        return;
+    if significant_digits(text) > 15 {
+        if let Some(exact) = Decimal::parse(text) {
+            out.extend_from_slice(exact.to_ecmascript().as_bytes());
+            return;
+        }
     }
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() => {
@@ -160,6 +166,18 @@ fn write_number(n: &Number, out: &mut Vec<u8>) {
         }
         _ => out.extend_from_slice(text.to_ascii_lowercase().as_bytes()),
     }
+}
+
+/// How many digits of a number's mantissa lie between its first and last
+/// non-zero digit (what [`Decimal::parse`] keeps), without allocating: most
+/// numbers have few, and only those with more than 15 need the exact path.
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let digits = || mantissa.bytes().filter(u8::is_ascii_digit);
+    let lead = digits().take_while(|&b| b == b'0').count();
+    let total = digits().count();
+    let trail = digits().rev().take_while(|&b| b == b'0').count();
+    total.saturating_sub(lead + trail)
 }
 
 /// A JSON number as `±digits × 10^exponent`, digits without leading or
@@ -299,6 +317,26 @@ mod tests {
         assert_eq!(canon("1.50"), "1.5");
         assert_eq!(canon("1E2"), "100");
         assert_eq!(canon("0.1000"), "0.1");
+    }
+
+    #[test]
+    fn significant_digits_counts_what_the_exact_path_keeps() {
+        for t in [
+            "0", "-0", "0.000", "1.50", "100", "0.00123", "1E2", "1e-7", "-12.3400e5",
+            "12345678901234567.89", "0.10000000000000000001", "1234567890123456.7e-25",
+            "000123000", "9.999999999999999e22",
+        ] {
+            let exact = Decimal::parse(t).unwrap().digits.len();
+            assert_eq!(significant_digits(t), exact, "{t}");
+        }
+    }
+
+    #[test]
+    fn member_order_is_utf16_when_names_mix_astral_and_high_bmp() {
+        // U+1F600 sorts before U+FF21 by UTF-16 code units (0xD83D < 0xFF21)
+        // but after it by UTF-8 bytes.
+        let v: Value = serde_json::from_str(r#"{"\uff21":1,"\ud83d\ude00":2,"a":3}"#).unwrap();
+        assert_eq!(canonical_string(&v), "{\"a\":3,\"😀\":2,\"Ａ\":1}");
     }
 
     #[test]
