@@ -399,8 +399,7 @@ impl BatchWriter {
 fn stage_of(route: &Route) -> Option<Stage> {
     match &route.columns {
         None => Some(documents::stage()),
-        Some(map) if map.copyable() => Some(typed::stage_of(route, map)),
-        Some(_) => None,
+        Some(map) => typed::stage_of(route, map),
     }
 }
 

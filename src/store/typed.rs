@@ -57,9 +57,9 @@ pub(super) async fn upsert(
 ) -> Result<TableCounts, sqlx::Error> {
     let t = route.table.quoted();
     let sql = upsert_sql(route, map);
-    if map.copyable() {
+    if let Some(stage) = stage_of(route, map) {
         let data = copy_data(route, rows);
-        stage_of(route, map).fill(conn, fresh, &data).await?;
+        stage.fill(conn, fresh, &data).await?;
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
             query = query.bind(t);
@@ -83,14 +83,19 @@ pub(super) async fn upsert(
 
 /// The staging table of a typed route: its mapped columns with their types,
 /// then (change events) the row key and position the markers are checked by.
-pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Stage {
+/// None for routes COPY cannot load (`ColumnMap::copyable`): their rows
+/// travel as JSON.
+pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Option<Stage> {
+    if !map.copyable() {
+        return None;
+    }
     let mut cols = joined(map.columns.iter(), |c| {
         format!("{} {}", c.quoted(), c.sql_type)
     });
     if route.is_cdc() {
         cols.push_str(", kpgs_key text, kpgs_position bigint");
     }
-    Stage::new(cols)
+    Some(Stage::new(cols))
 }
 
 /// The COPY text of `rows`: each row's line, plus key and position for
@@ -137,8 +142,8 @@ fn upsert_sql(route: &Route, map: &ColumnMap) -> String {
 /// The statement's input rows, with the markers' filter for change events.
 fn input_sql(route: &Route, map: &ColumnMap) -> String {
     let target = if map.copyable() { "$1" } else { "$4" };
-    if map.copyable() {
-        let stage = stage_of(route, map).name;
+    if let Some(stage) = stage_of(route, map) {
+        let stage = stage.name;
         return if route.is_cdc() {
             let filter = super::cdc::marker_filter(target, "s.kpgs_key", "s.kpgs_position");
             format!("SELECT s.* FROM {stage} s WHERE {filter}")
