@@ -116,11 +116,10 @@ fn place_unknown_offsets(
         eprintln!("partition {p}: offsets {gaps:?} named by no acknowledgement ({unknown} without an offset)");
         for gap in gaps {
             let (key, payload) = read_back(topic, p, gap);
-            let same =
-                |r: &&mut (i32, i64, String, String)| r.0 == p && r.2 == key && r.3 == payload;
-            if let Some(r) = records.iter_mut().filter(same).find(|r| r.1 < 0) {
+            let same = |r: &(i32, i64, String, String)| r.0 == p && r.2 == key && r.3 == payload;
+            if let Some(r) = records.iter_mut().find(|r| same(r) && r.1 < 0) {
                 r.1 = gap;
-            } else if records.iter_mut().any(|r| same(&r)) {
+            } else if records.iter().any(same) {
                 eprintln!("partition {p} offset {gap}: a second copy of an acknowledged record");
                 records.push((p, gap, key, payload));
             } else {
