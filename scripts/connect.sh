@@ -26,6 +26,7 @@
 #      CONNECT_STATE_DIR (/tmp/kafka-pg-sink-connect), CDC_PGPORT (5433),
 #      CONNECT_HEAP (-Xmx1g), CONNECT_WAIT_S (180), CONNECT_MAVEN_REPO (maven.repo.local).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CONNECT_VERSION="${CONNECT_VERSION:-4.3.1}"
 DEBEZIUM_VERSION="${DEBEZIUM_VERSION:-3.6.0.Final}"
@@ -253,8 +254,9 @@ source_db() {
 # ---------------------------------------------------------------- workers
 state_of() { [ -n "${1:-}" ] || die "missing worker NAME"; echo "$STATE_ROOT/$1"; }
 rest_port() { cat "$(state_of "$1")/rest.port" 2>/dev/null; }
-worker_pid() { cat "$(state_of "$1")/pid" 2>/dev/null; }
-worker_alive() { local p; p="$(worker_pid "$1")" && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# Only a pid that is still our worker counts (see live_pid in lib.sh).
+worker_pid() { live_pid "$(state_of "$1")/pid" "$(state_of "$1")/worker.properties"; }
+worker_alive() { [ -n "$(worker_pid "$1")" ]; }
 rest() { curl -sf --max-time 5 "http://127.0.0.1:$(rest_port "$1")$2"; }
 
 pick_port() {
@@ -362,12 +364,8 @@ start() {
 }
 
 stop_sig() {
-  local name="$1" sig="$2" st pid; st="$(state_of "$name")"
-  pid="$(worker_pid "$name" || true)"
-  [ -n "$pid" ] || return 0
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || { rm -f "$st/pid"; return 0; }; sleep 0.25; done
-  kill -9 "$pid" 2>/dev/null || true; rm -f "$st/pid"
+  local st; st="$(state_of "$1")"
+  stop_pidfile "$2" "$st/pid" "$st/worker.properties"
 }
 
 # Forget a worker: stop it, drop the replication slots and publications its Postgres

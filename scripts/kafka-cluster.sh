@@ -67,8 +67,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 cport() { echo $((BASE + $1 - 1)); }
 qport() { echo $((BASE + 10 + $1 - 1)); }
 ndir() { echo "$STATE/node$1"; }
-node_pid() { local f; f="$(ndir "$1")/kafka.pid"; [ -f "$f" ] && cat "$f" || true; }
-alive() { local p; p="$(node_pid "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# Only a pid that is still our node counts (see live_pid in lib.sh).
+node_pid() { live_pid "$(ndir "$1")/kafka.pid" "$(ndir "$1")/server.properties"; }
+alive() { [ -n "$(node_pid "$1")" ]; }
 bootstrap() {
   local s=""
   for n in $NODES; do s="${s:+$s,}127.0.0.1:$(cport "$n")"; done
@@ -232,6 +233,9 @@ start_node() {
   tool wait-broker "$(bootstrap)" "$n" "$WAIT_MS"
 }
 
+# ours PID:NODE: the process is still that node's broker.
+ours() { pid_is "${1%%:*}" "$(ndir "${1#*:}")/server.properties"; }
+
 stop_nodes() {
   local sig="$1"; shift
   local n p pids=()
@@ -246,15 +250,15 @@ stop_nodes() {
   local tries=120; [ "$sig" = KILL ] && tries=200
   for i in $(seq 1 "$tries"); do
     local left=0
-    for p in "${pids[@]}"; do kill -0 "${p%%:*}" 2>/dev/null && left=1; done
+    for p in "${pids[@]}"; do ours "$p" && left=1; done
     [ "$left" = 0 ] && break
     sleep 0.25
   done
   for p in "${pids[@]}"; do
-    if kill -0 "${p%%:*}" 2>/dev/null; then
+    if ours "$p"; then
       log "node ${p#*:} still running after SIG$sig; SIGKILL"
       kill -9 "${p%%:*}" 2>/dev/null || true
-      while kill -0 "${p%%:*}" 2>/dev/null; do sleep 0.05; done
+      while ours "$p"; do sleep 0.05; done
     fi
     rm -f "$(ndir "${p#*:}")/kafka.pid"
   done

@@ -127,7 +127,7 @@ scram_user() {
 
 ensure() {
   if port_open "$PORT"; then
-    if ! port_open "$SPORT" && [ -f "$PIDFILE" ]; then
+    if ! port_open "$SPORT" && [ -n "$(live_pid "$PIDFILE" "$STATE/server.properties")" ]; then
       log "broker predates the SASL listener; restarting it with the current config"
       stop_sig TERM; start; return
     fi
@@ -136,7 +136,7 @@ ensure() {
   start
 }
 
-stop_sig() { stop_pidfile "$1" "$PIDFILE"; }
+stop_sig() { stop_pidfile "$1" "$PIDFILE" "$STATE/server.properties"; }
 
 cmd="${1:-ensure}"
 case "$cmd" in

@@ -7,14 +7,36 @@ target_dir() {
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
-# Stops the process whose pid is in PIDFILE with SIG, waits up to 30 s for it
-# to exit (then SIGKILL), and removes the pid file.
-stop_pidfile() {
-  local sig="$1" pidfile="$2"
+# The pid in PIDFILE if it is still the process we started: a live process (not
+# a thread of another; kill -0 answers for thread ids too) whose command line
+# contains NEEDLE. Otherwise prints nothing and removes the stale file. Pid files
+# outlive their processes (a machine restored from a disk snapshot keeps /tmp),
+# and the number is soon reused: trusting it once SIGKILLed a broker thread.
+live_pid() {
+  local pidfile="$1" needle="$2" pid
   [ -f "$pidfile" ] || return 0
-  local pid; pid="$(cat "$pidfile")"
+  pid="$(head -1 "$pidfile" 2>/dev/null | tr -dc 0-9)"
+  if pid_is "$pid" "$needle"; then echo "$pid"; else rm -f "$pidfile"; fi
+}
+
+# True when PID is a live process (not a thread) whose command line contains NEEDLE.
+pid_is() {
+  local pid="$1" needle="$2" cmd
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  [ "$(awk '/^Tgid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" = "$pid" ] || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$needle"* ]]
+}
+
+# Stops the process whose pid is in PIDFILE (if live_pid confirms it is ours,
+# by NEEDLE) with SIG, waits up to 30 s for it to exit (then SIGKILL), and
+# removes the pid file.
+stop_pidfile() {
+  local sig="$1" pidfile="$2" needle="$3" pid
+  pid="$(live_pid "$pidfile" "$needle")"
+  [ -n "$pid" ] || { rm -f "$pidfile"; return 0; }
   kill "-$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }; sleep 0.25; done
+  for _ in $(seq 1 120); do pid_is "$pid" "$needle" || { rm -f "$pidfile"; return 0; }; sleep 0.25; done
   kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"
 }
 

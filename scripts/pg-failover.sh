@@ -37,6 +37,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$HERE/lib.sh"
 DIR="${PGFO_DIR:-/tmp/kafka-pg-sink-pgfo}"
 PPORT="${PGFO_PRIMARY_PORT:-5440}"
 SPORT="${PGFO_STANDBY_PORT:-5441}"
@@ -77,8 +78,11 @@ in_recovery() { [ "$(q "$1" 'select pg_is_in_recovery()')" = t ]; }
 
 datadir() { echo "$DIR/$1"; }
 port_of() { case "$1" in primary) echo "$PPORT" ;; standby) echo "$SPORT" ;; *) echo "$1" ;; esac; }
-pm_pid() { local f; f="$(datadir "$1")/postmaster.pid"; [ -f "$f" ] && head -1 "$f" || true; }
-running() { local p; p="$(pm_pid "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# A postmaster.pid left by a server that is gone (the machine was restored, or SIGKILLed) is
+# removed here: its number may now belong to another process, which pg_ctl would signal and
+# postgres would take for a running server.
+pm_pid() { live_pid "$(datadir "$1")/postmaster.pid" "-D $(datadir "$1")"; }
+running() { [ -n "$(pm_pid "$1")" ]; }
 
 wait_answer() {
   local port="$1"
@@ -144,8 +148,8 @@ create_standby() {
 }
 
 # ---- front proxy ----
-proxy_pid() { [ -f "$DIR/front.pid" ] && cat "$DIR/front.pid" || true; }
-proxy_running() { local p; p="$(proxy_pid)"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+proxy_pid() { live_pid "$DIR/front.pid" "pgfo-proxy.py $FPORT"; }
+proxy_running() { [ -n "$(proxy_pid)" ]; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 front_set() { # front_set PORT|none
@@ -277,7 +281,7 @@ unfreeze() {
 # SIGKILL a node's postmaster and every process it started (a crashed machine, not a clean stop).
 kill_node() {
   local node="$1" pm; pm="$(pm_pid "$node")"
-  [ -n "$pm" ] && kill -0 "$pm" 2>/dev/null || { log "$node is not running"; return 0; }
+  [ -n "$pm" ] || { log "$node is not running"; return 0; }
   local kids; kids="$(ps -o pid= --ppid "$pm" | tr -d ' ' | tr '\n' ' ')"
   # shellcheck disable=SC2086
   kill -KILL "$pm" $kids 2>/dev/null || true

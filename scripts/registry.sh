@@ -103,7 +103,7 @@ start() {
 ensure() {
   if ready; then
     if [ -n "$TLS_PORT" ] && ! tls_ready; then
-      if [ -f "$PIDFILE" ]; then log "restarting with https on $TLS_PORT"; stop_sig TERM; start; return; fi
+      if [ -n "$(live_pid "$PIDFILE" "quarkus.http.port=$PORT")" ]; then log "restarting with https on $TLS_PORT"; stop_sig TERM; start; return; fi
       log "something else answers on $PORT without https on $TLS_PORT"; exit 1
     fi
     log "already ready at $URL"; fetch; return
@@ -111,7 +111,7 @@ ensure() {
   start
 }
 
-stop_sig() { stop_pidfile "$1" "$PIDFILE"; }
+stop_sig() { stop_pidfile "$1" "$PIDFILE" "quarkus.http.port=$PORT"; }
 
 cmd="${1:-ensure}"
 case "$cmd" in
