@@ -29,9 +29,9 @@ use crate::types::EventHash;
 pub const HASH_VERSION_TAG: &[u8] = b"kafka-pg-sink/jcs-v1\n";
 
 /// Hash of a JSON value (already stripped of excluded fields).
-pub fn hash_value(value: &Value) -> EventHash {
+pub fn hash_value<T: JsonTree + ?Sized>(value: &T) -> EventHash {
     let mut buf = Vec::with_capacity(256);
-    write_canonical(value, &mut buf);
+    value.write_canonical(&mut buf);
     hash_canonical(&buf)
 }
 
@@ -44,9 +44,9 @@ pub fn hash_canonical(canonical: &[u8]) -> EventHash {
 }
 
 /// The canonical text of a value, for tests, docs and key rendering.
-pub fn canonical_string(value: &Value) -> String {
+pub fn canonical_string<T: JsonTree + ?Sized>(value: &T) -> String {
     let mut buf = Vec::new();
-    write_canonical(value, &mut buf);
+    value.write_canonical(&mut buf);
     String::from_utf8(buf).expect("canonical JSON is UTF-8")
 }
 
@@ -75,14 +75,71 @@ pub fn remove_pointers(value: &mut Value, pointers: &[String]) {
 }
 
 /// A JSON value's kind with its article, for error messages ("an object").
-pub fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+pub fn json_kind<T: JsonTree + ?Sized>(v: &T) -> &'static str {
+    match v.kind() {
+        JsonKind::Null => "null",
+        JsonKind::Bool => "a boolean",
+        JsonKind::Number => "a number",
+        JsonKind::String => "a string",
+        JsonKind::Array => "an array",
+        JsonKind::Object => "an object",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+/// A parsed JSON tree keys, versions and hashes are read from: serde_json's
+/// `Value`, or the borrowed tree of module `borrowed_json`, which borrows from the
+/// payload. Key and version code is written once against this trait; the two
+/// canonical writers are compared by tests.
+pub trait JsonTree {
+    fn kind(&self) -> JsonKind;
+    /// An object's member; the last one when the text repeats the name, as
+    /// serde_json's map keeps it.
+    fn member(&self, name: &str) -> Option<&Self>;
+    /// An array's element.
+    fn element(&self, index: usize) -> Option<&Self>;
+    /// A string's (unescaped) text.
+    fn as_str(&self) -> Option<&str>;
+    /// A number that is an integer within `i64` (`Number::as_i64`).
+    fn as_i64(&self) -> Option<i64>;
+    /// Appends the canonical form (module docs) to `out`.
+    fn write_canonical(&self, out: &mut Vec<u8>);
+}
+
+impl JsonTree for Value {
+    fn kind(&self) -> JsonKind {
+        match self {
+            Value::Null => JsonKind::Null,
+            Value::Bool(_) => JsonKind::Bool,
+            Value::Number(_) => JsonKind::Number,
+            Value::String(_) => JsonKind::String,
+            Value::Array(_) => JsonKind::Array,
+            Value::Object(_) => JsonKind::Object,
+        }
+    }
+    fn member(&self, name: &str) -> Option<&Value> {
+        self.as_object()?.get(name)
+    }
+    fn element(&self, index: usize) -> Option<&Value> {
+        self.as_array()?.get(index)
+    }
+    fn as_str(&self) -> Option<&str> {
+        Value::as_str(self)
+    }
+    fn as_i64(&self) -> Option<i64> {
+        Value::as_i64(self)
+    }
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        write_canonical(self, out)
     }
 }
 
@@ -114,9 +171,9 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             // code units. They differ only for names mixing astral characters
             // with U+E000..U+FFFF (UTF-8 lead bytes 0xEE and up), so sort only
             // when that can matter.
-            if map.keys().any(|k| k.bytes().any(|b| b >= 0xEE)) {
+            if map.keys().any(|k| utf16_order_differs(k)) {
                 let mut members: Vec<(&String, &Value)> = map.iter().collect();
-                members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+                members.sort_by(|a, b| utf16_cmp(a.0, b.0));
                 write_members(members.into_iter(), out);
             } else {
                 write_members(map.iter(), out);
@@ -124,6 +181,17 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             out.push(b'}');
         }
     }
+}
+
+/// True when a member name's UTF-16 order can differ from its UTF-8 byte
+/// order: it holds a character at or above U+E000 (lead byte 0xEE and up).
+pub(crate) fn utf16_order_differs(name: &str) -> bool {
+    name.bytes().any(|b| b >= 0xEE)
+}
+
+/// JCS member order: by UTF-16 code units.
+pub(crate) fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
 }
 
 fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
@@ -137,7 +205,7 @@ fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out
     }
 }
 
-fn write_number(n: &Number, out: &mut Vec<u8>) {
+pub(crate) fn write_number(n: &Number, out: &mut Vec<u8>) {
     // With serde_json's `arbitrary_precision`, this is the source text.
     let text = n.as_str();
     if is_plain_integer(text) {
@@ -250,7 +318,7 @@ fn is_plain_integer(s: &str) -> bool {
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;

@@ -23,6 +23,7 @@ pub mod app;
 pub mod assignment;
 pub mod backoff;
 pub mod batch;
+pub mod borrowed_json;
 pub mod cli;
 pub mod columns;
 pub mod config;

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde_json::Value;
+use crate::hash::{JsonKind, JsonTree};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct JsonPointer {
@@ -32,15 +32,15 @@ impl JsonPointer {
     }
 
     /// The value the pointer addresses, as `Value::pointer` finds it.
-    pub fn get<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+    pub fn get<'v, T: JsonTree>(&self, value: &'v T) -> Option<&'v T> {
         if !self.text.is_empty() && !self.text.starts_with('/') {
             return None;
         }
         self.tokens
             .iter()
-            .try_fold(value, |target, token| match target {
-                Value::Object(map) => map.get(token),
-                Value::Array(list) => index(token).and_then(|i| list.get(i)),
+            .try_fold(value, |target, token| match target.kind() {
+                JsonKind::Object => target.member(token),
+                JsonKind::Array => index(token).and_then(|i| target.element(i)),
                 _ => None,
             })
     }
@@ -69,6 +69,7 @@ impl fmt::Debug for JsonPointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn finds_what_value_pointer_finds() {
