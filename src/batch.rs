@@ -706,25 +706,22 @@ pub fn key_from_pointers<T: JsonTree>(
 ) -> Result<RowKey, (PoisonReason, String)> {
     let mut parts = Vec::with_capacity(pointers.len());
     for p in pointers {
-        let found = p.get(value);
-        match found.map(JsonTree::kind) {
-            None | Some(JsonKind::Null) => {
-                return Err((
-                    PoisonReason::MissingKey,
-                    format!("key pointer {p} is missing or null"),
-                ))
-            }
-            Some(JsonKind::Object | JsonKind::Array) => {
-                return Err((
-                    PoisonReason::InvalidKey,
-                    format!(
-                        "key pointer {p} holds {}; keys must be strings, numbers or booleans",
-                        found.map_or("null", hash::json_kind)
-                    ),
-                ))
-            }
-            Some(_) => parts.extend(found),
+        let Some(v) = p.get(value).filter(|v| v.kind() != JsonKind::Null) else {
+            return Err((
+                PoisonReason::MissingKey,
+                format!("key pointer {p} is missing or null"),
+            ));
+        };
+        if matches!(v.kind(), JsonKind::Object | JsonKind::Array) {
+            return Err((
+                PoisonReason::InvalidKey,
+                format!(
+                    "key pointer {p} holds {}; keys must be strings, numbers or booleans",
+                    hash::json_kind(v)
+                ),
+            ));
         }
+        parts.push(v);
     }
     Ok(RowKey(match parts.as_slice() {
         [v] => match v.as_str() {

@@ -97,9 +97,9 @@ pub enum JsonKind {
 }
 
 /// A parsed JSON tree keys, versions and hashes are read from: serde_json's
-/// `Value`, or the borrowed tree of module `borrowed_json`, which borrows from the
-/// payload. Key and version code is written once against this trait; the two
-/// canonical writers are compared by tests.
+/// `Value`, or the tree of module `borrowed_json`, which borrows from the
+/// payload. Key and version code is written once against this trait; the
+/// two canonical writers are compared by tests.
 pub trait JsonTree {
     fn kind(&self) -> JsonKind;
     /// An object's member; the last one when the text repeats the name, as
