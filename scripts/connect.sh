@@ -47,7 +47,6 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 log() { echo "[connect] $*" >&2; }
 die() { log "$*"; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 need_tools() {
   local missing=()

@@ -63,7 +63,6 @@ log() { echo "[kafka-cluster] $*" >&2; }
 elapsed() { echo "$(( ($(date +%s%N) - T0) / 1000000 )) ms"; }
 die() { log "$*"; exit 1; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 cport() { echo $((BASE + $1 - 1)); }
 qport() { echo $((BASE + 10 + $1 - 1)); }
 ndir() { echo "$STATE/node$1"; }

@@ -27,8 +27,6 @@ PIDFILE="$STATE/kafka.pid"
 
 log() { echo "[kafka] $*" >&2; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 fetch() {
   if [ -f "$LIB/.complete" ]; then return; fi
   log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $LIB"

@@ -7,6 +7,9 @@ target_dir() {
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
+# True when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 # The pid in PIDFILE if it is still the process we started: a live process (not
 # a thread of another; kill -0 answers for thread ids too) whose command line
 # contains NEEDLE. Otherwise prints nothing and removes the stale file. Pid files
@@ -34,7 +37,7 @@ pid_is() {
 stop_pidfile() {
   local sig="$1" pidfile="$2" needle="$3" pid
   pid="$(live_pid "$pidfile" "$needle")"
-  [ -n "$pid" ] || { rm -f "$pidfile"; return 0; }
+  [ -n "$pid" ] || return 0
   kill "-$sig" "$pid" 2>/dev/null || true
   for _ in $(seq 1 120); do pid_is "$pid" "$needle" || { rm -f "$pidfile"; return 0; }; sleep 0.25; done
   kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"

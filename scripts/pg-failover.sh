@@ -150,7 +150,6 @@ create_standby() {
 # ---- front proxy ----
 proxy_pid() { live_pid "$DIR/front.pid" "pgfo-proxy.py $FPORT"; }
 proxy_running() { [ -n "$(proxy_pid)" ]; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 front_set() { # front_set PORT|none
   echo "$1" >"$DIR/front.target"
