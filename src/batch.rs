@@ -730,14 +730,8 @@ pub fn key_from_pointers<T: JsonTree>(
         },
         many => {
             // The canonical form of the array of parts.
-            let mut text = vec![b'['];
-            for (i, v) in many.iter().enumerate() {
-                if i > 0 {
-                    text.push(b',');
-                }
-                v.write_canonical(&mut text);
-            }
-            text.push(b']');
+            let mut text = Vec::new();
+            hash::write_array(many.iter().copied(), &mut text);
             String::from_utf8(text).expect("canonical JSON is UTF-8")
         }
     }))

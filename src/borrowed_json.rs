@@ -115,16 +115,7 @@ impl JsonTree for BorrowedJson<'_> {
             }
             BorrowedJson::Number(n) => hash::write_number(n, out),
             BorrowedJson::String(s) => hash::write_string(s, out),
-            BorrowedJson::Array(items) => {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    item.write_canonical(out);
-                }
-                out.push(b']');
-            }
+            BorrowedJson::Array(items) => hash::write_array(items, out),
             BorrowedJson::Object(members) => write_object(members, out),
         }
     }
@@ -139,21 +130,11 @@ fn write_object(members: &[(Cow<'_, str>, BorrowedJson<'_>)], out: &mut Vec<u8>)
     } else {
         order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     }
-    out.push(b'{');
-    let mut first = true;
-    for (i, (k, v)) in order.iter().map(|m| (&m.0, &m.1)).enumerate() {
-        if order.get(i + 1).is_some_and(|next| next.0 == *k) {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        hash::write_string(k, out);
-        out.push(b':');
-        v.write_canonical(out);
-    }
-    out.push(b'}');
+    let last_of_its_name = |n: &usize| order.get(n + 1).is_none_or(|next| next.0 != order[*n].0);
+    let members = (0..order.len())
+        .filter(last_of_its_name)
+        .map(|n| (&*order[n].0, &order[n].1));
+    hash::write_members(members, out);
 }
 
 /// A string that borrows from the input when it has no escapes.

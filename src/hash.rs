@@ -155,30 +155,20 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => write_number(n, out),
         Value::String(s) => write_string(s, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => write_array(items, out),
         Value::Object(map) => {
-            out.push(b'{');
             // serde_json's map is ordered by UTF-8 bytes; JCS orders by UTF-16
             // code units. They differ only for names mixing astral characters
             // with U+E000..U+FFFF (UTF-8 lead bytes 0xEE and up), so sort only
             // when that can matter.
+            let members = map.iter().map(|(k, v)| (k.as_str(), v));
             if map.keys().any(|k| utf16_order_differs(k)) {
-                let mut members: Vec<(&String, &Value)> = map.iter().collect();
-                members.sort_by(|a, b| utf16_cmp(a.0, b.0));
-                write_members(members.into_iter(), out);
+                let mut sorted: Vec<(&str, &Value)> = members.collect();
+                sorted.sort_by(|a, b| utf16_cmp(a.0, b.0));
+                write_members(sorted, out);
             } else {
-                write_members(map.iter(), out);
+                write_members(members, out);
             }
-            out.push(b'}');
         }
     }
 }
@@ -194,15 +184,36 @@ pub(crate) fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
-    for (i, (k, v)) in members.enumerate() {
+/// `[a,b,…]`, each element in canonical form.
+pub(crate) fn write_array<'a, T: JsonTree + 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item.write_canonical(out);
+    }
+    out.push(b']');
+}
+
+/// `{"name":value,…}` from members already in JCS order, each name once.
+pub(crate) fn write_members<'a, T: JsonTree + 'a>(
+    members: impl IntoIterator<Item = (&'a str, &'a T)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_string(k, out);
         out.push(b':');
-        write_canonical(v, out);
+        v.write_canonical(out);
     }
+    out.push(b'}');
 }
 
 pub(crate) fn write_number(n: &Number, out: &mut Vec<u8>) {
