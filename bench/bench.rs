@@ -391,6 +391,14 @@ async fn prefilter_ceilings(
             w.previous.iter().chain(&w.upserts).cloned().collect()
         })
         .collect();
+    // Every stored key is in the stream: fewer rows means events were
+    // refused (a route the fold cannot read) and the loop would time nothing.
+    let probed: usize = batches.iter().map(Vec::len).sum();
+    anyhow::ensure!(
+        probed >= rows.len(),
+        "the event stream folded to {probed} rows, fewer than the {} stored",
+        rows.len()
+    );
     let t = Instant::now();
     for batch in &batches {
         prefilter(conn, &prefilter_sql, batch).await?;
