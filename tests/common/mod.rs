@@ -481,7 +481,34 @@ pub struct SinkConfig {
     pub http_port: u16,
 }
 
+/// A free port for a sink's HTTP listener, handed out once per test binary.
+///
+/// Taken below the kernel's ephemeral range (32768-60999 by default): a port
+/// the kernel picked for `127.0.0.1:0` and released is free for any outgoing
+/// connection too, and one Kafka or Postgres client of a parallel test took
+/// it before the sink bound it ("Address already in use" in CI). No client
+/// connection gets a port below that range. Where the range starts too low,
+/// the kernel's pick it is.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 21_000; // above this project's fixed ports (…, 18081, 18083+, 20000)
+    const HIGH: u32 = 29_000; // below the test cluster's 29092+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low >= HIGH {
+        // Test binaries run one at a time; the process id spreads them anyway.
+        let start = std::process::id().wrapping_mul(7_919);
+        for _ in 0..HIGH - LOW {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOW + start.wrapping_add(i) % (HIGH - LOW)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
