@@ -382,15 +382,7 @@ async fn prefilter_ceilings(
     // folded as the sink folds them: what a replay of this topic asks of
     // Postgres (re-sends and older versions in other batches are probed
     // too, and the older versions come back as rows).
-    let batches: Vec<Vec<RowUpsert>> = b
-        .msgs
-        .chunks(batch_size)
-        .map(|chunk| {
-            let batch = prepare(std::slice::from_ref(&versioned), chunk.to_vec());
-            let w = &batch.writes[0];
-            w.previous.iter().chain(&w.upserts).cloned().collect()
-        })
-        .collect();
+    let batches = stream_rows(b, &versioned)?;
     // Every stored key is in the stream: fewer rows means events were
     // refused (a route the fold cannot read) and the loop would time nothing.
     let probed: usize = batches.iter().map(Vec::len).sum();
@@ -408,6 +400,22 @@ async fn prefilter_ceilings(
         json!(b.n as f64 / t.elapsed().as_secs_f64()),
     );
     Ok(())
+}
+
+/// The topic's whole event stream in the sink's batches, each folded on
+/// `route` as the sink folds it: the rows each batch sends Postgres
+/// (superseded states first, as the sink writes them).
+fn stream_rows(b: &Bench, route: &Route) -> anyhow::Result<Vec<Vec<RowUpsert>>> {
+    Ok(b.msgs
+        .chunks(b.batch_size()?)
+        .map(|chunk| {
+            let mut batch = prepare(std::slice::from_ref(route), chunk.to_vec());
+            let w = &mut batch.writes[0];
+            let mut rows = std::mem::take(&mut w.previous);
+            rows.append(&mut w.upserts);
+            rows
+        })
+        .collect())
 }
 
 /// Runs the duplicate pre-filter `sql` over `rows`; the rows it kept.
@@ -451,14 +459,9 @@ async fn stream_ceiling(
     c: StreamCeiling<'_>,
     out: &mut Results,
 ) -> anyhow::Result<()> {
-    let batches: Vec<String> = b
-        .msgs
-        .chunks(b.batch_size()?)
-        .map(|chunk| {
-            let batch = prepare(std::slice::from_ref(&c.route), chunk.to_vec());
-            let w = &batch.writes[0];
-            w.previous.iter().chain(&w.upserts).map(c.line).collect()
-        })
+    let batches: Vec<String> = stream_rows(b, &c.route)?
+        .iter()
+        .map(|rows| rows.iter().map(c.line).collect())
         .collect();
     let t = Instant::now();
     for text in &batches {
