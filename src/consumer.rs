@@ -168,16 +168,16 @@ pub struct ConsumerHandle {
     pub commands: std::sync::mpsc::Sender<Command>,
 }
 
-/// Starts the consumer thread. Messages flow into `out` (bounded: when the
-/// pipeline falls behind, polling pauses — back-pressure without unbounded
-/// memory).
+/// Starts the consumer thread. Messages flow into `out` in chunks of up to
+/// [`CHUNK`] (bounded: when the pipeline falls behind, polling pauses —
+/// back-pressure without unbounded memory).
 pub fn spawn(
     cfg: &Config,
     routes: &[Route],
     pool: PgPool,
     assignment: Assignment,
     metrics: Metrics,
-    out: mpsc::Sender<Envelope>,
+    out: mpsc::Sender<Vec<Envelope>>,
     cancel: CancellationToken,
 ) -> KafkaResult<ConsumerHandle> {
     let ctx = SinkContext {
@@ -199,6 +199,7 @@ pub fn spawn(
         assignment,
         metrics,
         out,
+        chunk: Vec::with_capacity(CHUNK),
         commands,
         cancel,
         reset: cfg.kafka.auto_offset_reset,
@@ -226,7 +227,9 @@ struct Poller {
     consumer: BaseConsumer<SinkContext>,
     assignment: Assignment,
     metrics: Metrics,
-    out: mpsc::Sender<Envelope>,
+    out: mpsc::Sender<Vec<Envelope>>,
+    /// Envelopes not yet handed over, in delivery order.
+    chunk: Vec<Envelope>,
     commands: std::sync::mpsc::Receiver<Command>,
     cancel: CancellationToken,
     reset: OffsetReset,
@@ -250,6 +253,12 @@ struct Tracked {
     /// An out-of-range position was already reported for this generation.
     reported_out_of_range: bool,
 }
+
+/// Envelopes per hand-over. One channel send per message (with its atomics
+/// and the receiver's wake-ups) was a visible share of both threads; a chunk
+/// is handed over when full or as soon as librdkafka's queue runs dry, so it
+/// adds no latency.
+pub const CHUNK: usize = 256;
 
 /// How often idle partitions are checked for skipped records.
 const GAP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -275,7 +284,15 @@ impl Poller {
                 last_lag = Instant::now();
                 self.update_lag();
             }
-            let forwarded = match self.consumer.poll(Duration::from_millis(100)) {
+            // Wait for messages only with nothing held back; otherwise an
+            // empty queue hands the chunk over at once.
+            let wait = if self.chunk.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            let forwarded = match self.consumer.poll(wait) {
+                None if !self.chunk.is_empty() => self.flush(),
                 None => self.after_idle_poll(),
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
                     self.report_out_of_range()
@@ -557,16 +574,27 @@ impl Poller {
         Forward::Sent
     }
 
-    /// Waits for room in the pipeline's channel, staying responsive to shutdown.
-    fn forward(&self, mut env: Envelope) -> Forward {
+    /// Adds `env` to the chunk, handing the chunk over once it is full.
+    fn forward(&mut self, env: Envelope) -> Forward {
+        self.chunk.push(env);
+        if self.chunk.len() < CHUNK {
+            return Forward::Sent;
+        }
+        self.flush()
+    }
+
+    /// Hands the chunk over, waiting for room in the pipeline's channel while
+    /// staying responsive to shutdown.
+    fn flush(&mut self) -> Forward {
+        let mut chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
         loop {
-            match self.out.try_send(env) {
+            match self.out.try_send(chunk) {
                 Ok(()) => return Forward::Sent,
-                Err(mpsc::error::TrySendError::Full(e)) => {
+                Err(mpsc::error::TrySendError::Full(c)) => {
                     if self.cancel.is_cancelled() {
                         return Forward::Dropped;
                     }
-                    env = e;
+                    chunk = c;
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return Forward::Closed,

@@ -162,7 +162,7 @@ impl Pipeline {
     /// optimistically when a batch is handed over; a fence resets them.
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Envelope>,
+        mut rx: mpsc::Receiver<Vec<Envelope>>,
         cancel: CancellationToken,
     ) -> Result<(), PipelineError> {
         self.cancel = cancel.clone();
@@ -210,7 +210,7 @@ impl Pipeline {
 
     async fn accumulate(
         &self,
-        rx: &mut mpsc::Receiver<Envelope>,
+        rx: &mut mpsc::Receiver<Vec<Envelope>>,
         cancel: &CancellationToken,
         committer_failed: &CancellationToken,
         lanes: &[mpsc::Sender<Prepared>],
@@ -233,9 +233,9 @@ impl Pipeline {
                     }
                     // run() reports the committer's error.
                     _ = committer_failed.cancelled() => return Ok(()),
-                    env = rx.recv() => {
-                        let Some(env) = env else { return Ok(()) };
-                        self.take(env, rx, &mut buf, &mut deadline);
+                    chunk = rx.recv() => {
+                        let Some(chunk) = chunk else { return Ok(()) };
+                        self.take(chunk, rx, &mut buf, &mut deadline);
                         continue;
                     }
                     _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {}
@@ -269,28 +269,32 @@ impl Pipeline {
                     Err(_) => return Ok(()),
                 }
             }
-            for (lane, p) in self.prepare(std::mem::take(&mut buf)).await? {
+            let batch = next_batch(&mut buf, self.max_messages);
+            if !buf.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + self.max_wait);
+            }
+            for (lane, p) in self.prepare(batch).await? {
                 permits[lane].take().expect("one batch per lane").send(p);
             }
         }
     }
 
-    /// Buffers `env` and whatever is already queued behind it (without
-    /// waking per message); the first message of a batch starts its clock.
+    /// Buffers `chunk` and whatever is already queued behind it (without
+    /// waking per chunk); the first message of a batch starts its clock.
     fn take(
         &self,
-        env: Envelope,
-        rx: &mut mpsc::Receiver<Envelope>,
+        chunk: Vec<Envelope>,
+        rx: &mut mpsc::Receiver<Vec<Envelope>>,
         buf: &mut Vec<Envelope>,
         deadline: &mut Option<tokio::time::Instant>,
     ) {
         if buf.is_empty() {
             *deadline = Some(tokio::time::Instant::now() + self.max_wait);
         }
-        buf.push(env);
+        buf.extend(chunk);
         while buf.len() < self.max_messages {
-            let Ok(e) = rx.try_recv() else { break };
-            buf.push(e);
+            let Ok(chunk) = rx.try_recv() else { break };
+            buf.extend(chunk);
         }
     }
 
@@ -362,10 +366,7 @@ impl Pipeline {
     /// each partition's batches commit in order).
     async fn prepare(&self, envs: Vec<Envelope>) -> Result<Vec<(usize, Prepared)>, PipelineError> {
         let envs = self.handle_out_of_range(envs).await;
-        let mut lanes: Vec<Vec<Envelope>> = (0..self.lanes).map(|_| Vec::new()).collect();
-        for e in envs {
-            lanes[lane_of(e.tp(), self.lanes)].push(e);
-        }
+        let lanes = self.split_lanes(envs);
         let admitted: Vec<(usize, Vec<SourceMessage>, Claim)> = lanes
             .into_iter()
             .enumerate()
@@ -407,8 +408,27 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The envelopes of each commit lane, in order. One lane takes the batch
+    /// as it is: each move of every message was a share of the profile.
+    fn split_lanes(&self, envs: Vec<Envelope>) -> Vec<Vec<Envelope>> {
+        if self.lanes <= 1 {
+            return vec![envs];
+        }
+        let mut lanes: Vec<Vec<Envelope>> = (0..self.lanes).map(|_| Vec::new()).collect();
+        for e in envs {
+            lanes[lane_of(e.tp(), self.lanes)].push(e);
+        }
+        lanes
+    }
+
     /// Acts on out-of-range reports; returns the other envelopes.
     async fn handle_out_of_range(&self, envs: Vec<Envelope>) -> Vec<Envelope> {
+        if !envs
+            .iter()
+            .any(|e| matches!(e.item, Polled::OutOfRange { .. }))
+        {
+            return envs;
+        }
         let (out_of_range, envs): (Vec<Envelope>, Vec<Envelope>) = envs
             .into_iter()
             .partition(|e| matches!(e.item, Polled::OutOfRange { .. }));
@@ -667,6 +687,18 @@ impl Pipeline {
 
 /// The commit lane of a partition: stable, and consecutive partitions of a
 /// topic spread over the lanes.
+/// The next batch: at most `max` envelopes from the front of `buf`. What a
+/// chunk brought beyond that stays in `buf`, in order, for the next batch.
+fn next_batch(buf: &mut Vec<Envelope>, max: usize) -> Vec<Envelope> {
+    // Room for a whole batch up front: growing it by doubling copied every
+    // buffered message several times.
+    let mut rest = Vec::with_capacity(max);
+    if buf.len() > max {
+        rest.extend(buf.drain(max..));
+    }
+    std::mem::replace(buf, rest)
+}
+
 fn lane_of(tp: &TopicPartition, lanes: usize) -> usize {
     let topic = tp
         .topic
@@ -700,5 +732,46 @@ async fn recv_notification(listener: &mut Option<PgListener>) -> Notice {
             }
         },
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envs(offsets: std::ops::Range<i64>) -> Vec<Envelope> {
+        let tp = TopicPartition::new("t", 0);
+        offsets
+            .map(|o| Envelope {
+                item: Polled::Skipped {
+                    tp: tp.clone(),
+                    next: Offset(o),
+                },
+                generation: 1,
+            })
+            .collect()
+    }
+
+    fn offsets(envs: &[Envelope]) -> Vec<i64> {
+        envs.iter()
+            .map(|e| match e.item {
+                Polled::Skipped { next, .. } => next.0,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn next_batch_takes_at_most_max_and_keeps_the_rest_in_order() {
+        let mut buf = envs(0..600);
+        let first = next_batch(&mut buf, 256);
+        assert_eq!(offsets(&first), (0..256).collect::<Vec<_>>());
+        assert_eq!(offsets(&buf), (256..600).collect::<Vec<_>>());
+        let second = next_batch(&mut buf, 256);
+        assert_eq!(offsets(&second), (256..512).collect::<Vec<_>>());
+        let third = next_batch(&mut buf, 256);
+        assert_eq!(offsets(&third), (512..600).collect::<Vec<_>>());
+        assert!(buf.is_empty());
+        assert!(buf.capacity() >= 256, "the next batch has its room already");
     }
 }
