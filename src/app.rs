@@ -85,8 +85,9 @@ pub async fn run_with(
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
 
     // Room for about two batches: the consumer fetches ahead while one commits.
-    let chunks = cfg.batch.max_messages.saturating_mul(2).max(1024);
-    let (tx, rx) = mpsc::channel(chunks.div_ceil(consumer::CHUNK));
+    // Its capacity counts chunks of up to `consumer::CHUNK` messages.
+    let messages = cfg.batch.max_messages.saturating_mul(2).max(1024);
+    let (tx, rx) = mpsc::channel(messages.div_ceil(consumer::CHUNK));
     let consumer_cancel = CancellationToken::new();
     let handle = consumer::spawn(
         &cfg,

@@ -685,8 +685,6 @@ impl Pipeline {
     }
 }
 
-/// The commit lane of a partition: stable, and consecutive partitions of a
-/// topic spread over the lanes.
 /// The next batch: at most `max` envelopes from the front of `buf`. What a
 /// chunk brought beyond that stays in `buf`, in order, for the next batch.
 fn next_batch(buf: &mut Vec<Envelope>, max: usize) -> Vec<Envelope> {
@@ -699,6 +697,8 @@ fn next_batch(buf: &mut Vec<Envelope>, max: usize) -> Vec<Envelope> {
     std::mem::replace(buf, rest)
 }
 
+/// The commit lane of a partition: stable, and consecutive partitions of a
+/// topic spread over the lanes.
 fn lane_of(tp: &TopicPartition, lanes: usize) -> usize {
     let topic = tp
         .topic
