@@ -16,7 +16,7 @@ use kafka_pg_sink::message::SourceMessage;
 use kafka_pg_sink::metrics::sum_family;
 use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::route::{Route, RouteSpec};
-use kafka_pg_sink::store::{BatchWriter, Expected};
+use kafka_pg_sink::store::{prefilter, BatchWriter, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -366,11 +366,10 @@ async fn prefilter_ceilings(
     let mut versioned = route.clone();
     versioned.version = Some("/version".into());
     versioned.version_pointer = Some(kafka_pg_sink::pointer::JsonPointer::parse("/version"));
-    let prefilter_sql = kafka_pg_sink::store::prefilter_sql(&versioned);
     let cpu = CpuMark::now(None);
     let t = Instant::now();
     for chunk in rows.chunks(batch_size) {
-        let kept = prefilter(conn, &prefilter_sql, chunk).await?;
+        let kept = prefilter(conn, &versioned, chunk).await?.len();
         anyhow::ensure!(kept == 0, "the pre-filter kept {kept} stored rows");
     }
     out.insert(
@@ -393,7 +392,7 @@ async fn prefilter_ceilings(
     );
     let t = Instant::now();
     for batch in &batches {
-        prefilter(conn, &prefilter_sql, batch).await?;
+        prefilter(conn, &versioned, batch).await?;
     }
     out.insert(
         "replay_stream_ceiling_events_per_s",
@@ -416,24 +415,6 @@ fn stream_rows(b: &Bench, route: &Route) -> anyhow::Result<Vec<Vec<RowUpsert>>> 
             rows
         })
         .collect())
-}
-
-/// Runs the duplicate pre-filter `sql` over `rows`; the rows it kept.
-async fn prefilter(
-    conn: &mut PgConnection,
-    sql: &str,
-    rows: &[RowUpsert],
-) -> anyhow::Result<usize> {
-    let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
-    let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
-    let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
-    let kept: Vec<(i64, Option<String>)> = sqlx::query_as(sql)
-        .bind(keys)
-        .bind(hashes)
-        .bind(versions)
-        .fetch_all(conn)
-        .await?;
-    Ok(kept.len())
 }
 
 /// A ceiling's statement applied to the topic's whole event stream rather

@@ -78,16 +78,7 @@ async fn changing<'r>(
     route: &Route,
     rows: &'r [RowUpsert],
 ) -> Result<(Vec<&'r RowUpsert>, u64), sqlx::Error> {
-    let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
-    let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
-    let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
-    let sql = prefilter_sql(route);
-    let found: Vec<(i64, Option<String>)> = sqlx::query_as(&sql)
-        .bind(keys)
-        .bind(hashes)
-        .bind(versions)
-        .fetch_all(&mut *conn)
-        .await?;
+    let found = prefilter(conn, route, rows).await?;
     let mut kept = Vec::with_capacity(found.len());
     let mut stale = 0;
     for (i, class) in found {
@@ -99,10 +90,29 @@ async fn changing<'r>(
     Ok((kept, stale))
 }
 
-/// The statement of [`changing`]: keys, hashes and versions in, the index
-/// and class of each row not stored with the same hash out. Public so the
-/// bench can time this very statement alone as the replay's ceiling.
-pub fn prefilter_sql(route: &Route) -> String {
+/// Runs the pre-filter of [`changing`] over `rows`: the 1-based index and
+/// class (`s` stale, `k` or none kept) of each row not stored with the same
+/// hash. Public so the bench can time this very statement, bound as the
+/// sink binds it, alone as the replay's ceiling.
+pub async fn prefilter(
+    conn: &mut PgConnection,
+    route: &Route,
+    rows: &[RowUpsert],
+) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
+    let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
+    sqlx::query_as(&prefilter_sql(route))
+        .bind(keys)
+        .bind(hashes)
+        .bind(versions)
+        .fetch_all(conn)
+        .await
+}
+
+/// The statement of [`prefilter`]: keys, hashes and versions in, the index
+/// and class of each row not stored with the same hash out.
+fn prefilter_sql(route: &Route) -> String {
     // The guard's version test, negated: `t.version IS NULL OR
     // EXCLUDED.version >= t.version` is not true.
     let stale = if route.version.is_some() {
