@@ -47,11 +47,9 @@ pub async fn show(
         }
     }
     tps.sort();
+    let bounds = log_bounds(&consumer, &tps)?;
     let mut out = Vec::new();
-    for tp in tps {
-        let (low, high) = consumer
-            .fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)
-            .with_context(|| format!("watermarks of {tp}"))?;
+    for (tp, (low, high)) in tps.into_iter().zip(bounds) {
         let s = stored.iter().find(|(t, _)| *t == tp).map(|(_, o)| o.0);
         out.push(PartitionStatus {
             lag: high - s.unwrap_or(low).max(low),
@@ -84,6 +82,11 @@ pub fn render_table(rows: &[PartitionStatus]) -> String {
         ));
     }
     s
+}
+
+/// `(low, high)` of each of `tps`, in order.
+fn log_bounds(consumer: &BaseConsumer, tps: &[TopicPartition]) -> anyhow::Result<Vec<(i64, i64)>> {
+    kafka::log_bounds(consumer, tps, TIMEOUT).context("listing the partitions' log bounds")
 }
 
 #[derive(Clone, Debug)]
@@ -120,20 +123,18 @@ pub async fn replay(
     let mut positions = Vec::with_capacity(tps.len());
     match target {
         ReplayTarget::Earliest => {
-            for (i, tp) in tps.iter().enumerate() {
-                let (low, _) = consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?;
-                positions.push((tp.clone(), Offset(low)));
-                eprint!("\rresolving earliest offsets: {}/{}", i + 1, tps.len());
+            let bounds = log_bounds(&consumer, &tps)?;
+            for (tp, (low, _)) in tps.into_iter().zip(bounds) {
+                positions.push((tp, Offset(low)));
             }
-            eprintln!();
         }
         ReplayTarget::Offset(n) => {
-            for tp in &tps {
-                let (low, high) = consumer.fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?;
+            let bounds = log_bounds(&consumer, &tps)?;
+            for (tp, (low, high)) in tps.into_iter().zip(bounds) {
                 if n < low || n > high {
                     bail!("offset {n} is outside {tp}'s range [{low}, {high}]");
                 }
-                positions.push((tp.clone(), Offset(n)));
+                positions.push((tp, Offset(n)));
             }
         }
         ReplayTarget::Timestamp(ms) => {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
 
 use crate::config::Config;
 use crate::route::Route;
@@ -35,7 +36,15 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         // Partitions added to a topic are noticed at the next metadata
         // refresh (librdkafka's default is 5 minutes).
-        .set("topic.metadata.refresh.interval.ms", "30000");
+        .set("topic.metadata.refresh.interval.ms", "30000")
+        // Once the first metadata names the brokers, librdkafka 2.12 drops
+        // the bootstrap connection; a request in flight on it is retried on
+        // a new connection, which waits out a "sparse connect" interval of
+        // reconnect.backoff.ms / 2 (50 ms by default, at least 11). That
+        // wait hit about one start in two: `replay` took 100-120 ms to
+        // rewrite positions instead of 46-67 ms. Reconnects after a failure
+        // still back off exponentially up to reconnect.backoff.max.ms.
+        .set("reconnect.backoff.ms", "20");
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
@@ -71,6 +80,42 @@ pub fn routed_partitions<C: ConsumerContext, R>(
     }
     out.sort();
     Ok(out)
+}
+
+/// `(low, high)` of each partition in `tps`, in that order, from two
+/// ListOffsets requests (earliest, latest) for all of them. Asking per
+/// partition (`fetch_watermarks`) costs two requests and a wait each: a
+/// second or more for a topic of a few hundred partitions.
+pub fn log_bounds<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tps: &[TopicPartition],
+    timeout: Duration,
+) -> KafkaResult<Vec<(i64, i64)>> {
+    // ListOffsets reads the timestamps -2 and -1 as "earliest" and "latest".
+    let ask = |at: rdkafka::Offset| {
+        let mut tpl = TopicPartitionList::with_capacity(tps.len());
+        for tp in tps {
+            tpl.add_partition_offset(&tp.topic, tp.partition, at)?;
+        }
+        consumer.offsets_for_times(tpl, timeout)
+    };
+    let (low, high) = (ask(rdkafka::Offset::Beginning)?, ask(rdkafka::Offset::End)?);
+    tps.iter()
+        .map(|tp| Ok((listed(&low, tp)?, listed(&high, tp)?)))
+        .collect()
+}
+
+/// The offset a ListOffsets answer holds for `tp`, or its error.
+fn listed(answer: &TopicPartitionList, tp: &TopicPartition) -> KafkaResult<i64> {
+    let missing = || KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition);
+    let e = answer
+        .find_partition(&tp.topic, tp.partition)
+        .ok_or_else(missing)?;
+    e.error()?;
+    match e.offset() {
+        rdkafka::Offset::Offset(o) => Ok(o),
+        _ => Err(missing()),
+    }
 }
 
 /// `(low, high)` watermarks of one partition.

@@ -59,17 +59,17 @@ pub fn partition_logs<C>(
     routes: &[Route<C>],
 ) -> anyhow::Result<Vec<PartitionLog>> {
     let tps = kafka::routed_partitions(consumer, routes).context("fetching Kafka metadata")?;
-    tps.into_iter()
-        .map(|tp| {
-            let (low, high) = kafka::watermarks(consumer, &tp, METADATA_TIMEOUT)
-                .with_context(|| format!("watermarks of {tp}"))?;
-            Ok(PartitionLog {
-                tp,
-                low: Offset(low),
-                high: Offset(high),
-            })
+    let bounds = kafka::log_bounds(consumer, &tps, METADATA_TIMEOUT)
+        .context("listing the partitions' log bounds")?;
+    Ok(tps
+        .into_iter()
+        .zip(bounds)
+        .map(|(tp, (low, high))| PartitionLog {
+            tp,
+            low: Offset(low),
+            high: Offset(high),
         })
-        .collect()
+        .collect())
 }
 
 /// The first offset to read in each partition for `start`.
