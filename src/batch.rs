@@ -23,8 +23,10 @@
 //! (property test `fold_model` below).
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 use serde_json::Value;
 
@@ -218,6 +220,18 @@ impl KeyFold {
             pre_delete: None,
         }
     }
+
+    fn key(&self) -> &RowKey {
+        match &self.state {
+            KeyState::Upsert(r) => &r.key,
+            KeyState::Delete(d) => &d.key,
+        }
+    }
+}
+
+/// The hash [`Fold`]'s index files a key under.
+fn key_hash(key: &RowKey) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 /// The fold of one route's messages, key by key, in offset order.
@@ -227,12 +241,14 @@ struct Fold {
     /// same position is a duplicate and a newer one always applies (even with
     /// the same content: it moves the row's position forward).
     cdc: bool,
-    /// Each key's index in `folds`. FxHash: keys are ours, not an
-    /// attacker's, and SipHash was a visible share of the profile. The map
-    /// holds indexes, not folds: folds were ~400 bytes each, and moving them
-    /// on every insert and rehash was a tenth of the sink's CPU (`perf`,
-    /// typed route).
-    keys: FxHashMap<RowKey, usize>,
+    /// Each key's index in `folds`, found through the fold's own key. FxHash:
+    /// keys are ours, not an attacker's, and SipHash was a visible share of
+    /// the profile. The table holds indexes, not folds: folds were ~400
+    /// bytes each, and moving them on every insert and rehash was a tenth of
+    /// the sink's CPU (`perf`, typed route). Nor keys: a map keyed by
+    /// `RowKey` cost a clone of every new key, an allocation and a copy per
+    /// event.
+    index: HashTable<usize>,
     /// In first-seen order of keys, so statements are deterministic.
     folds: Vec<KeyFold>,
     truncate: Option<RowTruncate>,
@@ -246,26 +262,39 @@ impl Fold {
         Self {
             versioned: route.version.is_some(),
             cdc: route.is_cdc(),
-            keys: FxHashMap::default(),
+            index: HashTable::new(),
             folds: Vec::new(),
             truncate: None,
             capacity,
         }
     }
 
+    /// The index of `key`'s fold (`hash` is [`key_hash`]), if the batch has
+    /// seen it.
+    fn find(&self, hash: u64, key: &RowKey) -> Option<usize> {
+        let folds = &self.folds;
+        self.index.find(hash, |&i| folds[i].key() == key).copied()
+    }
+
     /// Starts the fold of a key not seen before in this batch.
-    fn insert(&mut self, key: RowKey, state: KeyState) {
-        if self.folds.is_empty() {
-            self.keys.reserve(self.capacity);
+    fn insert(&mut self, hash: u64, state: KeyState) {
+        let first = self.folds.is_empty();
+        if first {
             self.folds.reserve(self.capacity);
         }
-        self.keys.insert(key, self.folds.len());
+        let folds = &self.folds;
+        let rehash = |&i: &usize| key_hash(folds[i].key());
+        if first {
+            self.index.reserve(self.capacity, rehash);
+        }
+        self.index.insert_unique(hash, folds.len(), rehash);
         self.folds.push(KeyFold::new(state));
     }
 
     fn upsert(&mut self, row: RowUpsert, counts: &mut BatchCounts) {
-        let Some(&i) = self.keys.get(&row.key) else {
-            self.insert(row.key.clone(), KeyState::Upsert(row));
+        let hash = key_hash(&row.key);
+        let Some(i) = self.find(hash, &row.key) else {
+            self.insert(hash, KeyState::Upsert(row));
             return;
         };
         let f = &mut self.folds[i];
@@ -304,8 +333,9 @@ impl Fold {
     }
 
     fn tombstone(&mut self, del: RowDelete, counts: &mut BatchCounts) {
-        let Some(&i) = self.keys.get(&del.key) else {
-            self.insert(del.key.clone(), KeyState::Delete(del));
+        let hash = key_hash(&del.key);
+        let Some(i) = self.find(hash, &del.key) else {
+            self.insert(hash, KeyState::Delete(del));
             return;
         };
         let f = &mut self.folds[i];
