@@ -812,7 +812,12 @@ async fn replay(
             let staged = prepare(std::slice::from_ref(&route), b.msgs.clone());
             let rows = staged.writes[0].upserts.clone();
             anyhow::ensure!(rows.len() == b.distinct, "{} stored rows", rows.len());
-            Some((route, rows, PgConnection::connect(&b.url).await?))
+            let mut conn = PgConnection::connect(&b.url).await?;
+            // Untimed: the first pass over rows the sink just wrote sets
+            // their hint bits and ran 10-20% slower than the next ones,
+            // which favoured the first round's replay.
+            filtered_pass(b, &mut conn, &route, &rows).await?;
+            Some((route, rows, conn))
         }
         None => None,
     };
