@@ -227,6 +227,46 @@ pub(crate) fn write_number(n: &Number, out: &mut Vec<u8>) {
         }
         return;
     }
+    if is_ecmascript_fraction(text) {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    write_non_integer(text, out);
+}
+
+/// Whether a number's source text is a plain fraction that ECMAScript prints
+/// exactly as written (`12.5`, `-0.05`), so parsing and printing a double can
+/// be skipped: no exponent; a last digit other than `0` (so no trailing
+/// zeros, and not zero); at most 15 significant digits (a double then
+/// round-trips those digits and no shorter form parses to it); and below 1,
+/// at most five zeros after the point (from 1e-7 down ECMAScript writes an
+/// exponent). Tested against [`write_non_integer`].
+fn is_ecmascript_fraction(text: &str) -> bool {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let Some((int, frac)) = unsigned.split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || !digits(frac) || frac.ends_with('0') {
+        return false;
+    }
+    let significant = if int == "0" {
+        let zeros = frac.bytes().take_while(|&b| b == b'0').count();
+        if zeros > 5 {
+            return false;
+        }
+        frac.len() - zeros
+    } else if int.starts_with('0') {
+        return false;
+    } else {
+        int.len() + frac.len()
+    };
+    significant <= 15
+}
+
+/// A number with a fraction or an exponent, in ECMAScript's form (module
+/// docs).
+fn write_non_integer(text: &str, out: &mut Vec<u8>) {
     // More significant digits than a double holds: printing through a double
     // would make distinct values (12345678901234567.89 and …567.90 in a
     // numeric column) hash alike. Such numbers keep every digit, in
@@ -396,6 +436,53 @@ mod tests {
         assert_eq!(canon("1.50"), "1.5");
         assert_eq!(canon("1E2"), "100");
         assert_eq!(canon("0.1000"), "0.1");
+    }
+
+    #[test]
+    fn the_fraction_shortcut_takes_only_what_ecmascript_prints_unchanged() {
+        for t in [
+            "12.5",
+            "-12.5",
+            "0.05",
+            "0.000001",
+            "100.25",
+            "123456789012.345",
+        ] {
+            assert!(is_ecmascript_fraction(t), "{t}");
+        }
+        for t in [
+            "1.50",
+            "1.0",
+            "-0.0",
+            "0.0000001",
+            "1234567890123.4567",
+            "1e2",
+            "1.5e3",
+            "12",
+            "-",
+            "1.",
+        ] {
+            assert!(!is_ecmascript_fraction(t), "{t}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// Every fraction the shortcut takes prints the same through a double
+        /// (generated to be taken mostly: no trailing zero, few digits).
+        #[test]
+        fn the_fraction_shortcut_agrees_with_the_double_path(
+            negative: bool,
+            int in "0|[1-9][0-9]{0,15}",
+            frac in "0{0,7}[0-9]{0,9}[1-9]",
+        ) {
+            let text = format!("{}{int}.{frac}", if negative { "-" } else { "" });
+            if is_ecmascript_fraction(&text) {
+                let mut slow = Vec::new();
+                write_non_integer(&text, &mut slow);
+                proptest::prop_assert_eq!(String::from_utf8(slow).unwrap(), text);
+            }
+        }
     }
 
     #[test]
