@@ -814,7 +814,7 @@ async fn replay(
             anyhow::ensure!(rows.len() == b.distinct, "{} stored rows", rows.len());
             let mut conn = PgConnection::connect(&b.url).await?;
             // Untimed: the first pass over rows the sink just wrote sets
-            // their hint bits and ran 10-20% slower than the next ones,
+            // their hint bits and ran 14-27% slower than the next ones,
             // which favoured the first round's replay.
             filtered_pass(b, &mut conn, &route, &rows).await?;
             Some((route, rows, conn))
