@@ -145,16 +145,15 @@ pub async fn replay(
             let found = consumer
                 .offsets_for_times(tpl, TIMEOUT)
                 .context("offsets for timestamp")?;
-            for e in found.elements() {
-                let tp = TopicPartition::new(e.topic(), e.partition());
+            let bounds = log_bounds(&consumer, &tps)?;
+            for (tp, (_, high)) in tps.into_iter().zip(bounds) {
+                let Some(e) = found.find_partition(&tp.topic, tp.partition) else {
+                    continue;
+                };
                 let off = match e.offset() {
                     rdkafka::Offset::Offset(o) => o,
                     // No message at or after the timestamp: start at the end.
-                    _ => {
-                        consumer
-                            .fetch_watermarks(&tp.topic, tp.partition, TIMEOUT)?
-                            .1
-                    }
+                    _ => high,
                 };
                 positions.push((tp, Offset(off)));
             }

@@ -250,18 +250,12 @@ fn is_ecmascript_fraction(text: &str) -> bool {
     if !digits(int) || !digits(frac) || frac.ends_with('0') {
         return false;
     }
-    let significant = if int == "0" {
-        let zeros = frac.bytes().take_while(|&b| b == b'0').count();
-        if zeros > 5 {
-            return false;
-        }
-        frac.len() - zeros
-    } else if int.starts_with('0') {
-        return false;
-    } else {
-        int.len() + frac.len()
+    let zeros_after_point = match int {
+        "0" => frac.bytes().take_while(|&b| b == b'0').count(),
+        _ if int.starts_with('0') => return false,
+        _ => 0,
     };
-    significant <= 15
+    zeros_after_point <= 5 && significant_digits(text) <= 15
 }
 
 /// A number with a fraction or an exponent, in ECMAScript's form (module
