@@ -225,6 +225,16 @@ impl BatchWriter {
         if !dead.is_empty() {
             insert_dead_letters(&mut tx, &self.group, &dead).await?;
         }
+        if only_positions_moved(batch, &written) {
+            // Nothing but positions changed: if a crash or failover loses
+            // this commit, the same messages are read again and are the
+            // same no-ops, so waiting for the WAL flush buys nothing. A
+            // later commit that writes rows flushes the WAL past this one,
+            // so positions never come back ahead of rows.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let written_at = started.elapsed();
         tx.commit().await?;
         // Where a commit's time goes (KAFKA_PG_SINK_LOG=kafka_pg_sink::store=debug).
@@ -393,6 +403,27 @@ impl BatchWriter {
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,
         }
     }
+}
+
+/// Whether a commit changes only stored positions: no dead letter, no
+/// delete or truncate (they leave markers), no round-1 upsert (it may change
+/// a row that round 2 changes back), and final upserts that inserted and
+/// updated nothing — a batch of duplicates and stale re-deliveries.
+fn only_positions_moved(batch: &PreparedBatch, written: &Written) -> bool {
+    let c = &written.counts;
+    batch.dead_letters.is_empty()
+        && c.rejected.is_empty()
+        && written.uncounted_rejects.is_empty()
+        && c.inserted == 0
+        && c.updated == 0
+        && c.deleted == 0
+        && c.truncated_rows == 0
+        && batch.writes.iter().all(|w| {
+            w.pre_deletes.is_empty()
+                && w.previous.is_empty()
+                && w.deletes.is_empty()
+                && w.truncate.is_none()
+        })
 }
 
 /// The staging table `route`'s upserts travel through, if any.
@@ -625,5 +656,96 @@ pub async fn resolve(
         Ok(Resolution::NotApplied)
     } else {
         Ok(Resolution::Fenced(moved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{EventHash, Offset, RowKey};
+
+    fn tp() -> TopicPartition {
+        TopicPartition::new("t", 0)
+    }
+
+    fn upsert(key: &str) -> RowUpsert {
+        RowUpsert {
+            key: RowKey(key.into()),
+            hash: EventHash([0; 32]),
+            payload: "{}".into(),
+            row: None,
+            version: None,
+            tp: tp(),
+            offset: Offset(1),
+        }
+    }
+
+    fn delete(key: &str) -> RowDelete {
+        RowDelete {
+            key: RowKey(key.into()),
+            version: None,
+            tp: tp(),
+            offset: Offset(2),
+        }
+    }
+
+    fn dead_letter() -> DeadLetter {
+        DeadLetter {
+            tp: tp(),
+            offset: Offset(3),
+            key: None,
+            payload: None,
+            reason: PoisonReason::InvalidJson,
+            error: "not JSON".into(),
+        }
+    }
+
+    /// A batch of re-delivered upserts that the table already holds.
+    fn duplicates() -> (PreparedBatch, Written) {
+        let batch = PreparedBatch {
+            writes: vec![RouteWrites {
+                upserts: vec![upsert("a"), upsert("b")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut written = Written::default();
+        written.counts.duplicate_in_table = 2;
+        (batch, written)
+    }
+
+    #[test]
+    fn only_a_batch_that_changed_no_row_skips_the_flush() {
+        let (batch, written) = duplicates();
+        assert!(only_positions_moved(&batch, &written));
+        assert!(only_positions_moved(
+            &PreparedBatch::default(),
+            &Written::default()
+        ));
+
+        let changed: [fn(&mut PreparedBatch, &mut Written); 10] = [
+            |_, w| w.counts.inserted = 1,
+            |_, w| w.counts.updated = 1,
+            |_, w| w.counts.deleted = 1,
+            |_, w| w.counts.truncated_rows = 1,
+            |_, w| w.counts.rejected.push(dead_letter()),
+            |_, w| w.uncounted_rejects.push(dead_letter()),
+            |b, _| b.dead_letters.push(dead_letter()),
+            |b, _| b.writes[0].previous.push(upsert("a")),
+            |b, _| b.writes[0].pre_deletes.push(delete("a")),
+            |b, _| b.writes[0].deletes.push(delete("c")),
+        ];
+        for (i, change) in changed.into_iter().enumerate() {
+            let (mut batch, mut written) = duplicates();
+            change(&mut batch, &mut written);
+            assert!(!only_positions_moved(&batch, &written), "change {i}");
+        }
+        let (mut batch, written) = duplicates();
+        batch.writes[0].truncate = Some(RowTruncate {
+            position: 7,
+            tp: tp(),
+            offset: Offset(4),
+        });
+        assert!(!only_positions_moved(&batch, &written));
     }
 }
