@@ -1140,12 +1140,15 @@ fn phase_averages(from: &str, to: &str) -> (f64, f64) {
 }
 
 /// CPU counters at one moment: the whole machine's busy and total time
-/// (all cores, `/proc/stat`) and one process's CPU time, in seconds.
+/// (all cores, `/proc/stat`), one process's CPU time, and the CPU time of
+/// Postgres and of the Kafka broker, in seconds.
 #[derive(Clone, Copy)]
 struct CpuMark {
     busy: f64,
     total: f64,
     process: f64,
+    postgres: f64,
+    broker: f64,
 }
 
 impl CpuMark {
@@ -1163,21 +1166,59 @@ impl CpuMark {
             .collect();
         let total: f64 = ticks.iter().sum();
         let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+        let (postgres, broker) = service_cpu();
         CpuMark {
             busy: (total - idle) / 100.0,
             total: total / 100.0,
             process: pid.map_or(0.0, |p| proc_stats(p).1),
+            postgres,
+            broker,
         }
     }
 }
 
+/// CPU seconds so far of every Postgres process (with the backends that
+/// exited, which the postmaster counts as its children's time) and of the
+/// Kafka broker's JVM: who, besides the sink, takes the cores.
+fn service_cpu() -> (f64, f64) {
+    let (mut postgres, mut broker) = (0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0.0, 0.0);
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|t| t.parse().unwrap_or(0.0))
+            .collect();
+        let [utime, stime, cutime, cstime] = fields[..] else {
+            continue;
+        };
+        if head.ends_with("(postgres") {
+            postgres += (utime + stime + cutime + cstime) / 100.0;
+        } else if head.ends_with("(java")
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(11).any(|w| w == b"kafka.Kafka"))
+        {
+            broker += (utime + stime) / 100.0;
+        }
+    }
+    (postgres, broker)
+}
+
 /// Records CPU use since `since` under `prefix`: `machine_busy`, the share
 /// of all cores busy (sink, Postgres, broker and anything else on the
-/// machine), and `cpu_us_per_<unit>`, busy CPU time per unit of work; with
+/// machine), and `cpu_us_per_<unit>`, busy CPU time per unit of work, split
+/// into `postgres_cpu_us_per_<unit>` and `broker_cpu_us_per_<unit>`; with
 /// a process, also its own `process_cpu_us_per_<unit>`. The ceilings run one
 /// Postgres backend; a sink phase shares the same cores with the broker and
 /// its own parsing: this is what says whether a phase was bound by the
-/// machine's CPU.
+/// machine's CPU, and by whose.
 fn record_cpu(
     out: &mut Results,
     prefix: &str,
@@ -1195,6 +1236,14 @@ fn record_cpu(
     );
     let per_unit = |s: f64| s * 1e6 / units as f64;
     out.insert(key(format!("cpu_us_per_{unit}")), json!(per_unit(busy)));
+    out.insert(
+        key(format!("postgres_cpu_us_per_{unit}")),
+        json!(per_unit(now.postgres - since.postgres)),
+    );
+    out.insert(
+        key(format!("broker_cpu_us_per_{unit}")),
+        json!(per_unit(now.broker - since.broker)),
+    );
     if pid.is_some() {
         out.insert(
             key(format!("process_cpu_us_per_{unit}")),
@@ -1325,6 +1374,15 @@ fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             ">= 0.9",
         ),
         (
+            // The fastest this replay's CPU demand (sink, broker, Postgres,
+            // all busy time per event) allows on this machine's cores, as a
+            // ratio of the same ceiling: the target is out of reach in a
+            // run where this is below it, whatever the overlap.
+            "replay_cpu_bound_vs_paired_ceiling",
+            f("cores") * 1e6 / f("replay_cpu_us_per_event") / f("replay_paired_ceiling_rows_per_s"),
+            "(info)",
+        ),
+        (
             "replay_vs_filtered_ceiling",
             vs_ceiling("replay_events_per_s", "dup_filtered_ceiling_rows_per_s"),
             "(info)",
@@ -1397,6 +1455,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let b = setup().await?;
     let mut out = Results::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    out.insert("cores", json!(cores));
     if runs("ceilings") {
         document_ceilings(&b, &mut out).await?;
         typed_ceilings(&b, &mut out).await?;
