@@ -216,25 +216,7 @@ impl BatchWriter {
                 Err(e) => return Err(e),
             }
         }
-        let dead: Vec<&DeadLetter> = batch
-            .dead_letters
-            .iter()
-            .chain(&written.counts.rejected)
-            .chain(&written.uncounted_rejects)
-            .collect();
-        if !dead.is_empty() {
-            insert_dead_letters(&mut tx, &self.group, &dead).await?;
-        }
-        if only_positions_moved(batch, &written) {
-            // Nothing but positions changed: if a crash or failover loses
-            // this commit, the same messages are read again and are the
-            // same no-ops, so waiting for the WAL flush buys nothing. A
-            // later commit that writes rows flushes the WAL past this one,
-            // so positions never come back ahead of rows.
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.close_writes(&mut tx, batch, &written).await?;
         let written_at = started.elapsed();
         tx.commit().await?;
         // Where a commit's time goes (KAFKA_PG_SINK_LOG=kafka_pg_sink::store=debug).
@@ -246,6 +228,36 @@ impl BatchWriter {
             "batch committed"
         );
         Ok(Some(CommitOutcome::Committed(written.counts)))
+    }
+
+    /// The last statements before COMMIT: the batch's dead letters, and
+    /// `synchronous_commit = off` for a batch that changed no row.
+    async fn close_writes(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PreparedBatch,
+        written: &Written,
+    ) -> Result<(), StoreError> {
+        let dead: Vec<&DeadLetter> = batch
+            .dead_letters
+            .iter()
+            .chain(&written.counts.rejected)
+            .chain(&written.uncounted_rejects)
+            .collect();
+        if !dead.is_empty() {
+            insert_dead_letters(conn, &self.group, &dead).await?;
+        }
+        if only_positions_moved(batch, written) {
+            // Nothing but positions changed: if a crash or failover loses
+            // this commit, the same messages are read again and are the
+            // same no-ops, so waiting for the WAL flush buys nothing. A
+            // later commit that writes rows flushes the WAL past this one,
+            // so positions never come back ahead of rows.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Applies a prepared batch's route writes on `conn` with the statements
