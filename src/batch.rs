@@ -84,6 +84,9 @@ pub struct RouteWrites {
     pub previous: Vec<RowUpsert>,
     /// Round 2: the final state of every upserted key.
     pub upserts: Vec<RowUpsert>,
+    /// `upserts` in COPY text, when encoded ahead of the commit
+    /// (`store::documents::encode_upserts`).
+    pub upserts_copy: Option<Vec<u8>>,
     /// Final tombstones: delete these keys.
     pub deletes: Vec<RowDelete>,
     /// The latest truncate of the batch, applied after everything else.

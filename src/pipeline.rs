@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
-use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
+use crate::store::{self, BatchWriter, CommitOutcome, StoreError, TableCounts};
 use crate::types::{Expected, Offset, TopicPartition};
 
 /// What one commit attempt found.
@@ -385,13 +385,26 @@ impl Pipeline {
         };
         let schemas = Arc::new(schemas);
         let routes = self.writer.routes();
-        // The lanes' batches are prepared in parallel (parse, hash, fold).
+        let heavy: Arc<Vec<bool>> = Arc::new(
+            (0..routes.len())
+                .map(|i| self.writer.duplicate_heavy(i))
+                .collect(),
+        );
+        // The lanes' batches are prepared in parallel (parse, hash, fold),
+        // and a document route's upserts encoded for COPY, off the commit
+        // path: while the committer builds them, the database waits.
         let jobs: Vec<_> = admitted
             .into_iter()
             .map(|(lane, messages, claim)| {
-                let (routes, schemas) = (routes.clone(), schemas.clone());
+                let (routes, schemas, heavy) = (routes.clone(), schemas.clone(), heavy.clone());
                 let job = tokio::task::spawn_blocking(move || {
-                    batch::prepare_with(&routes, messages, &schemas)
+                    let mut b = batch::prepare_with(&routes, messages, &schemas);
+                    for ((w, route), heavy) in
+                        b.writes.iter_mut().zip(routes.iter()).zip(heavy.iter())
+                    {
+                        w.upserts_copy = store::encode_upserts(route, &w.upserts, *heavy);
+                    }
+                    b
                 });
                 (lane, claim, job)
             })

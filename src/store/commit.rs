@@ -135,6 +135,12 @@ impl BatchWriter {
         &self.group
     }
 
+    /// Whether route `i`'s next document upsert runs the duplicate
+    /// pre-filter (its last batch was mostly no-ops).
+    pub fn duplicate_heavy(&self, i: usize) -> bool {
+        self.duplicate_heavy[i].load(Ordering::Relaxed)
+    }
+
     /// Forces the duplicate pre-filter of route `i` on or off for the next
     /// batch (tests: both plans must give the same result).
     pub fn set_duplicate_heavy(&self, i: usize, on: bool) {
@@ -314,8 +320,11 @@ impl BatchWriter {
         let mut created_in_round_1 = 0;
         for (step, chunk) in [
             (Step::PreDeletes, Chunk::Deletes(&writes.pre_deletes)),
-            (Step::Previous, Chunk::Upserts(&writes.previous)),
-            (Step::Upserts, Chunk::Upserts(&writes.upserts)),
+            (Step::Previous, Chunk::Upserts(&writes.previous, None)),
+            (
+                Step::Upserts,
+                Chunk::Upserts(&writes.upserts, writes.upserts_copy.as_deref()),
+            ),
             (Step::Deletes, Chunk::Deletes(&writes.deletes)),
         ] {
             if chunk.is_empty() {
@@ -407,10 +416,13 @@ impl BatchWriter {
     ) -> Result<TableCounts, sqlx::Error> {
         let route = at.route;
         match (chunk, &route.columns) {
-            (Chunk::Upserts(rows), None) => {
-                documents::upsert(conn, fresh, route, rows, &self.duplicate_heavy[at.i]).await
+            (Chunk::Upserts(rows, copy), None) => {
+                let heavy = &self.duplicate_heavy[at.i];
+                documents::upsert(conn, fresh, route, rows, copy, heavy).await
             }
-            (Chunk::Upserts(rows), Some(map)) => typed::upsert(conn, fresh, route, map, rows).await,
+            (Chunk::Upserts(rows, _), Some(map)) => {
+                typed::upsert(conn, fresh, route, map, rows).await
+            }
             (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,
         }
@@ -546,17 +558,18 @@ async fn insert_first(
     Ok(rows.iter().map(topic_partition).collect())
 }
 
-/// The rows of one statement: upserts or deletes of one route.
+/// The rows of one statement: upserts (with their COPY text, when it was
+/// encoded with the batch) or deletes of one route.
 #[derive(Clone, Copy)]
 enum Chunk<'a> {
-    Upserts(&'a [RowUpsert]),
+    Upserts(&'a [RowUpsert], Option<&'a [u8]>),
     Deletes(&'a [RowDelete]),
 }
 
 impl<'a> Chunk<'a> {
     fn len(&self) -> usize {
         match self {
-            Chunk::Upserts(r) => r.len(),
+            Chunk::Upserts(r, _) => r.len(),
             Chunk::Deletes(d) => d.len(),
         }
     }
@@ -567,9 +580,9 @@ impl<'a> Chunk<'a> {
 
     fn halves(self) -> (Chunk<'a>, Chunk<'a>) {
         match self {
-            Chunk::Upserts(r) => {
+            Chunk::Upserts(r, _) => {
                 let (a, b) = r.split_at(r.len() / 2);
-                (Chunk::Upserts(a), Chunk::Upserts(b))
+                (Chunk::Upserts(a, None), Chunk::Upserts(b, None))
             }
             Chunk::Deletes(d) => {
                 let (a, b) = d.split_at(d.len() / 2);
@@ -587,7 +600,7 @@ async fn dead_letter_for(
     e: &sqlx::Error,
 ) -> Result<DeadLetter, sqlx::Error> {
     Ok(match chunk {
-        Chunk::Upserts([r]) => DeadLetter {
+        Chunk::Upserts([r], _) => DeadLetter {
             tp: r.tp.clone(),
             offset: r.offset,
             key: Some(r.key.0.clone().into_bytes()),

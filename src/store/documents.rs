@@ -30,6 +30,7 @@ pub(super) async fn upsert(
     fresh: &mut Fresh,
     route: &Route,
     rows: &[RowUpsert],
+    copy: Option<&[u8]>,
     duplicate_heavy: &AtomicBool,
 ) -> Result<TableCounts, sqlx::Error> {
     // Change events are filtered by delete/truncate markers; the pre-filter
@@ -42,7 +43,15 @@ pub(super) async fn upsert(
     };
     let mut counts = TableCounts::default();
     if !kept.is_empty() {
-        stage().fill(conn, fresh, &copy_data(&kept)).await?;
+        let encoded;
+        let data = match copy {
+            Some(data) if kept.len() == rows.len() => data,
+            _ => {
+                encoded = copy_data(&kept);
+                &encoded
+            }
+        };
+        stage().fill(conn, fresh, data).await?;
         let sql = upsert_sql(route);
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
@@ -154,6 +163,14 @@ pub(super) fn stage() -> Stage {
     )
 }
 
+/// The COPY text of a document route's upserts, encoded while the batch
+/// before it commits (`pipeline`), unless the route's last batch was mostly
+/// no-ops: the pre-filter would then leave most of it unsent.
+pub fn encode_upserts(route: &Route, rows: &[RowUpsert], duplicate_heavy: bool) -> Option<Vec<u8>> {
+    let encode = route.columns.is_none() && !duplicate_heavy && !rows.is_empty();
+    encode.then(|| copy_data(&rows.iter().collect::<Vec<_>>()))
+}
+
 fn copy_data(rows: &[&RowUpsert]) -> Vec<u8> {
     let size: usize = rows
         .iter()
@@ -261,4 +278,48 @@ pub(super) async fn delete(
         .execute(&mut *conn)
         .await?;
     Ok(TableCounts::of_deletes(keys.len(), r.rows_affected()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_routes;
+    use crate::types::{EventHash, Offset, RowKey, TopicPartition};
+
+    fn row(key: &str, payload: &str) -> RowUpsert {
+        RowUpsert {
+            key: RowKey(key.into()),
+            hash: EventHash([0xab; 32]),
+            payload: payload.into(),
+            row: None,
+            version: Some(2),
+            tp: TopicPartition::new("t", 1),
+            offset: Offset(7),
+        }
+    }
+
+    #[test]
+    fn upserts_are_encoded_ahead_only_for_document_routes_not_filtering() {
+        let document = &test_routes("topic = \"t\"\ntable = \"d\"\nkey = \"/id\"").unwrap()[0];
+        let typed =
+            &test_routes("topic = \"t\"\ntable = \"t\"\nkey = \"id\"\ncolumns = { id = \"/id\" }")
+                .unwrap()[0];
+        let rows = [row("a", r#"{"id":"a","t":"x\ty"}"#), row("b\\", "{}")];
+        let encoded = encode_upserts(document, &rows, false).expect("encoded");
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            String::from_utf8(encoded).unwrap(),
+            format!(
+                "a\t\\\\x{hash}\t{{\"id\":\"a\",\"t\":\"x\\\\ty\"}}\t2\tt\t1\t7\n\
+                 b\\\\\t\\\\x{hash}\t{{}}\t2\tt\t1\t7\n"
+            )
+        );
+        assert_eq!(encode_upserts(document, &rows, true), None, "pre-filtered");
+        assert_eq!(encode_upserts(document, &[], false), None);
+        assert_eq!(
+            encode_upserts(typed, &rows, false),
+            None,
+            "typed rows carry their line"
+        );
+    }
 }
