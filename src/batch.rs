@@ -85,7 +85,8 @@ pub struct RouteWrites {
     /// Round 2: the final state of every upserted key.
     pub upserts: Vec<RowUpsert>,
     /// `upserts` in COPY text, when encoded ahead of the commit
-    /// (`store::documents::encode_upserts`).
+    /// (`store::documents::encode_upserts`); whatever changes `upserts`
+    /// must clear it.
     pub upserts_copy: Option<Vec<u8>>,
     /// Final tombstones: delete these keys.
     pub deletes: Vec<RowDelete>,
