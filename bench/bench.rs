@@ -1187,25 +1187,16 @@ fn service_cpu() -> (f64, f64) {
     };
     for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<f64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .map(|t| t.parse().unwrap_or(0.0))
-            .collect();
-        let [utime, stime, cutime, cstime] = fields[..] else {
+        let Some((head, [utime, stime, cutime, cstime])) = cpu_times(&stat) else {
             continue;
         };
         if head.ends_with("(postgres") {
-            postgres += (utime + stime + cutime + cstime) / 100.0;
+            postgres += utime + stime + cutime + cstime;
         } else if head.ends_with("(java")
             && std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.windows(11).any(|w| w == b"kafka.Kafka"))
         {
-            broker += (utime + stime) / 100.0;
+            broker += utime + stime;
         }
     }
     (postgres, broker)
@@ -1260,19 +1251,19 @@ fn proc_stats(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (hwm_kb / 1024.0, (field(11) + field(12)) / 100.0)
+    let cpu = cpu_times(&stat).map_or(0.0, |(_, [utime, stime, ..])| utime + stime);
+    (hwm_kb / 1024.0, cpu)
+}
+
+/// A `/proc/<pid>/stat` line's text up to its command name's `(name`, and
+/// its utime, stime, cutime and cstime in seconds (USER_HZ ticks / 100).
+/// The name may hold spaces and parentheses: the fields start after its
+/// last `)`.
+fn cpu_times(stat: &str) -> Option<(&str, [f64; 4])> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut next = || fields.next().map_or(0.0, |t| t.parse().unwrap_or(0.0)) / 100.0;
+    Some((head, [next(), next(), next(), next()]))
 }
 
 async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<()> {
