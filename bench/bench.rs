@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kafka_pg_sink::batch::{prepare, RowUpsert};
+use kafka_pg_sink::batch::{prepare, PreparedBatch, RowUpsert};
 use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
 use kafka_pg_sink::format::wire;
 use kafka_pg_sink::hash;
@@ -16,7 +16,7 @@ use kafka_pg_sink::message::SourceMessage;
 use kafka_pg_sink::metrics::sum_family;
 use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::route::{Route, RouteSpec};
-use kafka_pg_sink::store::{prefilter, BatchWriter, Expected};
+use kafka_pg_sink::store::{encode_upserts, prefilter, BatchWriter, CommitOutcome, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -619,25 +619,91 @@ async fn write_path(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
         })
     };
     while let Some(batch) = rx.recv().await {
-        let expected: Vec<Expected> = batch
-            .ranges
-            .iter()
-            .map(|(tp, (_, last))| Expected {
-                tp: tp.clone(),
-                expected: planned.get(tp).copied(),
-                new_next: last.next(),
-            })
-            .collect();
-        writer.commit(&batch, &expected).await?;
-        for e in expected {
-            planned.insert(e.tp, e.new_next);
-        }
+        commit_next(&writer, &mut planned, &batch).await?;
     }
     preparer.join().expect("preparer thread");
     out.insert(
         "write_path_per_s",
         json!(b.n as f64 / t.elapsed().as_secs_f64()),
     );
+    Ok(())
+}
+
+/// Commits `batch` with the fence a lone consumer of a new group uses:
+/// each partition expected where the previous batch left it.
+async fn commit_next(
+    writer: &BatchWriter,
+    planned: &mut BTreeMap<TopicPartition, Offset>,
+    batch: &PreparedBatch,
+) -> anyhow::Result<()> {
+    let expected: Vec<Expected> = batch
+        .ranges
+        .iter()
+        .map(|(tp, (_, last))| Expected {
+            tp: tp.clone(),
+            expected: planned.get(tp).copied(),
+            new_next: last.next(),
+        })
+        .collect();
+    match writer.commit(batch, &expected).await? {
+        CommitOutcome::Committed(_) => {}
+        other => anyhow::bail!("bench commit not applied: {other:?}"),
+    }
+    for e in expected {
+        planned.insert(e.tp, e.new_next);
+    }
+    Ok(())
+}
+
+/// Phase 2b: the sink's commits alone, for the document and the typed
+/// route: every batch of the topic prepared first (as the pipeline
+/// prepares it, COPY text included), then committed on one connection with
+/// the fence, nothing else running. Set beside the stream ceilings (the
+/// ceilings' statements over the same batches), this separates what the
+/// sink's SQL costs from what running beside Postgres and the broker on
+/// the same cores costs: `<route>_commits_vs_stream_ceiling`.
+async fn commits_alone(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
+    eprintln!("measuring the sink's commits alone…");
+    b.exec(&format!("CREATE TABLE commits_typed {}", data::TYPED_DDL))
+        .await?;
+    let routes = [
+        ("document_commits", b.document_route("commits_document")),
+        (
+            "typed_commits",
+            b.typed_route(&b.topic, "commits_typed", "json"),
+        ),
+    ];
+    for (prefix, route) in routes {
+        let route = b.route_for(&route).await?;
+        let batches: Vec<PreparedBatch> = b
+            .msgs
+            .chunks(b.batch_size()?)
+            .map(|chunk| {
+                let mut batch = prepare(std::slice::from_ref(&route), chunk.to_vec());
+                let w = &mut batch.writes[0];
+                w.upserts_copy = encode_upserts(&route, &w.upserts, false);
+                batch
+            })
+            .collect();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&b.url)
+            .await?;
+        let group = format!("bench-{prefix}");
+        let writer = BatchWriter::new(pool.clone(), &group, vec![route], OnError::DeadLetter);
+        let mut planned = BTreeMap::new();
+        let cpu = CpuMark::now(None);
+        let t = Instant::now();
+        for batch in &batches {
+            commit_next(&writer, &mut planned, batch).await?;
+        }
+        out.insert(
+            prefixed(prefix, "events_per_s"),
+            json!(b.n as f64 / t.elapsed().as_secs_f64()),
+        );
+        record_cpu(out, prefix, &cpu, None, "event", b.n);
+        pool.close().await;
+    }
     Ok(())
 }
 
@@ -1397,6 +1463,18 @@ fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             "(info)",
         ),
         (
+            // The sink's commits alone (no Kafka, nothing beside them) over
+            // the same batches as the stream ceiling: what its SQL costs.
+            "document_commits_vs_stream_ceiling",
+            f("document_commits_events_per_s") / f("stream_ceiling_events_per_s"),
+            "(info)",
+        ),
+        (
+            "typed_commits_vs_typed_stream_ceiling",
+            f("typed_commits_events_per_s") / f("typed_stream_ceiling_events_per_s"),
+            "(info)",
+        ),
+        (
             "replay_vs_replay_stream_ceiling",
             vs_ceiling("replay_events_per_s", "replay_stream_ceiling_events_per_s"),
             "(info)",
@@ -1430,7 +1508,7 @@ fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,document,typed,avro,scaling,naive,peers`).
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,peers`).
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
         Ok(list) if !list.is_empty() => list.split(',').any(|p| p.trim() == phase),
@@ -1455,6 +1533,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("write_path") {
         write_path(&b, &mut out).await?;
+    }
+    if runs("commits") {
+        commits_alone(&b, &mut out).await?;
     }
     if runs("document") {
         let run = sink_document(&b, &mut out).await?;
