@@ -82,7 +82,8 @@ pub struct RouteWrites {
     /// Round 1: the state before the final one, for keys that changed within
     /// the batch (already counted as superseded).
     pub previous: Vec<RowUpsert>,
-    /// Round 2: the final state of every upserted key.
+    /// Round 2: the final state of every upserted key, in key order (as
+    /// are the other writes: `Fold::finish`).
     pub upserts: Vec<RowUpsert>,
     /// `upserts` in COPY text, when encoded ahead of the commit
     /// (`store::documents::encode_upserts`); whatever changes `upserts`
@@ -256,7 +257,8 @@ struct Fold {
     /// `RowKey` cost a clone of every new key, an allocation and a copy per
     /// event.
     index: HashTable<usize>,
-    /// In first-seen order of keys, so statements are deterministic.
+    /// In first-seen order of keys; sorted by key when the batch is
+    /// finished ([`Fold::finish`]).
     folds: Vec<KeyFold>,
     truncate: Option<RowTruncate>,
     /// Messages in the batch: the most keys this fold can see, reserved on
@@ -377,8 +379,16 @@ impl Fold {
         }
     }
 
-    fn finish(self, w: &mut RouteWrites) {
+    /// The batch's writes, in key order: Postgres then walks the key index
+    /// in order (random keys: 9–19% less backend CPU per upsert than in
+    /// arrival order, docs/performance.md), and two commits writing the same
+    /// keys (a key in two partitions, on two lanes or replicas) lock their
+    /// rows in the same order. Each key has one fold, so the order changes
+    /// no result.
+    fn finish(mut self, w: &mut RouteWrites) {
         w.truncate = self.truncate;
+        self.folds
+            .sort_unstable_by(|a, b| a.key().0.cmp(&b.key().0));
         w.upserts.reserve(self.folds.len());
         for f in self.folds {
             w.pre_deletes.extend(f.pre_delete.map(|d| *d));
@@ -922,6 +932,33 @@ mod tests {
             timestamp: None,
             headers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn writes_leave_the_batch_in_key_order() {
+        let b = prepare(
+            &routes(""),
+            vec![
+                msg(0, 1, Some(r#"{"id":"c","v":1}"#)),
+                msg(0, 2, Some(r#"{"id":"a","v":1}"#)),
+                msg(0, 3, Some(r#"{"id":"b","v":1}"#)),
+                msg(0, 4, Some(r#"{"id":"c","v":2}"#)),
+                msg(0, 5, Some(r#"{"id":"a","v":2}"#)),
+                msg(0, 6, Some(r#"{"id":"10","v":1}"#)),
+                msg(0, 7, Some(r#"{"id":"9","v":1}"#)),
+            ],
+        );
+        let keys = |rows: &[RowUpsert]| rows.iter().map(|r| r.key.0.clone()).collect::<Vec<_>>();
+        let w = &b.writes[0];
+        // Byte order, as the document table's `COLLATE "C"` key index.
+        assert_eq!(keys(&w.upserts), ["10", "9", "a", "b", "c"]);
+        assert_eq!(keys(&w.previous), ["a", "c"]);
+        let offsets: Vec<i64> = w.upserts.iter().map(|r| r.offset.0).collect();
+        assert_eq!(
+            offsets,
+            [6, 7, 5, 3, 4],
+            "each key keeps its own final state"
+        );
     }
 
     #[test]
