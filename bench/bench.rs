@@ -277,7 +277,8 @@ fn source_messages(topic: &str, orders: &[Order]) -> Vec<SourceMessage> {
 /// Phase 1a: document-table ceilings, one backend, the distinct final rows.
 ///
 /// `ceiling_rows_per_s` is defined like the typed ceiling: COPY (payload as
-/// text) into a temporary table, then one INSERT … SELECT … ON CONFLICT
+/// text; rows in key order, as the sink's fold leaves them and as the typed
+/// ceiling's are) into a temporary table, then one INSERT … SELECT … ON CONFLICT
 /// parsing the jsonb, as the sink's statement does, timed together.
 /// `dup_filtered_ceiling_rows_per_s` is the sink's own duplicate pre-filter
 /// statement for a versioned route (keys, hashes and versions bound as
