@@ -380,7 +380,7 @@ impl Fold {
     }
 
     /// The batch's writes, in key order: Postgres then walks the key index
-    /// in order (random keys: 9–19% less backend CPU per upsert than in
+    /// in order (random keys: 5–19% less backend CPU per upsert than in
     /// arrival order, docs/performance.md), and two commits writing the same
     /// keys (a key in two partitions, on two lanes or replicas) lock their
     /// rows in the same order. Each key has one fold, so the order changes
