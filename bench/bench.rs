@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kafka_pg_sink::batch::{prepare, PreparedBatch, RowUpsert};
 use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
-use kafka_pg_sink::format::wire;
+use kafka_pg_sink::format::{wire, SchemaSet};
 use kafka_pg_sink::hash;
 use kafka_pg_sink::message::SourceMessage;
 use kafka_pg_sink::metrics::sum_family;
+use kafka_pg_sink::pipeline::prepare_for_commit;
 use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::route::{Route, RouteSpec};
-use kafka_pg_sink::store::{encode_upserts, prefilter, BatchWriter, CommitOutcome, Expected};
+use kafka_pg_sink::store::{prefilter, BatchWriter, CommitOutcome, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -680,10 +681,8 @@ async fn commits_alone(b: &Bench, out: &mut Results) -> anyhow::Result<()> {
             .msgs
             .chunks(b.batch_size()?)
             .map(|chunk| {
-                let mut batch = prepare(std::slice::from_ref(&route), chunk.to_vec());
-                let w = &mut batch.writes[0];
-                w.upserts_copy = encode_upserts(&route, &w.upserts, false);
-                batch
+                let routes = std::slice::from_ref(&route);
+                prepare_for_commit(routes, chunk.to_vec(), &SchemaSet::default(), &[false])
             })
             .collect();
         let pool = PgPoolOptions::new()

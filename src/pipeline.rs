@@ -36,6 +36,7 @@ use crate::format::SchemaSet;
 use crate::message::DeadLetter;
 use crate::message::SourceMessage;
 use crate::metrics::Metrics;
+use crate::route::Route;
 use crate::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
@@ -398,13 +399,7 @@ impl Pipeline {
             .map(|(lane, messages, claim)| {
                 let (routes, schemas, heavy) = (routes.clone(), schemas.clone(), heavy.clone());
                 let job = tokio::task::spawn_blocking(move || {
-                    let mut b = batch::prepare_with(&routes, messages, &schemas);
-                    for ((w, route), heavy) in
-                        b.writes.iter_mut().zip(routes.iter()).zip(heavy.iter())
-                    {
-                        w.upserts_copy = store::encode_upserts(route, &w.upserts, *heavy);
-                    }
-                    b
+                    prepare_for_commit(&routes, messages, &schemas, &heavy)
                 });
                 (lane, claim, job)
             })
@@ -708,6 +703,24 @@ fn next_batch(buf: &mut Vec<Envelope>, max: usize) -> Vec<Envelope> {
         rest.extend(buf.drain(max..));
     }
     std::mem::replace(buf, rest)
+}
+
+/// Prepares a batch as the committer takes it: parsed, hashed and folded
+/// (`batch::prepare_with`), and each document route's upserts encoded for
+/// COPY unless the route's last batch was mostly no-ops
+/// (`duplicate_heavy[i]`, `store::encode_upserts`). Public so the bench
+/// times commits of batches prepared exactly this way.
+pub fn prepare_for_commit(
+    routes: &[Route],
+    messages: Vec<SourceMessage>,
+    schemas: &SchemaSet,
+    duplicate_heavy: &[bool],
+) -> PreparedBatch {
+    let mut b = batch::prepare_with(routes, messages, schemas);
+    for ((w, route), heavy) in b.writes.iter_mut().zip(routes).zip(duplicate_heavy) {
+        w.upserts_copy = store::encode_upserts(route, &w.upserts, *heavy);
+    }
+    b
 }
 
 /// The commit lane of a partition: stable, and consecutive partitions of a
