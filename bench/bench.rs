@@ -58,6 +58,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 struct Bench {
     n: usize,
     distinct: usize,
+    keys: data::Keys,
     stamp: String,
     brokers: String,
     admin_url: String,
@@ -180,8 +181,9 @@ async fn setup() -> anyhow::Result<Bench> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let db_name = format!("kpgs_bench_{}", stamp.to_lowercase());
     let topic = format!("kpgs-bench-{stamp}");
-    eprintln!("generating {n} events…");
-    let (orders, distinct) = data::generate(n, PARTITIONS);
+    let keys = data::Keys::from_env()?;
+    eprintln!("generating {n} events ({} keys)…", keys.name());
+    let (orders, distinct) = data::generate(n, PARTITIONS, keys);
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(&admin_url)
@@ -206,6 +208,7 @@ async fn setup() -> anyhow::Result<Bench> {
     Ok(Bench {
         n,
         distinct,
+        keys,
         stamp,
         brokers,
         admin_url,
@@ -1361,6 +1364,7 @@ fn report(b: &Bench, mut out: Results) -> anyhow::Result<()> {
     out.insert("date", json!(b.stamp));
     out.insert("events", json!(b.n));
     out.insert("distinct_events", json!(b.distinct));
+    out.insert("keys", json!(b.keys.name()));
     out.insert("partitions", json!(PARTITIONS));
     out.insert(
         "cores",

@@ -2,6 +2,12 @@
 //! `bench/produce-orders.sh`'s, for the peers): 75% first versions of
 //! distinct orders, then, interleaved, 10% exact re-sends and 15% version-2
 //! updates. Kafka key = order_id. Deterministic.
+//!
+//! Order ids are `o<n>` by default, rising through the topic, so a batch
+//! arrives close to key order. Real keys are often random (UUIDs, hashes),
+//! which costs Postgres more per row: `BENCH_KEYS=random` gives every order
+//! 16 hex digits instead, a bijection of `n` (still unique, still
+//! deterministic).
 
 /// One order event.
 pub struct Order {
@@ -18,8 +24,51 @@ pub struct Order {
     pub ts_ms: i64,
 }
 
+/// How order ids are spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// `o<n>`: rising through the topic.
+    Sequential,
+    /// 16 hex digits, scattered over the key space.
+    Random,
+}
+
+impl Keys {
+    /// `BENCH_KEYS`: `sequential` (default) or `random`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("BENCH_KEYS").as_deref() {
+            Err(_) | Ok("" | "sequential") => Ok(Keys::Sequential),
+            Ok("random") => Ok(Keys::Random),
+            Ok(other) => anyhow::bail!("BENCH_KEYS={other}: expected sequential or random"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Keys::Sequential => "sequential",
+            Keys::Random => "random",
+        }
+    }
+
+    /// Order `i`'s id.
+    fn id(self, i: usize) -> String {
+        match self {
+            Keys::Sequential => format!("o{i}"),
+            Keys::Random => format!("{:016x}", scatter(i as u64)),
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a bijection on `u64`, so distinct orders keep
+/// distinct ids, with neighbouring `i` far apart.
+fn scatter(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// `n` events; also returns the number of distinct orders.
-pub fn generate(n: usize, partitions: i32) -> (Vec<Order>, usize) {
+pub fn generate(n: usize, partitions: i32, keys: Keys) -> (Vec<Order>, usize) {
     let k = n * 75 / 100;
     let resends = n * 10 / 100;
     let updates = n - k - resends;
@@ -38,19 +87,18 @@ pub fn generate(n: usize, partitions: i32) -> (Vec<Order>, usize) {
             rs += 1;
             (rs - 1, 1)
         };
-        out.push(order(i, version, partitions));
+        out.push(order(keys.id(i), i, version, partitions));
     }
     (out, k)
 }
 
-fn order(i: usize, version: i64, partitions: i32) -> Order {
+fn order(key: String, i: usize, version: i64, partitions: i32) -> Order {
     let cents = (i % 10_000) as i64 + 100 + if version == 2 { 100 } else { 0 };
     let currency = if i.is_multiple_of(3) { "USD" } else { "EUR" };
     let status = if version == 2 { "paid" } else { "new" };
     let s = (i % 86_400) as i64;
     // 2026-11-27T00:00:00Z + s seconds
     let ts_ms = (1_795_737_600 + s) * 1000;
-    let key = format!("o{i}");
     let customer = format!("c{}", i % 1000);
     let json = format!(
         r#"{{"order_id":"{key}","customer":"{customer}","amount":{}.{:02},"currency":"{currency}","status":"{status}","version":{version},"ts":"2026-11-27T{:02}:{:02}:{:02}Z"}}"#,
@@ -109,4 +157,37 @@ pub fn avro_record(o: &Order) -> apache_avro::types::Value {
         ("version".into(), A::Long(o.version)),
         ("ts".into(), A::TimestampMillis(o.ts_ms)),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn random_keys_keep_the_topic_shape() {
+        let (seq, seq_distinct) = generate(20_000, 4, Keys::Sequential);
+        let (rnd, rnd_distinct) = generate(20_000, 4, Keys::Random);
+        assert_eq!(seq_distinct, rnd_distinct);
+        let ids: HashSet<&str> = rnd.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(ids.len(), rnd_distinct, "random ids must stay distinct");
+        assert!(rnd
+            .iter()
+            .all(|o| o.key.len() == 16 && o.json.contains(&o.key)));
+        // Same events apart from the id: versions and contents line up.
+        for (a, b) in seq.iter().zip(&rnd) {
+            assert_eq!(
+                (a.version, a.cents, a.status),
+                (b.version, b.cents, b.status)
+            );
+        }
+        // What random keys take away: `o<n>` rise from one order to the
+        // next (all but a handful of steps); random ids rise about half the time.
+        let rising = |orders: &[Order]| {
+            let w = orders[..seq_distinct].windows(2);
+            w.filter(|p| p[0].key < p[1].key).count() as f64 / (seq_distinct - 1) as f64
+        };
+        assert!(rising(&seq) > 0.99, "{}", rising(&seq));
+        assert!((0.45..0.55).contains(&rising(&rnd)), "{}", rising(&rnd));
+    }
 }
