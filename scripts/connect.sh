@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Real Kafka Connect (standalone) with the Debezium Postgres source and JDBC sink
-# connectors, jars resolved on Maven Central and cached. For tests and peer benches.
-#   scripts/connect.sh fetch                        resolve runtime + plugins (once)
+# connectors, and the Debezium MySQL source (captures MariaDB 10.11 only in
+# scripts/mariadb.sh's compatibility mode, see there), jars resolved on Maven Central and
+# cached. For tests and peer benches.
+#   scripts/connect.sh fetch                        resolve runtime + plugins (once; the
+#                                                   MySQL plugin is added to an older cache)
+#   scripts/connect.sh fetch-avro-converter         (opt-in; `fetch` does not do it)
+#                                                   Apicurio's Avro converter 2.6.x as plugin
+#                                                   dir apicurio-converter (Confluent wire
+#                                                   format with as-confluent + use-id=contentId
+#                                                   + headers.enabled=false; see
+#                                                   docs/cdc-samples/avro/README.md)
 #   scripts/connect.sh source-db ensure|stop|status|url [DB]|psql [DB] [ARGS]
 #                                                   a second Postgres cluster (15/cdc,
 #                                                   port 5433, wal_level=logical)
@@ -9,10 +18,16 @@
 #                                                   standalone worker NAME; waits until
 #                                                   every connector's tasks are RUNNING
 #   scripts/connect.sh stop|kill|status|url|log|pid NAME   (kill = SIGKILL, for crash tests)
-#   scripts/connect.sh clean NAME                   stop, drop its source slots/publications,
+#   scripts/connect.sh clean NAME                   stop, drop its source slots/publications
+#                                                   (MySQL: its schema history file),
 #                                                   forget its state
 #   scripts/connect.sh source-props NAME --db DB --tables T1,T2 --prefix P
 #            [--schemas] [--partitions N] [KEY=VALUE...]    Debezium Postgres source
+#   scripts/connect.sh mysql-source-props NAME --db DB --tables T1,T2 --prefix P
+#            [--schemas] [--partitions N] [KEY=VALUE...]    Debezium MySQL source on the
+#                                                   scripts/mariadb.sh instance (tables
+#                                                   without "DB." get it; schema history in
+#                                                   $CONNECT_STATE_DIR/schema-history/NAME.dat)
 #   scripts/connect.sh jdbc-sink-props NAME --topic T --url DB_URL --table TABLE
 #            [--tasks N] [--batch N] [--best] [--schema JSON] [--key-field F]
 #            [--timestamp-field F|""] [--flatten] [KEY=VALUE...]
@@ -24,7 +39,9 @@
 # Env: CONNECT_VERSION (4.3.1), DEBEZIUM_VERSION (3.6.0.Final), KAFKA_BROKERS
 #      (127.0.0.1:9092), KAFKA_PG_SINK_CACHE (~/.cache/kafka-pg-sink),
 #      CONNECT_STATE_DIR (/tmp/kafka-pg-sink-connect), CDC_PGPORT (5433),
-#      CONNECT_HEAP (-Xmx1g), CONNECT_WAIT_S (180), CONNECT_MAVEN_REPO (maven.repo.local).
+#      CONNECT_HEAP (-Xmx1g), CONNECT_WAIT_S (180), CONNECT_MAVEN_REPO (maven.repo.local),
+#      DEBEZIUM_MYSQL_VERSION (3.6.1.Final), MARIADB_PORT (3307), MARIADB_USER (debezium),
+#      MARIADB_PASSWORD (dbz), APICURIO_CONVERTER_VERSION (2.6.13.Final).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -42,6 +59,11 @@ BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 CDC_PORT="${CDC_PGPORT:-5433}"
 CDC_CLUSTER=cdc
 WAIT_S="${CONNECT_WAIT_S:-180}"
+# --- MySQL/MariaDB source: its own Debezium version and the scripts/mariadb.sh instance
+DEBEZIUM_MYSQL_VERSION="${DEBEZIUM_MYSQL_VERSION:-3.6.1.Final}"
+MARIADB_PORT="${MARIADB_PORT:-3307}"
+MARIADB_USER="${MARIADB_USER:-debezium}"
+MARIADB_PASSWORD="${MARIADB_PASSWORD:-dbz}"
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
@@ -136,6 +158,11 @@ POM
 }
 
 fetch() {
+  fetch_core
+  fetch_mysql
+}
+
+fetch_core() {
   if [ -f "$LIB/.complete" ] && [ -f "$PLUGINS/debezium-postgres/.complete" ] \
      && [ -f "$PLUGINS/debezium-jdbc/.complete" ]; then return; fi
   need_tools
@@ -164,6 +191,94 @@ fetch() {
   touch "$LIB/.complete" "$PLUGINS/debezium-postgres/.complete" "$PLUGINS/debezium-jdbc/.complete"
   rm -rf "$work"
   log "cached $(ls "$LIB" | wc -l) runtime jars, $(ls "$PLUGINS/debezium-postgres" | wc -l) + $(ls "$PLUGINS/debezium-jdbc" | wc -l) plugin jars ($(du -sh "$HOME_DIR" | cut -f1)) in $((SECONDS - t0)) s"
+}
+
+# --- MySQL source plugin. Resolved on its own, so an existing cache keeps its
+# runtime and other plugins (workers may be running on them); the directory appears in
+# plugin.path only once complete (built beside it, then renamed). Same exclusions; the
+# MySQL Connector/J driver it brings is kept (it talks to MariaDB 10.11 too).
+fetch_mysql() {
+  local dir="$PLUGINS/debezium-mysql"
+  [ -f "$dir/.complete" ] && return
+  need_tools
+  local t0=$SECONDS
+  log "resolving Debezium MySQL connector $DEBEZIUM_MYSQL_VERSION from Maven Central into $dir"
+  [ -f "$SETTINGS" ] || write_settings
+  mkdir -p "$PLUGINS"
+  local work; work="$(mktemp -d "$HOME_DIR/.fetch-mysql.XXXXXX")"
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.kafka-pg-sink</groupId><artifactId>connect-debezium-mysql</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-mysql</artifactId><version>$DEBEZIUM_MYSQL_VERSION</version>
+      $PLUGIN_EXCLUSIONS
+      </exclusions></dependency>
+    <dependency><groupId>io.debezium</groupId><artifactId>debezium-storage-file</artifactId><version>$DEBEZIUM_MYSQL_VERSION</version>
+      $PLUGIN_EXCLUSIONS
+      </exclusions></dependency>
+  </dependencies>
+</project>
+POM
+  local repo=()
+  [ -n "${CONNECT_MAVEN_REPO:-}" ] && repo=("-Dmaven.repo.local=$CONNECT_MAVEN_REPO")
+  (cd "$work" && mvn -q -B -s "$SETTINGS" "${repo[@]}" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory=target/jars >"$work/mvn.log" 2>&1) \
+    || { cat "$work/mvn.log" >&2; rm -rf "$work"; exit 1; }
+  if ls "$work/target/jars" | grep -Eq '^(kafka-clients|connect-api|slf4j-api|jackson-(core|databind|annotations))-'; then
+    die "unexpected worker jar in the MySQL plugin: $(ls "$work/target/jars" | grep -E '^(kafka|connect|slf4j|jackson-(core|databind))')"
+  fi
+  touch "$work/target/jars/.complete"
+  rm -rf "$dir"
+  mv "$work/target/jars" "$dir"
+  rm -rf "$work"
+  log "cached $(ls "$dir" | wc -l) MySQL plugin jars ($(du -sh "$dir" | cut -f1)) in $((SECONDS - t0)) s"
+}
+
+# --- Apicurio Avro converter (opt-in: only `fetch-avro-converter` resolves it).
+# io.apicurio:apicurio-registry-utils-converter (AvroConverter) is on Maven Central;
+# Confluent's AvroConverter is not. Its jar has no META-INF/services manifest, so with
+# plugin.discovery=service_load the worker would not see it: a one-file jar with the
+# Converter manifest is added (what `connect-plugin-path sync-manifests` would write).
+APICURIO_CONVERTER_VERSION="${APICURIO_CONVERTER_VERSION:-2.6.13.Final}"
+fetch_avro_converter() {
+  local dir="$PLUGINS/apicurio-converter"
+  [ -f "$dir/.complete" ] && { echo "$dir"; return; }
+  need_tools
+  local t0=$SECONDS
+  log "resolving Apicurio converter $APICURIO_CONVERTER_VERSION from Maven Central into $dir"
+  [ -f "$SETTINGS" ] || write_settings
+  mkdir -p "$PLUGINS"
+  local work; work="$(mktemp -d "$HOME_DIR/.fetch-apicurio.XXXXXX")"
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.kafka-pg-sink</groupId><artifactId>connect-apicurio-converter</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>io.apicurio</groupId><artifactId>apicurio-registry-utils-converter</artifactId><version>$APICURIO_CONVERTER_VERSION</version>
+      $PLUGIN_EXCLUSIONS
+      </exclusions></dependency>
+  </dependencies>
+</project>
+POM
+  local repo=()
+  [ -n "${CONNECT_MAVEN_REPO:-}" ] && repo=("-Dmaven.repo.local=$CONNECT_MAVEN_REPO")
+  (cd "$work" && mvn -q -B -s "$SETTINGS" "${repo[@]}" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory=target/jars >"$work/mvn.log" 2>&1) \
+    || { cat "$work/mvn.log" >&2; rm -rf "$work"; exit 1; }
+  mkdir -p "$work/manifest/META-INF/services"
+  printf '%s\n' io.apicurio.registry.utils.converter.AvroConverter io.apicurio.registry.utils.converter.ExtJsonConverter \
+    >"$work/manifest/META-INF/services/org.apache.kafka.connect.storage.Converter"
+  (cd "$work/manifest" && jar cf "$work/target/jars/zz-apicurio-converter-service-manifest.jar" META-INF) \
+    || die "could not write the service manifest jar (jar from the JDK)"
+  touch "$work/target/jars/.complete"
+  rm -rf "$dir"; mv "$work/target/jars" "$dir"; rm -rf "$work"
+  log "cached $(ls "$dir" | wc -l) Apicurio converter jars ($(du -sh "$dir" | cut -f1)) in $((SECONDS - t0)) s"
+  echo "$dir"
 }
 
 # ---------------------------------------------------------------- source-db
@@ -370,10 +485,14 @@ stop_sig() {
 # Forget a worker: stop it, drop the replication slots and publications its Postgres
 # source connectors created on the CDC cluster, remove its state directory.
 clean() {
-  local name="$1" st f slot pub db; st="$(state_of "$name")"
+  local name="$1" st f slot pub db hist; st="$(state_of "$name")"
   stop_sig "$name" TERM
   for f in "$st"/connector-*.properties; do
     [ -f "$f" ] || continue
+    if grep -q 'MySqlConnector' "$f"; then   # its schema history file goes too
+      hist="$(prop_of "$f" schema.history.internal.file.filename)"; [ -z "$hist" ] || rm -f "$hist"
+      continue
+    fi
     grep -q 'PostgresConnector' "$f" || continue
     slot="$(prop_of "$f" slot.name)"; pub="$(prop_of "$f" publication.name)"; db="$(prop_of "$f" database.dbname)"
     cdc_answers || continue
@@ -439,6 +558,57 @@ plugin.name=pgoutput
 slot.name=$slot
 publication.name=${slot}_pub
 publication.autocreate.mode=filtered
+decimal.handling.mode=string
+snapshot.mode=initial
+topic.creation.default.replication.factor=1
+topic.creation.default.partitions=$parts
+key.converter=org.apache.kafka.connect.json.JsonConverter
+key.converter.schemas.enable=$schemas
+value.converter=org.apache.kafka.connect.json.JsonConverter
+value.converter.schemas.enable=$schemas
+PROPS
+  local kv; for kv in "${extra[@]}"; do echo "$kv"; done
+}
+
+# --- MySQL source: the Debezium MySQL connector on the scripts/mariadb.sh instance.
+# Its schema history is a file per connector NAME under $CONNECT_STATE_DIR/schema-history
+# (`clean` removes it with the worker), so offsets and history live and go together.
+mysql_source_props() {
+  local name="${1:-}"; shift || true
+  [ -n "$name" ] || die "usage: $0 mysql-source-props NAME --db DB --tables T1,T2 --prefix P [--schemas] [--partitions N] [KEY=VALUE...]"
+  local db="" tables="" prefix="" schemas=false parts=1 extra=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --db) db="$2"; shift 2 ;;
+      --tables) tables="$2"; shift 2 ;;
+      --prefix) prefix="$2"; shift 2 ;;
+      --schemas) schemas=true; shift ;;
+      --partitions) parts="$2"; shift 2 ;;
+      *=*) extra+=("$1"); shift ;;
+      *) die "mysql-source-props: unknown argument $1" ;;
+    esac
+  done
+  [ -n "$db" ] && [ -n "$tables" ] && [ -n "$prefix" ] || die "mysql-source-props needs --db, --tables and --prefix"
+  local t qualified=()
+  IFS=, read -ra t <<<"$tables"
+  for t in "${t[@]}"; do [[ "$t" == *.* ]] && qualified+=("$t") || qualified+=("$db.$t"); done
+  # A replica id of its own per connector (the server is server_id 1).
+  local sid=$((100000 + $(cksum <<<"$name" | cut -d' ' -f1) % 100000))
+  mkdir -p "$STATE_ROOT/schema-history"
+  cat <<PROPS
+name=$name
+connector.class=io.debezium.connector.mysql.MySqlConnector
+tasks.max=1
+database.hostname=127.0.0.1
+database.port=$MARIADB_PORT
+database.user=$MARIADB_USER
+database.password=$MARIADB_PASSWORD
+database.server.id=$sid
+topic.prefix=$prefix
+database.include.list=$db
+table.include.list=$(IFS=,; echo "${qualified[*]}")
+schema.history.internal=io.debezium.storage.file.history.FileSchemaHistory
+schema.history.internal.file.filename=$STATE_ROOT/schema-history/$name.dat
 decimal.handling.mode=string
 snapshot.mode=initial
 topic.creation.default.replication.factor=1
@@ -533,6 +703,8 @@ case "$cmd" in
   log) echo "$(state_of "${1:?NAME}")/connect.log" ;;
   clean) clean "${1:?NAME}" ;;
   source-props) source_props "$@" ;;
+  mysql-source-props) mysql_source_props "$@" ;;
+  fetch-avro-converter) fetch_avro_converter ;;   # opt-in
   jdbc-sink-props) jdbc_sink_props "$@" ;;
   lib) fetch; echo "$LIB" ;;
   plugins) fetch; echo "$PLUGINS" ;;
