@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use kafka_pg_sink::batch::{prepare, PreparedBatch, RowUpsert};
+use kafka_pg_sink::config::route::{Route, RouteSpec};
 use kafka_pg_sink::config::{local_config_path, Config, OnError, Overrides};
+use kafka_pg_sink::event::{prepare, PreparedBatch, RowUpsert};
+use kafka_pg_sink::format::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::format::{wire, SchemaSet};
-use kafka_pg_sink::hash;
-use kafka_pg_sink::message::SourceMessage;
-use kafka_pg_sink::metrics::sum_family;
+use kafka_pg_sink::json::hash;
+use kafka_pg_sink::kafka::message::SourceMessage;
+use kafka_pg_sink::ops::metrics::sum_family;
 use kafka_pg_sink::pipeline::prepare_for_commit;
-use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
-use kafka_pg_sink::route::{Route, RouteSpec};
 use kafka_pg_sink::store::{prefilter, BatchWriter, CommitOutcome, Expected};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -152,7 +152,7 @@ impl Bench {
 
     fn consumer(&self, group: &str) -> anyhow::Result<BaseConsumer> {
         let (cfg, _) = self.config(&self.document_route("unused"), "", group, 0)?;
-        Ok(kafka_pg_sink::kafka::client_config(&cfg).create()?)
+        Ok(kafka_pg_sink::kafka::client::client_config(&cfg).create()?)
     }
 
     fn whole_topic(&self) -> anyhow::Result<TopicPartitionList> {
@@ -369,7 +369,7 @@ async fn prefilter_ceilings(
     // The sink's own statement, as it sends it for a versioned route.
     let mut versioned = route.clone();
     versioned.version = Some("/version".into());
-    versioned.version_pointer = Some(kafka_pg_sink::pointer::JsonPointer::parse("/version"));
+    versioned.version_pointer = Some(kafka_pg_sink::json::pointer::JsonPointer::parse("/version"));
     let cpu = CpuMark::now(None);
     let per_s = filtered_pass(b, conn, &versioned, rows).await?;
     out.insert("dup_filtered_ceiling_rows_per_s", json!(per_s));

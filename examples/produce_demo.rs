@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
+use kafka_pg_sink::format::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::format::{wire, Schema, SchemaType};
-use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
 use num_bigint::BigInt;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;

@@ -9,16 +9,16 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::Assignment;
+use crate::config::fingerprint::{self, SelectedRoute};
+use crate::config::route::{self, Route, RouteSpec};
 use crate::config::Config;
-use crate::consumer;
-use crate::http::{self, HttpState};
-use crate::mapping::{self, SelectedRoute};
-use crate::metrics::Metrics;
+use crate::format::registry::RegistryClient;
+use crate::kafka::assignment::Assignment;
+use crate::kafka::consumer;
+use crate::ops::http::{self, HttpState};
+use crate::ops::metrics::Metrics;
+use crate::pipeline::schemas::Schemas;
 use crate::pipeline::Pipeline;
-use crate::registry::RegistryClient;
-use crate::route::{self, Route, RouteSpec};
-use crate::schemas::Schemas;
 use crate::store::mappings::{canonical_table, MappingGuard};
 use crate::store::{self, BatchWriter};
 
@@ -64,7 +64,7 @@ pub async fn run(
     specs: Vec<RouteSpec>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let routes = mapping::fingerprinted(&cfg, &specs);
+    let routes = fingerprint::fingerprinted(&cfg, &specs);
     run_with(cfg, routes, Metrics::new(), cancel).await
 }
 

@@ -10,13 +10,13 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::{self, ReplayTarget};
 use crate::app;
+use crate::config::route::RouteSpec;
 use crate::config::{Config, Overrides};
+use crate::ops::admin::{self, ReplayTarget};
 use crate::reprocess::rebuild::{self, PromoteOptions, RebuildEnd};
 use crate::reprocess::verify::{self, VerifyOptions};
 use crate::reprocess::Start;
-use crate::route::RouteSpec;
 use crate::supervise::{self, ConfigSource};
 
 #[derive(Debug, Parser)]

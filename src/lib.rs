@@ -18,31 +18,17 @@
 //! * `reprocess` — verify, rebuild, promote, abort
 //! * `cli` — the command line
 
-pub mod admin;
 pub mod app;
-pub mod assignment;
 pub mod backoff;
-pub mod batch;
-pub mod borrowed_json;
 pub mod cli;
-pub mod columns;
 pub mod config;
-pub mod consumer;
-pub mod copy_text;
-pub mod debezium;
+pub mod event;
 pub mod format;
-pub mod hash;
-pub mod http;
+pub mod json;
 pub mod kafka;
-pub mod mapping;
-pub mod message;
-pub mod metrics;
+pub mod ops;
 pub mod pipeline;
-pub mod pointer;
-pub mod registry;
 pub mod reprocess;
-pub mod route;
-pub mod schemas;
 pub mod store;
 pub mod supervise;
 pub mod types;

@@ -23,11 +23,11 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app;
+use crate::config::fingerprint::{self, SelectedRoute};
+use crate::config::route::RouteSpec;
 use crate::config::{Config, Overrides};
-use crate::mapping::{self, SelectedRoute};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::pipeline::PipelineError;
-use crate::route::RouteSpec;
 use crate::store::mappings::{self, canonical_table, MAPPINGS_CHANNEL};
 use crate::store::{self, StoreError};
 
@@ -102,7 +102,7 @@ async fn split_by_promoted(
     let stored = mappings::stored(&pool, &cfg.kafka.group_id).await?;
     let mut conn = pool.acquire().await?;
     let (mut active, mut held) = (Vec::new(), Vec::new());
-    for r in mapping::fingerprinted(cfg, specs) {
+    for r in fingerprint::fingerprinted(cfg, specs) {
         let table = canonical_table(&mut conn, &r.spec.table).await?;
         match table.and_then(|t| stored.get(&t.quoted()).cloned()) {
             Some(promoted) if promoted != r.fingerprint.0 => {

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use kafka_pg_sink::batch::prepare;
-use kafka_pg_sink::message::SourceMessage;
+use kafka_pg_sink::event::prepare;
+use kafka_pg_sink::kafka::message::SourceMessage;
 use kafka_pg_sink::store::{BatchWriter, CommitOutcome, TableCounts};
 use kafka_pg_sink::types::{Offset, TopicPartition};
 use serde_json::json;

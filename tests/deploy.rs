@@ -80,7 +80,7 @@ fn invalid_config_exits_2_naming_the_key() {
 #[test]
 fn rules_and_dashboard_use_real_metric_names() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let exported = kafka_pg_sink::metrics::Metrics::new().family_names();
+    let exported = kafka_pg_sink::ops::metrics::Metrics::new().family_names();
     let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/rules.yml")).unwrap();
     let dash =
         std::fs::read_to_string(format!("{root}/deploy/grafana/kafka-pg-sink.json")).unwrap();

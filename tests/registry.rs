@@ -16,8 +16,10 @@
 use std::collections::HashMap;
 
 use apache_avro::types::Value as A;
+use kafka_pg_sink::format::registry::{
+    RegistryClient, RegistryConfig, RegistryError, SchemaReference,
+};
 use kafka_pg_sink::format::{self, wire, Format, SchemaType};
-use kafka_pg_sink::registry::{RegistryClient, RegistryConfig, RegistryError, SchemaReference};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Value as P};
 use serde_json::json;

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kafka_pg_sink::batch::prepare;
+use kafka_pg_sink::config::fingerprint::Fingerprint;
 use kafka_pg_sink::config::OnError;
-use kafka_pg_sink::mapping::Fingerprint;
-use kafka_pg_sink::message::SourceMessage;
+use kafka_pg_sink::event::prepare;
+use kafka_pg_sink::kafka::message::SourceMessage;
 use kafka_pg_sink::store::mappings::MappingGuard;
 use kafka_pg_sink::store::shadow::{self, PromoteRequest, RebuildSpec};
 use kafka_pg_sink::store::{BatchWriter, CommitOutcome, StoreError};

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use apache_avro::types::Value as A;
 use common::*;
+use kafka_pg_sink::format::registry::{RegistryClient, RegistryConfig};
 use kafka_pg_sink::format::{wire, Format, Schema, SchemaType};
-use kafka_pg_sink::registry::{RegistryClient, RegistryConfig};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Value as P};
 use rand::rngs::StdRng;

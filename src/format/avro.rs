@@ -1062,17 +1062,20 @@ mod tests {
             )]),
         );
         assert_eq!(a, json!({"id": 1, "amount": 123.45}));
-        assert_eq!(crate::hash::hash_value(&a), crate::hash::hash_value(&b));
+        assert_eq!(
+            crate::json::hash::hash_value(&a),
+            crate::json::hash::hash_value(&b)
+        );
         // v2 with the new field null: different decoded value, same hash view.
         assert_ne!(a, c);
         assert_eq!(
-            crate::hash::hash_value(&hash_view(&a)),
-            crate::hash::hash_value(&hash_view(&c))
+            crate::json::hash::hash_value(&hash_view(&a)),
+            crate::json::hash::hash_value(&hash_view(&c))
         );
         // v2 with the new field set: a different event.
         assert_ne!(
-            crate::hash::hash_value(&hash_view(&a)),
-            crate::hash::hash_value(&hash_view(&d))
+            crate::json::hash::hash_value(&hash_view(&a)),
+            crate::json::hash::hash_value(&hash_view(&d))
         );
     }
 
@@ -1166,7 +1169,7 @@ mod tests {
 #[cfg(test)]
 mod hash_vectors {
     use crate::format::{self, Schema, SchemaType};
-    use crate::hash;
+    use crate::json::hash;
 
     #[test]
     fn published_avro_vectors_hold() {

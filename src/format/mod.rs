@@ -44,6 +44,7 @@
 pub mod avro;
 pub mod json_schema;
 pub mod protobuf;
+pub mod registry;
 pub mod wire;
 
 use std::fmt;
@@ -635,7 +636,8 @@ mod throughput {
     #[ignore = "timing; run in release"]
     fn decode_throughput() {
         let (s, avro) = avro_order();
-        let json_text = crate::hash::canonical_string(&decode(Format::Avro, &avro, &s).unwrap());
+        let json_text =
+            crate::json::hash::canonical_string(&decode(Format::Avro, &avro, &s).unwrap());
         let (p, proto) = protobuf_order();
         println!(
             "json: {json_text} ({} bytes), avro {} bytes, protobuf {} bytes",

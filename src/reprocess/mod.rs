@@ -22,9 +22,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
 
+use crate::config::route::Route;
 use crate::config::Config;
-use crate::kafka::{self, client_config, METADATA_TIMEOUT};
-use crate::route::Route;
+use crate::kafka::client::{self, client_config, METADATA_TIMEOUT};
 use crate::store::mappings::canonical_table;
 use crate::types::{Offset, TableName, TopicPartition};
 
@@ -58,8 +58,8 @@ pub fn partition_logs<C>(
     consumer: &BaseConsumer,
     routes: &[Route<C>],
 ) -> anyhow::Result<Vec<PartitionLog>> {
-    let tps = kafka::routed_partitions(consumer, routes).context("fetching Kafka metadata")?;
-    let bounds = kafka::log_bounds(consumer, &tps, METADATA_TIMEOUT)
+    let tps = client::routed_partitions(consumer, routes).context("fetching Kafka metadata")?;
+    let bounds = client::log_bounds(consumer, &tps, METADATA_TIMEOUT)
         .context("listing the partitions' log bounds")?;
     Ok(tps
         .into_iter()

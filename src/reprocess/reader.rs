@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::client_config;
-use crate::message::SourceMessage;
+use crate::kafka::client::client_config;
+use crate::kafka::message::SourceMessage;
 use crate::types::{Offset, TopicPartition};
 
 /// The records of `tp` in `[from, to)`.

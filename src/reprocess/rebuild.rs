@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{existing_table, metadata_client, partition_logs, shadow_beside, PartitionLog};
 use crate::app;
+use crate::config::fingerprint::{self, SelectedRoute};
+use crate::config::route::RouteSpec;
 use crate::config::{Config, OffsetReset};
-use crate::mapping::{self, SelectedRoute};
-use crate::metrics::Metrics;
-use crate::route::RouteSpec;
+use crate::ops::metrics::Metrics;
 use crate::store::mappings::MAPPINGS_CHANNEL;
 use crate::store::shadow::{
     self, PromoteReport, PromoteRequest, RebuildSpec, RebuildState, Registered,
@@ -47,7 +47,7 @@ impl Subject {
         name: &str,
         shadow: &str,
     ) -> anyhow::Result<Subject> {
-        let mut found = mapping::select(cfg, specs, Some(name))?;
+        let mut found = fingerprint::select(cfg, specs, Some(name))?;
         anyhow::ensure!(found.len() == 1, "--route `{name}` names several routes");
         let route = found.remove(0);
         let pool = store::connect(&cfg.postgres).await?;

@@ -33,13 +33,13 @@ use super::reader::{self, Range};
 use super::report::{self, Mode, PartitionRange, RouteReport, VerifyReport};
 use super::{existing_table, metadata_client, partition_logs, shadow_beside, start_offsets};
 use super::{PartitionLog, Start};
-use crate::assignment::Assignment;
-use crate::batch::{self, PreparedBatch};
+use crate::config::fingerprint;
+use crate::config::route::{Route, RouteSpec};
 use crate::config::{Config, OnError};
-use crate::http::{self, HttpState};
-use crate::mapping;
-use crate::metrics::Metrics;
-use crate::route::{Route, RouteSpec};
+use crate::event::{self, PreparedBatch};
+use crate::kafka::assignment::Assignment;
+use crate::ops::http::{self, HttpState};
+use crate::ops::metrics::Metrics;
 use crate::store::compare::{self, Columns};
 use crate::store::shadow::rebuild_group;
 use crate::store::{self, schema, BatchWriter};
@@ -74,7 +74,7 @@ impl Target {
         specs: &[RouteSpec],
         opts: &VerifyOptions,
     ) -> anyhow::Result<Target> {
-        let selected = mapping::select(cfg, specs, opts.route.as_deref())?;
+        let selected = fingerprint::select(cfg, specs, opts.route.as_deref())?;
         let pool = store::connect(&cfg.postgres).await?;
         store::migrate(&pool).await.context("applying migrations")?;
         let mut group = cfg.kafka.group_id.clone();
@@ -318,7 +318,7 @@ async fn fold(
     while let Some(chunk) = rx.recv().await {
         let messages = chunk?;
         let rs = routes.clone();
-        let batch = tokio::task::spawn_blocking(move || batch::prepare(&rs, messages)).await?;
+        let batch = tokio::task::spawn_blocking(move || event::prepare(&rs, messages)).await?;
         let counts = writer.apply_unfenced(conn, &batch).await?;
         record_keys(conn, &batch, plans).await?;
         read += batch.counts.consumed;

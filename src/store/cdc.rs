@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::TableCounts;
-use crate::batch::{RowDelete, RowTruncate};
+use crate::event::{RowDelete, RowTruncate};
 
 /// SQL condition: the row (`key`, `position` expressions) is not refused by a
 /// delete or truncate marker of `target` (a bound text parameter).

@@ -28,10 +28,10 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
-use crate::batch::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
+use crate::config::route::Route;
 use crate::config::OnError;
-use crate::message::{DeadLetter, PoisonReason};
-use crate::route::Route;
+use crate::event::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
+use crate::kafka::message::{DeadLetter, PoisonReason};
 use crate::types::{Expected, TopicPartition};
 
 #[derive(Debug)]

@@ -12,7 +12,7 @@
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
-use crate::route::Route;
+use crate::config::route::Route;
 use crate::types::{quote_ident, RowKey, TableName};
 
 /// Which columns a comparison covers.

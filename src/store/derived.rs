@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgPool, Row};
 
-use crate::columns::ColumnSpec;
+use crate::config::columns::ColumnSpec;
+use crate::config::route::{Evolve, RouteSpec, RowKeySource};
 use crate::format::{self, Schema};
-use crate::route::{Evolve, RouteSpec, RowKeySource};
 use crate::types::quote_ident;
 
 /// Why a schema cannot shape the route's table.

@@ -9,9 +9,9 @@ use sqlx::PgConnection;
 
 use super::stage::{Fresh, Stage};
 use super::TableCounts;
-use crate::batch::{RowDelete, RowUpsert};
-use crate::copy_text;
-use crate::route::Route;
+use crate::config::route::Route;
+use crate::event::copy_text;
+use crate::event::{RowDelete, RowUpsert};
 
 /// Upserts document rows; a re-delivered event (same hash) is a no-op.
 ///

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::mapping::Fingerprint;
+use crate::config::fingerprint::Fingerprint;
 use crate::types::TableName;
 
 /// LISTEN/NOTIFY channel: a promote or abort changed the mappings of the

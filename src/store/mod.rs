@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 
 use crate::config::PostgresConfig;
-use crate::message::DeadLetter;
+use crate::kafka::message::DeadLetter;
 
 pub use crate::types::Expected;
 pub use commit::{BatchWriter, CommitOutcome};

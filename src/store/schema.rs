@@ -2,8 +2,8 @@
 
 use sqlx::{PgPool, Row};
 
-use crate::columns::{ColumnKind, ColumnSpec, SqlType};
-use crate::route::{Route, RouteSpec};
+use crate::config::columns::{ColumnKind, ColumnSpec, SqlType};
+use crate::config::route::{Route, RouteSpec};
 use crate::types::{quote_ident, TableName};
 
 /// Creates the document-shaped table of every route if missing. Serialized by

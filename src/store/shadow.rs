@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::mappings::{canonical_table, MAPPINGS_CHANNEL, RETIRED};
 use super::offsets::REPLAY_CHANNEL;
-use crate::mapping::Fingerprint;
+use crate::config::fingerprint::Fingerprint;
 use crate::types::{Offset, TableName, TopicPartition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

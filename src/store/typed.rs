@@ -9,10 +9,10 @@ use sqlx::PgConnection;
 
 use super::stage::{Fresh, Stage};
 use super::{db_error_text, is_data_error, TableCounts};
-use crate::batch::{RowDelete, RowUpsert};
-use crate::columns::{ColumnMap, ColumnSource, MappedColumn};
-use crate::copy_text;
-use crate::route::Route;
+use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
+use crate::config::route::Route;
+use crate::event::copy_text;
+use crate::event::{RowDelete, RowUpsert};
 
 fn joined<'a>(
     cols: impl Iterator<Item = &'a MappedColumn>,

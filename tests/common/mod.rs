@@ -616,7 +616,7 @@ pub fn orders_position(expected: Option<i64>, last: i64) -> Vec<kafka_pg_sink::s
 /// Commits a prepared batch (tests that call the store directly).
 pub async fn commit(
     writer: &BatchWriter,
-    batch: &kafka_pg_sink::batch::PreparedBatch,
+    batch: &kafka_pg_sink::event::PreparedBatch,
     expected: &[kafka_pg_sink::store::Expected],
 ) -> kafka_pg_sink::store::CommitOutcome {
     writer.commit(batch, expected).await.unwrap()
@@ -739,12 +739,12 @@ where
 
 /// Sum of a metric family in Prometheus text.
 pub fn metric(text: &str, name: &str) -> f64 {
-    kafka_pg_sink::metrics::sum_family(text, name)
+    kafka_pg_sink::ops::metrics::sum_family(text, name)
 }
 
 /// consumed = inserted + updated + deleted + duplicates + dead letters + skipped.
 pub fn assert_metrics_identity(text: &str) {
-    let (consumed, outcomes) = kafka_pg_sink::metrics::identity(text);
+    let (consumed, outcomes) = kafka_pg_sink::ops::metrics::identity(text);
     assert_eq!(consumed, outcomes, "metrics identity broken:\n{text}");
 }
 

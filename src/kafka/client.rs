@@ -8,8 +8,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::TopicPartitionList;
 
+use crate::config::route::Route;
 use crate::config::Config;
-use crate::route::Route;
 use crate::types::TopicPartition;
 
 /// Timeout of one metadata or watermark request.

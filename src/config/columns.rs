@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::copy_text;
-use crate::hash;
-use crate::message::{text_of_bytes, PoisonReason, SourceMessage};
-use crate::pointer::JsonPointer;
+use crate::event::copy_text;
+use crate::json::hash;
+use crate::json::pointer::JsonPointer;
+use crate::kafka::message::{text_of_bytes, PoisonReason, SourceMessage};
 use crate::types::{quote_ident, EventHash, RowKey};
 
 /// Where a column's value comes from.
@@ -115,7 +115,7 @@ impl std::fmt::Display for SqlType {
     }
 }
 
-pub use crate::copy_text::ColumnKind;
+pub use crate::event::copy_text::ColumnKind;
 
 /// A mapped column. `T` is its SQL type: `()` while only the configuration is
 /// known ([`ColumnSpec`]), [`SqlType`] once read from the catalog

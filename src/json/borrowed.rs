@@ -21,7 +21,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
-use crate::hash::{self, JsonKind, JsonTree};
+use crate::json::hash::{self, JsonKind, JsonTree};
 
 /// serde_json (`arbitrary_precision`) hands a number it keeps as text to a
 /// visitor as a one-member map under this name; `Value` reads it the same way.
@@ -239,7 +239,7 @@ impl<'de> Visitor<'de> for TreeVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pointer::JsonPointer;
+    use crate::json::pointer::JsonPointer;
     use proptest::prelude::*;
     use serde_json::Value;
 
@@ -289,7 +289,7 @@ mod tests {
             exclude: Vec<String>,
         }
         let vectors: Vec<Vector> =
-            serde_json::from_str(include_str!("../docs/hash-vectors.json")).unwrap();
+            serde_json::from_str(include_str!("../../docs/hash-vectors.json")).unwrap();
         let mut compared = 0;
         for v in vectors.iter().filter(|v| v.exclude.is_empty()) {
             assert_same(&v.input, &["", "/a", "/id", "/0"]);

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::hash::{JsonKind, JsonTree};
+use crate::json::hash::{JsonKind, JsonTree};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct JsonPointer {

@@ -19,6 +19,8 @@
 //!   what happened (committed / not applied / fenced) and act on that;
 //! * poison with `on_error = "stop"` or a fatal DB error → stop with an error.
 
+pub mod schemas;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,17 +29,17 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{Assignment, Claim, Envelope, Generation, Polled};
 use crate::backoff::Backoff;
-use crate::batch::{self, PreparedBatch};
+use crate::config::route::Route;
 use crate::config::{Config, OnError, OutOfRangePolicy};
-use crate::consumer::Command;
+use crate::event::{self, PreparedBatch};
 use crate::format::SchemaSet;
-use crate::message::DeadLetter;
-use crate::message::SourceMessage;
-use crate::metrics::Metrics;
-use crate::route::Route;
-use crate::schemas::{Schemas, SchemasError};
+use crate::kafka::assignment::{Assignment, Claim, Envelope, Generation, Polled};
+use crate::kafka::consumer::Command;
+use crate::kafka::message::DeadLetter;
+use crate::kafka::message::SourceMessage;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
 use crate::store::{self, BatchWriter, CommitOutcome, StoreError, TableCounts};
@@ -716,7 +718,7 @@ pub fn prepare_for_commit(
     schemas: &SchemaSet,
     duplicate_heavy: &[bool],
 ) -> PreparedBatch {
-    let mut b = batch::prepare_with(routes, messages, schemas);
+    let mut b = event::prepare_with(routes, messages, schemas);
     for ((w, route), heavy) in b.writes.iter_mut().zip(routes).zip(duplicate_heavy) {
         w.upserts_copy = store::encode_upserts(route, &w.upserts, *heavy);
     }

@@ -20,7 +20,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::batch::BatchCounts;
+use crate::event::BatchCounts;
 use crate::store::TableCounts;
 use crate::types::TopicPartition;
 

@@ -16,11 +16,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::config::route::{Evolve, Route, RouteSpec, TopicMatcher};
+use crate::format::registry::{RegistryClient, RegistryError};
 use crate::format::{self, Schema, SchemaSet, Unusable};
-use crate::message::SourceMessage;
-use crate::metrics::Metrics;
-use crate::registry::{RegistryClient, RegistryError};
-use crate::route::{Evolve, Route, RouteSpec, TopicMatcher};
+use crate::kafka::message::SourceMessage;
+use crate::ops::metrics::Metrics;
 use crate::store::derived::{self, DerivedError};
 use crate::store::schema::{resolve_routes, SchemaError};
 use crate::store::BatchWriter;

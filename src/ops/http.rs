@@ -10,8 +10,8 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::Assignment;
-use crate::metrics::Metrics;
+use crate::kafka::assignment::Assignment;
+use crate::ops::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::message::SourceMessage;
+use crate::kafka::message::SourceMessage;
 use crate::types::{Expected, Offset, TopicPartition};
 
 /// Ownership epoch of one partition in this process.

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::columns::{ColumnMap, ColumnSpec};
+use crate::config::columns::{ColumnMap, ColumnSpec};
 use crate::format::Format;
-use crate::pointer::JsonPointer;
+use crate::json::pointer::JsonPointer;
 use crate::types::TableName;
 
 /// How the row key is derived: `"/pointer"`, `["/a", "/b"]`, `"@kafka_key"`

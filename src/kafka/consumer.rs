@@ -21,13 +21,13 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::backoff::Backoff;
+use crate::config::route::{self, Route};
 use crate::config::{Config, OffsetReset};
-use crate::kafka;
-use crate::message::SourceMessage;
-use crate::metrics::Metrics;
-use crate::route::{self, Route};
+use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
+use crate::kafka::client;
+use crate::kafka::message::SourceMessage;
+use crate::ops::metrics::Metrics;
 use crate::store::offsets;
 use crate::types::{Offset, TopicPartition};
 
@@ -189,7 +189,8 @@ pub fn spawn(
         rt: tokio::runtime::Handle::current(),
         cancel: cancel.clone(),
     };
-    let consumer: BaseConsumer<SinkContext> = kafka::client_config(cfg).create_with_context(ctx)?;
+    let consumer: BaseConsumer<SinkContext> =
+        client::client_config(cfg).create_with_context(ctx)?;
     let subscriptions = route::subscriptions(routes);
     let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     consumer.subscribe(&subs)?;
@@ -562,7 +563,7 @@ impl Poller {
             let (Some(position), Some(generation)) = (planned, self.assignment.stamp(&tp)) else {
                 continue;
             };
-            let Ok((low, high)) = kafka::watermarks(&self.consumer, &tp, kafka::METADATA_TIMEOUT)
+            let Ok((low, high)) = client::watermarks(&self.consumer, &tp, client::METADATA_TIMEOUT)
             else {
                 continue;
             };
@@ -620,7 +621,7 @@ impl Poller {
     fn update_lag(&self) {
         for (tp, planned) in self.assignment.positions() {
             if let Ok((low, high)) =
-                kafka::watermarks(&self.consumer, &tp, Duration::from_millis(500))
+                client::watermarks(&self.consumer, &tp, Duration::from_millis(500))
             {
                 let pos = planned.map(|o| o.0).unwrap_or(low);
                 self.metrics.set_lag(&tp, (high - pos).max(0));

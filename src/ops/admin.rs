@@ -6,9 +6,9 @@ use rdkafka::TopicPartitionList;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::config::route::Route;
 use crate::config::Config;
-use crate::kafka::{self, client_config, METADATA_TIMEOUT as TIMEOUT};
-use crate::route::Route;
+use crate::kafka::client::{self, client_config, METADATA_TIMEOUT as TIMEOUT};
 use crate::store::offsets;
 use crate::types::{Offset, TopicPartition};
 
@@ -30,7 +30,7 @@ fn routed_partitions(
     consumer: &BaseConsumer,
     routes: &[Route],
 ) -> anyhow::Result<Vec<TopicPartition>> {
-    kafka::routed_partitions(consumer, routes).context("fetching Kafka metadata")
+    client::routed_partitions(consumer, routes).context("fetching Kafka metadata")
 }
 
 pub async fn show(
@@ -86,7 +86,7 @@ pub fn render_table(rows: &[PartitionStatus]) -> String {
 
 /// `(low, high)` of each of `tps`, in order.
 fn log_bounds(consumer: &BaseConsumer, tps: &[TopicPartition]) -> anyhow::Result<Vec<(i64, i64)>> {
-    kafka::log_bounds(consumer, tps, TIMEOUT).context("listing the partitions' log bounds")
+    client::log_bounds(consumer, tps, TIMEOUT).context("listing the partitions' log bounds")
 }
 
 #[derive(Clone, Debug)]

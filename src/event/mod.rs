@@ -22,6 +22,9 @@
 //! Two rounds are exactly equivalent to applying every message in turn
 //! (property test `fold_model` below).
 
+pub mod copy_text;
+pub mod debezium;
+
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
@@ -30,14 +33,14 @@ use rustc_hash::FxBuildHasher;
 
 use serde_json::Value;
 
-use crate::borrowed_json::BorrowedJson;
-use crate::columns::EventView;
-use crate::debezium::{self, Change, Op};
+use crate::config::columns::EventView;
+use crate::config::route::{Route, RowKeySource, TombstonePolicy, TruncatePolicy};
+use crate::event::debezium::{Change, Op};
 use crate::format::{self, SchemaSet};
-use crate::hash::{self, JsonKind, JsonTree};
-use crate::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
-use crate::pointer::JsonPointer;
-use crate::route::{Route, RowKeySource, TombstonePolicy, TruncatePolicy};
+use crate::json::borrowed::BorrowedJson;
+use crate::json::hash::{self, JsonKind, JsonTree};
+use crate::json::pointer::JsonPointer;
+use crate::kafka::message::{text_of_bytes, DeadLetter, PoisonReason, SourceMessage};
 use crate::types::{EventHash, Offset, RowKey, TopicPartition};
 
 /// A row to upsert into a route's table.

@@ -12,9 +12,9 @@
 
 use std::fmt;
 
+use crate::config::route::{RouteConfig, RouteSpec};
 use crate::config::Config;
-use crate::hash;
-use crate::route::{RouteConfig, RouteSpec};
+use crate::json::hash;
 use crate::types::TableName;
 
 /// Identity of a route's mapping (hex SHA-256, see module docs).

@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn vectors() -> Vec<Vector> {
-        serde_json::from_str(include_str!("../docs/hash-vectors.json")).unwrap()
+        serde_json::from_str(include_str!("../../docs/hash-vectors.json")).unwrap()
     }
 
     #[test]

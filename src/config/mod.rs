@@ -5,6 +5,10 @@
 //! anywhere (exit code 2). Routes come out validated as [`RouteSpec`]s; the
 //! database completes them at startup (`store::schema::resolve_routes`).
 
+pub mod columns;
+pub mod fingerprint;
+pub mod route;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::route::{self, RouteConfig, RouteSpec};
+use crate::config::route::{RouteConfig, RouteSpec};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -78,18 +82,18 @@ impl fmt::Debug for RegistrySection {
 
 impl RegistrySection {
     /// The client configuration, with the password read from its file.
-    pub fn client_config(&self) -> Result<crate::registry::RegistryConfig, String> {
-        let mut c = crate::registry::RegistryConfig::new(&self.url);
+    pub fn client_config(&self) -> Result<crate::format::registry::RegistryConfig, String> {
+        let mut c = crate::format::registry::RegistryConfig::new(&self.url);
         c.username = self.username.clone();
         c.password = match (&self.password, &self.password_file) {
             (_, Some(f)) => {
                 let pw = std::fs::read_to_string(f)
                     .map_err(|e| format!("schema_registry.password_file {f}: {e}"))?;
-                Some(crate::registry::Secret::new(
+                Some(crate::format::registry::Secret::new(
                     pw.trim_end_matches(['\n', '\r']),
                 ))
             }
-            (Some(p), None) => Some(crate::registry::Secret::new(p.clone())),
+            (Some(p), None) => Some(crate::format::registry::Secret::new(p.clone())),
             (None, None) => None,
         };
         c.ca_file = self.ca_file.as_ref().map(Into::into);
@@ -539,7 +543,7 @@ fn parse(s: &str) -> Result<(Config, Vec<RouteSpec>), ConfigError> {
 /// configuration, with every typed column of SQL type `text` (unit tests of
 /// the pure modules).
 #[cfg(test)]
-pub fn test_routes(route: &str) -> Result<Vec<crate::route::Route>, ConfigError> {
+pub fn test_routes(route: &str) -> Result<Vec<crate::config::route::Route>, ConfigError> {
     let overrides = Overrides {
         toml: vec![format!("[[route]]\n{route}\n")],
         ..Default::default()
@@ -550,9 +554,9 @@ pub fn test_routes(route: &str) -> Result<Vec<crate::route::Route>, ConfigError>
         .map(|r| {
             r.map_columns(|c| {
                 c.resolve(|_| {
-                    Some(crate::columns::SqlType::new(
+                    Some(crate::config::columns::SqlType::new(
                         "text",
-                        crate::columns::ColumnKind::Scalar,
+                        crate::config::columns::ColumnKind::Scalar,
                     ))
                 })
             })
@@ -615,8 +619,8 @@ pub fn redact_url(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pointer::JsonPointer;
-    use crate::route::RowKeySource;
+    use crate::config::route::RowKeySource;
+    use crate::json::pointer::JsonPointer;
 
     const GOOD: &str = r#"
         [kafka]
