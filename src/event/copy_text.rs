@@ -12,21 +12,7 @@
 
 use serde_json::Value;
 
-/// How a JSON value becomes the column's text input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColumnKind {
-    /// Text input of the type: strings as they are, numbers and booleans as
-    /// their JSON text, objects and arrays as JSON text.
-    Scalar,
-    /// `json`/`jsonb` (or a domain over them): the value's JSON text.
-    Json,
-    /// An array type: a JSON array becomes an array literal.
-    Array,
-    /// Composite types (or arrays of them): JSON objects map to fields by
-    /// name, which only Postgres's `jsonb_to_record` does; such routes are
-    /// converted server side.
-    Structured,
-}
+pub use crate::config::columns::ColumnKind;
 
 /// COPY's NULL.
 pub const NULL: &str = "\\N";

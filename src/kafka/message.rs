@@ -53,6 +53,9 @@ impl PoisonReason {
     }
 }
 
+/// Why a message cannot be applied, and the error text naming what is wrong.
+pub type Poison = (PoisonReason, String);
+
 /// A message stored in `sink_dead_letters` instead of being applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeadLetter {

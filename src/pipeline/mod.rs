@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::route::Route;
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::event::{self, PreparedBatch};
 use crate::format::SchemaSet;
@@ -42,7 +41,7 @@ use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::{Schemas, SchemasError};
 use crate::store::commit::{resolve, Resolution};
 use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
-use crate::store::{self, BatchWriter, CommitOutcome, StoreError, TableCounts};
+use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
 use crate::types::{Expected, Offset, TopicPartition};
 
 /// What one commit attempt found.
@@ -401,7 +400,7 @@ impl Pipeline {
             .map(|(lane, messages, claim)| {
                 let (routes, schemas, heavy) = (routes.clone(), schemas.clone(), heavy.clone());
                 let job = tokio::task::spawn_blocking(move || {
-                    prepare_for_commit(&routes, messages, &schemas, &heavy)
+                    event::prepare_for_commit(&routes, messages, &schemas, &heavy)
                 });
                 (lane, claim, job)
             })
@@ -705,24 +704,6 @@ fn next_batch(buf: &mut Vec<Envelope>, max: usize) -> Vec<Envelope> {
         rest.extend(buf.drain(max..));
     }
     std::mem::replace(buf, rest)
-}
-
-/// Prepares a batch as the committer takes it: parsed, hashed and folded
-/// (`batch::prepare_with`), and each document route's upserts encoded for
-/// COPY unless the route's last batch was mostly no-ops
-/// (`duplicate_heavy[i]`, `store::encode_upserts`). Public so the bench
-/// times commits of batches prepared exactly this way.
-pub fn prepare_for_commit(
-    routes: &[Route],
-    messages: Vec<SourceMessage>,
-    schemas: &SchemaSet,
-    duplicate_heavy: &[bool],
-) -> PreparedBatch {
-    let mut b = event::prepare_with(routes, messages, schemas);
-    for ((w, route), heavy) in b.writes.iter_mut().zip(routes).zip(duplicate_heavy) {
-        w.upserts_copy = store::encode_upserts(route, &w.upserts, *heavy);
-    }
-    b
 }
 
 /// The commit lane of a partition: stable, and consecutive partitions of a

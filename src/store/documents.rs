@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use super::stage::{Fresh, Stage};
 use super::TableCounts;
 use crate::config::route::Route;
-use crate::event::copy_text;
+use crate::event::encode;
 use crate::event::{RowDelete, RowUpsert};
 
 /// Upserts document rows; a re-delivered event (same hash) is a no-op.
@@ -47,7 +47,7 @@ pub(super) async fn upsert(
         let data = match copy {
             Some(data) if kept.len() == rows.len() => data,
             _ => {
-                encoded = copy_data(&kept);
+                encoded = encode::document_rows(&kept);
                 &encoded
             }
         };
@@ -163,44 +163,6 @@ pub(super) fn stage() -> Stage {
     )
 }
 
-/// The COPY text of a document route's upserts, encoded while the batch
-/// before it commits (`pipeline`), unless the route's last batch was mostly
-/// no-ops: the pre-filter would then leave most of it unsent.
-pub fn encode_upserts(route: &Route, rows: &[RowUpsert], duplicate_heavy: bool) -> Option<Vec<u8>> {
-    let encode = route.columns.is_none() && !duplicate_heavy && !rows.is_empty();
-    encode.then(|| copy_data(&rows.iter().collect::<Vec<_>>()))
-}
-
-fn copy_data(rows: &[&RowUpsert]) -> Vec<u8> {
-    let size: usize = rows
-        .iter()
-        .map(|r| r.payload.len() + r.key.0.len() + 120)
-        .sum();
-    let mut out = String::with_capacity(size);
-    let mut hash = [0u8; 64];
-    for r in rows {
-        copy_text::push_escaped(&mut out, &r.key.0);
-        out.push_str("\t\\\\x");
-        hex::encode_to_slice(r.hash.0, &mut hash).expect("64 hex digits");
-        out.push_str(std::str::from_utf8(&hash).expect("hex is ASCII"));
-        out.push('\t');
-        copy_text::push_escaped(&mut out, &r.payload);
-        out.push('\t');
-        match r.version {
-            Some(v) => copy_text::push_int(&mut out, v),
-            None => out.push_str(copy_text::NULL),
-        }
-        out.push('\t');
-        copy_text::push_escaped(&mut out, &r.tp.topic);
-        out.push('\t');
-        copy_text::push_int(&mut out, r.tp.partition.into());
-        out.push('\t');
-        copy_text::push_int(&mut out, r.offset.0);
-        out.push('\n');
-    }
-    out.into_bytes()
-}
-
 fn upsert_sql(route: &Route) -> String {
     let t = route.table.quoted();
     let stored = |col: &str, alias: &str| stored_of(route, col, alias);
@@ -278,48 +240,4 @@ pub(super) async fn delete(
         .execute(&mut *conn)
         .await?;
     Ok(TableCounts::of_deletes(keys.len(), r.rows_affected()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::test_routes;
-    use crate::types::{EventHash, Offset, RowKey, TopicPartition};
-
-    fn row(key: &str, payload: &str) -> RowUpsert {
-        RowUpsert {
-            key: RowKey(key.into()),
-            hash: EventHash([0xab; 32]),
-            payload: payload.into(),
-            row: None,
-            version: Some(2),
-            tp: TopicPartition::new("t", 1),
-            offset: Offset(7),
-        }
-    }
-
-    #[test]
-    fn upserts_are_encoded_ahead_only_for_document_routes_not_filtering() {
-        let document = &test_routes("topic = \"t\"\ntable = \"d\"\nkey = \"/id\"").unwrap()[0];
-        let typed =
-            &test_routes("topic = \"t\"\ntable = \"t\"\nkey = \"id\"\ncolumns = { id = \"/id\" }")
-                .unwrap()[0];
-        let rows = [row("a", r#"{"id":"a","t":"x\ty"}"#), row("b\\", "{}")];
-        let encoded = encode_upserts(document, &rows, false).expect("encoded");
-        let hash = "ab".repeat(32);
-        assert_eq!(
-            String::from_utf8(encoded).unwrap(),
-            format!(
-                "a\t\\\\x{hash}\t{{\"id\":\"a\",\"t\":\"x\\\\ty\"}}\t2\tt\t1\t7\n\
-                 b\\\\\t\\\\x{hash}\t{{}}\t2\tt\t1\t7\n"
-            )
-        );
-        assert_eq!(encode_upserts(document, &rows, true), None, "pre-filtered");
-        assert_eq!(encode_upserts(document, &[], false), None);
-        assert_eq!(
-            encode_upserts(typed, &rows, false),
-            None,
-            "typed rows carry their line"
-        );
-    }
 }

@@ -26,7 +26,7 @@ use crate::kafka::message::DeadLetter;
 
 pub use crate::types::Expected;
 pub use commit::{BatchWriter, CommitOutcome};
-pub use documents::{encode_upserts, prefilter};
+pub use documents::prefilter;
 
 /// Errors of the store, classified so callers can decide to retry.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use super::stage::{Fresh, Stage};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
 use crate::config::route::Route;
-use crate::event::copy_text;
+use crate::event::{copy_text, encode};
 use crate::event::{RowDelete, RowUpsert};
 
 fn joined<'a>(
@@ -58,7 +58,7 @@ pub(super) async fn upsert(
     let t = route.table.quoted();
     let sql = upsert_sql(route, map);
     if let Some(stage) = stage_of(route, map) {
-        let data = copy_data(route, rows);
+        let data = encode::typed_rows(route, rows);
         stage.fill(conn, fresh, &data).await?;
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
@@ -96,27 +96,6 @@ pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Option<Stage> {
         cols.push_str(", kpgs_key text, kpgs_position bigint");
     }
     Some(Stage::new(cols))
-}
-
-/// The COPY text of `rows`: each row's line, plus key and position for
-/// change events.
-fn copy_data(route: &Route, rows: &[RowUpsert]) -> Vec<u8> {
-    let size: usize = rows
-        .iter()
-        .map(|r| r.row.as_ref().map_or(0, String::len) + 24)
-        .sum();
-    let mut out = String::with_capacity(size);
-    for r in rows {
-        out.push_str(r.row.as_deref().unwrap_or_default());
-        if route.is_cdc() {
-            out.push('\t');
-            copy_text::push_escaped(&mut out, &r.key.0);
-            out.push('\t');
-            copy_text::push_int(&mut out, r.version.unwrap_or(i64::MIN));
-        }
-        out.push('\n');
-    }
-    out.into_bytes()
 }
 
 /// The upsert statement: the rows (staged, or converted by
