@@ -2,12 +2,14 @@
 //!
 //! Messages arrive from the consumer thread; a batch closes at
 //! `batch.max_messages` or `batch.max_wait` after its first message; it is
-//! prepared (pure, `batch.rs`) and committed in one transaction with its
-//! offsets (`store::commit`). While a batch commits, the consumer thread keeps
-//! fetching into the bounded channel, and the next batch is prepared, so
-//! fetching, preparing and writing overlap.
+//! prepared (the pure stages of `event`) and committed in one transaction
+//! with its offsets (`commit.rs` here, `store::commit` in the database).
+//! While a batch commits, the consumer thread keeps fetching into the
+//! bounded channel, and the next batch is prepared, so fetching, preparing
+//! and writing overlap. Writer schemas and the tables that follow them are
+//! brought up to date before a batch is prepared (`schemas.rs`).
 //!
-//! Failure handling:
+//! Failure handling (`commit.rs`, `resync.rs`):
 //! * fenced batch → nothing was written; re-read the stored positions of the
 //!   batch's partitions and seek there (zombie or replay);
 //! * database connection lost (restart, failover) → once it answers again,
@@ -19,45 +21,28 @@
 //!   what happened (committed / not applied / fenced) and act on that;
 //! * poison with `on_error = "stop"` or a fatal DB error → stop with an error.
 
+mod commit;
+mod resync;
 pub mod schemas;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::event::{self, PreparedBatch};
 use crate::format::SchemaSet;
-use crate::kafka::assignment::{Assignment, Claim, Envelope, Generation, Polled};
+use crate::kafka::assignment::{Assignment, Claim, Envelope};
 use crate::kafka::consumer::Command;
 use crate::kafka::message::DeadLetter;
 use crate::kafka::message::SourceMessage;
 use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::{Schemas, SchemasError};
-use crate::store::commit::{resolve, Resolution};
-use crate::store::offsets::{self, OffsetReset, REPLAY_CHANNEL};
-use crate::store::{BatchWriter, CommitOutcome, StoreError, TableCounts};
+use crate::store::{BatchWriter, StoreError};
 use crate::types::{Expected, Offset, TopicPartition};
-
-/// What one commit attempt found.
-enum Attempt {
-    Done(CommitOutcome),
-    /// An earlier attempt whose outcome was unknown had committed.
-    AlreadyCommitted,
-}
-
-/// The LISTEN connection, and the re-read of positions it may owe after the
-/// connection was lost (at most one attempt per RESYNC_RETRY).
-struct Watch {
-    listener: Option<PgListener>,
-    resync_at: Option<tokio::time::Instant>,
-    last_resync: Option<tokio::time::Instant>,
-}
+use resync::{recv_notification, Watch};
 
 /// A prepared batch on its way to the committer.
 struct Prepared {
@@ -300,69 +285,6 @@ impl Pipeline {
         }
     }
 
-    /// A replay notice re-reads the group's positions; a lost connection
-    /// schedules a re-read for when the database answers again.
-    async fn on_notice(&self, watch: &mut Watch, n: Notice) {
-        match n {
-            Notice::Offsets(group) if group == self.group() => {
-                tracing::info!("offsets rewritten (replay): re-reading positions");
-                self.resync_all().await;
-            }
-            Notice::Offsets(_) => {}
-            Notice::Lost => {
-                tracing::warn!(
-                    "database connection lost: re-reading stored positions once it answers \
-                     (a failover may have moved them back)"
-                );
-                watch.listener = None;
-                let now = tokio::time::Instant::now();
-                watch.resync_at =
-                    Some(watch.last_resync.map_or(now, |t| now.max(t + RESYNC_RETRY)));
-            }
-        }
-    }
-
-    /// The re-read after a lost connection: LISTEN again, then positions;
-    /// tried again after RESYNC_RETRY while the database does not answer.
-    async fn resync_due(&self, watch: &mut Watch) {
-        let now = tokio::time::Instant::now();
-        watch.last_resync = Some(now);
-        let done = self.relisten_and_resync(&mut watch.listener).await;
-        watch.resync_at = (!done).then_some(now + RESYNC_RETRY);
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        self.try_listen()
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "LISTEN failed; replays are noticed at the next fence")
-            })
-            .ok()
-    }
-
-    /// A LISTEN connection that reports a lost connection at once (instead
-    /// of reconnecting first, which a cancelled `select!` branch could cut
-    /// short, losing the report).
-    async fn try_listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut l = PgListener::connect_with(self.writer.pool()).await?;
-        l.eager_reconnect(false);
-        l.listen(REPLAY_CHANNEL).await?;
-        Ok(l)
-    }
-
-    /// After a lost connection: LISTEN again, then re-read every position
-    /// (in this order, so a replay committed after the read is notified).
-    /// False while the database does not answer.
-    async fn relisten_and_resync(&self, listener: &mut Option<PgListener>) -> bool {
-        if listener.is_none() {
-            match self.try_listen().await {
-                Ok(l) => *listener = Some(l),
-                Err(_) => return false,
-            }
-        }
-        self.resync_all().await
-    }
-
     /// Admits the buffered messages still owned and current and prepares a
     /// batch per commit lane (partitions always map to the same lane, so
     /// each partition's batches commit in order).
@@ -430,33 +352,6 @@ impl Pipeline {
         lanes
     }
 
-    /// Acts on out-of-range reports; returns the other envelopes.
-    async fn handle_out_of_range(&self, envs: Vec<Envelope>) -> Vec<Envelope> {
-        if !envs
-            .iter()
-            .any(|e| matches!(e.item, Polled::OutOfRange { .. }))
-        {
-            return envs;
-        }
-        let (out_of_range, envs): (Vec<Envelope>, Vec<Envelope>) = envs
-            .into_iter()
-            .partition(|e| matches!(e.item, Polled::OutOfRange { .. }));
-        for e in out_of_range {
-            if let Polled::OutOfRange {
-                tp,
-                position,
-                low,
-                high,
-            } = e.item
-            {
-                let reset = OffsetReset::plan(&tp, position, low, high, self.out_of_range);
-                self.on_out_of_range(&tp, e.generation, reset, (position, low, high))
-                    .await;
-            }
-        }
-        envs
-    }
-
     /// A prepared batch becomes the committer's: its expected positions, and
     /// the next batch plans from its end.
     fn hand_over(&self, batch: PreparedBatch, claim: Claim) -> Result<Prepared, PipelineError> {
@@ -493,205 +388,6 @@ impl Pipeline {
             .await?;
         Ok(Some(set))
     }
-
-    async fn commit_with_retry(
-        &self,
-        batch: &PreparedBatch,
-        expected: &[Expected],
-    ) -> Result<(), PipelineError> {
-        let mut backoff = Backoff::database();
-        loop {
-            let started = Instant::now();
-            let result = if backoff.attempts() == 0 {
-                self.writer.commit(batch, expected).await.map(Attempt::Done)
-            } else {
-                self.retry_after_unknown_outcome(batch, expected).await
-            };
-            match result {
-                Ok(Attempt::AlreadyCommitted) => {
-                    tracing::warn!("previous attempt had committed (outcome was unknown)");
-                    // Counts per row are unknowable; the messages still count once.
-                    self.metrics
-                        .skipped
-                        .with_label_values(&["outcome_unknown"])
-                        .inc_by(batch.message_count());
-                    self.metrics.messages_consumed.inc_by(batch.message_count());
-                    self.after_commit(expected);
-                    return Ok(());
-                }
-                Ok(Attempt::Done(CommitOutcome::Committed(counts))) => {
-                    self.record(batch, &counts, started.elapsed().as_secs_f64());
-                    self.after_commit(expected);
-                    return Ok(());
-                }
-                Ok(Attempt::Done(CommitOutcome::Fenced(tps))) => {
-                    self.on_fenced(&tps, expected, started).await;
-                    return Ok(());
-                }
-                Ok(Attempt::Done(CommitOutcome::Poison(d))) => return Err(d.into()),
-                Err(StoreError::Transient(e)) => {
-                    self.metrics.db_retries.inc();
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The previous attempt failed with an unknown outcome: the stored
-    /// offsets tell whether it committed, and only if it did not is the batch
-    /// written again.
-    async fn retry_after_unknown_outcome(
-        &self,
-        batch: &PreparedBatch,
-        expected: &[Expected],
-    ) -> Result<Attempt, StoreError> {
-        Ok(
-            match resolve(self.writer.pool(), self.group(), expected).await? {
-                Resolution::Committed => Attempt::AlreadyCommitted,
-                Resolution::Fenced(tps) => Attempt::Done(CommitOutcome::Fenced(tps)),
-                Resolution::NotApplied => Attempt::Done(self.writer.commit(batch, expected).await?),
-            },
-        )
-    }
-
-    /// A partition's position is outside its log. Policy `fail` stops the
-    /// partition (loudly); `earliest`/`latest` move the stored position, with
-    /// the move and the records never read recorded in the same transaction,
-    /// then seek there.
-    async fn on_out_of_range(
-        &self,
-        tp: &TopicPartition,
-        generation: Generation,
-        reset: Option<OffsetReset>,
-        (position, low, high): (Offset, Offset, Offset),
-    ) {
-        self.metrics
-            .out_of_range
-            .with_label_values(&[self.out_of_range.as_str()])
-            .inc();
-        let Some(reset) = reset else {
-            if self.assignment.stall(tp, generation) {
-                self.metrics.set_stalled(tp, true);
-                tracing::error!(
-                    %tp, %position, log_start = %low, log_end = %high,
-                    "stored position is outside the partition's log (retention deleted unread records, \
-                     or the topic was recreated); partition stopped (kafka.on_offset_out_of_range = \"fail\"). \
-                     Move it with `kafka-pg-sink replay --topic {} --partition {} --to-earliest` (or --to-offset)",
-                    tp.topic, tp.partition
-                );
-            }
-            return;
-        };
-        let mut backoff = Backoff::database();
-        loop {
-            if !self.assignment.is_current(tp, generation) {
-                return; // a seek or a rebalance came first
-            }
-            let planned = self.assignment.planned(tp).flatten();
-            match offsets::reset(self.writer.pool(), self.group(), planned, &reset).await {
-                Ok(moved) => {
-                    if moved {
-                        self.metrics.count_lost(tp, reset.lost);
-                        tracing::warn!(
-                            %tp, from = %reset.from, to = %reset.to, log_start = %low, log_end = %high,
-                            lost = reset.lost, policy = reset.policy,
-                            "stored position was outside the partition's log; moved (recorded in sink_offset_resets)"
-                        );
-                    }
-                    self.resync(std::slice::from_ref(tp)).await;
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.db_retries.inc();
-                    tracing::warn!(error = %e, "recording the offset reset failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-
-    async fn on_fenced(&self, tps: &[TopicPartition], expected: &[Expected], started: Instant) {
-        self.metrics.fenced_batches.inc();
-        self.metrics
-            .commit_duration
-            .with_label_values(&["fenced"])
-            .observe(started.elapsed().as_secs_f64());
-        tracing::warn!(partitions = ?tps, "batch fenced: another owner or a replay moved the offsets; re-reading");
-        let all: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
-        self.resync(&all).await;
-    }
-
-    fn record(&self, batch: &PreparedBatch, counts: &TableCounts, seconds: f64) {
-        let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
-        // A row the database rejected was counted nowhere else.
-        for d in batch.dead_letters.iter().chain(&counts.rejected) {
-            *dead.entry(d.reason.as_str()).or_default() += 1;
-        }
-        let dead: Vec<(&'static str, u64)> = dead.into_iter().collect();
-        self.metrics
-            .record_batch(&batch.counts, counts, &dead, seconds);
-    }
-
-    fn after_commit(&self, expected: &[Expected]) {
-        // Positions already advanced when the batch was prepared.
-        for e in expected {
-            self.metrics.set_stored_offset(&e.tp, e.new_next.0);
-        }
-        if self.commit_to_kafka {
-            let copied = expected
-                .iter()
-                .map(|e| (e.tp.clone(), e.new_next))
-                .collect();
-            let _ = self.commands.send(Command::CommitToKafka(copied));
-        }
-    }
-
-    /// Stored positions of `tps`, retrying until Postgres answers.
-    async fn read_stored(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, Offset> {
-        let mut backoff = Backoff::database();
-        loop {
-            match offsets::read(self.writer.pool(), self.group(), tps).await {
-                Ok(s) => return s,
-                Err(e) => {
-                    self.metrics.db_retries.inc();
-                    tracing::warn!(error = %e, "re-reading offsets failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-
-    /// Re-reads stored positions and seeks every given partition there.
-    async fn resync(&self, tps: &[TopicPartition]) {
-        let stored = self.read_stored(tps).await;
-        for (tp, off) in self.assignment.begin_seek(tps, &stored) {
-            let _ = self.commands.send(Command::Seek(tp, off));
-        }
-    }
-
-    /// After a replay NOTIFY or a lost connection: seek partitions whose
-    /// stored position differs from what this process planned. Returns
-    /// false if the positions could not be read.
-    async fn resync_all(&self) -> bool {
-        let owned = self.assignment.positions();
-        let tps: Vec<TopicPartition> = owned.iter().map(|(tp, _)| tp.clone()).collect();
-        let Ok(stored) = offsets::read(self.writer.pool(), self.group(), &tps).await else {
-            return false;
-        };
-        let changed: Vec<TopicPartition> = owned
-            .into_iter()
-            .filter(|(tp, planned)| stored.get(tp).copied() != *planned)
-            .map(|(tp, _)| tp)
-            .collect();
-        if !changed.is_empty() {
-            tracing::info!(partitions = ?changed, "stored positions differ from the planned ones; seeking");
-            self.resync(&changed).await;
-        }
-        true
-    }
 }
 
 /// The next batch: at most `max` envelopes from the front of `buf`. What a
@@ -716,37 +412,11 @@ fn lane_of(tp: &TopicPartition, lanes: usize) -> usize {
     (topic as usize).wrapping_add(tp.partition as usize) % lanes.max(1)
 }
 
-/// Pause between attempts to re-read positions after a lost connection.
-const RESYNC_RETRY: Duration = Duration::from_secs(1);
-
-/// What the LISTEN connection reported.
-enum Notice {
-    /// A replay rewrote the positions of a group (the payload).
-    Offsets(String),
-    /// The connection was lost: notifications may have been missed, and
-    /// stored positions may have moved (a failover).
-    Lost,
-}
-
-async fn recv_notification(listener: &mut Option<PgListener>) -> Notice {
-    match listener {
-        Some(l) => match l.try_recv().await {
-            Ok(Some(n)) => Notice::Offsets(n.payload().to_string()),
-            // Returned at once (no await after the loss is seen), so a
-            // cancelled branch cannot swallow it.
-            Ok(None) => Notice::Lost,
-            Err(e) => {
-                tracing::debug!(error = %e, "LISTEN connection error");
-                Notice::Lost
-            }
-        },
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::assignment::Polled;
+    use crate::types::Offset;
 
     fn envs(offsets: std::ops::Range<i64>) -> Vec<Envelope> {
         let tp = TopicPartition::new("t", 0);

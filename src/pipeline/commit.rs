@@ -1,0 +1,127 @@
+//! The committer's side of the pipeline: one prepared batch at a time per
+//! lane, committed with its offsets; transient errors retried after the
+//! stored offsets resolved the unknown outcome; fences handed to the resync.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Pipeline, PipelineError};
+use crate::backoff::Backoff;
+use crate::event::PreparedBatch;
+use crate::kafka::consumer::Command;
+use crate::store::commit::{resolve, Resolution};
+use crate::store::{CommitOutcome, StoreError, TableCounts};
+use crate::types::{Expected, TopicPartition};
+
+/// What one commit attempt found.
+pub(super) enum Attempt {
+    Done(CommitOutcome),
+    /// An earlier attempt whose outcome was unknown had committed.
+    AlreadyCommitted,
+}
+
+impl Pipeline {
+    pub(super) async fn commit_with_retry(
+        &self,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+    ) -> Result<(), PipelineError> {
+        let mut backoff = Backoff::database();
+        loop {
+            let started = Instant::now();
+            let result = if backoff.attempts() == 0 {
+                self.writer.commit(batch, expected).await.map(Attempt::Done)
+            } else {
+                self.retry_after_unknown_outcome(batch, expected).await
+            };
+            match result {
+                Ok(Attempt::AlreadyCommitted) => {
+                    tracing::warn!("previous attempt had committed (outcome was unknown)");
+                    // Counts per row are unknowable; the messages still count once.
+                    self.metrics
+                        .skipped
+                        .with_label_values(&["outcome_unknown"])
+                        .inc_by(batch.message_count());
+                    self.metrics.messages_consumed.inc_by(batch.message_count());
+                    self.after_commit(expected);
+                    return Ok(());
+                }
+                Ok(Attempt::Done(CommitOutcome::Committed(counts))) => {
+                    self.record(batch, &counts, started.elapsed().as_secs_f64());
+                    self.after_commit(expected);
+                    return Ok(());
+                }
+                Ok(Attempt::Done(CommitOutcome::Fenced(tps))) => {
+                    self.on_fenced(&tps, expected, started).await;
+                    return Ok(());
+                }
+                Ok(Attempt::Done(CommitOutcome::Poison(d))) => return Err(d.into()),
+                Err(StoreError::Transient(e)) => {
+                    self.metrics.db_retries.inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The previous attempt failed with an unknown outcome: the stored
+    /// offsets tell whether it committed, and only if it did not is the batch
+    /// written again.
+    pub(super) async fn retry_after_unknown_outcome(
+        &self,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+    ) -> Result<Attempt, StoreError> {
+        Ok(
+            match resolve(self.writer.pool(), self.group(), expected).await? {
+                Resolution::Committed => Attempt::AlreadyCommitted,
+                Resolution::Fenced(tps) => Attempt::Done(CommitOutcome::Fenced(tps)),
+                Resolution::NotApplied => Attempt::Done(self.writer.commit(batch, expected).await?),
+            },
+        )
+    }
+
+    pub(super) async fn on_fenced(
+        &self,
+        tps: &[TopicPartition],
+        expected: &[Expected],
+        started: Instant,
+    ) {
+        self.metrics.fenced_batches.inc();
+        self.metrics
+            .commit_duration
+            .with_label_values(&["fenced"])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::warn!(partitions = ?tps, "batch fenced: another owner or a replay moved the offsets; re-reading");
+        let all: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
+        self.resync(&all).await;
+    }
+
+    pub(super) fn record(&self, batch: &PreparedBatch, counts: &TableCounts, seconds: f64) {
+        let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
+        // A row the database rejected was counted nowhere else.
+        for d in batch.dead_letters.iter().chain(&counts.rejected) {
+            *dead.entry(d.reason.as_str()).or_default() += 1;
+        }
+        let dead: Vec<(&'static str, u64)> = dead.into_iter().collect();
+        self.metrics
+            .record_batch(&batch.counts, counts, &dead, seconds);
+    }
+
+    pub(super) fn after_commit(&self, expected: &[Expected]) {
+        // Positions already advanced when the batch was prepared.
+        for e in expected {
+            self.metrics.set_stored_offset(&e.tp, e.new_next.0);
+        }
+        if self.commit_to_kafka {
+            let copied = expected
+                .iter()
+                .map(|e| (e.tp.clone(), e.new_next))
+                .collect();
+            let _ = self.commands.send(Command::CommitToKafka(copied));
+        }
+    }
+}
