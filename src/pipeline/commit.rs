@@ -9,7 +9,7 @@ use super::{Pipeline, PipelineError};
 use crate::backoff::Backoff;
 use crate::event::PreparedBatch;
 use crate::kafka::consumer::Command;
-use crate::store::commit::{resolve, Resolution};
+use crate::store::fence::{resolve, Resolution};
 use crate::store::{CommitOutcome, StoreError, TableCounts};
 use crate::types::{Expected, TopicPartition};
 

@@ -23,8 +23,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
+use super::dead_letters::insert_dead_letters;
+use super::fence::fence;
 use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
@@ -471,93 +473,6 @@ async fn truncate(
     Ok(cdc::truncate(conn, &route.table.quoted(), &version, t).await?)
 }
 
-/// The fence: compare-and-set on every partition. Returns the partitions whose
-/// stored position is not what this consumer expected (empty = we own them).
-async fn fence(
-    conn: &mut PgConnection,
-    group: &str,
-    expected: &[Expected],
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    // Sorted so concurrent committers lock offset rows in the same order.
-    let mut exp: Vec<&Expected> = expected.iter().collect();
-    exp.sort_by(|a, b| a.tp.cmp(&b.tp));
-    let (existing, new): (Vec<&Expected>, Vec<&Expected>) =
-        exp.into_iter().partition(|e| e.expected.is_some());
-    let mut won = advance_existing(conn, group, &existing).await?;
-    won.extend(insert_first(conn, group, &new).await?);
-    Ok(expected
-        .iter()
-        .filter(|e| !won.contains(&e.tp))
-        .map(|e| e.tp.clone())
-        .collect())
-}
-
-fn topic_partition(r: &sqlx::postgres::PgRow) -> TopicPartition {
-    TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))
-}
-
-/// Moves stored positions that are exactly where this consumer expects them.
-async fn advance_existing(
-    conn: &mut PgConnection,
-    group: &str,
-    existing: &[&Expected],
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    if existing.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "UPDATE sink_offsets o SET next_offset = u.new_next, updated_at = now() \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) \
-              AS u(topic, partition, expected, new_next) \
-         WHERE o.consumer_group = $1 AND o.topic = u.topic \
-           AND o.partition = u.partition AND o.next_offset = u.expected \
-         RETURNING o.topic, o.partition",
-    )
-    .bind(group)
-    .bind(
-        existing
-            .iter()
-            .map(|e| e.tp.topic.as_ref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(existing.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
-    .bind(
-        existing
-            .iter()
-            .map(|e| e.expected.map_or(-1, |o| o.0))
-            .collect::<Vec<_>>(),
-    )
-    .bind(existing.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().map(topic_partition).collect())
-}
-
-/// First batch of a partition: the row must not exist yet.
-async fn insert_first(
-    conn: &mut PgConnection,
-    group: &str,
-    new: &[&Expected],
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    if new.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
-         SELECT $1, u.topic, u.partition, u.new_next \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS u(topic, partition, new_next) \
-         ON CONFLICT (consumer_group, topic, partition) DO NOTHING \
-         RETURNING topic, partition",
-    )
-    .bind(group)
-    .bind(new.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
-    .bind(new.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
-    .bind(new.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().map(topic_partition).collect())
-}
-
 /// The rows of one statement: upserts (with their COPY text, when it was
 /// encoded with the batch) or deletes of one route.
 #[derive(Clone, Copy)]
@@ -621,67 +536,6 @@ async fn dead_letter_for(
         },
         _ => unreachable!("bisection stops at one row"),
     })
-}
-
-async fn insert_dead_letters(
-    conn: &mut PgConnection,
-    group: &str,
-    dead: &[&DeadLetter],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sink_dead_letters \
-           (consumer_group, topic, partition, kafka_offset, message_key, payload, reason, error) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::bytea[], $6::bytea[], $7::text[], $8::text[]) \
-         ON CONFLICT (consumer_group, topic, partition, kafka_offset) DO NOTHING",
-    )
-    .bind(group)
-    .bind(dead.iter().map(|d| d.tp.topic.as_ref()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.tp.partition).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.offset.0).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.key.clone()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.payload.clone()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|d| d.error.replace('\0', "")).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// After an error whose outcome is unknown (e.g. the connection dropped during
-/// COMMIT), the stored offsets tell what happened — never a guess.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resolution {
-    /// Every partition is at the batch end: the commit went through.
-    Committed,
-    /// Every partition is where we expected: nothing was applied; retry.
-    NotApplied,
-    /// Someone else moved at least one partition.
-    Fenced(Vec<TopicPartition>),
-}
-
-pub async fn resolve(
-    pool: &PgPool,
-    group: &str,
-    expected: &[Expected],
-) -> Result<Resolution, sqlx::Error> {
-    let tps: Vec<TopicPartition> = expected.iter().map(|e| e.tp.clone()).collect();
-    let stored = super::offsets::read(pool, group, &tps).await?;
-    if expected
-        .iter()
-        .all(|e| stored.get(&e.tp) == Some(&e.new_next))
-    {
-        return Ok(Resolution::Committed);
-    }
-    let moved: Vec<TopicPartition> = expected
-        .iter()
-        .filter(|e| stored.get(&e.tp).copied() != e.expected)
-        .map(|e| e.tp.clone())
-        .collect();
-    if moved.is_empty() {
-        Ok(Resolution::NotApplied)
-    } else {
-        Ok(Resolution::Fenced(moved))
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 pub mod cdc;
 pub mod commit;
 pub mod compare;
+mod dead_letters;
 pub mod derived;
 mod documents;
+pub mod fence;
 pub mod mappings;
 pub mod offsets;
 pub mod schema;
