@@ -5,30 +5,28 @@
 //! and that callback runs inside `poll`. On a plain thread it may block on the
 //! database; on a tokio worker it could not.
 //!
-//! Ownership state (generations, planned positions, pending seeks) lives in
-//! `assignment.rs`; this thread changes it only through its methods.
+//! The callback is `rebalance.rs`. Ownership state (generations, planned
+//! positions, pending seeks) lives in `assignment.rs`; this thread changes
+//! it only through its methods.
 
 use rustc_hash::FxHashMap;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::route::{self, Route};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::client;
 use crate::kafka::message::SourceMessage;
+use crate::kafka::rebalance::{seek_target, SinkContext};
 use crate::ops::metrics::Metrics;
-use crate::store::offsets;
 use crate::types::{Offset, TopicPartition};
 
 /// Requests from the pipeline to the consumer thread.
@@ -38,129 +36,6 @@ pub enum Command {
     Seek(TopicPartition, Option<Offset>),
     /// Copy committed positions to Kafka (informational only).
     CommitToKafka(Vec<(TopicPartition, Offset)>),
-}
-
-/// Where to read a partition from: its stored position, else the reset policy.
-fn seek_target(stored: Option<Offset>, reset: OffsetReset) -> rdkafka::Offset {
-    match (stored, reset) {
-        (Some(o), _) => rdkafka::Offset::Offset(o.0),
-        (None, OffsetReset::Latest) => rdkafka::Offset::End,
-        (None, _) => rdkafka::Offset::Beginning,
-    }
-}
-
-fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements()
-        .iter()
-        .map(|e| TopicPartition::new(e.topic(), e.partition()))
-        .collect()
-}
-
-pub struct SinkContext {
-    pool: PgPool,
-    group: String,
-    reset: OffsetReset,
-    assignment: Assignment,
-    metrics: Metrics,
-    rt: tokio::runtime::Handle,
-    cancel: CancellationToken,
-}
-
-impl ClientContext for SinkContext {}
-
-impl ConsumerContext for SinkContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(tpl, cooperative);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoke(tpl);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                self.metrics.rebalances.with_label_values(&["error"]).inc();
-                tracing::error!(error = ?other, "rebalance error");
-                consumer.unassign()
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "applying the rebalance failed");
-        }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            // Informational copy only: Postgres holds the real positions.
-            tracing::debug!(error = %e, "copying offsets to Kafka failed");
-        }
-    }
-}
-
-impl SinkContext {
-    /// Takes ownership of newly assigned partitions at their stored
-    /// positions and points `tpl` there.
-    fn assign(&self, tpl: &mut TopicPartitionList, cooperative: bool) {
-        self.metrics.rebalances.with_label_values(&["assign"]).inc();
-        let tps = partitions_of(tpl);
-        let stored = self.read_offsets_blocking(&tps);
-        let owned = self.assignment.assign(&tps, &stored, !cooperative);
-        self.metrics.assigned_partitions.set(owned as i64);
-        for tp in &tps {
-            let target = seek_target(stored.get(tp).copied(), self.reset);
-            let _ = tpl.set_partition_offset(&tp.topic, tp.partition, target);
-        }
-        tracing::info!(partitions = ?tps, "assigned; starting from offsets stored in Postgres");
-    }
-
-    fn revoke(&self, tpl: &TopicPartitionList) {
-        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
-        let tps = partitions_of(tpl);
-        let owned = self.assignment.revoke(&tps);
-        for tp in &tps {
-            self.metrics.forget_partition(tp);
-        }
-        self.metrics.assigned_partitions.set(owned as i64);
-        tracing::info!(partitions = ?tps, "revoked");
-    }
-
-    /// Reads stored positions, retrying while Postgres is unreachable: starting
-    /// from a guessed position would break exactly-once, waiting does not.
-    fn read_offsets_blocking(&self, tps: &[TopicPartition]) -> HashMap<TopicPartition, Offset> {
-        let mut backoff = Backoff::database();
-        loop {
-            match self
-                .rt
-                .block_on(offsets::read(&self.pool, &self.group, tps))
-            {
-                Ok(m) => return m,
-                Err(e) if !self.cancel.is_cancelled() => {
-                    self.metrics.db_retries.inc();
-                    tracing::warn!(error = %e, "reading stored offsets failed; retrying");
-                    std::thread::sleep(backoff.next_delay());
-                }
-                Err(_) => return HashMap::new(),
-            }
-        }
-    }
 }
 
 pub struct ConsumerHandle {

@@ -5,3 +5,4 @@ pub mod assignment;
 pub mod client;
 pub mod consumer;
 pub mod message;
+pub mod rebalance;
