@@ -19,7 +19,8 @@ use kafka_pg_sink::config::OnError;
 use kafka_pg_sink::event::prepare;
 use kafka_pg_sink::kafka::message::SourceMessage;
 use kafka_pg_sink::store::mappings::MappingGuard;
-use kafka_pg_sink::store::shadow::{self, PromoteRequest, RebuildSpec};
+use kafka_pg_sink::store::promote::{self, PromoteRequest};
+use kafka_pg_sink::store::shadow::{self, RebuildSpec};
 use kafka_pg_sink::store::{BatchWriter, CommitOutcome, StoreError};
 use kafka_pg_sink::types::{Offset, TableName, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -680,7 +681,7 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
         max_lag: Some(0),
         dry_run: false,
     };
-    let report = shadow::promote(&db.pool, &req).await.unwrap();
+    let report = promote::promote(&db.pool, &req).await.unwrap();
     assert_eq!(report.positions[0].next, 6);
 
     // Same position as the live sink planned: the fence would let it pass.

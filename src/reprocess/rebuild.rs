@@ -27,9 +27,8 @@ use crate::config::route::RouteSpec;
 use crate::config::{Config, OffsetReset};
 use crate::ops::metrics::Metrics;
 use crate::store::mappings::MAPPINGS_CHANNEL;
-use crate::store::shadow::{
-    self, PromoteReport, PromoteRequest, RebuildSpec, RebuildState, Registered,
-};
+use crate::store::promote::{self, PromoteReport, PromoteRequest};
+use crate::store::shadow::{self, RebuildSpec, RebuildState, Registered};
 use crate::store::{self, offsets, StoreError};
 use crate::types::{Offset, TableName, TopicPartition};
 
@@ -269,7 +268,7 @@ pub async fn promote(
     };
     let mut attempts = 0;
     let report = loop {
-        match shadow::promote(&s.pool, &req).await {
+        match promote::promote(&s.pool, &req).await {
             Err(shadow::ShadowError::Database(e)) if store::is_transient(&e) && attempts < 5 => {
                 attempts += 1;
                 tracing::warn!(error = %StoreError::from(e), "promote: transient error; retrying");

@@ -12,6 +12,7 @@ mod documents;
 pub mod fence;
 pub mod mappings;
 pub mod offsets;
+pub mod promote;
 pub mod schema;
 pub mod shadow;
 mod stage;
