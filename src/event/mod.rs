@@ -36,7 +36,7 @@ pub use fold::{RouteWrites, RowDelete, RowTruncate, RowUpsert};
 
 use crate::config::route::Route;
 use crate::format::SchemaSet;
-use crate::kafka::message::{DeadLetter, PoisonReason, SourceMessage};
+use crate::kafka::message::{DeadLetter, Poison, PoisonReason, SourceMessage};
 use crate::types::{Offset, TopicPartition};
 use decode::Skip;
 use fold::Fold;
@@ -136,41 +136,51 @@ fn fold_batch(
             }
             identity::identify(route, event)
         });
-        let fold = &mut folds[ri];
-        match identified {
-            Ok(Identified::Upsert(row)) => fold.upsert(row.into_row(m), counts),
-            Ok(Identified::Delete { key, version }) => {
-                let (tp, offset) = (m.tp, m.offset);
-                fold.tombstone(
-                    RowDelete {
-                        key,
-                        version,
-                        tp,
-                        offset,
-                    },
-                    counts,
-                )
-            }
-            Ok(Identified::Truncate { position }) => {
-                let (tp, offset) = (m.tp, m.offset);
-                fold.truncate(
-                    RowTruncate {
-                        position,
-                        tp,
-                        offset,
-                    },
-                    counts,
-                )
-            }
-            Ok(Identified::Skip(Skip::Tombstone)) => counts.tombstone_ignored += 1,
-            Ok(Identified::Skip(Skip::Truncate)) => counts.truncates_ignored += 1,
-            Err((reason, error)) => batch.dead_letters.push(DeadLetter::of(m, reason, error)),
-        }
+        fold_one(&mut folds[ri], identified, m, &mut batch);
     }
     for (fold, writes) in folds.into_iter().zip(&mut batch.writes) {
         fold.finish(writes);
     }
     batch
+}
+
+/// Folds one identified message (or files its dead letter).
+fn fold_one(
+    fold: &mut Fold,
+    identified: Result<Identified, Poison>,
+    m: SourceMessage,
+    batch: &mut PreparedBatch,
+) {
+    let counts = &mut batch.counts;
+    match identified {
+        Ok(Identified::Upsert(row)) => fold.upsert(row.into_row(m), counts),
+        Ok(Identified::Delete { key, version }) => {
+            let (tp, offset) = (m.tp, m.offset);
+            fold.tombstone(
+                RowDelete {
+                    key,
+                    version,
+                    tp,
+                    offset,
+                },
+                counts,
+            )
+        }
+        Ok(Identified::Truncate { position }) => {
+            let (tp, offset) = (m.tp, m.offset);
+            fold.truncate(
+                RowTruncate {
+                    position,
+                    tp,
+                    offset,
+                },
+                counts,
+            )
+        }
+        Ok(Identified::Skip(Skip::Tombstone)) => counts.tombstone_ignored += 1,
+        Ok(Identified::Skip(Skip::Truncate)) => counts.truncates_ignored += 1,
+        Err((reason, error)) => batch.dead_letters.push(DeadLetter::of(m, reason, error)),
+    }
 }
 
 /// The route of the last topic seen: a batch holds few topics, and a

@@ -1,4 +1,4 @@
-//! Schema'd payloads (issue 14): Avro, Protobuf and JSON Schema in the
+//! Schema'd payloads: Avro, Protobuf and JSON Schema in the
 //! Confluent wire format, decoded into the JSON value the rest of the sink
 //! already works with (JSON pointers, `columns`, `hash_exclude`, the event
 //! hash). Everything here is pure and synchronous: no I/O, no clock.
