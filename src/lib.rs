@@ -1,22 +1,20 @@
 //! kafka-pg-sink: Kafka → PostgreSQL with exactly-once effect.
 //!
-//! From the bottom up (a module only uses modules listed before it):
-//! * `types`, `backoff` — domain types; the retry schedule
-//! * `hash`, `message` — canonical JSON + SHA-256; messages and dead letters
-//! * `format`, `debezium` — schema'd wire formats (Avro, Protobuf, JSON
-//!   Schema) and change-event envelopes, decoded to JSON (pure)
-//! * `registry` — the schema registry client (Confluent API), cached by id
-//! * `columns`, `route`, `config` — typed column mapping; routes; layered config
-//! * `mapping` — a route's mapping fingerprint; selecting routes by name
-//! * `batch` — fold a batch into the writes with the same effect (pure)
-//! * `store` — the one transaction per batch, offsets, dead letters, setup
-//! * `assignment` — partition ownership: generations, planned positions, seeks
-//! * `metrics`, `kafka` — Prometheus registry; Kafka client settings
-//! * `consumer`, `pipeline` — rdkafka thread; batch/commit loop, fences, replays
-//! * `http`, `admin`, `app` — the edges
-//! * `supervise` — the live sink across promotes (reloads its configuration)
+//! Folders follow a message's way (docs/architecture.md):
+//! * `kafka` — client settings, the consumer thread and its rebalance
+//!   callback, partition ownership, the message as consumed
+//! * `event` — the pure stages: decode → identity → fold → encode
+//! * `store` — the one transaction per batch (fence, rows, dead letters),
+//!   offsets and replay, setup, shadow tables
+//! * `pipeline` — the loop carrying batches from `kafka` through `event`
+//!   into `store`; writer schemas and table evolution; resyncs
+//! * `config` — layered configuration, routes, column mappings, fingerprints
+//! * `format`, `json` — schema'd wire formats and the registry; canonical
+//!   JSON, its hash, pointers
 //! * `reprocess` — verify, rebuild, promote, abort
-//! * `cli` — the command line
+//! * `ops` — metrics, HTTP, admin commands
+//! * `app`, `supervise`, `cli` — assembling, running and commanding the sink
+//! * `types`, `backoff` — domain types; the retry schedule
 
 pub mod app;
 pub mod backoff;

@@ -59,7 +59,7 @@ pub struct Expected {
     pub new_next: Offset,
 }
 
-/// SHA-256 identity of an event's canonical content (see `hash.rs`).
+/// SHA-256 identity of an event's canonical content (see `json/hash.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventHash(pub [u8; 32]);
 

@@ -53,7 +53,7 @@ pub enum EnvelopeKind {
     #[default]
     None,
     /// A Debezium change event: `op`, `before`/`after`, `source`
-    /// (`debezium.rs`); deletes and the order guard come from it.
+    /// (`event::debezium`); deletes and the order guard come from it.
     Debezium,
 }
 
@@ -154,7 +154,7 @@ pub struct Route<Columns = ColumnMap> {
     /// no `columns` yet; setup derives them from the registry.
     pub from_schema: bool,
     pub evolve: Evolve,
-    /// Typed table mode (see `columns.rs`); `None` = document table.
+    /// Typed table mode (see `config::columns`); `None` = document table.
     pub columns: Option<Columns>,
 }
 

@@ -97,7 +97,7 @@ pub enum JsonKind {
 }
 
 /// A parsed JSON tree keys, versions and hashes are read from: serde_json's
-/// `Value`, or the tree of module `borrowed_json`, which borrows from the
+/// `Value`, or the tree of module `json::borrowed`, which borrows from the
 /// payload. Key and version code is written once against this trait; the
 /// two canonical writers are compared by tests.
 pub trait JsonTree {

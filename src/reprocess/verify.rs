@@ -7,7 +7,7 @@
 //!    commits later is invisible to the comparison. The range to check per
 //!    partition is `[start, stored)`.
 //! 2. **Fold.** A reader outside any consumer group reads those ranges; each
-//!    chunk goes through `batch::prepare` and `BatchWriter::apply_unfenced`,
+//!    chunk goes through `event::prepare` and `BatchWriter::apply_unfenced`,
 //!    the sink's own fold and statements, into a temporary copy of the table
 //!    inside the same transaction. Postgres does the per-key work (last
 //!    write wins, hash and version guards, type conversion, rejected rows),

@@ -1,4 +1,5 @@
-//! Statements for typed tables (routes with `columns`, see `columns.rs`).
+//! Statements for typed tables (routes with `columns`, see `config::columns`
+//! and `event::row`).
 //!
 //! Rows travel as `{"column": value}` JSON objects, bound as one text array.
 //! `jsonb_to_record` converts them to the column types read at startup, so
