@@ -334,7 +334,8 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,peers`).
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive`); the
+/// peer runs with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
         Ok(list) if !list.is_empty() => list.split(',').any(|p| p.trim() == phase),

@@ -8,7 +8,8 @@ use clap::Parser;
 /// small values per second (parsed events, keys, COPY fields) across the
 /// poll, prepare and commit threads. Measured with the bench against glibc
 /// malloc: sink CPU per run 3.4 -> 2.1 s (typed route), 3.5 -> 2.2 s
-/// (document route), throughput +10-20% (docs/performance.md).
+/// (document route), throughput typed +24%, document +13%
+/// (docs/performance-history.md, fourth round).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
