@@ -2,6 +2,7 @@
 //! pipeline overlaps them, the client-side cost alone, and the commits alone.
 
 use crate::*;
+use kafka_pg_sink::config::target::RouteSet;
 
 /// Phase 2: write path in process (document route): prepare + commit
 /// (offsets included), overlapped the way the pipeline overlaps them, and
@@ -97,12 +98,12 @@ pub(crate) async fn commits_alone(b: &Bench, out: &mut Results) -> anyhow::Resul
     ];
     for (prefix, route) in routes {
         let route = b.route_for(&route).await?;
+        let routes = std::sync::Arc::new(RouteSet::new(vec![route.clone()]));
         let batches: Vec<PreparedBatch> = b
             .msgs
             .chunks(b.batch_size()?)
             .map(|chunk| {
-                let routes = std::slice::from_ref(&route);
-                prepare_for_commit(routes, chunk.to_vec(), &SchemaSet::default(), &[false])
+                prepare_for_commit(&routes, chunk.to_vec(), &SchemaSet::default(), &[false])
             })
             .collect();
         let pool = PgPoolOptions::new()

@@ -76,7 +76,7 @@ async fn run_at(
     let mut total = TableCounts::default();
     let mut next = from;
     for chunk in msgs.chunks(batch) {
-        let b = prepare(&writer.routes(), chunk.to_vec());
+        let b = prepare(writer.routes().all(), chunk.to_vec());
         let last = chunk.last().unwrap().offset.0;
         match commit(writer, &b, &orders_position(next, last)).await {
             CommitOutcome::Committed(c) => total.absorb(c),

@@ -34,14 +34,14 @@ async fn setup() -> (TestDb, BatchWriter) {
 async fn zombie_commit_is_refused_after_the_new_owner_commits() {
     let (db, w) = setup().await;
     // First owner commits offsets 0..9.
-    let first = prepare(&w.routes(), msgs("a", 0, 10));
+    let first = prepare(w.routes().all(), msgs("a", 0, 10));
     let r = commit(&w, &first, &orders_position(None, 9)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
     // Zombie A holds a batch for 10..19 believing it owns position 10.
-    let zombie = prepare(&w.routes(), msgs("zombie", 10, 10));
+    let zombie = prepare(w.routes().all(), msgs("zombie", 10, 10));
     // Meanwhile the partition moved to B, which read 10 and committed 10..14.
-    let b = prepare(&w.routes(), msgs("b", 10, 5));
+    let b = prepare(w.routes().all(), msgs("b", 10, 5));
     let r = commit(&w, &b, &orders_position(Some(10), 14)).await;
     assert!(matches!(r, CommitOutcome::Committed(_)));
 
@@ -63,8 +63,8 @@ async fn zombie_commit_is_refused_after_the_new_owner_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_commit_race_has_exactly_one_winner() {
     let (db, w) = setup().await;
-    let a = prepare(&w.routes(), msgs("a", 0, 50));
-    let b = prepare(&w.routes(), msgs("b", 0, 50));
+    let a = prepare(w.routes().all(), msgs("a", 0, 50));
+    let b = prepare(w.routes().all(), msgs("b", 0, 50));
     let e = orders_position(None, 49);
     let (ra, rb) = tokio::join!(commit(&w, &a, &e), commit(&w, &b, &e),);
     let wins = [ra, rb]
@@ -84,12 +84,12 @@ async fn a_first_commit_race_has_exactly_one_winner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_owners_of_a_stored_position_never_both_commit() {
     let (db, w) = setup().await;
-    let seed = prepare(&w.routes(), msgs("s", 0, 1));
+    let seed = prepare(w.routes().all(), msgs("s", 0, 1));
     commit(&w, &seed, &orders_position(None, 0)).await;
     for round in 0..20 {
         let at = db.stored_offsets("g", "orders").await[&0];
-        let a = prepare(&w.routes(), msgs(&format!("a{round}"), at, 3));
-        let b = prepare(&w.routes(), msgs(&format!("b{round}"), at, 3));
+        let a = prepare(w.routes().all(), msgs(&format!("a{round}"), at, 3));
+        let b = prepare(w.routes().all(), msgs(&format!("b{round}"), at, 3));
         let e = orders_position(Some(at), at + 2);
         let (ra, rb) = tokio::join!(commit(&w, &a, &e), commit(&w, &b, &e),);
         let wins = [ra, rb]

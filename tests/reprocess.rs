@@ -643,13 +643,13 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
         shadow: table("events_v2"),
         fingerprint: new.clone(),
     };
-    let mut shadow_routes = live.routes().to_vec();
+    let mut shadow_routes = live.routes().all().to_vec();
     shadow_routes[0].table = table("events_v2");
     let live = live.with_guard(MappingGuard::new(
         "g",
         vec![(table("events").quoted(), old)],
     ));
-    let first = prepare(&live.routes(), msgs(0, 6));
+    let first = prepare(live.routes().all(), msgs(0, 6));
     assert!(matches!(
         commit(&live, &first, &orders_position(None, 5)).await,
         CommitOutcome::Committed(_)
@@ -685,7 +685,7 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
     assert_eq!(report.positions[0].next, 6);
 
     // Same position as the live sink planned: the fence would let it pass.
-    let held = prepare(&live.routes(), msgs(6, 3));
+    let held = prepare(live.routes().all(), msgs(6, 3));
     match live.commit(&held, &orders_position(Some(6), 8)).await {
         Err(StoreError::MappingReplaced(t)) => assert_eq!(t, [table("events").quoted()]),
         other => panic!("a batch of the old mapping was not refused: {other:?}"),

@@ -32,7 +32,7 @@ async fn commit_messages(
     from: Option<i64>,
 ) -> TableCounts {
     let last = msgs.last().unwrap().offset.0;
-    let batch = prepare(&writer.routes(), msgs);
+    let batch = prepare(writer.routes().all(), msgs);
     match commit(writer, &batch, &orders_position(from, last)).await {
         CommitOutcome::Committed(c) => c,
         other => panic!("{other:?}"),
@@ -150,7 +150,7 @@ async fn two_document_routes_in_one_batch_write_only_their_own_rows() {
         m.tp = TopicPartition::new("payments", 0);
         msgs.push(m);
     }
-    let batch = prepare(&writer.routes(), msgs);
+    let batch = prepare(writer.routes().all(), msgs);
     let expected = [("orders", 3), ("payments", 2)].map(|(topic, last)| Expected {
         tp: TopicPartition::new(topic, 0),
         expected: None,

@@ -8,6 +8,7 @@
 pub mod columns;
 pub mod fingerprint;
 pub mod route;
+pub mod target;
 
 use std::collections::BTreeMap;
 use std::fmt;

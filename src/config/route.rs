@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::columns::{ColumnMap, ColumnSpec};
+use crate::config::target::TableTemplate;
 use crate::format::Format;
 use crate::json::pointer::JsonPointer;
 use crate::types::TableName;
@@ -86,15 +87,24 @@ pub enum Evolve {
 /// configured: the Postgres connector's WAL position.
 pub const DEFAULT_CDC_POSITION: &str = "@source:lsn";
 
+/// The column tables created from change events keep each row's source
+/// position in, unless `position_column` names another.
+pub const DEFAULT_POSITION_COLUMN: &str = "__source_position";
+
 /// One `[[route]]` as written in the configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Exact topic name, or a regex when it starts with `^`.
     pub topic: String,
-    /// Target table (`table` or `schema.table`); always quoted.
+    /// Target table (`table` or `schema.table`); always quoted. With
+    /// placeholders (`${topic}`, `${source.table}`, …) a table per source
+    /// (`config::target`).
     pub table: String,
-    pub key: KeySpec,
+    /// The row key. May be left out on a change-event route that creates
+    /// its tables: the Kafka key's schema (the source's primary key) gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeySpec>,
     /// JSON pointers left out of the event hash (fields producers add on retry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_exclude: Vec<String>,
@@ -125,6 +135,10 @@ pub struct RouteConfig {
     /// `add_columns`: follow new schema versions (with `create_table`).
     #[serde(default)]
     pub evolve: Evolve,
+    /// Tables created from change events: the column holding each row's
+    /// source position (the order guard's), added by the sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_column: Option<String>,
     /// Typed table mode: column name → source (`/pointer`, `@payload`,
     /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
     /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`, with
@@ -154,6 +168,11 @@ pub struct Route<Columns = ColumnMap> {
     /// no `columns` yet; setup derives them from the registry.
     pub from_schema: bool,
     pub evolve: Evolve,
+    /// The table name's placeholders, if it has any: the route is a
+    /// template whose tables are instances (`config::target`).
+    pub template: Option<TableTemplate>,
+    /// Tables created from change events: their source position column.
+    pub position_column: String,
     /// Typed table mode (see `config::columns`); `None` = document table.
     pub columns: Option<Columns>,
 }
@@ -179,6 +198,8 @@ impl<C> Route<C> {
             key_format: self.key_format,
             from_schema: self.from_schema,
             evolve: self.evolve,
+            template: self.template,
+            position_column: self.position_column,
         })
     }
 
@@ -194,6 +215,13 @@ impl<C> Route<C> {
     /// Change events: deletes carry a source position and are remembered.
     pub fn is_cdc(&self) -> bool {
         self.envelope == EnvelopeKind::Debezium
+    }
+
+    /// The route's tables are met while it runs: a template, or a change
+    /// event route that creates its table from the events' schemas. Such a
+    /// route writes through its instances (`config::target::RouteSet`).
+    pub fn is_dynamic(&self) -> bool {
+        self.template.is_some() || (self.from_schema && self.is_cdc())
     }
 }
 
@@ -240,13 +268,12 @@ impl RouteConfig {
         let at = format!("route[{i}]");
         let before = p.len();
         let topic = self.topic_matcher(&at, p);
-        let table = TableName::parse(&self.table)
-            .map_err(|e| p.push(format!("{at}.table: {e}")))
-            .ok();
+        let (table, template) = self.table_target(&at, p);
         let version = self.effective_version();
         let cdc = self.envelope == EnvelopeKind::Debezium;
+        let key_parts = self.key_parts(&at, p);
         let columns = self.columns.as_ref().and_then(|cols| {
-            ColumnSpec::from_config(&at, cols, self.key.parts(), version.as_deref(), cdc, p)
+            ColumnSpec::from_config(&at, cols, &key_parts, version.as_deref(), cdc, p)
         });
         if let Some(c) = &columns {
             if !self.hash_exclude.is_empty() && !c.maps_event_hash() {
@@ -262,14 +289,15 @@ impl RouteConfig {
                  column values (every field is a column); drop the field from the schema instead"
             ));
         }
-        self.check_schema_options(&at, p);
+        self.check_schema_options(&at, template.is_some(), p);
         let key = if self.columns.is_some() || self.create_table {
-            RowKeySource::Columns(self.key.parts().to_vec())
+            RowKeySource::Columns(key_parts)
         } else {
-            self.document_key(&at, p)
+            self.document_key(&at, &key_parts, p)
         };
         check_pointer_list(&format!("{at}.hash_exclude"), &self.hash_exclude, p);
         self.check_version(&at, version.as_deref(), p);
+        let position_column = self.position_column(&at, p);
         if p.len() > before {
             return None;
         }
@@ -290,15 +318,100 @@ impl RouteConfig {
             key_format: self.key_format,
             from_schema: self.create_table,
             evolve: self.evolve,
+            template,
+            position_column,
             columns,
         })
     }
 
-    fn check_schema_options(&self, at: &str, p: &mut Vec<String>) {
-        if self.create_table {
-            if !self.format.is_schemad() {
+    /// The table, or the template and its text as the route's name.
+    fn table_target(
+        &self,
+        at: &str,
+        p: &mut Vec<String>,
+    ) -> (Option<TableName>, Option<TableTemplate>) {
+        match TableTemplate::parse(&self.table) {
+            Ok(Some(t)) => {
+                if self.columns.is_some() {
+                    p.push(format!(
+                        "{at}.table: placeholders name a table per source; a `columns` map \
+                         fits one table (use `create_table = true` to take each table's \
+                         columns from its change events)"
+                    ));
+                }
+                if t.reads_source() && !self.is_cdc() {
+                    p.push(format!(
+                        "{at}.table: `${{source.…}}` reads a change event's source block; \
+                         set `envelope = \"debezium\"` (or use `${{topic}}`)"
+                    ));
+                }
+                let name = TableName {
+                    schema: None,
+                    name: self.table.clone(),
+                };
+                (Some(name), Some(t))
+            }
+            Ok(None) => {
+                let t = TableName::parse(&self.table)
+                    .map_err(|e| p.push(format!("{at}.table: {e}")))
+                    .ok();
+                (t, None)
+            }
+            Err(e) => {
+                p.push(format!("{at}.table: {e}"));
+                (None, None)
+            }
+        }
+    }
+
+    fn is_cdc(&self) -> bool {
+        self.envelope == EnvelopeKind::Debezium
+    }
+
+    /// The configured key's parts; none on a change-event route that creates
+    /// its tables (the Kafka key's schema names the primary key).
+    fn key_parts(&self, at: &str, p: &mut Vec<String>) -> Vec<String> {
+        match &self.key {
+            Some(k) => k.parts().to_vec(),
+            None if self.create_table && self.is_cdc() => Vec::new(),
+            None => {
                 p.push(format!(
-                    "{at}.create_table: needs a schema'd `format` (avro, protobuf, json_schema)"
+                    "{at}.key: missing (required unless the route creates its \
+                                tables from change events, whose Kafka key names the primary key)"
+                ));
+                Vec::new()
+            }
+        }
+    }
+
+    fn position_column(&self, at: &str, p: &mut Vec<String>) -> String {
+        match &self.position_column {
+            Some(c) if !(self.create_table && self.is_cdc()) => {
+                p.push(format!(
+                    "{at}.position_column: `{c}` names a column of tables created from change \
+                     events; set `create_table = true` and `envelope = \"debezium\"`"
+                ));
+                c.clone()
+            }
+            Some(c) if c.is_empty() || c.len() > 63 || c.contains('\0') => {
+                p.push(format!(
+                    "{at}.position_column: `{c}` is not a column name Postgres holds"
+                ));
+                c.clone()
+            }
+            Some(c) => c.clone(),
+            None => DEFAULT_POSITION_COLUMN.to_string(),
+        }
+    }
+
+    fn check_schema_options(&self, at: &str, templated: bool, p: &mut Vec<String>) {
+        if self.create_table {
+            // Change events carry their schema (JSON with schemas.enable, or
+            // the registry's); other events need a registry format.
+            if !self.format.is_schemad() && !self.is_cdc() {
+                p.push(format!(
+                    "{at}.create_table: needs a schema'd `format` (avro, protobuf, json_schema), \
+                     or `envelope = \"debezium\"` (change events with their schemas)"
                 ));
             }
             if self.columns.is_some() {
@@ -306,9 +419,16 @@ impl RouteConfig {
                     "{at}.create_table: columns come from the schema; remove `columns`"
                 ));
             }
-            if self.topic.starts_with('^') {
+            if templated && !self.is_cdc() {
                 p.push(format!(
-                    "{at}.create_table: needs an exact topic (the schema is the registry's `<topic>-value`)"
+                    "{at}.create_table: a table per source is created from change events' \
+                     schemas; set `envelope = \"debezium\"`"
+                ));
+            }
+            if self.topic.starts_with('^') && !templated {
+                p.push(format!(
+                    "{at}.create_table: a `^regex` topic needs placeholders in `table` \
+                     (e.g. `${{source.table}}`): one table per source, never mixed"
                 ));
             }
         }
@@ -357,23 +477,25 @@ impl RouteConfig {
         }
     }
 
-    fn document_key(&self, at: &str, p: &mut Vec<String>) -> RowKeySource {
-        match &self.key {
-            KeySpec::One(s) if s == "@kafka_key" => RowKeySource::KafkaKey,
-            KeySpec::One(s) if s == "@event_hash" => RowKeySource::EventHash,
-            KeySpec::Many(v) if v.is_empty() => {
-                p.push(format!("{at}.key: list must not be empty"));
+    fn document_key(&self, at: &str, parts: &[String], p: &mut Vec<String>) -> RowKeySource {
+        match parts {
+            [s] if s == "@kafka_key" => RowKeySource::KafkaKey,
+            [s] if s == "@event_hash" => RowKeySource::EventHash,
+            [] => {
+                if self.key.is_some() {
+                    p.push(format!("{at}.key: list must not be empty"));
+                }
                 RowKeySource::Pointers(Vec::new())
             }
-            spec => {
-                for s in spec.parts() {
+            parts => {
+                for s in parts {
                     if !s.starts_with('/') {
                         p.push(format!(
                             "{at}.key: `{s}` is not a JSON pointer (`/field`), `@kafka_key` or `@event_hash`"
                         ));
                     }
                 }
-                RowKeySource::Pointers(spec.parts().iter().map(|p| JsonPointer::parse(p)).collect())
+                RowKeySource::Pointers(parts.iter().map(|p| JsonPointer::parse(p)).collect())
             }
         }
     }

@@ -9,11 +9,15 @@
 //! was a visible share of the profile. Everything else is read as a `Value`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::debezium::{self, Op};
+use super::debezium::{self, Change, Op};
 use crate::config::route::{Route, TombstonePolicy, TruncatePolicy};
+use crate::format::connect::{self, ConnectCache, Known};
 use crate::format::SchemaSet;
 use crate::json::borrowed::BorrowedJson;
 use crate::kafka::message::{Poison, PoisonReason, SourceMessage};
@@ -26,6 +30,16 @@ pub struct Event<'m> {
     /// A change event's operation (counted per op).
     pub op: Option<Op>,
     pub body: Body<'m>,
+    /// The schemas a change event was written with, when it carries them
+    /// (tables are created and evolved from them).
+    pub schema: Option<EventSchema>,
+}
+
+/// A change event's value and key schemas.
+#[derive(Clone, Debug)]
+pub struct EventSchema {
+    pub value: Arc<Known>,
+    pub key: Option<Arc<Known>>,
 }
 
 /// What the message asks of the route's table.
@@ -70,15 +84,23 @@ pub enum Tree<'m> {
 }
 
 /// Decodes `m` for `route`. A schema'd key is decoded in place first (into
-/// its JSON text, which key sources and tombstones read).
+/// its JSON text, which key sources and tombstones read). `connect` holds
+/// the Connect schemas embedded change events carried so far; a new one is
+/// parsed and added.
 pub fn decode<'m>(
     route: &Route,
     m: &'m mut SourceMessage,
     schemas: &SchemaSet,
+    connect: &mut ConnectCache,
 ) -> Result<Event<'m>, Poison> {
     decode_key(route, m, schemas)?;
     let m: &'m SourceMessage = m;
-    let event = |op, body| Event { msg: m, op, body };
+    let event = |op, body| Event {
+        msg: m,
+        op,
+        body,
+        schema: None,
+    };
     let decoded = decode_value(route, m, schemas)?;
     let Some(payload) = m.payload.as_deref() else {
         return Ok(event(None, tombstone(route)));
@@ -86,6 +108,16 @@ pub fn decode<'m>(
     if decoded.is_none() && reads_borrowed(route) {
         if let Some(image) = borrowed(payload) {
             return Ok(event(None, Body::Upsert(image)));
+        }
+    }
+    if decoded.is_none() && route.is_cdc() {
+        if let Some(e) = Embedded::of(payload) {
+            let (change, schema) = embedded_change(m, e, connect)?;
+            let (op, body) = change_body(route, change);
+            return Ok(Event {
+                schema: Some(schema),
+                ..event(Some(op), body)
+            });
         }
     }
     let (text, value) = match decoded {
@@ -181,6 +213,64 @@ fn change<'m>(route: &Route, m: &SourceMessage, value: Value) -> Result<(Op, Bod
         .and_then(|k| serde_json::from_slice::<Value>(k).ok());
     let change =
         debezium::decode(key.as_ref(), value).map_err(|e| (PoisonReason::InvalidChange, e))?;
+    Ok(change_body(route, change))
+}
+
+/// The JSON converter's `{"schema": …, "payload": …}`, split without
+/// parsing either part.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Embedded<'a> {
+    #[serde(borrow)]
+    schema: &'a RawValue,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+impl<'a> Embedded<'a> {
+    fn of(bytes: &'a [u8]) -> Option<Embedded<'a>> {
+        serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()
+    }
+
+    /// The payload converted by its schema (parsed once per distinct schema).
+    fn read(self, connect: &mut ConnectCache) -> Result<(Value, Arc<Known>), Poison> {
+        let known = connect
+            .get_or_parse(self.schema.get())
+            .map_err(|e| (PoisonReason::InvalidChange, e))?;
+        let (_, value) = parse_json(self.payload.get().as_bytes())
+            .map_err(|e| (PoisonReason::InvalidJson, e))?;
+        Ok((connect::convert(value, &known.schema), known))
+    }
+}
+
+/// A change event with embedded schemas, and its schemas.
+fn embedded_change(
+    m: &SourceMessage,
+    value: Embedded<'_>,
+    connect: &mut ConnectCache,
+) -> Result<(Change, EventSchema), Poison> {
+    let (key, key_schema) = match m.key.as_deref() {
+        Some(k) => match Embedded::of(k) {
+            Some(e) => {
+                let (v, known) = e.read(connect)?;
+                (Some(v), Some(known))
+            }
+            None => (serde_json::from_slice::<Value>(k).ok(), None),
+        },
+        None => (None, None),
+    };
+    let (envelope, value_schema) = value.read(connect)?;
+    let change =
+        debezium::from_envelope(key, envelope).map_err(|e| (PoisonReason::InvalidChange, e))?;
+    let schema = EventSchema {
+        value: value_schema,
+        key: key_schema,
+    };
+    Ok((change, schema))
+}
+
+/// What a change does to the route's table.
+fn change_body<'m>(route: &Route, change: Change) -> (Op, Body<'m>) {
     let body = match change.op {
         Op::Truncate if route.on_truncate == TruncatePolicy::Ignore => Body::Skip(Skip::Truncate),
         Op::Truncate => Body::Truncate {
@@ -196,7 +286,7 @@ fn change<'m>(route: &Route, m: &SourceMessage, value: Value) -> Result<(Op, Bod
             source: Some(change.source),
         }),
     };
-    Ok((change.op, body))
+    (change.op, body)
 }
 
 /// The payload as UTF-8 text and parsed JSON.

@@ -35,10 +35,12 @@ use std::sync::Arc;
 pub use fold::{RouteWrites, RowDelete, RowTruncate, RowUpsert};
 
 use crate::config::route::Route;
+use crate::config::target::RouteSet;
+use crate::format::connect::ConnectCache;
 use crate::format::SchemaSet;
 use crate::kafka::message::{DeadLetter, Poison, PoisonReason, SourceMessage};
-use crate::types::{Offset, TopicPartition};
-use decode::Skip;
+use crate::types::{Offset, TableName, TopicPartition};
+use decode::{Body, Event, EventSchema, Skip};
 use fold::Fold;
 use identity::Identified;
 
@@ -59,12 +61,24 @@ pub struct BatchCounts {
 
 #[derive(Clone, Debug, Default)]
 pub struct PreparedBatch {
-    /// Indexed like the configured routes.
+    /// Indexed by write slot (`RouteSet::all`).
     pub writes: Vec<RouteWrites>,
     pub dead_letters: Vec<DeadLetter>,
     /// First and last offset seen per partition; the batch end is last + 1.
     pub ranges: BTreeMap<TopicPartition, (Offset, Offset)>,
     pub counts: BatchCounts,
+    /// The routes the batch was prepared with, which it must be committed
+    /// with (a table evolving meanwhile does not change what its rows hold);
+    /// `None`: the writer's.
+    pub routes: Option<Arc<RouteSet>>,
+    /// Tables the batch's messages need that the routes do not have yet (a
+    /// table met for the first time, or a schema its table was not shaped
+    /// for). A batch with demands is incomplete: their messages were left
+    /// out. The pipeline creates or evolves the tables and prepares the
+    /// batch again.
+    pub demands: Vec<Demand>,
+    /// The embedded schemas known after this batch.
+    pub connect: ConnectCache,
 }
 
 impl PreparedBatch {
@@ -73,10 +87,22 @@ impl PreparedBatch {
     }
 }
 
-/// Prepares a batch of schema-less messages, leaving the encoding to the
+/// A table a templated (or table-creating) route needs for a message.
+#[derive(Clone, Debug)]
+pub struct Demand {
+    /// The configured route (its slot).
+    pub route: usize,
+    pub table: TableName,
+    pub topic: Arc<str>,
+    /// The change event's schemas, for tables created from them.
+    pub schema: Option<EventSchema>,
+}
+
+/// Prepares a batch of messages of fixed routes, leaving the encoding to the
 /// commit (tests, `verify`).
 pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
-    fold_batch(routes, messages, &SchemaSet::default())
+    let set = RouteSet::new(routes.to_vec());
+    fold_batch(&set, messages, &SchemaSet::default())
 }
 
 /// Prepares a batch as the committer takes it: decoded, identified, folded,
@@ -86,26 +112,25 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
 /// order within each partition; `schemas` holds the writer schemas their
 /// schema'd values and keys name.
 pub fn prepare_for_commit(
-    routes: &[Route],
+    routes: &Arc<RouteSet>,
     messages: Vec<SourceMessage>,
     schemas: &SchemaSet,
     duplicate_heavy: &[bool],
 ) -> PreparedBatch {
     let mut b = fold_batch(routes, messages, schemas);
-    for ((w, route), heavy) in b.writes.iter_mut().zip(routes).zip(duplicate_heavy) {
+    for ((w, route), heavy) in b.writes.iter_mut().zip(routes.all()).zip(duplicate_heavy) {
         w.upserts_copy = encode::document_upserts(route, &w.upserts, *heavy);
     }
+    b.routes = Some(routes.clone());
     b
 }
 
 /// Decode, identity and fold, message by message.
-fn fold_batch(
-    routes: &[Route],
-    messages: Vec<SourceMessage>,
-    schemas: &SchemaSet,
-) -> PreparedBatch {
+fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet) -> PreparedBatch {
+    let routes = set.all();
     let mut batch = PreparedBatch {
         writes: vec![RouteWrites::default(); routes.len()],
+        connect: schemas.connect.clone(),
         ..Default::default()
     };
     let capacity = messages.len();
@@ -122,7 +147,7 @@ fn fold_batch(
                 batch.ranges.insert(m.tp.clone(), (m.offset, m.offset));
             }
         }
-        let Some(ri) = route_of.lookup(routes, &m.tp.topic) else {
+        let Some(ri) = route_of.lookup(set, &m.tp.topic) else {
             let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
             batch
                 .dead_letters
@@ -130,13 +155,32 @@ fn fold_batch(
             continue;
         };
         let route = &routes[ri];
-        let identified = decode::decode(route, &mut m, schemas).and_then(|event| {
-            if let Some(op) = event.op {
-                counts.change_ops[op as usize] += 1;
+        let event = match decode::decode(route, &mut m, schemas, &mut batch.connect) {
+            Ok(event) => event,
+            Err((reason, error)) => {
+                batch.dead_letters.push(DeadLetter::of(m, reason, error));
+                continue;
             }
-            identity::identify(route, event)
-        });
-        fold_one(&mut folds[ri], identified, m, &mut batch);
+        };
+        if let Some(op) = event.op {
+            counts.change_ops[op as usize] += 1;
+        }
+        let slot = match slot_of(set, ri, &event) {
+            Ok(Slot::At(slot)) => slot,
+            Ok(Slot::Missing(demand)) => {
+                if !batch.demands.iter().any(|d| same_demand(d, &demand)) {
+                    batch.demands.push(demand);
+                }
+                continue;
+            }
+            Err(e) => {
+                drop(event);
+                batch.dead_letters.push(DeadLetter::of(m, e.0, e.1));
+                continue;
+            }
+        };
+        let identified = identity::identify(&routes[slot], event);
+        fold_one(&mut folds[slot], identified, m, &mut batch);
     }
     for (fold, writes) in folds.into_iter().zip(&mut batch.writes) {
         fold.finish(writes);
@@ -144,6 +188,56 @@ fn fold_batch(
     batch
 }
 
+/// Where an event of configured route `ri` is written.
+enum Slot {
+    At(usize),
+    Missing(Demand),
+}
+
+/// The write slot of an event: the route's own, or its instance for the
+/// event's table — missing when the table is new, or its events now carry
+/// a schema the table was not shaped for.
+fn slot_of(set: &RouteSet, ri: usize, event: &Event<'_>) -> Result<Slot, Poison> {
+    let route = &set.all()[ri];
+    if !route.is_dynamic() || matches!(event.body, Body::Skip(_)) {
+        return Ok(Slot::At(ri));
+    }
+    let topic = &event.msg.tp.topic;
+    let table = match &route.template {
+        Some(t) => t
+            .render(topic, source_of(event))
+            .map_err(|e| (PoisonReason::TableName, e))?,
+        None => route.table.clone(),
+    };
+    let missing = || {
+        Slot::Missing(Demand {
+            route: ri,
+            table: table.clone(),
+            topic: topic.clone(),
+            schema: event.schema.clone(),
+        })
+    };
+    Ok(match set.instance(ri, &table) {
+        None => missing(),
+        Some(slot) => match &event.schema {
+            Some(s) if !set.is_shaped_for(slot, &s.value.id) => missing(),
+            _ => Slot::At(slot),
+        },
+    })
+}
+
+fn source_of<'e>(event: &'e Event<'_>) -> Option<&'e serde_json::Value> {
+    match &event.body {
+        Body::Upsert(image) => image.source.as_ref(),
+        Body::Delete { source, .. } | Body::Truncate { source } => Some(source),
+        Body::Tombstone | Body::Skip(_) => None,
+    }
+}
+
+fn same_demand(a: &Demand, b: &Demand) -> bool {
+    let id = |d: &Demand| d.schema.as_ref().map(|s| s.value.id);
+    a.route == b.route && a.table == b.table && id(a) == id(b)
+}
 /// Folds one identified message (or files its dead letter).
 fn fold_one(
     fold: &mut Fold,
@@ -191,11 +285,11 @@ struct RouteCache {
 }
 
 impl RouteCache {
-    fn lookup(&mut self, routes: &[Route], topic: &Arc<str>) -> Option<usize> {
+    fn lookup(&mut self, set: &RouteSet, topic: &Arc<str>) -> Option<usize> {
         match &self.last {
             Some((t, i)) if t == topic => *i,
             _ => {
-                let i = routes.iter().position(|r| r.topic.matches(topic));
+                let i = set.matching(topic);
                 self.last = Some((topic.clone(), i));
                 i
             }

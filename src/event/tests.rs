@@ -66,9 +66,9 @@ fn borrowed_and_value_paths_agree() {
             m.payload = Some(payload.to_vec());
             m.key = Some(b"kafka-key".to_vec());
             let mut v = m.clone();
-            let value = decode::decode(by_value, &mut v, &schemas)
+            let value = decode::decode(by_value, &mut v, &schemas, &mut Default::default())
                 .and_then(|e| identity::identify(by_value, e));
-            let event = decode::decode(route, &mut m, &schemas);
+            let event = decode::decode(route, &mut m, &schemas, &mut Default::default());
             let read_borrowed = matches!(
                 &event,
                 Ok(decode::Event { body: decode::Body::Upsert(i), .. })

@@ -42,6 +42,7 @@
 //! [`protobuf::columns_from_protobuf`]).
 
 pub mod avro;
+pub mod connect;
 pub mod json_schema;
 pub mod protobuf;
 pub mod registry;
@@ -739,6 +740,8 @@ mod throughput {
 #[derive(Clone, Debug, Default)]
 pub struct SchemaSet {
     by_id: std::collections::HashMap<u32, Result<std::sync::Arc<Schema>, Unusable>>,
+    /// Connect schemas embedded in JSON change events, met before this batch.
+    pub connect: connect::ConnectCache,
 }
 
 /// Why a schema id cannot decode anything.

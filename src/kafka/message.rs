@@ -29,6 +29,8 @@ pub enum PoisonReason {
     /// A typed column value that would make the row depend on the clock.
     TimeRelative,
     NoRoute,
+    /// A templated route's table name cannot be rendered for the message.
+    TableName,
     /// Rejected by the database (type conversion, constraint, jsonb limits).
     Database,
     /// A schema'd message that does not decode: `no_magic_byte`,
@@ -47,6 +49,7 @@ impl PoisonReason {
             PoisonReason::BadVersion => "bad_version",
             PoisonReason::TimeRelative => "time_relative",
             PoisonReason::NoRoute => "no_route",
+            PoisonReason::TableName => "table_name",
             PoisonReason::Database => "database",
             PoisonReason::Schema(code) => code,
         }

@@ -24,6 +24,7 @@
 mod commit;
 mod resync;
 pub mod schemas;
+pub mod tables;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::event::{self, PreparedBatch};
+use crate::format::connect::ConnectCache;
 use crate::format::SchemaSet;
 use crate::kafka::assignment::{Assignment, Claim, Envelope};
 use crate::kafka::consumer::Command;
@@ -65,7 +67,16 @@ pub enum PipelineError {
     /// would be dropped or change type), or setup-time schema work failed.
     #[error("schema: {0}")]
     Schema(#[from] SchemasError),
+    /// A table met while running cannot be created or evolved.
+    #[error("tables: {0}")]
+    Tables(#[from] tables::TablesError),
+    #[error("tables still missing after creating them: {}", .0.join(", "))]
+    TablesUnsettled(Vec<String>),
 }
+
+/// How often a batch is prepared again after creating the tables it met
+/// (a schema changing while its table is shaped takes one more).
+const MAX_TABLE_ROUNDS: usize = 3;
 
 impl From<DeadLetter> for PipelineError {
     fn from(d: DeadLetter) -> Self {
@@ -93,6 +104,8 @@ pub struct Pipeline {
     commands: std::sync::mpsc::Sender<Command>,
     /// Writer schemas of schema'd routes; `None` without a registry.
     schemas: Option<Arc<Schemas>>,
+    /// Connect schemas embedded in change events, met so far.
+    connect: std::sync::Mutex<ConnectCache>,
     /// Stops waits inside batch preparation (an unreachable registry).
     cancel: CancellationToken,
     /// Fault injection for tests: hold each prepared batch this long before
@@ -121,6 +134,7 @@ impl Pipeline {
             metrics,
             commands,
             schemas: None,
+            connect: Default::default(),
             cancel: CancellationToken::new(),
             fault_commit_delay: std::env::var("KAFKA_PG_SINK_FAULT_COMMIT_DELAY_MS")
                 .ok()
@@ -307,34 +321,71 @@ impl Pipeline {
         let Some(schemas) = self.schemas_for(all).await? else {
             return Ok(Vec::new()); // stopping while the registry was away
         };
-        let schemas = Arc::new(schemas);
-        let routes = self.writer.routes();
-        let heavy: Arc<Vec<bool>> = Arc::new(
-            (0..routes.len())
-                .map(|i| self.writer.duplicate_heavy(i))
-                .collect(),
-        );
-        // The lanes' batches are prepared in parallel (parse, hash, fold),
-        // and a document route's upserts encoded for COPY, off the commit
-        // path: while the committer builds them, the database waits.
-        let jobs: Vec<_> = admitted
-            .into_iter()
-            .map(|(lane, messages, claim)| {
-                let (routes, schemas, heavy) = (routes.clone(), schemas.clone(), heavy.clone());
-                let job = tokio::task::spawn_blocking(move || {
-                    event::prepare_for_commit(&routes, messages, &schemas, &heavy)
-                });
-                (lane, claim, job)
-            })
-            .collect();
-        let mut out = Vec::with_capacity(jobs.len());
-        for (lane, claim, job) in jobs {
-            let batch = job.await.expect("prepare does not panic");
-            out.push((lane, self.hand_over(batch, claim)?));
-        }
+        let out = self.prepare_lanes(admitted, schemas).await?;
         if let Some(d) = self.fault_commit_delay {
             tracing::warn!(?d, "fault injection: holding the batch before commit");
             tokio::time::sleep(d).await;
+        }
+        Ok(out)
+    }
+
+    /// Prepares each lane's batch. The lanes' batches are prepared in
+    /// parallel (parse, hash, fold), and a document route's upserts encoded
+    /// for COPY, off the commit path: while the committer builds them, the
+    /// database waits. A batch that meets tables the routes do not have yet
+    /// is prepared again once they exist (`tables.rs`): its messages are
+    /// kept for that when a route can meet new tables.
+    async fn prepare_lanes(
+        &self,
+        mut pending: Vec<(usize, Vec<SourceMessage>, Claim)>,
+        mut schemas: SchemaSet,
+    ) -> Result<Vec<(usize, Prepared)>, PipelineError> {
+        let mut out = Vec::with_capacity(pending.len());
+        for round in 0.. {
+            let routes = self.writer.routes();
+            let dynamic = routes.configured().iter().any(|r| r.is_dynamic());
+            schemas.connect = self.connect.lock().expect("connect lock").clone();
+            let shared = Arc::new(schemas.clone());
+            let heavy: Arc<Vec<bool>> = Arc::new(
+                (0..routes.all().len())
+                    .map(|i| self.writer.duplicate_heavy(i))
+                    .collect(),
+            );
+            let jobs: Vec<_> = pending
+                .drain(..)
+                .map(|(lane, messages, claim)| {
+                    let copy = dynamic.then(|| messages.clone());
+                    let (routes, schemas, heavy) = (routes.clone(), shared.clone(), heavy.clone());
+                    let job = tokio::task::spawn_blocking(move || {
+                        event::prepare_for_commit(&routes, messages, &schemas, &heavy)
+                    });
+                    (lane, claim, copy, job)
+                })
+                .collect();
+            let mut demands = Vec::new();
+            for (lane, claim, copy, job) in jobs {
+                let batch = job.await.expect("prepare does not panic");
+                self.connect
+                    .lock()
+                    .expect("connect lock")
+                    .absorb(&batch.connect);
+                match copy {
+                    Some(messages) if !batch.demands.is_empty() => {
+                        demands.extend(batch.demands);
+                        pending.push((lane, messages, claim));
+                    }
+                    _ => out.push((lane, self.hand_over(batch, claim)?)),
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            if round == MAX_TABLE_ROUNDS {
+                return Err(PipelineError::TablesUnsettled(
+                    demands.iter().map(|d| d.table.to_string()).collect(),
+                ));
+            }
+            tables::resolve(self.writer.pool(), &self.writer, &demands).await?;
         }
         Ok(out)
     }
@@ -376,7 +427,7 @@ impl Pipeline {
         };
         let routes = self.writer.routes();
         let (set, ids) = match schemas
-            .for_batch(&routes, messages, &self.metrics, &self.cancel)
+            .for_batch(routes.configured(), messages, &self.metrics, &self.cancel)
             .await
         {
             Ok(found) => found,

@@ -173,7 +173,13 @@ impl Schemas {
         pool: &PgPool,
         specs: &mut [RouteSpec],
     ) -> Result<(), SchemasError> {
-        for (i, spec) in specs.iter_mut().enumerate().filter(|(_, s)| s.from_schema) {
+        // Change-event routes shape their tables from each event's schema
+        // as they meet them (`pipeline::tables`).
+        for (i, spec) in specs
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.from_schema && !s.is_dynamic())
+        {
             let TopicMatcher::Exact(topic) = &spec.topic else {
                 continue; // refused by config validation
             };

@@ -31,6 +31,7 @@ use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::config::route::Route;
+use crate::config::target::RouteSet;
 use crate::config::OnError;
 use crate::event::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
 use crate::kafka::message::{DeadLetter, PoisonReason};
@@ -49,17 +50,22 @@ pub enum CommitOutcome {
 pub struct BatchWriter {
     pool: PgPool,
     group: String,
-    /// Replaced as a whole when a route evolves (`set_route`); a commit uses
-    /// the routes current when it starts.
-    routes: RwLock<Arc<Vec<Route>>>,
+    /// Replaced as a whole when a route evolves or a templated route meets
+    /// a new table; a batch commits with the routes it was prepared with.
+    routes: RwLock<Arc<RouteSet>>,
     on_error: OnError,
     /// Per route: the last batch was mostly re-deliveries, so the next
     /// document upsert filters stored duplicates first (`documents::upsert`).
-    duplicate_heavy: Vec<AtomicBool>,
+    /// Per write slot; replaced by a longer copy when instances are added
+    /// (a commit holding the old one loses at most one hint).
+    duplicate_heavy: RwLock<Arc<Vec<AtomicBool>>>,
     /// The route mappings this writer runs, checked after the fence
     /// (`store/mappings.rs`: a promote fences writers of the old mapping).
     guard: MappingGuard,
 }
+
+/// The hint of a slot added after the flags were copied.
+static NO_HINT: AtomicBool = AtomicBool::new(false);
 
 /// What the steps of one batch wrote and rejected.
 #[derive(Default)]
@@ -73,8 +79,9 @@ struct Written {
 /// A route and its index (the index keys per-route state).
 #[derive(Clone, Copy)]
 struct RouteAt<'a> {
-    i: usize,
     route: &'a Route,
+    /// Whether the route's last batch was mostly no-ops (documents).
+    heavy: &'a AtomicBool,
 }
 
 /// How the statements of one commit attempt meet a data error.
@@ -98,7 +105,10 @@ enum Step {
 
 impl BatchWriter {
     pub fn new(pool: PgPool, group: &str, routes: Vec<Route>, on_error: OnError) -> Self {
-        let duplicate_heavy = routes.iter().map(|_| AtomicBool::new(false)).collect();
+        let duplicate_heavy = RwLock::new(Arc::new(
+            routes.iter().map(|_| AtomicBool::new(false)).collect(),
+        ));
+        let routes = RouteSet::new(routes);
         Self {
             pool,
             group: group.to_string(),
@@ -117,16 +127,40 @@ impl BatchWriter {
     }
 
     /// The current routes.
-    pub fn routes(&self) -> Arc<Vec<Route>> {
+    pub fn routes(&self) -> Arc<RouteSet> {
         self.routes.read().expect("routes lock").clone()
     }
 
     /// Replaces route `i` (a table that evolved with its schema).
     pub fn set_route(&self, i: usize, route: Route) {
+        self.update_routes(|set| set.replace(i, route));
+    }
+
+    /// Changes the routes: later batches are prepared with the new set.
+    pub fn update_routes<T>(&self, change: impl FnOnce(&mut RouteSet) -> T) -> T {
         let mut routes = self.routes.write().expect("routes lock");
         let mut next = (**routes).clone();
-        next[i] = route;
+        let out = change(&mut next);
+        let slots = next.all().len();
         *routes = Arc::new(next);
+        let mut heavy = self.duplicate_heavy.write().expect("heavy lock");
+        if heavy.len() < slots {
+            let grown = (0..slots)
+                .map(|i| AtomicBool::new(heavy.get(i).is_some_and(|h| h.load(Ordering::Relaxed))))
+                .collect();
+            *heavy = Arc::new(grown);
+        }
+        out
+    }
+
+    /// The routes `batch` was prepared with (the current ones if it does
+    /// not say).
+    fn routes_of(&self, batch: &PreparedBatch) -> Arc<RouteSet> {
+        batch.routes.clone().unwrap_or_else(|| self.routes())
+    }
+
+    fn heavy_flags(&self) -> Arc<Vec<AtomicBool>> {
+        self.duplicate_heavy.read().expect("heavy lock").clone()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -140,13 +174,15 @@ impl BatchWriter {
     /// Whether route `i`'s next document upsert runs the duplicate
     /// pre-filter (its last batch was mostly no-ops).
     pub fn duplicate_heavy(&self, i: usize) -> bool {
-        self.duplicate_heavy[i].load(Ordering::Relaxed)
+        self.heavy_flags()
+            .get(i)
+            .is_some_and(|h| h.load(Ordering::Relaxed))
     }
 
     /// Forces the duplicate pre-filter of route `i` on or off for the next
     /// batch (tests: both plans must give the same result).
     pub fn set_duplicate_heavy(&self, i: usize, on: bool) {
-        self.duplicate_heavy[i].store(on, Ordering::Relaxed);
+        self.heavy_flags()[i].store(on, Ordering::Relaxed);
     }
 
     /// Commits one prepared batch atomically with its offsets.
@@ -182,7 +218,9 @@ impl BatchWriter {
         isolation: Isolation,
     ) -> Result<Option<CommitOutcome>, StoreError> {
         let started = std::time::Instant::now();
-        let routes = self.routes();
+        let set = self.routes_of(batch);
+        let routes = set.all();
+        let heavy = self.heavy_flags();
         let stages = batch
             .writes
             .iter()
@@ -205,8 +243,8 @@ impl BatchWriter {
         let mut written = Written::default();
         for (i, writes) in batch.writes.iter().enumerate() {
             let at = RouteAt {
-                i,
                 route: &routes[i],
+                heavy: heavy.get(i).unwrap_or(&NO_HINT),
             };
             match self
                 .write_route(&mut tx, &mut fresh, at, writes, isolation, &mut written)
@@ -279,13 +317,15 @@ impl BatchWriter {
         batch: &PreparedBatch,
     ) -> Result<TableCounts, StoreError> {
         let mut written = Written::default();
-        let routes = self.routes();
+        let set = self.routes_of(batch);
+        let routes = set.all();
+        let heavy = self.heavy_flags();
         // No stage was created with this transaction's BEGIN.
         let mut fresh = Fresh::default();
         for (i, writes) in batch.writes.iter().enumerate() {
             let at = RouteAt {
-                i,
                 route: &routes[i],
+                heavy: heavy.get(i).unwrap_or(&NO_HINT),
             };
             self.write_route(
                 conn,
@@ -419,8 +459,7 @@ impl BatchWriter {
         let route = at.route;
         match (chunk, &route.columns) {
             (Chunk::Upserts(rows, copy), None) => {
-                let heavy = &self.duplicate_heavy[at.i];
-                documents::upsert(conn, fresh, route, rows, copy, heavy).await
+                documents::upsert(conn, fresh, route, rows, copy, at.heavy).await
             }
             (Chunk::Upserts(rows, _), Some(map)) => {
                 typed::upsert(conn, fresh, route, map, rows).await

@@ -13,6 +13,7 @@ pub mod fence;
 pub mod mappings;
 pub mod offsets;
 pub mod promote;
+pub mod replica;
 pub mod schema;
 pub mod shadow;
 mod stage;

@@ -14,7 +14,8 @@ pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), 
         .execute(&mut *tx)
         .await?;
     // Typed tables belong to the user; only document tables are created.
-    for r in routes.iter().filter(|r| r.is_document()) {
+    // Templated routes create theirs when they meet them (`store::replica`).
+    for r in routes.iter().filter(|r| r.is_document() && !r.is_dynamic()) {
         if let Some(s) = &r.table.schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
                 .execute(&mut *tx)
@@ -59,6 +60,17 @@ pub async fn resolve_routes(pool: &PgPool, specs: &[RouteSpec]) -> Result<Vec<Ro
     let mut problems = Vec::new();
     let mut routes = Vec::with_capacity(specs.len());
     for spec in specs {
+        if spec.is_dynamic() {
+            // Its tables are resolved as they are met (instances).
+            let route = spec.clone().map_columns(|_| {
+                Err(SchemaError::Unusable(vec![format!(
+                    "route for {}: a table per source takes no `columns`",
+                    spec.table
+                )]))
+            })?;
+            routes.push(route);
+            continue;
+        }
         let rel: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::bigint")
             .bind(spec.table.quoted())
             .fetch_one(pool)

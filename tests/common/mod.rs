@@ -21,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 mod net;
+pub mod tables;
 pub use net::{http_get, partition_of};
 
 pub fn database_url() -> String {
@@ -243,7 +244,29 @@ impl TestTopic {
         replication: i32,
         config: &[(&str, &str)],
     ) -> TestTopic {
-        let name = unique("kpgs_topic");
+        Self::named_on(
+            brokers,
+            &unique("kpgs_topic"),
+            partitions,
+            replication,
+            config,
+        )
+        .await
+    }
+
+    /// A topic with a name the test chose (make it unique to the test).
+    pub async fn named(name: &str, partitions: i32) -> TestTopic {
+        Self::named_on(&brokers(), name, partitions, 1, &[]).await
+    }
+
+    async fn named_on(
+        brokers: &str,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+        config: &[(&str, &str)],
+    ) -> TestTopic {
+        let name = name.to_string();
         create_topic(brokers, &name, partitions, replication, config).await;
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
