@@ -839,10 +839,16 @@ mod tests {
             ),
             "text"
         );
-        let point = schema(
-            serde_json::json!({"type": "struct", "name": "io.debezium.data.geometry.Point", "fields": []}),
+        let named =
+            |n: &str| schema(serde_json::json!({"type": "struct", "name": n, "fields": []}));
+        assert_eq!(
+            pg_type(&named("io.debezium.data.geometry.Point")).unwrap(),
+            "point"
         );
-        let e = pg_type(&point).unwrap_err();
-        assert!(e.contains("geometry.Point"), "{e}");
+        let e = pg_type(&named("io.debezium.data.geometry.Geometry")).unwrap_err();
+        assert!(
+            e.contains("geometry.Geometry") && e.contains("PostGIS"),
+            "{e}"
+        );
     }
 }
