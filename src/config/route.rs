@@ -83,6 +83,21 @@ pub enum Evolve {
     AddColumns,
 }
 
+/// What happens to the messages of a table the route cannot create or
+/// evolve as its change events need (a narrower type, another primary key,
+/// a table another topic already feeds).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTableError {
+    /// The table's partitions stop (`partition_stalled` 1, an error log
+    /// naming the table and the change); other tables go on. A restart, or a
+    /// replay of the partitions, tries again — after the table was fixed.
+    #[default]
+    Stop,
+    /// Its messages become dead letters (`table_refused`).
+    DeadLetter,
+}
+
 /// The source position that orders a Debezium route's changes when none is
 /// configured: the Postgres connector's WAL position.
 pub const DEFAULT_CDC_POSITION: &str = "@source:lsn";
@@ -139,6 +154,10 @@ pub struct RouteConfig {
     /// source position (the order guard's), added by the sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_column: Option<String>,
+    /// Tables met while running: `stop` their partitions or `dead_letter`
+    /// their messages when the table cannot take their events.
+    #[serde(default)]
+    pub on_table_error: OnTableError,
     /// Typed table mode: column name → source (`/pointer`, `@payload`,
     /// `@kafka_key`, `@kafka_topic`, `@kafka_partition`, `@kafka_offset`,
     /// `@kafka_timestamp`, `@event_hash`, `@header:<name>`, with
@@ -173,6 +192,7 @@ pub struct Route<Columns = ColumnMap> {
     pub template: Option<TableTemplate>,
     /// Tables created from change events: their source position column.
     pub position_column: String,
+    pub on_table_error: OnTableError,
     /// Typed table mode (see `config::columns`); `None` = document table.
     pub columns: Option<Columns>,
 }
@@ -200,6 +220,7 @@ impl<C> Route<C> {
             evolve: self.evolve,
             template: self.template,
             position_column: self.position_column,
+            on_table_error: self.on_table_error,
         })
     }
 
@@ -320,6 +341,7 @@ impl RouteConfig {
             evolve: self.evolve,
             template,
             position_column,
+            on_table_error: self.on_table_error,
             columns,
         })
     }

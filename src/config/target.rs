@@ -157,6 +157,9 @@ fn check_identifier(template: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An instance: its template, its table, the events' schema version.
+type InstanceKey = (usize, TableName, Option<SchemaId>);
+
 /// The routes a writer runs: the configured ones, in order (a template is
 /// matched by topic but writes nothing itself), then the instances of its
 /// templates. An index into [`Self::all`] is a write slot: a prepared
@@ -166,19 +169,34 @@ fn check_identifier(template: &str, name: &str) -> Result<(), String> {
 pub struct RouteSet {
     routes: Vec<Route>,
     configured: usize,
-    instances: HashMap<(usize, TableName), usize>,
-    /// Per slot: the schemas its table has been shaped for.
-    shaped: Vec<Vec<SchemaId>>,
+    /// Keyed by template, table and — for tables created from change
+    /// events — schema version: each version writes its own columns.
+    instances: HashMap<InstanceKey, usize>,
+    /// Tables a template may not write, and why (`on_table_error =
+    /// "dead_letter"`: their messages become dead letters).
+    refused: HashMap<(usize, TableName), String>,
 }
 
 impl RouteSet {
     pub fn new(routes: Vec<Route>) -> RouteSet {
         RouteSet {
             configured: routes.len(),
-            shaped: vec![Vec::new(); routes.len()],
             routes,
             instances: HashMap::new(),
+            refused: HashMap::new(),
         }
+    }
+
+    /// Refuses template `template`'s table `table` for `reason`.
+    pub fn refuse(&mut self, template: usize, table: TableName, reason: String) {
+        self.refused.insert((template, table), reason);
+    }
+
+    /// Why template `template` may not write `table`, if it may not.
+    pub fn refusal(&self, template: usize, table: &TableName) -> Option<&str> {
+        self.refused
+            .get(&(template, table.clone()))
+            .map(String::as_str)
     }
 
     /// Every slot's route.
@@ -198,14 +216,17 @@ impl RouteSet {
             .position(|r| r.topic.matches(topic))
     }
 
-    /// The slot of template `template`'s instance for `table`.
-    pub fn instance(&self, template: usize, table: &TableName) -> Option<usize> {
-        self.instances.get(&(template, table.clone())).copied()
-    }
-
-    /// Whether slot `i`'s table was shaped for schema `id`.
-    pub fn is_shaped_for(&self, i: usize, id: &SchemaId) -> bool {
-        self.shaped[i].contains(id)
+    /// The slot of template `template`'s instance for `table` and events of
+    /// schema `schema`.
+    pub fn instance(
+        &self,
+        template: usize,
+        table: &TableName,
+        schema: Option<SchemaId>,
+    ) -> Option<usize> {
+        self.instances
+            .get(&(template, table.clone(), schema))
+            .copied()
     }
 
     /// Replaces slot `i`'s route (a table that evolved with its schema).
@@ -213,41 +234,34 @@ impl RouteSet {
         self.routes[i] = route;
     }
 
-    /// Adds (or updates) the instance of `template` for `route.table`, shaped
-    /// for `schema`; returns its slot.
+    /// Adds (or replaces) the instance of `template` for `route.table` and
+    /// events of `schema`; returns its slot.
     pub fn put_instance(
         &mut self,
         template: usize,
         route: Route,
         schema: Option<SchemaId>,
     ) -> usize {
-        let key = (template, route.table.clone());
-        let i = match self.instances.get(&key) {
+        let key = (template, route.table.clone(), schema);
+        match self.instances.get(&key) {
             Some(&i) => {
                 self.routes[i] = route;
                 i
             }
             None => {
                 self.routes.push(route);
-                self.shaped.push(Vec::new());
                 self.instances.insert(key, self.routes.len() - 1);
                 self.routes.len() - 1
             }
-        };
-        if let Some(id) = schema {
-            if !self.shaped[i].contains(&id) {
-                self.shaped[i].push(id);
-            }
         }
-        i
     }
 
-    /// The instances of template `template`: (table, slot).
+    /// The slots of template `template`'s instances: (table, slot).
     pub fn instances_of(&self, template: usize) -> impl Iterator<Item = (&TableName, usize)> {
         self.instances
             .iter()
-            .filter(move |((t, _), _)| *t == template)
-            .map(|((_, table), &i)| (table, i))
+            .filter(move |((t, _, _), _)| *t == template)
+            .map(|((_, table, _), &i)| (table, i))
     }
 }
 

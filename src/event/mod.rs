@@ -195,8 +195,8 @@ enum Slot {
 }
 
 /// The write slot of an event: the route's own, or its instance for the
-/// event's table — missing when the table is new, or its events now carry
-/// a schema the table was not shaped for.
+/// event's table (and schema version, for tables created from events) —
+/// missing when the table, or the version, is new.
 fn slot_of(set: &RouteSet, ri: usize, event: &Event<'_>) -> Result<Slot, Poison> {
     let route = &set.all()[ri];
     if !route.is_dynamic() || matches!(event.body, Body::Skip(_)) {
@@ -209,6 +209,12 @@ fn slot_of(set: &RouteSet, ri: usize, event: &Event<'_>) -> Result<Slot, Poison>
             .map_err(|e| (PoisonReason::TableName, e))?,
         None => route.table.clone(),
     };
+    if let Some(reason) = set.refusal(ri, &table) {
+        return Err((
+            PoisonReason::TableRefused,
+            format!("table {table}: {reason}"),
+        ));
+    }
     let missing = || {
         Slot::Missing(Demand {
             route: ri,
@@ -217,12 +223,13 @@ fn slot_of(set: &RouteSet, ri: usize, event: &Event<'_>) -> Result<Slot, Poison>
             schema: event.schema.clone(),
         })
     };
-    Ok(match set.instance(ri, &table) {
+    let schema = match &event.schema {
+        Some(s) if route.from_schema => Some(s.value.id),
+        _ => None,
+    };
+    Ok(match set.instance(ri, &table, schema) {
         None => missing(),
-        Some(slot) => match &event.schema {
-            Some(s) if !set.is_shaped_for(slot, &s.value.id) => missing(),
-            _ => Slot::At(slot),
-        },
+        Some(slot) => Slot::At(slot),
     })
 }
 

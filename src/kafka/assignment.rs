@@ -130,6 +130,25 @@ impl Claim {
     pub fn advances_past_skipped(&self) -> bool {
         !self.skipped_to.is_empty()
     }
+
+    /// The claimed partitions of `topic`, with the generation they were
+    /// admitted under.
+    pub fn partitions_of<'c>(
+        &'c self,
+        topic: &'c str,
+    ) -> impl Iterator<Item = (&'c TopicPartition, Generation)> + 'c {
+        self.parts
+            .iter()
+            .filter(move |(tp, _)| &*tp.topic == topic)
+            .map(|(tp, (g, _))| (tp, *g))
+    }
+
+    /// Leaves `topic`'s partitions out: the batch neither stores nor plans
+    /// positions for them (their messages were taken out of it).
+    pub fn forget_topic(&mut self, topic: &str) {
+        self.parts.retain(|tp, _| &*tp.topic != topic);
+        self.skipped_to.retain(|tp, _| &*tp.topic != topic);
+    }
 }
 
 /// Shared handle to this process's partition ownership.

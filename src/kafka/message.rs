@@ -31,6 +31,8 @@ pub enum PoisonReason {
     NoRoute,
     /// A templated route's table name cannot be rendered for the message.
     TableName,
+    /// The message's table cannot take it (`on_table_error = "dead_letter"`).
+    TableRefused,
     /// Rejected by the database (type conversion, constraint, jsonb limits).
     Database,
     /// A schema'd message that does not decode: `no_magic_byte`,
@@ -50,6 +52,7 @@ impl PoisonReason {
             PoisonReason::TimeRelative => "time_relative",
             PoisonReason::NoRoute => "no_route",
             PoisonReason::TableName => "table_name",
+            PoisonReason::TableRefused => "table_refused",
             PoisonReason::Database => "database",
             PoisonReason::Schema(code) => code,
         }

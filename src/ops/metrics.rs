@@ -144,7 +144,7 @@ impl Metrics {
             offsets_skipped: f.counter_vec("offsets_skipped_total", "Offsets without a record to deliver that positions moved past: transaction markers, aborted transactions, compacted-away records", &["topic"]),
             out_of_range: f.counter_vec("offsets_out_of_range_total", "Stored positions found outside their partition's log, by the policy applied", &["policy"]),
             offsets_lost: f.counter_vec("offsets_lost_total", "Records never read because a position out of range was moved on (retention, recreated topic)", &["topic", "partition"]),
-            partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped because its stored position cannot be resumed (on_offset_out_of_range = fail)", &["topic", "partition"]),
+            partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped: its stored position cannot be resumed (on_offset_out_of_range = fail), or its table cannot take its change events (on_table_error = stop)", &["topic", "partition"]),
             change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
             rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
             schema_registry_up: f.add(

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::route::OnTableError;
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::event::{self, PreparedBatch};
 use crate::format::connect::ConnectCache;
@@ -385,9 +386,45 @@ impl Pipeline {
                     demands.iter().map(|d| d.table.to_string()).collect(),
                 ));
             }
-            tables::resolve(self.writer.pool(), &self.writer, &demands).await?;
+            let refusals =
+                tables::resolve(self.writer.pool(), &self.writer, &demands, &self.cancel).await?;
+            if self.cancel.is_cancelled() {
+                return Ok(out);
+            }
+            for r in refusals {
+                self.refuse(r, &mut pending);
+            }
+            pending.retain(|(_, m, c)| !m.is_empty() || c.advances_past_skipped());
         }
         Ok(out)
+    }
+
+    /// A table that cannot take its events: its messages become dead letters
+    /// (`on_table_error = "dead_letter"`), or its partitions stop and leave
+    /// the batch (`stop`), while the other tables go on.
+    fn refuse(&self, r: tables::Refusal, pending: &mut [(usize, Vec<SourceMessage>, Claim)]) {
+        let d = &r.demand;
+        let policy = self.writer.routes().all()[d.route].on_table_error;
+        if policy == OnTableError::DeadLetter {
+            tracing::error!(table = %d.table, topic = %d.topic, problem = %r.problem, "table refused; its messages become dead letters (on_table_error = \"dead_letter\")");
+            self.writer
+                .update_routes(|set| set.refuse(d.route, d.table.clone(), r.problem.clone()));
+            return;
+        }
+        for (_, messages, claim) in pending.iter_mut() {
+            for (tp, generation) in claim.partitions_of(&d.topic) {
+                if self.assignment.stall(tp, generation) {
+                    self.metrics.set_stalled(tp, true);
+                }
+            }
+            claim.forget_topic(&d.topic);
+            messages.retain(|m| *m.tp.topic != *d.topic);
+        }
+        tracing::error!(
+            table = %d.table, topic = %d.topic, problem = %r.problem,
+            "table cannot take its change events; its partitions are stopped (on_table_error = \"stop\"). \
+             Change the table, then restart the sink or replay the topic's partitions"
+        );
     }
 
     /// The envelopes of each commit lane, in order. One lane takes the batch

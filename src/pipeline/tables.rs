@@ -8,6 +8,9 @@
 use std::collections::BTreeMap;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 
 use crate::config::columns::ColumnSpec;
 use crate::config::route::{Route, RouteSpec, RowKeySource, DEFAULT_CDC_POSITION};
@@ -16,7 +19,7 @@ use crate::format::connect;
 use crate::format::pointer_token;
 use crate::store::replica::{self, ReplicaError, Source};
 use crate::store::schema::{ensure_tables, resolve_routes, SchemaError};
-use crate::store::BatchWriter;
+use crate::store::{is_transient, BatchWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TablesError {
@@ -32,29 +35,87 @@ pub enum TablesError {
     Database(#[from] sqlx::Error),
 }
 
+impl TablesError {
+    /// The table cannot take the events (not the database's fault).
+    fn refusal(&self) -> Option<String> {
+        match self {
+            TablesError::Refused(ReplicaError::Refused { problem, .. })
+            | TablesError::Unfit { problem, .. } => Some(problem.clone()),
+            TablesError::Schema(SchemaError::Unusable(problems)) => Some(problems.join("; ")),
+            _ => None,
+        }
+    }
+
+    fn is_transient(&self) -> bool {
+        match self {
+            TablesError::Database(e)
+            | TablesError::Refused(ReplicaError::Database(e))
+            | TablesError::Schema(SchemaError::Database(e)) => is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// A table that cannot take its events, and why.
+#[derive(Debug)]
+pub struct Refusal {
+    pub demand: Demand,
+    pub problem: String,
+}
+
 /// Creates or evolves the tables `demands` name and adds them to the
-/// writer's routes.
+/// writer's routes; returns the tables that cannot be made to fit. A lost
+/// connection is retried until the database answers (or `cancel`).
 pub async fn resolve(
     pool: &PgPool,
     writer: &BatchWriter,
     demands: &[Demand],
-) -> Result<(), TablesError> {
+    cancel: &CancellationToken,
+) -> Result<Vec<Refusal>, TablesError> {
+    let mut refusals = Vec::new();
     for d in demands {
-        let template = writer.routes().all()[d.route].clone();
-        let (spec, schema_id) = if template.from_schema {
-            instance_from_schema(pool, writer, &template, d).await?
-        } else {
-            let spec = instance_spec(&template, d, None)?;
-            ensure_tables(pool, std::slice::from_ref(&spec)).await?;
-            replica::claim_only(pool, &spec.table, &d.topic, writer.group()).await?;
-            (spec, None)
-        };
-        let route = resolve_routes(pool, std::slice::from_ref(&spec))
-            .await?
-            .remove(0);
-        let slot = writer.update_routes(|set| set.put_instance(d.route, route, schema_id));
-        tracing::info!(route = %template.table, table = %d.table, topic = %d.topic, slot, "writing a table met while running");
+        let mut backoff = Backoff::database();
+        loop {
+            let e = match resolve_one(pool, writer, d).await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if let Some(problem) = e.refusal() {
+                refusals.push(Refusal {
+                    demand: d.clone(),
+                    problem,
+                });
+                break;
+            }
+            if !e.is_transient() {
+                return Err(e);
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %e, table = %d.table, ?delay, "creating the table failed; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(refusals),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
     }
+    Ok(refusals)
+}
+
+async fn resolve_one(pool: &PgPool, writer: &BatchWriter, d: &Demand) -> Result<(), TablesError> {
+    let template = writer.routes().all()[d.route].clone();
+    let (spec, schema_id) = if template.from_schema {
+        instance_from_schema(pool, writer, &template, d).await?
+    } else {
+        let spec = instance_spec(&template, d, None)?;
+        ensure_tables(pool, std::slice::from_ref(&spec)).await?;
+        replica::claim_only(pool, &spec.table, &d.topic, writer.group()).await?;
+        (spec, None)
+    };
+    let route = resolve_routes(pool, std::slice::from_ref(&spec))
+        .await?
+        .remove(0);
+    let slot = writer.update_routes(|set| set.put_instance(d.route, route, schema_id));
+    tracing::info!(route = %template.table, table = %d.table, topic = %d.topic, slot, "writing a table met while running");
     Ok(())
 }
 

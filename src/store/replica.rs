@@ -19,8 +19,13 @@
 //!    change that would lose data (a narrower type, another primary key) is
 //!    refused, naming the column.
 //!
-//! It returns the columns the route maps: every column change events have
-//! had, recorded in `sink_table_sources` across restarts and replicas.
+//! It returns the columns an event of this schema version writes: its own,
+//! and NULL into those an earlier version had and it lacks (dropped at the
+//! source). Columns added by later versions are not written: an older event
+//! says nothing about them (a row it inserts takes the column's default,
+//! which the source gave its rows when the column was added). The versions
+//! seen are recorded in `sink_table_sources`, in the order first seen,
+//! across restarts and replicas.
 
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -39,7 +44,7 @@ pub enum ReplicaError {
 /// What [`ensure`] found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Shaped {
-    /// Every column change events have had, in table order (the position
+    /// The columns events of this schema version write (the position
     /// column not among them).
     pub columns: Vec<String>,
     pub created: bool,
@@ -70,7 +75,7 @@ pub async fn ensure(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kafka-pg-sink setup'))")
         .execute(&mut *tx)
         .await?;
-    let known = claim(&mut tx, table, source).await?.map_err(refused)?;
+    let (known, mut versions) = claim(&mut tx, table, source).await?.map_err(refused)?;
     let canonical = canonical_types(&mut tx, shape).await?;
     let existing = table_columns(&mut tx, table).await?;
     let mut shaped = Shaped::default();
@@ -93,16 +98,41 @@ pub async fn ensure(
             columns.push(c.name.clone());
         }
     }
+    shaped.columns = written_columns(shape, &columns, &mut versions);
     sqlx::query(
-        "UPDATE sink_table_sources SET columns = $2, updated_at = now() WHERE table_name = $1",
+        "UPDATE sink_table_sources SET columns = $2, versions = $3, updated_at = now() \
+         WHERE table_name = $1",
     )
     .bind(table.quoted())
     .bind(serde_json::to_value(&columns).expect("names serialize"))
+    .bind(serde_json::to_value(&versions).expect("names serialize"))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    shaped.columns = columns;
     Ok(shaped)
+}
+
+/// The columns an event of `shape`'s version writes: its own, and those an
+/// earlier version (in `versions`, first seen first; `shape`'s is added if
+/// new) had and it lacks. `all` is every column seen, in order.
+fn written_columns(
+    shape: &TableShape,
+    all: &[String],
+    versions: &mut Vec<Vec<String>>,
+) -> Vec<String> {
+    let own: Vec<String> = shape.columns.iter().map(|c| c.name.clone()).collect();
+    let same = |v: &Vec<String>| v.len() == own.len() && own.iter().all(|c| v.contains(c));
+    let at = match versions.iter().position(same) {
+        Some(i) => i,
+        None => {
+            versions.push(own.clone());
+            versions.len() - 1
+        }
+    };
+    all.iter()
+        .filter(|c| own.contains(c) || versions[..at].iter().any(|v| v.contains(c)))
+        .cloned()
+        .collect()
 }
 
 /// Claims a table the sink creates in its fixed shape (a templated
@@ -130,12 +160,16 @@ pub async fn claim_only(
     Ok(())
 }
 
-/// Claims `table` for the topic; the columns recorded so far, or why not.
+/// The columns and versions recorded for a table.
+type Recorded = (Vec<String>, Vec<Vec<String>>);
+
+/// Claims `table` for the topic; the columns and versions recorded so far,
+/// or why not.
 async fn claim(
     conn: &mut PgConnection,
     table: &TableName,
     source: &Source<'_>,
-) -> Result<Result<Vec<String>, String>, sqlx::Error> {
+) -> Result<Result<Recorded, String>, sqlx::Error> {
     sqlx::query(
         "INSERT INTO sink_table_sources (table_name, topic, consumer_group) VALUES ($1, $2, $3) \
          ON CONFLICT (table_name) DO NOTHING",
@@ -145,10 +179,12 @@ async fn claim(
     .bind(source.group)
     .execute(&mut *conn)
     .await?;
-    let row = sqlx::query("SELECT topic, columns FROM sink_table_sources WHERE table_name = $1")
-        .bind(table.quoted())
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT topic, columns, versions FROM sink_table_sources WHERE table_name = $1",
+    )
+    .bind(table.quoted())
+    .fetch_one(&mut *conn)
+    .await?;
     let topic: String = row.get(0);
     if topic != source.topic {
         return Ok(Err(format!(
@@ -157,8 +193,11 @@ async fn claim(
             source.topic
         )));
     }
-    let columns: serde_json::Value = row.get(1);
-    Ok(Ok(serde_json::from_value(columns).unwrap_or_default()))
+    let parse = |i: usize| row.get::<serde_json::Value, _>(i);
+    Ok(Ok((
+        serde_json::from_value(parse(1)).unwrap_or_default(),
+        serde_json::from_value(parse(2)).unwrap_or_default(),
+    )))
 }
 
 /// Each shape column's type as Postgres prints it (`format_type`), read
@@ -440,6 +479,47 @@ fn split_mod(t: &str) -> (String, Vec<i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shape(cols: &[&str]) -> TableShape {
+        TableShape {
+            columns: cols
+                .iter()
+                .map(|c| ColumnDef {
+                    name: c.to_string(),
+                    pg_type: "text".into(),
+                    nullable: true,
+                    default: None,
+                })
+                .collect(),
+            key: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn a_version_writes_its_columns_and_nulls_the_dropped_ones_only() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut versions = Vec::new();
+        let all = names(&["id", "a", "b"]);
+        // v1 (id, a), v2 adds b, v3 drops a.
+        assert_eq!(
+            written_columns(&shape(&["id", "a"]), &all, &mut versions),
+            names(&["id", "a"])
+        );
+        assert_eq!(
+            written_columns(&shape(&["id", "a", "b"]), &all, &mut versions),
+            names(&["id", "a", "b"])
+        );
+        assert_eq!(
+            written_columns(&shape(&["id", "b"]), &all, &mut versions),
+            names(&["id", "a", "b"])
+        );
+        // v1 again (a replay): `b` came later, so v1 events leave it alone.
+        assert_eq!(
+            written_columns(&shape(&["a", "id"]), &all, &mut versions),
+            names(&["id", "a"])
+        );
+        assert_eq!(versions.len(), 3);
+    }
 
     #[test]
     fn only_widening_type_changes_are_followed() {
