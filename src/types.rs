@@ -107,6 +107,14 @@ impl TableName {
         }
     }
 
+    /// The name as a metric label or log field: `schema.table`, unquoted.
+    pub fn label(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// The name as SQL: every part double-quoted with embedded quotes doubled.
     pub fn quoted(&self) -> String {
         match &self.schema {

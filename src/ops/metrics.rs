@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rows_inserted: IntCounter,
     pub rows_updated: IntCounter,
     pub rows_deleted: IntCounter,
+    /// Per table: `rows_inserted/updated/deleted_total` by table.
+    pub table_rows: IntCounterVec,
     pub duplicates: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub skipped: IntCounterVec,
@@ -115,6 +117,7 @@ impl Metrics {
             rows_inserted: f.counter("rows_inserted_total", "Rows inserted (a key new to the table, counted once per batch)"),
             rows_updated: f.counter("rows_updated_total", "Rows updated (content changed)"),
             rows_deleted: f.counter("rows_deleted_total", "Rows deleted by tombstones"),
+            table_rows: f.counter_vec("table_rows_total", "Rows inserted, updated or deleted, per table (the rows_*_total of one table)", &["table", "change"]),
             duplicates: f.counter_vec("duplicates_total", "Messages that were duplicates: within a batch (stage=batch) or of the stored row (stage=table)", &["stage"]),
             dead_letters: f.counter_vec("dead_letters_total", "Poison messages written to sink_dead_letters", &["reason"]),
             skipped: f.counter_vec("messages_skipped_total", "Messages with no effect that are not duplicates", &["reason"]),
@@ -179,6 +182,15 @@ impl Metrics {
         self.rows_inserted.inc_by(t.inserted);
         self.rows_updated.inc_by(t.updated);
         self.rows_deleted.inc_by(t.deleted);
+        for (table, n) in &t.by_table {
+            for (change, n) in ["inserted", "updated", "deleted"].iter().zip(n) {
+                if *n > 0 {
+                    self.table_rows
+                        .with_label_values(&[table.as_str(), change])
+                        .inc_by(*n);
+                }
+            }
+        }
         self.duplicates
             .with_label_values(&["batch"])
             .inc_by(b.duplicate_in_batch);
@@ -330,6 +342,7 @@ mod tests {
             tombstone_noop: 0,
             truncated_rows: 7,
             rejected: vec![],
+            by_table: [("replica.t".to_string(), [5, 2, 1])].into(),
         };
         m.record_batch(&b, &t, &[("invalid_json", 2)], 0.01);
         let text = m.render();
@@ -337,5 +350,11 @@ mod tests {
         assert_eq!(consumed, 22.0);
         assert_eq!(parts, consumed, "{text}");
         assert!(text.contains("kafka_pg_sink_build_info{version="));
+        assert!(
+            text.contains(
+                r#"kafka_pg_sink_table_rows_total{change="inserted",table="replica.t"} 5"#
+            ),
+            "{text}"
+        );
     }
 }

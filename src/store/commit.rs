@@ -394,6 +394,10 @@ impl BatchWriter {
                     counts.updated -= created;
                     counts.inserted += created;
                     created_in_round_1 = 0;
+                    counts.by_table.insert(
+                        at.route.table.label(),
+                        [counts.inserted, counts.updated, counts.deleted],
+                    );
                     written.counts.absorb(counts);
                     written.counts.rejected.extend(rejected);
                 }

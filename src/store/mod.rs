@@ -118,6 +118,8 @@ pub struct TableCounts {
     pub truncated_rows: u64,
     /// Rows the database rejected, moved to dead letters.
     pub rejected: Vec<DeadLetter>,
+    /// Rows inserted, updated and deleted per table (quoted name).
+    pub by_table: std::collections::BTreeMap<String, [u64; 3]>,
 }
 
 impl TableCounts {
@@ -130,6 +132,12 @@ impl TableCounts {
         self.tombstone_noop += o.tombstone_noop;
         self.truncated_rows += o.truncated_rows;
         self.rejected.extend(o.rejected);
+        for (table, n) in o.by_table {
+            let mine = self.by_table.entry(table).or_default();
+            for (a, b) in mine.iter_mut().zip(n) {
+                *a += b;
+            }
+        }
     }
 
     /// Counts of a delete statement over `keys` keys that removed `deleted` rows.

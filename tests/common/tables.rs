@@ -43,6 +43,18 @@ pub async fn rows_as_text(
     key: &[String],
     exprs: &[String],
 ) -> BTreeMap<String, Vec<Option<String>>> {
+    try_rows_as_text(pool, table, key, exprs)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`rows_as_text`], or the error (a table or column not there yet).
+pub async fn try_rows_as_text(
+    pool: &PgPool,
+    table: &str,
+    key: &[String],
+    exprs: &[String],
+) -> Result<BTreeMap<String, Vec<Option<String>>>, String> {
     let mut conn = pool.acquire().await.unwrap();
     sqlx::query("SET TIME ZONE 'UTC'")
         .execute(&mut *conn)
@@ -59,13 +71,13 @@ pub async fn rows_as_text(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!("SELECT {key_expr}, ARRAY[{cols}]::text[] FROM {table}");
-    sqlx::query(&sql)
+    Ok(sqlx::query(&sql)
         .fetch_all(&mut *conn)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .map_err(|e| format!("{sql}: {e}"))?
         .iter()
         .map(|r| (r.get::<String, _>(0), r.get::<Vec<Option<String>>, _>(1)))
-        .collect()
+        .collect())
 }
 
 pub fn quote(ident: &str) -> String {
