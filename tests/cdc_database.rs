@@ -200,7 +200,7 @@ async fn step(db: &SourceDb, rng: &mut StdRng, next: &mut [i32], extra_col: bool
         ),
         10 => types_row(rng.gen_range(1..40)),
         _ if extra_col => format!("UPDATE t05 SET extra = extra + 1 WHERE id = {id}"),
-        _ => format!(r#"UPDATE "order" SET "from" = "from" + 1 WHERE id = 1"#),
+        _ => r#"UPDATE "order" SET "from" = "from" + 1 WHERE id = 1"#.to_string(),
     };
     db.exec(&sql).await;
 }
