@@ -93,7 +93,7 @@ pub fn decode<'m>(
     schemas: &SchemaSet,
     connect: &mut ConnectCache,
 ) -> Result<Event<'m>, Poison> {
-    decode_key(route, m, schemas)?;
+    let key_schema = decode_key(route, m, schemas)?;
     let m: &'m SourceMessage = m;
     let event = |op, body| Event {
         msg: m,
@@ -125,8 +125,24 @@ pub fn decode<'m>(
         None => parse_json(payload).map_err(|e| (PoisonReason::InvalidJson, e))?,
     };
     if route.is_cdc() {
+        // A registry format's change events carry their schema too; a
+        // route creating its tables reads values by it.
+        let schema = match (
+            route.format.is_schemad() && route.from_schema,
+            m.payload.as_deref(),
+        ) {
+            (true, Some(p)) => registry_schema(schemas, p, key_schema)?,
+            _ => None,
+        };
+        let value = match &schema {
+            Some(s) => connect::convert(value, &s.value.schema),
+            None => value,
+        };
         let (op, body) = change(route, m, value)?;
-        return Ok(event(Some(op), body));
+        return Ok(Event {
+            schema,
+            ..event(Some(op), body)
+        });
     }
     let image = Image {
         tree: Tree::Owned(value),
@@ -144,14 +160,40 @@ fn tombstone(route: &Route) -> Body<'static> {
     }
 }
 
-fn decode_key(route: &Route, m: &mut SourceMessage, schemas: &SchemaSet) -> Result<(), Poison> {
-    if route.key_format.is_schemad() {
-        if let Some(k) = &m.key {
-            let key = schemas.decode(route.key_format, k).map_err(schema_poison)?;
-            m.key = Some(key_text(&key).into_bytes());
-        }
+/// Decodes a schema'd key in place; for change events, returns its Connect
+/// schema.
+fn decode_key(
+    route: &Route,
+    m: &mut SourceMessage,
+    schemas: &SchemaSet,
+) -> Result<Option<Arc<Known>>, Poison> {
+    if !route.key_format.is_schemad() {
+        return Ok(None);
     }
-    Ok(())
+    let Some(k) = &m.key else { return Ok(None) };
+    let mut key = schemas.decode(route.key_format, k).map_err(schema_poison)?;
+    let schema = match schemas.connect_of(k) {
+        Some(Ok(known)) if route.is_cdc() && route.from_schema => {
+            key = connect::convert(key, &known.schema);
+            Some(known)
+        }
+        _ => None,
+    };
+    m.key = Some(key_text(&key).into_bytes());
+    Ok(schema)
+}
+
+/// The Connect schemas of a registry-framed change event (Avro).
+fn registry_schema(
+    schemas: &SchemaSet,
+    payload: &[u8],
+    key: Option<Arc<Known>>,
+) -> Result<Option<EventSchema>, Poison> {
+    match schemas.connect_of(payload) {
+        Some(Ok(value)) => Ok(Some(EventSchema { value, key })),
+        Some(Err(e)) => Err((PoisonReason::Schema("invalid_schema"), e)),
+        None => Ok(None),
+    }
 }
 
 /// A schema'd value decoded to JSON; `None` for plain JSON and tombstones.

@@ -68,7 +68,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat};
 use num_bigint::BigInt;
 use serde_json::{Map, Value};
 
-use super::{bytea_hex, float_json, number, only_non_null, whole_value_column};
+use super::{bytea_hex, connect, float_json, number, only_non_null, whole_value_column};
 use super::{ColumnSpec, Flattened, Parent, Reference};
 
 /// Largest single allocation apache-avro may make while decoding (a string,
@@ -428,6 +428,9 @@ fn decimal_text(unscaled: &BigInt, scale: usize) -> String {
 }
 
 fn date_text(days: i32) -> Result<String, String> {
+    if let Some(infinity) = connect::date_infinity(i64::from(days)) {
+        return Ok(infinity.into());
+    }
     NaiveDate::from_ymd_opt(1970, 1, 1)
         .and_then(|epoch| epoch.checked_add_signed(chrono::TimeDelta::days(i64::from(days))))
         .map(|d| d.format("%Y-%m-%d").to_string())
@@ -435,6 +438,10 @@ fn date_text(days: i32) -> Result<String, String> {
 }
 
 fn time_text(nanos: i64, digits: usize) -> Result<String, String> {
+    // The end of the day, which Postgres's time takes.
+    if nanos == 86_400_000_000_000 {
+        return Ok("24:00:00".into());
+    }
     if !(0..86_400_000_000_000).contains(&nanos) {
         return Err(format!("time of day {nanos} ns is outside 00:00..24:00"));
     }
@@ -461,6 +468,16 @@ enum Unit {
 }
 
 impl Unit {
+    /// `±infinity` of a Postgres source, as PgJDBC encodes them.
+    fn infinity(self, count: i64) -> Option<&'static str> {
+        let micros = match self {
+            Unit::Millis => count.checked_mul(1_000)?,
+            Unit::Micros => count,
+            Unit::Nanos => return None,
+        };
+        connect::timestamp_infinity(micros, 1)
+    }
+
     fn datetime(self, count: i64) -> Option<DateTime<chrono::Utc>> {
         match self {
             Unit::Millis => DateTime::from_timestamp_millis(count),
@@ -476,6 +493,9 @@ impl Unit {
             Unit::Micros => SecondsFormat::Micros,
             Unit::Nanos => SecondsFormat::Nanos,
         };
+        if let Some(infinity) = self.infinity(count) {
+            return Ok(infinity.into());
+        }
         self.datetime(count)
             .map(|t| t.to_rfc3339_opts(digits, true))
             .ok_or_else(|| "timestamp out of range".to_string())
@@ -488,6 +508,9 @@ impl Unit {
             Unit::Micros => "%.6f",
             Unit::Nanos => "%.9f",
         };
+        if let Some(infinity) = self.infinity(count) {
+            return Ok(infinity.into());
+        }
         self.datetime(count)
             .map(|t| {
                 t.naive_utc()

@@ -138,6 +138,15 @@ impl ConnectSchema {
         })
     }
 
+    /// The Connect schema an Avro schema written by Connect's Avro
+    /// converters describes: records, nullable unions, `connect.name`,
+    /// `connect.parameters`, `connect.type` (`int16`, `int8`) and Avro's
+    /// `decimal` logical type. Named types may be referenced after their
+    /// definition.
+    pub fn from_avro_json(v: &Value) -> Result<ConnectSchema, String> {
+        avro_node(v, None, &mut HashMap::new())
+    }
+
     pub fn param(&self, key: &str) -> Option<&str> {
         self.parameters.get(key).map(String::as_str)
     }
@@ -164,6 +173,154 @@ impl ConnectSchema {
     }
 }
 
+fn primitive(kind: Kind) -> ConnectSchema {
+    ConnectSchema {
+        kind,
+        name: None,
+        optional: false,
+        parameters: BTreeMap::new(),
+        default: None,
+    }
+}
+
+/// One node of an Avro schema; `ns` the enclosing namespace, `named` the
+/// named types defined so far (by full name).
+fn avro_node(
+    v: &Value,
+    ns: Option<&str>,
+    named: &mut HashMap<String, ConnectSchema>,
+) -> Result<ConnectSchema, String> {
+    match v {
+        Value::String(t) => Ok(match t.as_str() {
+            "int" => primitive(Kind::Int32),
+            "long" => primitive(Kind::Int64),
+            "float" => primitive(Kind::Float32),
+            "double" => primitive(Kind::Float64),
+            "boolean" => primitive(Kind::Boolean),
+            "string" => primitive(Kind::String),
+            "bytes" => primitive(Kind::Bytes),
+            other => {
+                let full = match (other.contains('.'), ns) {
+                    (false, Some(ns)) => format!("{ns}.{other}"),
+                    _ => other.to_string(),
+                };
+                named
+                    .get(&full)
+                    .or_else(|| named.get(other))
+                    .cloned()
+                    .ok_or_else(|| format!("Avro type `{other}` is not defined"))?
+            }
+        }),
+        Value::Array(branches) => {
+            let non_null: Vec<&Value> = branches.iter().filter(|b| *b != "null").collect();
+            let [only] = non_null.as_slice() else {
+                return Err("an Avro union of several types has no Connect schema".into());
+            };
+            let mut s = avro_node(only, ns, named)?;
+            s.optional = non_null.len() < branches.len();
+            Ok(s)
+        }
+        Value::Object(o) => avro_object(o, ns, named),
+        other => Err(format!("not an Avro schema: {other}")),
+    }
+}
+
+fn avro_object(
+    o: &Map<String, Value>,
+    ns: Option<&str>,
+    named: &mut HashMap<String, ConnectSchema>,
+) -> Result<ConnectSchema, String> {
+    let ty = o.get("type").ok_or("an Avro schema without `type`")?;
+    let ns_here = o.get("namespace").and_then(Value::as_str).or(ns);
+    let full_name = o
+        .get("name")
+        .and_then(Value::as_str)
+        .map(|n| match ns_here {
+            Some(ns) if !n.contains('.') => format!("{ns}.{n}"),
+            _ => n.to_string(),
+        });
+    let mut s = match ty.as_str() {
+        Some("record") => {
+            let mut fields = Vec::new();
+            for f in o
+                .get("fields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = f
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or("a field without `name`")?;
+                let mut schema = avro_node(
+                    f.get("type").ok_or("a field without `type`")?,
+                    ns_here,
+                    named,
+                )?;
+                schema.default = f.get("default").filter(|d| !d.is_null()).cloned();
+                fields.push(Field {
+                    name: name.to_string(),
+                    schema,
+                });
+            }
+            primitive(Kind::Struct(fields))
+        }
+        Some("array") => {
+            let items = avro_node(
+                o.get("items").ok_or("an array without `items`")?,
+                ns_here,
+                named,
+            )?;
+            primitive(Kind::Array(Box::new(items)))
+        }
+        Some("map") => {
+            let values = avro_node(
+                o.get("values").ok_or("a map without `values`")?,
+                ns_here,
+                named,
+            )?;
+            primitive(Kind::Map(
+                Box::new(primitive(Kind::String)),
+                Box::new(values),
+            ))
+        }
+        Some("enum") => primitive(Kind::String),
+        Some("fixed") => primitive(Kind::Bytes),
+        _ => avro_node(ty, ns_here, named)?,
+    };
+    match o.get("connect.type").and_then(Value::as_str) {
+        Some("int8") => s.kind = Kind::Int8,
+        Some("int16") => s.kind = Kind::Int16,
+        _ => {}
+    }
+    if let Some(Value::Object(p)) = o.get("connect.parameters") {
+        for (k, v) in p {
+            if let Some(v) = v.as_str() {
+                s.parameters.insert(k.clone(), v.to_string());
+            }
+        }
+    }
+    let connect_name = o.get("connect.name").and_then(Value::as_str);
+    if o.get("logicalType").and_then(Value::as_str) == Some("decimal") && connect_name.is_none() {
+        s.name = Some("org.apache.kafka.connect.data.Decimal".into());
+        for (key, param) in [
+            ("scale", "scale"),
+            ("precision", "connect.decimal.precision"),
+        ] {
+            if let Some(n) = o.get(key).and_then(Value::as_u64) {
+                s.parameters.entry(param.into()).or_insert(n.to_string());
+            }
+        }
+    }
+    if let Some(n) = connect_name.map(str::to_string).or(full_name.clone()) {
+        s.name.get_or_insert(n);
+    }
+    if let Some(full) = full_name {
+        named.insert(full, s.clone());
+    }
+    Ok(s)
+}
+
 // ---------------------------------------------------------------- cache
 
 /// Identifies a schema by content: the first 16 bytes of the SHA-256 of its
@@ -176,6 +333,18 @@ pub struct Known {
     pub id: SchemaId,
     pub schema: ConnectSchema,
     text: Box<str>,
+}
+
+impl Known {
+    /// `schema`, identified by the text it was read from.
+    pub fn new(text: &str, schema: ConnectSchema) -> Known {
+        let digest = Sha256::digest(text.as_bytes());
+        Known {
+            id: digest[..16].try_into().expect("16 bytes"),
+            schema,
+            text: text.into(),
+        }
+    }
 }
 
 /// The embedded schemas met so far. A message's schema text is looked up by
@@ -199,12 +368,7 @@ impl ConnectCache {
         }
         let value: Value =
             serde_json::from_str(text).map_err(|e| format!("embedded schema is not JSON: {e}"))?;
-        let digest = Sha256::digest(text.as_bytes());
-        let known = Arc::new(Known {
-            id: digest[..16].try_into().expect("16 bytes"),
-            schema: ConnectSchema::from_json(&value)?,
-            text: text.into(),
-        });
+        let known = Arc::new(Known::new(text, ConnectSchema::from_json(&value)?));
         self.by_hash.entry(h).or_default().push(known.clone());
         Ok(known)
     }
@@ -304,7 +468,7 @@ fn scalar(schema: &ConnectSchema, v: Value) -> Value {
         }
         "io.debezium.data.Bits" => v
             .as_str()
-            .and_then(decode_base64)
+            .and_then(bytes_of)
             .map(|b| Value::String(bit_string(&b, schema.param_u32("length")))),
         _ => match (&schema.kind, &v) {
             (Kind::Bytes, Value::String(b)) => bytes_hex(b).map(Value::String),
@@ -345,13 +509,20 @@ fn special_numeric(s: &str) -> Option<&'static str> {
     }
 }
 
-/// Days since 1970-01-01. PgJDBC turns `±infinity` into these day counts
-/// (streamed and snapshotted rows differ; docs/cdc-samples/types).
-fn date(days: i64) -> Option<String> {
+/// PgJDBC turns a date's `±infinity` into these day counts (streamed and
+/// snapshotted rows differ; docs/cdc-samples/types).
+pub(crate) fn date_infinity(days: i64) -> Option<&'static str> {
     match days {
-        -2147472691 | -625821272 => return Some("-infinity".into()),
-        -2147472692 | -622191234 => return Some("infinity".into()),
-        _ => {}
+        -2147472691 | -625821272 => Some("-infinity"),
+        -2147472692 | -622191234 => Some("infinity"),
+        _ => None,
+    }
+}
+
+/// Days since 1970-01-01.
+fn date(days: i64) -> Option<String> {
+    if let Some(infinity) = date_infinity(days) {
+        return Some(infinity.into());
     }
     let d = NaiveDate::from_ymd_opt(1970, 1, 1)?.checked_add_signed(TimeDelta::try_days(days)?)?;
     Some(format_date(d))
@@ -381,14 +552,8 @@ fn time_of_day(micros: i64) -> Option<String> {
 /// in units of `unit_us` microseconds. PgJDBC's `±infinity` (milliseconds,
 /// copied into microsecond fields too) become `±infinity`.
 fn timestamp(value: i64, unit_us: i64) -> Option<String> {
-    const INFINITY_MS: i64 = 9_223_372_036_825_200;
-    const NEG_INFINITY_MS: i64 = -9_223_372_036_832_400;
-    match value {
-        v if v == INFINITY_MS || v == INFINITY_MS * 1_000 => return Some("infinity".into()),
-        v if v == NEG_INFINITY_MS || v == NEG_INFINITY_MS * 1_000 => {
-            return Some("-infinity".into())
-        }
-        _ => {}
+    if let Some(infinity) = timestamp_infinity(value, unit_us) {
+        return Some(infinity.into());
     }
     let t: NaiveDateTime =
         DateTime::from_timestamp_micros(value.checked_mul(unit_us)?)?.naive_utc();
@@ -403,11 +568,39 @@ fn timestamp(value: i64, unit_us: i64) -> Option<String> {
     })
 }
 
+/// PgJDBC's `±infinity` timestamps: milliseconds, which Debezium also
+/// copies unscaled into microsecond fields. `value` counts `unit_us`
+/// microseconds.
+pub(crate) fn timestamp_infinity(value: i64, unit_us: i64) -> Option<&'static str> {
+    const INFINITY_MS: i64 = 9_223_372_036_825_200;
+    const NEG_INFINITY_MS: i64 = -9_223_372_036_832_400;
+    let scales: &[i64] = if unit_us == 1 { &[1, 1_000] } else { &[1] };
+    scales.iter().find_map(|k| match value {
+        v if v == INFINITY_MS * k => Some("infinity"),
+        v if v == NEG_INFINITY_MS * k => Some("-infinity"),
+        _ => None,
+    })
+}
+
+/// Bytes as Debezium's JSON converter writes them (base64), or as a
+/// registry format decodes them (`\x` hex).
+fn bytes_of(s: &str) -> Option<Vec<u8>> {
+    match s.strip_prefix("\\x") {
+        Some(h) => hex::decode(h).ok(),
+        None => decode_base64(s),
+    }
+}
+
 fn decode_base64(b: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(b).ok()
 }
 
+/// Base64 bytes as Postgres's bytea input (`\x` hex); bytes in that form
+/// already are left alone (`None`).
 fn bytes_hex(b: &str) -> Option<String> {
+    if b.starts_with("\\x") {
+        return None;
+    }
     decode_base64(b).map(|bytes| format!("\\x{}", hex::encode(bytes)))
 }
 
@@ -432,8 +625,8 @@ fn bit_string(bytes: &[u8], length: Option<u32>) -> String {
 }
 
 /// Big-endian two's complement unscaled value and a scale → exact decimal.
-fn decimal(b64: &str, scale: u32) -> Option<Value> {
-    let bytes = decode_base64(b64)?;
+fn decimal(encoded: &str, scale: u32) -> Option<Value> {
+    let bytes = bytes_of(encoded)?;
     if bytes.is_empty() {
         return None;
     }

@@ -151,6 +151,9 @@ pub struct Schema {
     id: u32,
     text: String,
     parsed: Parsed,
+    /// The Connect schema an Avro schema written by Connect describes
+    /// (change events: tables are created from it), read on first use.
+    connect: std::sync::OnceLock<Result<std::sync::Arc<connect::Known>, String>>,
 }
 
 #[derive(Debug)]
@@ -187,11 +190,32 @@ impl Schema {
             id,
             text: text.to_string(),
             parsed,
+            connect: std::sync::OnceLock::new(),
         })
     }
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The Connect schema of an Avro schema written by Connect's converter.
+    pub fn connect(&self) -> Result<std::sync::Arc<connect::Known>, String> {
+        self.connect
+            .get_or_init(|| {
+                let Parsed::Avro(_) = &self.parsed else {
+                    return Err(format!(
+                        "schema {} is {}: tables are created from Avro change events",
+                        self.id,
+                        self.schema_type()
+                    ));
+                };
+                let v: Value = serde_json::from_str(&self.text)
+                    .map_err(|e| format!("schema {}: {e}", self.id))?;
+                let s = connect::ConnectSchema::from_avro_json(&v)
+                    .map_err(|e| format!("schema {}: {e}", self.id))?;
+                Ok(std::sync::Arc::new(connect::Known::new(&self.text, s)))
+            })
+            .clone()
     }
 
     pub fn schema_type(&self) -> SchemaType {
@@ -521,8 +545,8 @@ pub(crate) fn bytea_hex(b: &[u8]) -> Value {
 }
 
 /// Floats: finite values as the shortest decimal that reads back to the same
-/// f32/f64 (ECMAScript style, `1e+21`), NaN and ±Inf as the strings Postgres'
-/// float input accepts.
+/// f32/f64 (ECMAScript style, `1e+21`; `-0.0` keeps its sign), NaN and ±Inf
+/// as the strings Postgres' float input accepts.
 pub(crate) fn float_json<F: ryu_js::Float + Copy + Into<f64>>(f: F) -> Value {
     let d: f64 = f.into();
     if d.is_nan() {
@@ -530,6 +554,10 @@ pub(crate) fn float_json<F: ryu_js::Float + Copy + Into<f64>>(f: F) -> Value {
     }
     if d.is_infinite() {
         return Value::String(if d > 0.0 { "Infinity" } else { "-Infinity" }.into());
+    }
+    // ECMAScript prints -0 as `0`; Postgres keeps the sign.
+    if d == 0.0 && d.is_sign_negative() {
+        return number("-0.0");
     }
     let mut buf = ryu_js::Buffer::new();
     number(buf.format_finite(f))
@@ -767,6 +795,19 @@ impl SchemaSet {
         let mut v: Vec<_> = self.by_id.values().filter_map(|s| s.clone().ok()).collect();
         v.sort_by_key(|s| s.id());
         v
+    }
+
+    /// The Connect schema of a framed message's writer schema (Avro change
+    /// events), `None` when the frame names no usable schema.
+    pub fn connect_of(
+        &self,
+        bytes: &[u8],
+    ) -> Option<Result<std::sync::Arc<connect::Known>, String>> {
+        let id = schema_id(bytes).ok()?;
+        match self.by_id.get(&id)? {
+            Ok(schema) => Some(schema.connect()),
+            Err(_) => None,
+        }
     }
 
     /// Decodes a framed message; `Err((reason, error))` names why it is a

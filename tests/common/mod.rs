@@ -379,6 +379,30 @@ impl TestTopic {
         self.send_with_headers(partition, key, value, &[]);
     }
 
+    /// Sends a record whose key is bytes (a schema'd key).
+    pub fn send_bytes(&self, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) {
+        loop {
+            let mut rec: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.name).partition(partition);
+            if let Some(k) = key {
+                rec = rec.key(k);
+            }
+            if let Some(v) = value {
+                rec = rec.payload(v);
+            }
+            match self.producer.send(rec) {
+                Ok(()) => return,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+    }
+
     pub fn send_with_headers(
         &self,
         partition: i32,
