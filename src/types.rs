@@ -59,6 +59,9 @@ pub struct Expected {
     pub new_next: Offset,
 }
 
+/// The Kafka timestamp (ms) of the last event of each partition in a batch.
+pub type LastEvents = std::collections::BTreeMap<TopicPartition, i64>;
+
 /// SHA-256 identity of an event's canonical content (see `json/hash.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventHash(pub [u8; 32]);

@@ -174,7 +174,7 @@ async fn recorded_avro_capture_replicates_into_tables_created_from_its_schemas()
         if !topics.iter().any(|t| t.name == topic) {
             topics.push(TestTopic::named(&topic, 1).await);
         }
-        let mut frame = |hex_field: &str, id_field: &str, suffix: &str| {
+        let frame = |hex_field: &str, id_field: &str, suffix: &str| {
             let bytes = hex::decode(e[hex_field].as_str()?).unwrap();
             let old = e[id_field].as_u64().unwrap();
             Some((bytes, old, format!("{topic}-{suffix}")))

@@ -8,6 +8,7 @@
 pub mod columns;
 pub mod fingerprint;
 pub mod route;
+pub mod route_set;
 pub mod target;
 
 use std::collections::BTreeMap;
@@ -215,6 +216,11 @@ pub struct BatchConfig {
     /// …or this long after its first message arrived, whichever comes first.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// …or at once when the consumer has nothing more queued and no commit
+    /// is in flight: waiting would only make the data older. Under load
+    /// batches still grow while the previous one commits.
+    #[serde(default = "default_true")]
+    pub close_when_idle: bool,
 }
 
 fn default_max_messages() -> usize {
@@ -229,6 +235,7 @@ impl Default for BatchConfig {
         Self {
             max_messages: default_max_messages(),
             max_wait: default_max_wait(),
+            close_when_idle: true,
         }
     }
 }

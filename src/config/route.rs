@@ -240,7 +240,7 @@ impl<C> Route<C> {
 
     /// The route's tables are met while it runs: a template, or a change
     /// event route that creates its table from the events' schemas. Such a
-    /// route writes through its instances (`config::target::RouteSet`).
+    /// route writes through its instances (`config::route_set::RouteSet`).
     pub fn is_dynamic(&self) -> bool {
         self.template.is_some() || (self.from_schema && self.is_cdc())
     }

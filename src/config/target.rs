@@ -2,7 +2,8 @@
 //! in `table` — a table per source: `table = "replica.${source.table}"`
 //! replicates a whole Debezium capture with one route. Such a route is a
 //! template: each table it meets becomes an instance, a concrete route of
-//! its own, added to the [`RouteSet`] while the sink runs.
+//! its own, added to the `RouteSet` (`config::route_set`) while the sink
+//! runs.
 //!
 //! Placeholders: `${topic}` and `${source.<field>}` (a field of a change
 //! event's `source` block: `db`, `schema`, `table`, …). A dot outside a
@@ -12,12 +13,8 @@
 //! bytes, which Postgres would silently truncate into another name) is
 //! refused, never altered.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
-use super::route::Route;
-use crate::format::connect::SchemaId;
 use crate::types::TableName;
 
 /// A table name with placeholders.
@@ -41,38 +38,7 @@ impl TableTemplate {
         if !text.contains("${") {
             return Ok(None);
         }
-        let mut parts: Vec<Vec<Piece>> = vec![Vec::new()];
-        let mut rest = text;
-        while !rest.is_empty() {
-            if let Some(after) = rest.strip_prefix("${") {
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| format!("`{text}`: `${{` without `}}`"))?;
-                let name = &after[..end];
-                let piece = match name.strip_prefix("source.") {
-                    _ if name == "topic" => Piece::Topic,
-                    Some(field) if !field.is_empty() => Piece::Source(field.to_string()),
-                    _ => {
-                        return Err(format!(
-                            "`{text}`: unknown placeholder `${{{name}}}` (use ${{topic}} or ${{source.<field>}})"
-                        ))
-                    }
-                };
-                parts.last_mut().expect("a part").push(piece);
-                rest = &after[end + 1..];
-            } else if let Some(after) = rest.strip_prefix('.') {
-                parts.push(Vec::new());
-                rest = after;
-            } else {
-                let c = rest.chars().next().expect("not empty");
-                let part = parts.last_mut().expect("a part");
-                match part.last_mut() {
-                    Some(Piece::Text(s)) => s.push(c),
-                    _ => part.push(Piece::Text(c.to_string())),
-                }
-                rest = &rest[c.len_utf8()..];
-            }
-        }
+        let mut parts = name_parts(text)?;
         if parts.iter().any(Vec::is_empty) {
             return Err(format!("`{text}` has an empty name part"));
         }
@@ -140,6 +106,44 @@ impl std::fmt::Display for TableTemplate {
     }
 }
 
+/// The pieces of each dot-separated part of a template.
+fn name_parts(text: &str) -> Result<Vec<Vec<Piece>>, String> {
+    let mut parts: Vec<Vec<Piece>> = vec![Vec::new()];
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("`{text}`: `${{` without `}}`"))?;
+            let piece = placeholder(text, &after[..end])?;
+            parts.last_mut().expect("a part").push(piece);
+            rest = &after[end + 1..];
+        } else if let Some(after) = rest.strip_prefix('.') {
+            parts.push(Vec::new());
+            rest = after;
+        } else {
+            let c = rest.chars().next().expect("not empty");
+            let part = parts.last_mut().expect("a part");
+            match part.last_mut() {
+                Some(Piece::Text(s)) => s.push(c),
+                _ => part.push(Piece::Text(c.to_string())),
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    Ok(parts)
+}
+
+fn placeholder(text: &str, name: &str) -> Result<Piece, String> {
+    match name.strip_prefix("source.") {
+        _ if name == "topic" => Ok(Piece::Topic),
+        Some(field) if !field.is_empty() => Ok(Piece::Source(field.to_string())),
+        _ => Err(format!(
+            "`{text}`: unknown placeholder `${{{name}}}` (use ${{topic}} or ${{source.<field>}})"
+        )),
+    }
+}
+
 /// A rendered name must be one Postgres holds as it is.
 fn check_identifier(template: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -155,114 +159,6 @@ fn check_identifier(template: &str, name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// An instance: its template, its table, the events' schema version.
-type InstanceKey = (usize, TableName, Option<SchemaId>);
-
-/// The routes a writer runs: the configured ones, in order (a template is
-/// matched by topic but writes nothing itself), then the instances of its
-/// templates. An index into [`Self::all`] is a write slot: a prepared
-/// batch's writes and the per-table state of the writer are indexed by it.
-/// Instances are only ever added or replaced, so a slot never changes table.
-#[derive(Clone, Debug, Default)]
-pub struct RouteSet {
-    routes: Vec<Route>,
-    configured: usize,
-    /// Keyed by template, table and — for tables created from change
-    /// events — schema version: each version writes its own columns.
-    instances: HashMap<InstanceKey, usize>,
-    /// Tables a template may not write, and why (`on_table_error =
-    /// "dead_letter"`: their messages become dead letters).
-    refused: HashMap<(usize, TableName), String>,
-}
-
-impl RouteSet {
-    pub fn new(routes: Vec<Route>) -> RouteSet {
-        RouteSet {
-            configured: routes.len(),
-            routes,
-            instances: HashMap::new(),
-            refused: HashMap::new(),
-        }
-    }
-
-    /// Refuses template `template`'s table `table` for `reason`.
-    pub fn refuse(&mut self, template: usize, table: TableName, reason: String) {
-        self.refused.insert((template, table), reason);
-    }
-
-    /// Why template `template` may not write `table`, if it may not.
-    pub fn refusal(&self, template: usize, table: &TableName) -> Option<&str> {
-        self.refused
-            .get(&(template, table.clone()))
-            .map(String::as_str)
-    }
-
-    /// Every slot's route.
-    pub fn all(&self) -> &[Route] {
-        &self.routes
-    }
-
-    /// The configured routes (templates included).
-    pub fn configured(&self) -> &[Route] {
-        &self.routes[..self.configured]
-    }
-
-    /// The first configured route whose topic matches.
-    pub fn matching(&self, topic: &str) -> Option<usize> {
-        self.configured()
-            .iter()
-            .position(|r| r.topic.matches(topic))
-    }
-
-    /// The slot of template `template`'s instance for `table` and events of
-    /// schema `schema`.
-    pub fn instance(
-        &self,
-        template: usize,
-        table: &TableName,
-        schema: Option<SchemaId>,
-    ) -> Option<usize> {
-        self.instances
-            .get(&(template, table.clone(), schema))
-            .copied()
-    }
-
-    /// Replaces slot `i`'s route (a table that evolved with its schema).
-    pub fn replace(&mut self, i: usize, route: Route) {
-        self.routes[i] = route;
-    }
-
-    /// Adds (or replaces) the instance of `template` for `route.table` and
-    /// events of `schema`; returns its slot.
-    pub fn put_instance(
-        &mut self,
-        template: usize,
-        route: Route,
-        schema: Option<SchemaId>,
-    ) -> usize {
-        let key = (template, route.table.clone(), schema);
-        match self.instances.get(&key) {
-            Some(&i) => {
-                self.routes[i] = route;
-                i
-            }
-            None => {
-                self.routes.push(route);
-                self.instances.insert(key, self.routes.len() - 1);
-                self.routes.len() - 1
-            }
-        }
-    }
-
-    /// The slots of template `template`'s instances: (table, slot).
-    pub fn instances_of(&self, template: usize) -> impl Iterator<Item = (&TableName, usize)> {
-        self.instances
-            .iter()
-            .filter(move |((t, _, _), _)| *t == template)
-            .map(|((_, table, _), &i)| (table, i))
-    }
 }
 
 #[cfg(test)]

@@ -35,11 +35,11 @@ use std::sync::Arc;
 pub use fold::{RouteWrites, RowDelete, RowTruncate, RowUpsert};
 
 use crate::config::route::Route;
-use crate::config::target::RouteSet;
+use crate::config::route_set::RouteSet;
 use crate::format::connect::ConnectCache;
 use crate::format::SchemaSet;
 use crate::kafka::message::{DeadLetter, Poison, PoisonReason, SourceMessage};
-use crate::types::{Offset, TableName, TopicPartition};
+use crate::types::{LastEvents, Offset, TableName, TopicPartition};
 use decode::{Body, Event, EventSchema, Skip};
 use fold::Fold;
 use identity::Identified;
@@ -79,6 +79,11 @@ pub struct PreparedBatch {
     pub demands: Vec<Demand>,
     /// The embedded schemas known after this batch.
     pub connect: ConnectCache,
+    /// The Kafka timestamp (ms) of every message with one, by configured
+    /// route: the age of events at commit.
+    pub event_times: Vec<Vec<i64>>,
+    /// The timestamp of each partition's last message.
+    pub last_events: LastEvents,
 }
 
 impl PreparedBatch {
@@ -131,23 +136,16 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
     let mut batch = PreparedBatch {
         writes: vec![RouteWrites::default(); routes.len()],
         connect: schemas.connect.clone(),
+        event_times: vec![Vec::new(); set.configured().len()],
         ..Default::default()
     };
     let capacity = messages.len();
     let mut folds: Vec<Fold> = routes.iter().map(|r| Fold::new(r, capacity)).collect();
     let mut route_of = RouteCache::default();
     for mut m in messages {
-        let counts = &mut batch.counts;
-        counts.consumed += 1;
-        // Looked up before inserting: an entry would clone the partition's
-        // shared topic name per message.
-        match batch.ranges.get_mut(&m.tp) {
-            Some(r) => r.1 = m.offset,
-            None => {
-                batch.ranges.insert(m.tp.clone(), (m.offset, m.offset));
-            }
-        }
-        let Some(ri) = route_of.lookup(set, &m.tp.topic) else {
+        let ri = route_of.lookup(set, &m.tp.topic);
+        note_message(&mut batch, &m, ri);
+        let Some(ri) = ri else {
             let error = format!("no [[route]] matches topic `{}`", m.tp.topic);
             batch
                 .dead_letters
@@ -163,7 +161,7 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
             }
         };
         if let Some(op) = event.op {
-            counts.change_ops[op as usize] += 1;
+            batch.counts.change_ops[op as usize] += 1;
         }
         let slot = match slot_of(set, ri, &event) {
             Ok(Slot::At(slot)) => slot,
@@ -186,6 +184,31 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
         fold.finish(writes);
     }
     batch
+}
+
+/// Counts the message, extends its partition's range, and records its
+/// Kafka timestamp: its partition's last, and among its route's
+/// (configured route `ri`) for the age of events at commit.
+fn note_message(batch: &mut PreparedBatch, m: &SourceMessage, ri: Option<usize>) {
+    batch.counts.consumed += 1;
+    // Looked up before inserting: an entry would clone the partition's
+    // shared topic name per message.
+    match batch.ranges.get_mut(&m.tp) {
+        Some(r) => r.1 = m.offset,
+        None => {
+            batch.ranges.insert(m.tp.clone(), (m.offset, m.offset));
+        }
+    }
+    let Some(ts) = m.timestamp else { return };
+    match batch.last_events.get_mut(&m.tp) {
+        Some(t) => *t = ts,
+        None => {
+            batch.last_events.insert(m.tp.clone(), ts);
+        }
+    }
+    if let Some(ri) = ri {
+        batch.event_times[ri].push(ts);
+    }
 }
 
 /// Where an event of configured route `ri` is written.

@@ -931,7 +931,8 @@ mod tests {
                 json!("-Infinity"),
             ),
             (1.5f32, 1e21f64, json!(1.5), number("1e+21")),
-            (-0.0f32, 2.0f64, json!(0), json!(2)),
+            // -0 keeps its sign (Postgres's float does).
+            (-0.0f32, 2.0f64, number("-0.0"), json!(2)),
         ] {
             let v = roundtrip(
                 &s,
@@ -995,14 +996,15 @@ mod tests {
         // Out-of-range union branch index.
         let u = schema(6, r#"["null","long"]"#);
         assert!(decode_body(&u, &[8]).is_err());
-        // A time-of-day beyond 24h is refused, not wrapped.
+        // A time-of-day beyond 24h is refused, not wrapped; 24:00 itself is
+        // Postgres's end of the day.
         let t = schema(7, r#"{"type":"int","logicalType":"time-millis"}"#);
-        let body = t
-            .as_avro()
-            .unwrap()
-            .encode(V::TimeMillis(86_400_000))
-            .unwrap();
-        assert!(decode_body(&t, &body).is_err());
+        let encode = |ms| t.as_avro().unwrap().encode(V::TimeMillis(ms)).unwrap();
+        assert!(decode_body(&t, &encode(86_400_001)).is_err());
+        assert_eq!(
+            decode_body(&t, &encode(86_400_000)).unwrap(),
+            json!("24:00:00")
+        );
     }
 
     #[test]

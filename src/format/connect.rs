@@ -240,31 +240,7 @@ fn avro_object(
             _ => n.to_string(),
         });
     let mut s = match ty.as_str() {
-        Some("record") => {
-            let mut fields = Vec::new();
-            for f in o
-                .get("fields")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let name = f
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or("a field without `name`")?;
-                let mut schema = avro_node(
-                    f.get("type").ok_or("a field without `type`")?,
-                    ns_here,
-                    named,
-                )?;
-                schema.default = f.get("default").filter(|d| !d.is_null()).cloned();
-                fields.push(Field {
-                    name: name.to_string(),
-                    schema,
-                });
-            }
-            primitive(Kind::Struct(fields))
-        }
+        Some("record") => primitive(Kind::Struct(avro_fields(o, ns_here, named)?)),
         Some("array") => {
             let items = avro_node(
                 o.get("items").ok_or("an array without `items`")?,
@@ -288,6 +264,45 @@ fn avro_object(
         Some("fixed") => primitive(Kind::Bytes),
         _ => avro_node(ty, ns_here, named)?,
     };
+    connect_annotations(o, &mut s);
+    if let Some(n) = full_name.clone() {
+        s.name.get_or_insert(n);
+    }
+    if let Some(full) = full_name {
+        named.insert(full, s.clone());
+    }
+    Ok(s)
+}
+
+fn avro_fields(
+    o: &Map<String, Value>,
+    ns: Option<&str>,
+    named: &mut HashMap<String, ConnectSchema>,
+) -> Result<Vec<Field>, String> {
+    let mut fields = Vec::new();
+    for f in o
+        .get("fields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("a field without `name`")?;
+        let mut schema = avro_node(f.get("type").ok_or("a field without `type`")?, ns, named)?;
+        schema.default = f.get("default").filter(|d| !d.is_null()).cloned();
+        fields.push(Field {
+            name: name.to_string(),
+            schema,
+        });
+    }
+    Ok(fields)
+}
+
+/// `connect.type`, `connect.parameters`, `connect.name`, and Avro's own
+/// decimal (as Connect's `Decimal`).
+fn connect_annotations(o: &Map<String, Value>, s: &mut ConnectSchema) {
     match o.get("connect.type").and_then(Value::as_str) {
         Some("int8") => s.kind = Kind::Int8,
         Some("int16") => s.kind = Kind::Int16,
@@ -312,13 +327,9 @@ fn avro_object(
             }
         }
     }
-    if let Some(n) = connect_name.map(str::to_string).or(full_name.clone()) {
-        s.name.get_or_insert(n);
+    if let Some(n) = connect_name {
+        s.name = Some(n.to_string());
     }
-    if let Some(full) = full_name {
-        named.insert(full, s.clone());
-    }
-    Ok(s)
 }
 
 // ---------------------------------------------------------------- cache

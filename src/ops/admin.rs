@@ -20,6 +20,11 @@ pub struct PartitionStatus {
     pub low_watermark: i64,
     pub high_watermark: i64,
     pub lag: i64,
+    /// How old the last committed event is (its Kafka timestamp to now).
+    pub last_event_age_seconds: Option<f64>,
+    /// How far behind the table is: the last committed event's age while
+    /// the partition has lag, 0 when caught up.
+    pub behind_seconds: Option<f64>,
 }
 
 fn admin_consumer(cfg: &Config) -> anyhow::Result<BaseConsumer> {
@@ -40,6 +45,7 @@ pub async fn show(
 ) -> anyhow::Result<Vec<PartitionStatus>> {
     let consumer = admin_consumer(cfg)?;
     let stored = offsets::read_group(pool, &cfg.kafka.group_id).await?;
+    let ages = offsets::event_ages(pool, &cfg.kafka.group_id).await?;
     let mut tps = routed_partitions(&consumer, routes)?;
     for (tp, _) in &stored {
         if !tps.contains(tp) {
@@ -51,8 +57,12 @@ pub async fn show(
     let mut out = Vec::new();
     for (tp, (low, high)) in tps.into_iter().zip(bounds) {
         let s = stored.iter().find(|(t, _)| *t == tp).map(|(_, o)| o.0);
+        let lag = high - s.unwrap_or(low).max(low);
+        let age = ages.get(&tp).copied();
         out.push(PartitionStatus {
-            lag: high - s.unwrap_or(low).max(low),
+            lag,
+            last_event_age_seconds: age,
+            behind_seconds: if lag > 0 { age } else { Some(0.0) },
             topic: tp.topic.to_string(),
             partition: tp.partition,
             stored_next_offset: s,
@@ -65,12 +75,13 @@ pub async fn show(
 
 pub fn render_table(rows: &[PartitionStatus]) -> String {
     let mut s = format!(
-        "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n",
-        "TOPIC", "PARTITION", "STORED_NEXT", "LOW", "HIGH", "LAG"
+        "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10} {:>12} {:>10}\n",
+        "TOPIC", "PARTITION", "STORED_NEXT", "LOW", "HIGH", "LAG", "LAST_EVENT", "BEHIND"
     );
+    let seconds = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}s"));
     for r in rows {
         s.push_str(&format!(
-            "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10}\n",
+            "{:<30} {:>9} {:>14} {:>12} {:>12} {:>10} {:>12} {:>10}\n",
             r.topic,
             r.partition,
             r.stored_next_offset
@@ -78,7 +89,9 @@ pub fn render_table(rows: &[PartitionStatus]) -> String {
                 .unwrap_or_else(|| "-".into()),
             r.low_watermark,
             r.high_watermark,
-            r.lag
+            r.lag,
+            seconds(r.last_event_age_seconds),
+            seconds(r.behind_seconds),
         ));
     }
     s

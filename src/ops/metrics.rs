@@ -12,19 +12,51 @@
 //! (`stale`), a message replaced by a later one with the same key in the same
 //! batch (`superseded`), ignored or no-op tombstones.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::event::BatchCounts;
 use crate::store::TableCounts;
-use crate::types::TopicPartition;
+use crate::types::{LastEvents, TopicPartition};
 
 const PREFIX: &str = "kafka_pg_sink_";
+
+/// How old the data is: the age of events at commit, each partition's last
+/// committed event, and how long a partition with lag has not advanced.
+#[derive(Clone)]
+pub struct Freshness {
+    /// Seconds since a partition with lag last advanced.
+    pub partition_stall: GaugeVec,
+    /// Kafka timestamp of the last committed event per partition.
+    pub last_event_timestamp: GaugeVec,
+    /// Commit time minus Kafka timestamp, per route.
+    pub event_age: HistogramVec,
+    /// When each partition's stored position last moved (or was first seen).
+    advanced: Arc<Mutex<HashMap<TopicPartition, (i64, Instant)>>>,
+}
+
+impl Freshness {
+    fn new(f: &mut Families) -> Freshness {
+        Freshness {
+            partition_stall: f.float_gauge_vec("partition_stall_seconds", "Seconds since the partition's stored position last moved while it has lag (0 when caught up): a stuck partition grows here", &["topic", "partition"]),
+            last_event_timestamp: f.float_gauge_vec("last_event_timestamp_seconds", "Kafka timestamp (Unix seconds) of the last event committed per partition", &["topic", "partition"]),
+            event_age: f.histogram_vec(
+                "event_age_seconds",
+                "Age of events when their batch committed: commit time minus the Kafka message timestamp, per route",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+                &["route"],
+            ),
+            advanced: Default::default(),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -53,6 +85,7 @@ pub struct Metrics {
     pub out_of_range: IntCounterVec,
     pub offsets_lost: IntCounterVec,
     pub partition_stalled: IntGaugeVec,
+    pub freshness: Freshness,
     pub change_events: IntCounterVec,
     pub rows_truncated: IntCounter,
     pub schema_registry_up: IntGauge,
@@ -92,6 +125,11 @@ impl Families {
             IntGaugeVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
                 .expect("valid metric"),
         )
+    }
+
+    fn float_gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let opts = Opts::new(format!("{PREFIX}{name}"), help);
+        self.add(GaugeVec::new(opts, labels).expect("valid metric"))
     }
 
     fn histogram_vec(
@@ -148,6 +186,7 @@ impl Metrics {
             out_of_range: f.counter_vec("offsets_out_of_range_total", "Stored positions found outside their partition's log, by the policy applied", &["policy"]),
             offsets_lost: f.counter_vec("offsets_lost_total", "Records never read because a position out of range was moved on (retention, recreated topic)", &["topic", "partition"]),
             partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped: its stored position cannot be resumed (on_offset_out_of_range = fail), or its table cannot take its change events (on_table_error = stop)", &["topic", "partition"]),
+            freshness: Freshness::new(&mut f),
             change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
             rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
             schema_registry_up: f.add(
@@ -229,9 +268,25 @@ impl Metrics {
         [tp.topic.to_string(), tp.partition.to_string()]
     }
 
+    /// The partition's lag; with lag, also how long its stored position
+    /// has not moved (`partition_stall_seconds`).
     pub fn set_lag(&self, tp: &TopicPartition, lag: i64) {
         let [t, p] = Self::partition_labels(tp);
         self.lag.with_label_values(&[t.as_str(), &p]).set(lag);
+        let now = Instant::now();
+        let since = {
+            let mut advanced = self.freshness.advanced.lock().expect("advanced lock");
+            advanced.entry(tp.clone()).or_insert((-1, now)).1
+        };
+        let stall = if lag > 0 {
+            now.duration_since(since).as_secs_f64()
+        } else {
+            0.0
+        };
+        self.freshness
+            .partition_stall
+            .with_label_values(&[t.as_str(), &p])
+            .set(stall);
     }
 
     pub fn set_stored_offset(&self, tp: &TopicPartition, next: i64) {
@@ -239,6 +294,34 @@ impl Metrics {
         self.stored_offset
             .with_label_values(&[t.as_str(), &p])
             .set(next);
+        let mut advanced = self.freshness.advanced.lock().expect("advanced lock");
+        let entry = advanced.entry(tp.clone()).or_insert((next, Instant::now()));
+        if entry.0 != next {
+            *entry = (next, Instant::now());
+        }
+    }
+
+    /// The ages of a committed batch's events: `times` (Kafka timestamps,
+    /// ms) per route label, measured now; and each partition's last event.
+    pub fn record_ages<'a>(
+        &self,
+        times: impl Iterator<Item = (&'a str, &'a [i64])>,
+        last: &LastEvents,
+    ) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for (route, ts) in times.filter(|(_, ts)| !ts.is_empty()) {
+            let h = self.freshness.event_age.with_label_values(&[route]);
+            for t in ts {
+                h.observe((now_ms - t).max(0) as f64 / 1e3);
+            }
+        }
+        for (tp, ts) in last {
+            let [t, p] = Self::partition_labels(tp);
+            self.freshness
+                .last_event_timestamp
+                .with_label_values(&[t.as_str(), &p])
+                .set(*ts as f64 / 1e3);
+        }
     }
 
     pub fn set_stalled(&self, tp: &TopicPartition, stalled: bool) {
@@ -265,6 +348,16 @@ impl Metrics {
         let _ = self.lag.remove_label_values(&labels);
         let _ = self.stored_offset.remove_label_values(&labels);
         let _ = self.partition_stalled.remove_label_values(&labels);
+        let _ = self.freshness.partition_stall.remove_label_values(&labels);
+        let _ = self
+            .freshness
+            .last_event_timestamp
+            .remove_label_values(&labels);
+        self.freshness
+            .advanced
+            .lock()
+            .expect("advanced lock")
+            .remove(tp);
     }
 
     /// Names of every registered metric family (also those without series yet).

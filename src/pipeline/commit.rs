@@ -43,6 +43,7 @@ impl Pipeline {
                         .with_label_values(&["outcome_unknown"])
                         .inc_by(batch.message_count());
                     self.metrics.messages_consumed.inc_by(batch.message_count());
+                    self.record_ages(batch);
                     self.after_commit(expected);
                     return Ok(());
                 }
@@ -109,6 +110,22 @@ impl Pipeline {
         let dead: Vec<(&'static str, u64)> = dead.into_iter().collect();
         self.metrics
             .record_batch(&batch.counts, counts, &dead, seconds);
+        self.record_ages(batch);
+    }
+
+    /// The age of the batch's events now that they are visible.
+    pub(super) fn record_ages(&self, batch: &PreparedBatch) {
+        let routes = batch.routes.clone().unwrap_or_else(|| self.writer.routes());
+        let labels: Vec<String> = routes
+            .configured()
+            .iter()
+            .map(|r| r.table.label())
+            .collect();
+        let times = labels
+            .iter()
+            .zip(&batch.event_times)
+            .map(|(l, ts)| (l.as_str(), ts.as_slice()));
+        self.metrics.record_ages(times, &batch.last_events);
     }
 
     pub(super) fn after_commit(&self, expected: &[Expected]) {

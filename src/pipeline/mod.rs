@@ -94,6 +94,9 @@ pub struct Pipeline {
     writer: BatchWriter,
     max_messages: usize,
     max_wait: Duration,
+    close_when_idle: bool,
+    /// Batches handed to the committers and not yet committed.
+    in_flight: tokio::sync::watch::Sender<usize>,
     /// Commit lanes: disjoint partition sets committing in parallel, each on
     /// its own connection (`sink.commit_lanes`).
     lanes: usize,
@@ -127,6 +130,8 @@ impl Pipeline {
             writer,
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
+            close_when_idle: cfg.batch.close_when_idle,
+            in_flight: tokio::sync::watch::Sender::new(0),
             lanes: cfg.sink.commit_lanes.max(1),
             on_error: cfg.sink.on_error,
             out_of_range: cfg.kafka.on_offset_out_of_range,
@@ -201,7 +206,9 @@ impl Pipeline {
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(p) = batches.recv().await {
-                if let Err(e) = this.commit_with_retry(&p.batch, &p.expected).await {
+                let result = this.commit_with_retry(&p.batch, &p.expected).await;
+                this.in_flight.send_modify(|n| *n -= 1);
+                if let Err(e) = result {
                     failed.cancel();
                     return Err(e);
                 }
@@ -224,8 +231,15 @@ impl Pipeline {
         };
         let mut buf: Vec<Envelope> = Vec::with_capacity(self.max_messages);
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut in_flight = self.in_flight.subscribe();
         loop {
-            if buf.len() < self.max_messages {
+            // Nothing more queued and the database idle: waiting out
+            // max_wait would only make the data older.
+            let idle = self.close_when_idle
+                && !buf.is_empty()
+                && rx.is_empty()
+                && *in_flight.borrow_and_update() == 0;
+            if buf.len() < self.max_messages && !idle {
                 let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
                 tokio::select! {
                     biased;
@@ -253,32 +267,48 @@ impl Pipeline {
                         self.on_notice(&mut watch, n).await;
                         continue;
                     }
+                    // A commit finished: the batch may close now.
+                    _ = in_flight.changed(), if self.close_when_idle && !buf.is_empty() => continue,
                 }
             }
             deadline = None;
             if buf.is_empty() {
                 continue;
             }
-            // Room in every lane first, then prepare: a batch is prepared
-            // only when its committer takes it next, so per lane one batch
-            // commits, one waits and the next is still raw messages (not a
-            // third prepared batch held until the channel frees up).
-            let mut permits = Vec::with_capacity(lanes.len());
-            for lane in lanes {
-                match lane.reserve().await {
-                    Ok(p) => permits.push(Some(p)),
-                    // The committer stopped on an error; run() reports it.
-                    Err(_) => return Ok(()),
-                }
-            }
-            let batch = next_batch(&mut buf, self.max_messages);
-            if !buf.is_empty() {
-                deadline = Some(tokio::time::Instant::now() + self.max_wait);
-            }
-            for (lane, p) in self.prepare(batch).await? {
-                permits[lane].take().expect("one batch per lane").send(p);
+            if !self.close_batch(&mut buf, &mut deadline, lanes).await? {
+                return Ok(()); // a committer stopped on an error; run() reports it
             }
         }
+    }
+
+    /// Takes the next batch from `buf`, prepares it and hands it to the
+    /// committers. Room in every lane first, then prepare: a batch is
+    /// prepared only when its committer takes it next, so per lane one batch
+    /// commits, one waits and the next is still raw messages (not a third
+    /// prepared batch held until the channel frees up). False when a
+    /// committer stopped.
+    async fn close_batch(
+        &self,
+        buf: &mut Vec<Envelope>,
+        deadline: &mut Option<tokio::time::Instant>,
+        lanes: &[mpsc::Sender<Prepared>],
+    ) -> Result<bool, PipelineError> {
+        let mut permits = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            match lane.reserve().await {
+                Ok(p) => permits.push(Some(p)),
+                Err(_) => return Ok(false),
+            }
+        }
+        let batch = next_batch(buf, self.max_messages);
+        if !buf.is_empty() {
+            *deadline = Some(tokio::time::Instant::now() + self.max_wait);
+        }
+        for (lane, p) in self.prepare(batch).await? {
+            self.in_flight.send_modify(|n| *n += 1);
+            permits[lane].take().expect("one batch per lane").send(p);
+        }
+        Ok(true)
     }
 
     /// Buffers `chunk` and whatever is already queued behind it (without

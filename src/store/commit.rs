@@ -31,7 +31,7 @@ use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::config::route::Route;
-use crate::config::target::RouteSet;
+use crate::config::route_set::RouteSet;
 use crate::config::OnError;
 use crate::event::{PreparedBatch, RouteWrites, RowDelete, RowTruncate, RowUpsert};
 use crate::kafka::message::{DeadLetter, PoisonReason};
@@ -229,7 +229,7 @@ impl BatchWriter {
             .filter_map(|(_, route)| stage_of(route));
         let (begin, mut fresh) = Fresh::begin(stages);
         let mut tx = self.pool.begin_with(begin).await?;
-        let fenced = fence(&mut tx, &self.group, expected).await?;
+        let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
         if !fenced.is_empty() {
             tx.rollback().await?;
             return Ok(Some(CommitOutcome::Fenced(fenced)));

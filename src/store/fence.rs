@@ -6,22 +6,25 @@
 
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::types::{Expected, TopicPartition};
+use crate::types::{Expected, LastEvents, TopicPartition};
 
-/// The fence: compare-and-set on every partition. Returns the partitions whose
-/// stored position is not what this consumer expected (empty = we own them).
+/// The fence: compare-and-set on every partition, recording the timestamp
+/// of each partition's last event (`last_event_at`). Returns the partitions
+/// whose stored position is not what this consumer expected (empty = we own
+/// them).
 pub(super) async fn fence(
     conn: &mut PgConnection,
     group: &str,
     expected: &[Expected],
+    last: &LastEvents,
 ) -> Result<Vec<TopicPartition>, sqlx::Error> {
     // Sorted so concurrent committers lock offset rows in the same order.
     let mut exp: Vec<&Expected> = expected.iter().collect();
     exp.sort_by(|a, b| a.tp.cmp(&b.tp));
     let (existing, new): (Vec<&Expected>, Vec<&Expected>) =
         exp.into_iter().partition(|e| e.expected.is_some());
-    let mut won = advance_existing(conn, group, &existing).await?;
-    won.extend(insert_first(conn, group, &new).await?);
+    let mut won = advance_existing(conn, group, &existing, last).await?;
+    won.extend(insert_first(conn, group, &new, last).await?);
     Ok(expected
         .iter()
         .filter(|e| !won.contains(&e.tp))
@@ -38,14 +41,16 @@ async fn advance_existing(
     conn: &mut PgConnection,
     group: &str,
     existing: &[&Expected],
+    last: &LastEvents,
 ) -> Result<Vec<TopicPartition>, sqlx::Error> {
     if existing.is_empty() {
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "UPDATE sink_offsets o SET next_offset = u.new_next, updated_at = now() \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) \
-              AS u(topic, partition, expected, new_next) \
+        "UPDATE sink_offsets o SET next_offset = u.new_next, updated_at = now(), \
+           last_event_at = coalesce(to_timestamp(u.last_ms / 1000.0), o.last_event_at) \
+         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::int8[]) \
+              AS u(topic, partition, expected, new_next, last_ms) \
          WHERE o.consumer_group = $1 AND o.topic = u.topic \
            AND o.partition = u.partition AND o.next_offset = u.expected \
          RETURNING o.topic, o.partition",
@@ -65,9 +70,14 @@ async fn advance_existing(
             .collect::<Vec<_>>(),
     )
     .bind(existing.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
+    .bind(last_of(existing, last))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.iter().map(topic_partition).collect())
+}
+
+fn last_of(rows: &[&Expected], last: &LastEvents) -> Vec<Option<i64>> {
+    rows.iter().map(|e| last.get(&e.tp).copied()).collect()
 }
 
 /// First batch of a partition: the row must not exist yet.
@@ -75,14 +85,16 @@ async fn insert_first(
     conn: &mut PgConnection,
     group: &str,
     new: &[&Expected],
+    last: &LastEvents,
 ) -> Result<Vec<TopicPartition>, sqlx::Error> {
     if new.is_empty() {
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
-         SELECT $1, u.topic, u.partition, u.new_next \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[]) AS u(topic, partition, new_next) \
+        "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, last_event_at) \
+         SELECT $1, u.topic, u.partition, u.new_next, to_timestamp(u.last_ms / 1000.0) \
+         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) \
+              AS u(topic, partition, new_next, last_ms) \
          ON CONFLICT (consumer_group, topic, partition) DO NOTHING \
          RETURNING topic, partition",
     )
@@ -90,6 +102,7 @@ async fn insert_first(
     .bind(new.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
     .bind(new.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
     .bind(new.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
+    .bind(last_of(new, last))
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.iter().map(topic_partition).collect())

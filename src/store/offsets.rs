@@ -58,6 +58,28 @@ pub async fn read_group(
     Ok(rows.iter().map(position).collect())
 }
 
+/// How old each partition's last committed event is (seconds, by the
+/// database's clock), for partitions whose commits recorded it.
+pub async fn event_ages(
+    pool: &PgPool,
+    group: &str,
+) -> Result<std::collections::HashMap<TopicPartition, f64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT topic, partition, extract(epoch FROM clock_timestamp() - last_event_at)::float8 \
+         FROM sink_offsets WHERE consumer_group = $1 AND last_event_at IS NOT NULL",
+    )
+    .bind(group)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let tp = TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1));
+            (tp, r.get::<f64, _>(2))
+        })
+        .collect())
+}
+
 /// Rewrites positions in one transaction and notifies running sinks. Running
 /// consumers' next compare-and-set fails, they re-read and seek: replay works
 /// without a restart, and idempotent writes make it converge.
@@ -96,7 +118,7 @@ pub(crate) async fn overwrite_positions(
         "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) \
          SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[]) \
          ON CONFLICT (consumer_group, topic, partition) \
-         DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+         DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now(), last_event_at = NULL",
     )
     .bind(group)
     .bind(topics)
@@ -173,7 +195,7 @@ pub async fn reset(
         .await?;
     let moved = match planned {
         Some(p) => sqlx::query(
-            "UPDATE sink_offsets SET next_offset = $5, updated_at = now() \
+            "UPDATE sink_offsets SET next_offset = $5, updated_at = now(), last_event_at = NULL \
              WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
         )
         .bind(group)

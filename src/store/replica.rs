@@ -319,86 +319,94 @@ fn plan_changes(
     known: &[String],
     source: &Source<'_>,
 ) -> Result<Vec<(String, String)>, String> {
-    let evolve = source.evolve == Evolve::AddColumns;
-    let needs_evolve = |what: String| {
-        format!("{what}; set evolve = \"add_columns\" to follow the source, or change the table")
+    let mut plan = Plan {
+        evolve: source.evolve == Evolve::AddColumns,
+        steps: Vec::new(),
     };
-    let mut plan = Vec::new();
+    let position = quote_ident(source.position_column);
     if !existing.iter().any(|e| e.name == source.position_column) {
-        if !evolve {
-            return Err(needs_evolve(format!(
-                "has no position column {}",
-                quote_ident(source.position_column)
-            )));
-        }
-        plan.push((
-            format!("ADD COLUMN {} bigint", quote_ident(source.position_column)),
+        plan.change(
+            format!("has no position column {position}"),
+            format!("ADD COLUMN {position} bigint"),
             format!("ADD {}", source.position_column),
-        ));
+        )?;
     }
     for (c, want) in shape.columns.iter().zip(canonical) {
-        let q = quote_ident(&c.name);
-        match existing.iter().find(|e| e.name == c.name) {
-            None if evolve => plan.push((
-                format!("ADD COLUMN {}{}", column_def(c), default_clause(c)),
-                format!("ADD {}", c.name),
-            )),
-            None => {
-                return Err(needs_evolve(format!(
-                    "lacks column {q} ({want}) of the source"
-                )))
-            }
-            Some(e) if &e.sql_type == want => {}
-            Some(e) if widens(&e.sql_type, want) && evolve => plan.push((
-                format!("ALTER COLUMN {q} TYPE {}", c.pg_type),
-                format!("TYPE {}", c.name),
-            )),
-            Some(e) if widens(&e.sql_type, want) => {
-                return Err(needs_evolve(format!(
-                    "column {q} is {}, the source's is now {want}",
-                    e.sql_type
-                )))
-            }
-            Some(e) => {
-                return Err(format!(
-                    "column {q} is {}; the source's is now {want}, which the table cannot take \
-                     without losing data (tables are only widened); the table's partitions stop \
-                     until the table is changed by hand",
-                    e.sql_type
-                ))
-            }
-        }
-        if let Some(e) = existing.iter().find(|e| e.name == c.name) {
-            if e.not_null && c.nullable && !shape.key.contains(&c.name) {
-                if !evolve {
-                    return Err(needs_evolve(format!(
-                        "column {q} is NOT NULL, the source's is nullable"
-                    )));
-                }
-                plan.push((
-                    format!("ALTER COLUMN {q} DROP NOT NULL"),
-                    format!("NULL {}", c.name),
-                ));
-            }
-        }
+        let found = existing.iter().find(|e| e.name == c.name);
+        column_changes(&mut plan, shape, c, want, found)?;
     }
     // Columns the source dropped: rows written from now on hold NULL there.
     for e in existing.iter().filter(|e| e.not_null) {
-        let dropped = known.contains(&e.name) && !shape.columns.iter().any(|c| c.name == e.name);
-        if dropped {
-            if !evolve {
-                return Err(needs_evolve(format!(
-                    "column {} was dropped at the source and is NOT NULL here",
-                    quote_ident(&e.name)
-                )));
-            }
-            plan.push((
-                format!("ALTER COLUMN {} DROP NOT NULL", quote_ident(&e.name)),
+        if known.contains(&e.name) && !shape.columns.iter().any(|c| c.name == e.name) {
+            let q = quote_ident(&e.name);
+            plan.change(
+                format!("column {q} was dropped at the source and is NOT NULL here"),
+                format!("ALTER COLUMN {q} DROP NOT NULL"),
                 format!("NULL {}", e.name),
-            ));
+            )?;
         }
     }
-    Ok(plan)
+    Ok(plan.steps)
+}
+
+/// The changes planned so far, and whether the route may make them.
+struct Plan {
+    evolve: bool,
+    steps: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// A change the table needs (`why` it does): planned, with `evolve`.
+    fn change(&mut self, why: String, sql: String, name: String) -> Result<(), String> {
+        if !self.evolve {
+            return Err(format!(
+                "{why}; set evolve = \"add_columns\" to follow the source, or change the table"
+            ));
+        }
+        self.steps.push((sql, name));
+        Ok(())
+    }
+}
+
+/// What one source column (`want` is its canonical type) needs of the
+/// table's column `found`.
+fn column_changes(
+    plan: &mut Plan,
+    shape: &TableShape,
+    c: &ColumnDef,
+    want: &str,
+    found: Option<&Existing>,
+) -> Result<(), String> {
+    let q = quote_ident(&c.name);
+    let Some(e) = found else {
+        return plan.change(
+            format!("lacks column {q} ({want}) of the source"),
+            format!("ADD COLUMN {}{}", column_def(c), default_clause(c)),
+            format!("ADD {}", c.name),
+        );
+    };
+    if e.sql_type != want {
+        if !widens(&e.sql_type, want) {
+            return Err(format!(
+                "column {q} is {}; the source's is now {want}, which the table cannot take \
+                 without losing data (tables are only widened)",
+                e.sql_type
+            ));
+        }
+        plan.change(
+            format!("column {q} is {}, the source's is now {want}", e.sql_type),
+            format!("ALTER COLUMN {q} TYPE {}", c.pg_type),
+            format!("TYPE {}", c.name),
+        )?;
+    }
+    if e.not_null && c.nullable && !shape.key.contains(&c.name) {
+        plan.change(
+            format!("column {q} is NOT NULL, the source's is nullable"),
+            format!("ALTER COLUMN {q} DROP NOT NULL"),
+            format!("NULL {}", c.name),
+        )?;
+    }
+    Ok(())
 }
 
 /// The table's primary key must be the source's.
