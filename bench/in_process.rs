@@ -2,7 +2,7 @@
 //! pipeline overlaps them, the client-side cost alone, and the commits alone.
 
 use crate::*;
-use kafka_pg_sink::config::target::RouteSet;
+use kafka_pg_sink::config::route_set::RouteSet;
 
 /// Phase 2: write path in process (document route): prepare + commit
 /// (offsets included), overlapped the way the pipeline overlaps them, and
