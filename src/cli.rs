@@ -1,9 +1,11 @@
 //! Command line: `run | setup | check-config | offsets show | replay |
-//! verify | rebuild | promote | abort`, and the dispatch of each command to
-//! the library. Exit codes: 0 ok, 1 runtime failure, 2 invalid
-//! configuration, 3 `verify` found differences.
+//! verify | rebuild | promote | abort | config from-connect`, and the
+//! dispatch of each command to the library. Exit codes: 0 ok, 1 runtime
+//! failure, 2 invalid configuration (or input), 3 `verify` found
+//! differences.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::app;
+use crate::config::from_connect;
 use crate::config::route::RouteSpec;
 use crate::config::{Config, Overrides};
 use crate::ops::admin::{self, ReplayTarget};
@@ -97,6 +100,22 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Drop a rebuild's shadow table and positions; the live table is untouched.
     Abort(ShadowArgs),
+    /// Configuration tools; they read no configuration file and reach no server.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Translate a Kafka Connect JDBC sink connector (Debezium's or Confluent's) into this
+    /// sink's TOML: the configuration on stdout, then what was not translated as comments.
+    FromConnect {
+        /// The connector's configuration: JSON as Connect's REST API shows it
+        /// (`{"name", "config"}` or the flat map), or a .properties file; `-` reads stdin.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +219,10 @@ pub struct ReplayArgs {
 /// result to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing(&cli.global.log_format);
+    // Needs no configuration file (`--config` is not read) and no server.
+    if let Command::Config { command } = &cli.command {
+        return config_command(command);
+    }
     let (cfg, routes) = match Config::load(&cli.global.config, &cli.global.overrides()) {
         Ok(c) => c,
         Err(e) => {
@@ -262,7 +285,50 @@ async fn dispatch(
         Command::Rebuild(a) => done(rebuild(cfg, routes, &a, ctx.http_bind).await),
         Command::Promote(a) => done(promote(&cfg, &routes, &a).await),
         Command::Abort(a) => done(abort(&cfg, &routes, &a).await),
+        Command::Config { .. } => unreachable!("handled before the configuration is loaded"),
     }
+}
+
+fn config_command(cmd: &ConfigCommand) -> ExitCode {
+    match cmd {
+        ConfigCommand::FromConnect { file } => from_connect_command(file),
+    }
+}
+
+/// Prints the translation and the notes; exit 2 when the file is not a
+/// PostgreSQL JDBC sink connector's configuration.
+fn from_connect_command(path: &Path) -> ExitCode {
+    match from_connect_text(path) {
+        Ok(out) => {
+            // A closed pipe (`| head`) is not an error of the translation.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The translation of the connector in `path` (`-`: stdin), then one
+/// comment line per note.
+fn from_connect_text(path: &Path) -> Result<String, String> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let connector = from_connect::parse_connector(&text.map_err(|e| e.to_string())?)?;
+    from_connect::sink_kind(&connector)?;
+    let t = from_connect::translate(&connector);
+    let mut out = t.toml;
+    for n in &t.notes {
+        out.push_str(&format!("# not translated: {n}\n"));
+    }
+    Ok(out)
 }
 
 async fn setup(cfg: &Config, specs: &[RouteSpec]) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 pub mod columns;
 pub mod fingerprint;
+pub mod from_connect;
 pub mod route;
 pub mod route_set;
 pub mod target;
