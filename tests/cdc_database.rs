@@ -480,4 +480,44 @@ async fn a_whole_database_replicates_with_one_route() {
     .await;
     let m = sink.metrics().await.unwrap();
     assert_metrics_identity(&m);
+
+    // verify: every created table equals what its topic says, one table
+    // alone too; a row changed behind the sink's back is found.
+    let (code, report) = verify(&cfg.path, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["routes"].as_array().unwrap().len(),
+        names.len(),
+        "{report}"
+    );
+    let (code, report) = verify(&cfg.path, &["--route", "replica.t03"]);
+    assert_eq!(
+        (code, report["routes"].as_array().unwrap().len()),
+        (0, 1),
+        "{report}"
+    );
+    target
+        .exec(
+            "UPDATE replica.t03 SET note = 'tampered' WHERE id = (SELECT min(id) FROM replica.t03)",
+        )
+        .await;
+    let (code, report) = verify(&cfg.path, &["--route", "replica.t03"]);
+    assert_eq!(code, 3, "{report}");
+    assert_eq!(report["routes"][0]["different"], 1, "{report}");
+}
+
+/// `verify --json` (plus `extra`): exit code and report.
+fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(sink_binary())
+        .arg("--config")
+        .arg(config)
+        .args(["verify", "--json"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
 }

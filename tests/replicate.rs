@@ -187,20 +187,25 @@ async fn recorded_avro_capture_replicates_into_tables_created_from_its_schemas()
                 framed.push(None);
                 continue;
             };
-            if !ids.contains_key(&(old, subject.clone())) {
-                let schema: serde_json::Value = serde_json::from_str(
-                    &std::fs::read_to_string(sample_path(&format!("avro/schemas/id-{old}.json")))
+            let id = match ids.entry((old, subject)) {
+                std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let schema: serde_json::Value = serde_json::from_str(
+                        &std::fs::read_to_string(sample_path(&format!(
+                            "avro/schemas/id-{old}.json"
+                        )))
                         .unwrap(),
-                )
-                .unwrap();
-                let text = schema["ccompat_response"]["schema"].as_str().unwrap();
-                let id = registry
-                    .register(&subject, SchemaType::Avro, text)
-                    .await
+                    )
                     .unwrap();
-                ids.insert((old, subject.clone()), id);
-            }
-            bytes[1..5].copy_from_slice(&ids[&(old, subject)].to_be_bytes());
+                    let text = schema["ccompat_response"]["schema"].as_str().unwrap();
+                    let id = registry
+                        .register(&e.key().1, SchemaType::Avro, text)
+                        .await
+                        .unwrap();
+                    *e.insert(id)
+                }
+            };
+            bytes[1..5].copy_from_slice(&id.to_be_bytes());
             framed.push(Some(bytes));
         }
         let t = topics.iter().find(|t| t.name == topic).unwrap();

@@ -106,6 +106,17 @@ impl RouteSet {
         }
     }
 
+    /// The configured route a slot writes for: itself, or its template.
+    pub fn template_of(&self, slot: usize) -> usize {
+        if slot < self.configured {
+            return slot;
+        }
+        self.instances
+            .iter()
+            .find(|(_, &i)| i == slot)
+            .map_or(slot, |((t, _, _), _)| *t)
+    }
+
     /// The slots of template `template`'s instances: (table, slot).
     pub fn instances_of(&self, template: usize) -> impl Iterator<Item = (&TableName, usize)> {
         self.instances

@@ -127,6 +127,28 @@ async fn instance_from_schema(
     template: &Route,
     d: &Demand,
 ) -> Result<(RouteSpec, Option<connect::SchemaId>), TablesError> {
+    let (shape, schema_id) = shape_of(template, d)?;
+    let source = Source {
+        topic: &d.topic,
+        group: writer.group(),
+        evolve: template.evolve,
+        position_column: &template.position_column,
+    };
+    let shaped = replica::ensure(pool, &d.table, &shape, &source).await?;
+    if shaped.created || !shaped.changes.is_empty() {
+        tracing::info!(table = %d.table, created = shaped.created, changes = ?shaped.changes, "shaped the table for the change events' schema");
+    }
+    let columns = mapped_columns(template, &shaped.columns);
+    let spec = instance_spec(template, d, Some((columns, shape.key)))?;
+    Ok((spec, Some(schema_id)))
+}
+
+/// The table a demand's change event describes, and its schema's id; the
+/// route's `key`, when configured, overrides the Kafka key's.
+pub fn shape_of(
+    template: &Route,
+    d: &Demand,
+) -> Result<(connect::TableShape, connect::SchemaId), TablesError> {
     let unfit = |problem: String| TablesError::Unfit {
         table: d.table.to_string(),
         problem,
@@ -145,18 +167,12 @@ async fn instance_from_schema(
             shape.key = key.clone();
         }
     }
-    let source = Source {
-        topic: &d.topic,
-        group: writer.group(),
-        evolve: template.evolve,
-        position_column: &template.position_column,
-    };
-    let shaped = replica::ensure(pool, &d.table, &shape, &source).await?;
-    if shaped.created || !shaped.changes.is_empty() {
-        tracing::info!(table = %d.table, created = shaped.created, changes = ?shaped.changes, "shaped the table for the change events' schema");
-    }
-    let mut columns: BTreeMap<String, String> = shaped
-        .columns
+    Ok((shape, schema.value.id))
+}
+
+/// Each written column read from its field, and the position column.
+pub fn mapped_columns(template: &Route, written: &[String]) -> BTreeMap<String, String> {
+    let mut columns: BTreeMap<String, String> = written
         .iter()
         .map(|c| (c.clone(), format!("/{}", pointer_token(c))))
         .collect();
@@ -164,13 +180,12 @@ async fn instance_from_schema(
         template.position_column.clone(),
         DEFAULT_CDC_POSITION.to_string(),
     );
-    let spec = instance_spec(template, d, Some((columns, shape.key)))?;
-    Ok((spec, Some(schema.value.id)))
+    columns
 }
 
 /// A concrete route for the demanded table: the template's settings, its
 /// table, and (tables created from events) its column mapping and key.
-fn instance_spec(
+pub fn instance_spec(
     template: &Route,
     d: &Demand,
     typed: Option<(BTreeMap<String, String>, Vec<String>)>,

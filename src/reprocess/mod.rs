@@ -12,6 +12,7 @@
 //! `store/shadow.rs` and `store/compare.rs`; the mapping check every commit
 //! makes in `store/mappings.rs`.
 
+pub mod instances;
 pub mod reader;
 pub mod rebuild;
 pub mod report;

@@ -32,15 +32,19 @@ use tokio_util::sync::CancellationToken;
 use super::reader::{self, Range};
 use super::report::{self, Mode, PartitionRange, RouteReport, VerifyReport};
 use super::{existing_table, metadata_client, partition_logs, shadow_beside, start_offsets};
-use super::{PartitionLog, Start};
+use super::{instances, PartitionLog, Start};
 use crate::config::fingerprint;
 use crate::config::route::{Route, RouteSpec};
+use crate::config::route_set::RouteSet;
 use crate::config::{Config, OnError};
 use crate::event::{self, PreparedBatch};
+use crate::format::SchemaSet;
 use crate::kafka::assignment::Assignment;
+use crate::kafka::message::SourceMessage;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::store::compare::{self, Columns};
+use crate::store::replica::TableSource;
 use crate::store::shadow::rebuild_group;
 use crate::store::{self, schema, BatchWriter};
 use crate::types::{Offset, RowKey, TopicPartition};
@@ -66,6 +70,9 @@ struct Target {
     pool: PgPool,
     group: String,
     routes: Vec<Route>,
+    /// Per route, what folds its events: the route itself, or for a table a
+    /// templated route created, the template (and the table's record).
+    folds: Vec<(Route, Option<TableSource>)>,
 }
 
 impl Target {
@@ -74,29 +81,62 @@ impl Target {
         specs: &[RouteSpec],
         opts: &VerifyOptions,
     ) -> anyhow::Result<Target> {
-        let selected = fingerprint::select(cfg, specs, opts.route.as_deref())?;
+        let named = opts.route.as_deref();
+        let selected = match fingerprint::select(cfg, specs, named) {
+            Ok(s) => s,
+            // Perhaps a table a templated route created.
+            Err(_) if named.is_some() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let pool = store::connect(&cfg.postgres).await?;
         store::migrate(&pool).await.context("applying migrations")?;
+        let wanted_routes: Vec<usize> = selected.iter().map(|r| r.index).collect();
+        let instances = instances::of_routes(&pool, specs, |i, table| {
+            wanted_routes.contains(&i) || named.is_some_and(|n| names_table(n, table))
+        })
+        .await?;
         let mut group = cfg.kafka.group_id.clone();
         let mut chosen: Vec<RouteSpec> = Vec::with_capacity(selected.len());
-        for r in selected {
+        for r in selected.into_iter().filter(|r| !r.spec.is_dynamic()) {
             let mut spec = r.spec;
             spec.table = existing_table(&pool, &spec.table).await?;
             chosen.push(spec);
         }
+        anyhow::ensure!(
+            !chosen.is_empty() || !instances.is_empty(),
+            "no route or created table named `{}`",
+            named.unwrap_or("")
+        );
         if let Some(name) = &opts.shadow {
-            anyhow::ensure!(chosen.len() == 1, "--shadow needs --route naming one route");
+            anyhow::ensure!(
+                chosen.len() == 1 && instances.is_empty(),
+                "--shadow needs --route naming one route"
+            );
             let shadow = shadow_beside(&chosen[0].table, name)?;
             group = rebuild_group(&group, &shadow);
             chosen[0].table = existing_table(&pool, &shadow).await?;
         }
-        let routes = schema::resolve_routes(&pool, &chosen).await?;
+        let mut routes = schema::resolve_routes(&pool, &chosen).await?;
+        let mut folds: Vec<(Route, Option<TableSource>)> =
+            routes.iter().map(|r| (r.clone(), None)).collect();
+        for i in instances {
+            routes.push(i.route);
+            folds.push((i.fold, Some(i.source)));
+        }
         Ok(Target {
             pool,
             group,
             routes,
+            folds,
         })
     }
+}
+
+/// Whether `name` (as `--route` gives it) names `table`.
+fn names_table(name: &str, table: &crate::types::TableName) -> bool {
+    name == table.label()
+        || crate::types::TableName::parse(name)
+            .is_ok_and(|t| t == *table || (t.schema.is_none() && t.name == table.name))
 }
 
 /// Verifies the selected routes; `Ok` carries the report whether or not the
@@ -122,7 +162,7 @@ pub async fn verify(
     drop(client);
     let plans = plan(&target.routes, &logs, &starts, &stored)?;
     let positions = !opts.content_only && plans.iter().all(|p| p.mode == Mode::Complete);
-    let expected = create_expected(&mut conn, &target.routes, &plans).await?;
+    let expected = create_expected(&mut conn, &target, &plans).await?;
     let (read, dead) = fold(&mut conn, cfg, &target, &plans, &expected, &metrics).await?;
     tracing::info!(
         messages = read,
@@ -260,18 +300,24 @@ struct Expected {
 
 async fn create_expected(
     conn: &mut PgConnection,
-    routes: &[Route],
+    target: &Target,
     plans: &[RoutePlan],
 ) -> anyhow::Result<Vec<Expected>> {
-    let mut out = Vec::with_capacity(routes.len());
-    for (i, (r, p)) in routes.iter().zip(plans).enumerate() {
+    let mut out = Vec::with_capacity(target.routes.len());
+    for (i, ((r, (fold, _)), p)) in target
+        .routes
+        .iter()
+        .zip(&target.folds)
+        .zip(plans)
+        .enumerate()
+    {
         // A partial range is applied on top of the table's rows; the seed
         // copies every column the statements write (positions included, as
         // NOT NULL columns of document tables need them).
         let all = Columns::of(r, true);
         let seed = (p.mode == Mode::Partial).then_some(&all);
         let table = compare::create_expected(conn, &r.table, i, seed).await?;
-        let mut route = r.clone();
+        let mut route = fold.clone();
         route.table = table.clone();
         out.push(Expected { table, route });
     }
@@ -290,14 +336,16 @@ async fn fold(
 ) -> anyhow::Result<(u64, u64)> {
     let ranges: Vec<Range> = plans.iter().flat_map(|p| p.ranges.clone()).collect();
     let total: i64 = ranges.iter().map(Range::len).sum();
-    let routes: Arc<Vec<Route>> = Arc::new(expected.iter().map(|e| e.route.clone()).collect());
+    let fold_routes: Vec<Route> = expected.iter().map(|e| e.route.clone()).collect();
+    let mut set = Arc::new(RouteSet::new(fold_routes.clone()));
     let writer = BatchWriter::new(
         target.pool.clone(),
         "verify",
-        routes.to_vec(),
+        fold_routes,
         OnError::DeadLetter,
     );
-    let copy_headers = routes
+    let copy_headers = target
+        .routes
         .iter()
         .any(|r| r.columns.as_ref().is_some_and(|m| m.maps_headers()));
     let done = Arc::new(AtomicI64::new(0));
@@ -316,9 +364,7 @@ async fn fold(
     let progress = report::spawn_progress("verify".into(), done.clone(), total, stop.clone());
     let (mut read, mut dead) = (0u64, 0u64);
     while let Some(chunk) = rx.recv().await {
-        let messages = chunk?;
-        let rs = routes.clone();
-        let batch = tokio::task::spawn_blocking(move || event::prepare(&rs, messages)).await?;
+        let batch = prepare(&target.pool, &mut set, chunk?, &target.folds).await?;
         let counts = writer.apply_unfenced(conn, &batch).await?;
         record_keys(conn, &batch, plans).await?;
         read += batch.counts.consumed;
@@ -331,12 +377,41 @@ async fn fold(
     Ok((read, dead))
 }
 
+/// A chunk prepared the way the sink prepares it; the mapping of a
+/// created table's schema version is added to `set` when first met.
+async fn prepare(
+    pool: &PgPool,
+    set: &mut Arc<RouteSet>,
+    messages: Vec<SourceMessage>,
+    folds: &[(Route, Option<TableSource>)],
+) -> anyhow::Result<PreparedBatch> {
+    loop {
+        let (s, m) = (set.clone(), messages.clone());
+        let batch = tokio::task::spawn_blocking(move || {
+            event::prepare_for_commit(&s, m, &SchemaSet::default(), &[])
+        })
+        .await?;
+        if batch.demands.is_empty() {
+            return Ok(batch);
+        }
+        for d in &batch.demands {
+            let source = folds[d.route]
+                .1
+                .as_ref()
+                .context("a demand of a route that creates no tables")?;
+            instances::resolve_demand(pool, Arc::make_mut(set), d, source).await?;
+        }
+    }
+}
+
 async fn record_keys(
     conn: &mut PgConnection,
     batch: &PreparedBatch,
     plans: &[RoutePlan],
 ) -> anyhow::Result<()> {
-    for (i, w) in batch.writes.iter().enumerate() {
+    let routes = batch.routes.as_ref().context("prepared with its routes")?;
+    for (slot, w) in batch.writes.iter().enumerate() {
+        let i = routes.template_of(slot);
         if plans[i].mode != Mode::Partial {
             continue;
         }

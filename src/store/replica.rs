@@ -115,7 +115,7 @@ pub async fn ensure(
 /// The columns an event of `shape`'s version writes: its own, and those an
 /// earlier version (in `versions`, first seen first; `shape`'s is added if
 /// new) had and it lacks. `all` is every column seen, in order.
-fn written_columns(
+pub(crate) fn written_columns(
     shape: &TableShape,
     all: &[String],
     versions: &mut Vec<Vec<String>>,
@@ -133,6 +133,50 @@ fn written_columns(
         .filter(|c| own.contains(c) || versions[..at].iter().any(|v| v.contains(c)))
         .cloned()
         .collect()
+}
+
+/// A table the sink created from change events, as recorded.
+#[derive(Clone, Debug)]
+pub struct TableSource {
+    pub table: TableName,
+    pub topic: String,
+    /// Every column its events have had, in order.
+    pub columns: Vec<String>,
+    /// The column sets of its schema versions, first seen first.
+    pub versions: Vec<Vec<String>>,
+}
+
+/// The tables recorded in `sink_table_sources`.
+pub async fn sources(pool: &PgPool) -> Result<Vec<TableSource>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT table_name, topic, columns, versions FROM sink_table_sources ORDER BY table_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some(TableSource {
+                table: TableName::parse(&r.get::<String, _>(0)).ok()?,
+                topic: r.get(1),
+                columns: serde_json::from_value(r.get(2)).unwrap_or_default(),
+                versions: serde_json::from_value(r.get(3)).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+/// The primary key columns of `table`, in key order.
+pub async fn primary_key(pool: &PgPool, table: &TableName) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o) \
+         JOIN pg_attribute a ON a.attnum = k.n \
+         WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND a.attrelid = i.indrelid \
+         ORDER BY k.o",
+    )
+    .bind(table.quoted())
+    .fetch_all(pool)
+    .await
 }
 
 /// Claims a table the sink creates in its fixed shape (a templated
