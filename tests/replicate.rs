@@ -140,6 +140,9 @@ async fn recorded_capture_replicates_into_tables_created_from_its_schemas() {
     let text = sink.metrics().await.unwrap_or_default();
     assert_metrics_identity(&text);
     sink.kill9();
+    // verify folds the topics again, each schema version with its mapping.
+    let (ok, out) = cfg.cli(&["verify"], &[]);
+    assert!(ok, "{out}");
 }
 
 /// The same capture recorded in Avro through a registry (Apicurio's

@@ -48,6 +48,8 @@ pub async fn of_routes(
             .await?
             .remove(0);
         template.topic = TopicMatcher::Exact(source.topic.clone());
+        // Its events land in the one table (the copy), whatever they name.
+        template.template = None;
         let route = compared_route(pool, &template, &source).await?;
         out.push(Instance {
             route,
