@@ -33,10 +33,16 @@ async fn commit_messages(
 ) -> TableCounts {
     let last = msgs.last().unwrap().offset.0;
     let batch = prepare(writer.routes().all(), msgs);
-    match commit(writer, &batch, &orders_position(from, last)).await {
+    let mut c = match commit(writer, &batch, &orders_position(from, last)).await {
         CommitOutcome::Committed(c) => c,
         other => panic!("{other:?}"),
-    }
+    };
+    // One table: its own counts are the batch's.
+    let by_table = std::mem::take(&mut c.by_table);
+    let ours = by_table.get("events").copied().unwrap_or_default();
+    assert_eq!(ours, [c.inserted, c.updated, c.deleted], "{by_table:?}");
+    assert!(by_table.len() <= 1, "{by_table:?}");
+    c
 }
 
 async fn run(route: &str, filter: bool) -> (TableCounts, String) {
