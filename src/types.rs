@@ -59,6 +59,12 @@ pub struct Expected {
     pub new_next: Offset,
 }
 
+/// A version or a source position: what orders a key's events. User
+/// versions are integers; change events' positions are the source's own
+/// (`event::position`), a Postgres LSN or a MySQL binlog (file, pos, row)
+/// packed into one integer, which needs more than 64 bits.
+pub type Version = i128;
+
 /// The Kafka timestamp (ms) of the last event of each partition in a batch.
 pub type LastEvents = std::collections::BTreeMap<TopicPartition, i64>;
 

@@ -148,7 +148,8 @@ async fn a_resent_insert_after_its_delete_stays_deleted() {
     assert!(typed_rows(&db).await.is_empty(), "the delete is remembered");
     assert_eq!(counts.inserted + counts.updated + counts.deleted, 0);
     assert_eq!(
-        db.count("SELECT position FROM sink_delete_markers").await,
+        db.count("SELECT position::bigint FROM sink_delete_markers")
+            .await,
         120
     );
     // A newer insert of the same key is a real re-insert.
@@ -167,11 +168,12 @@ async fn document_tables_follow_source_positions_too() {
         let db = TestDb::new().await;
         let writer = db.writer_for(DOCUMENT).await;
         let counts = run(&writer, &log(), batch).await;
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT key, payload->>'customer', version FROM events ORDER BY key")
-                .fetch_all(&db.pool)
-                .await
-                .unwrap();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT key, payload->>'customer', version::bigint FROM events ORDER BY key",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
         assert_eq!(
             rows,
             vec![

@@ -247,7 +247,7 @@ async fn assert_replicas_equal_sources(source: &TestDb, target: &TestDb, tables:
         let src_cols = column_types(&source.pool, src).await;
         let dst_cols = column_types(&target.pool, dst).await;
         let (data_cols, position) = dst_cols.split_at(dst_cols.len() - 1);
-        assert_eq!(position[0], ("__source_position".into(), "bigint".into()));
+        assert_eq!(position[0], ("__source_position".into(), "numeric".into()));
         let want: Vec<(String, String)> = src_cols
             .iter()
             .map(|(c, t)| (c.clone(), expected_type(c, t)))

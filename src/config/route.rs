@@ -98,9 +98,13 @@ pub enum OnTableError {
     DeadLetter,
 }
 
+/// The `@source:` name of the position computed for each connector
+/// (`event::position`): one integer that orders a key's changes.
+pub const SOURCE_POSITION: &str = "position";
+
 /// The source position that orders a Debezium route's changes when none is
-/// configured: the Postgres connector's WAL position.
-pub const DEFAULT_CDC_POSITION: &str = "@source:lsn";
+/// configured: each connector's own position (`event::position`).
+pub const DEFAULT_CDC_POSITION: &str = "@source:position";
 
 /// The column tables created from change events keep each row's source
 /// position in, unless `position_column` names another.
@@ -231,6 +235,25 @@ impl<C> Route<C> {
     /// The table has the document shape (created by `setup`).
     pub fn is_document(&self) -> bool {
         !self.is_typed()
+    }
+
+    /// The version is a computed source position (`event::position`), which
+    /// can pass 2⁶³ (a MySQL binlog position packs three numbers): its
+    /// columns and binds are `numeric`. Other versions are `bigint`.
+    pub fn version_is_wide(&self) -> bool {
+        self.version
+            .as_deref()
+            .and_then(|v| v.strip_prefix("@source:"))
+            == Some(SOURCE_POSITION)
+    }
+
+    /// The SQL type the route's versions are kept and bound as.
+    pub fn version_sql_type(&self) -> &'static str {
+        if self.version_is_wide() {
+            "numeric"
+        } else {
+            "bigint"
+        }
     }
 
     /// Change events: deletes carry a source position and are remembered.
@@ -462,9 +485,21 @@ impl RouteConfig {
     }
 
     /// The configured `version`, or the source position for change events.
+    /// A typed route that maps `@source:lsn` but not the position keeps the
+    /// LSN, its default before positions were computed per connector (the
+    /// same number for Postgres).
     fn effective_version(&self) -> Option<String> {
+        const LEGACY: &str = "@source:lsn";
+        let maps = |s: &str| {
+            self.columns
+                .as_ref()
+                .is_some_and(|c| c.values().any(|v| v == s))
+        };
         match (&self.version, self.envelope) {
             (Some(v), _) => Some(v.clone()),
+            (None, EnvelopeKind::Debezium) if maps(LEGACY) && !maps(DEFAULT_CDC_POSITION) => {
+                Some(LEGACY.to_string())
+            }
             (None, EnvelopeKind::Debezium) => Some(DEFAULT_CDC_POSITION.to_string()),
             (None, EnvelopeKind::None) => None,
         }

@@ -39,7 +39,8 @@ pub fn push_escaped(out: &mut String, s: &str) {
 }
 
 /// Appends an integer field without a temporary string.
-pub fn push_int(out: &mut String, v: i64) {
+pub fn push_int(out: &mut String, v: impl Into<i128>) {
+    let v: i128 = v.into();
     use std::fmt::Write;
     let _ = write!(out, "{v}");
 }

@@ -44,7 +44,7 @@ pub fn document_rows(rows: &[&RowUpsert]) -> Vec<u8> {
         out.push('\t');
         copy_text::push_escaped(&mut out, &r.tp.topic);
         out.push('\t');
-        copy_text::push_int(&mut out, r.tp.partition.into());
+        copy_text::push_int(&mut out, r.tp.partition);
         out.push('\t');
         copy_text::push_int(&mut out, r.offset.0);
         out.push('\n');
@@ -66,7 +66,7 @@ pub fn typed_rows(route: &Route, rows: &[RowUpsert]) -> Vec<u8> {
             out.push('\t');
             copy_text::push_escaped(&mut out, &r.key.0);
             out.push('\t');
-            copy_text::push_int(&mut out, r.version.unwrap_or(i64::MIN));
+            copy_text::push_int(&mut out, r.version.unwrap_or(i64::MIN.into()));
         }
         out.push('\n');
     }

@@ -28,7 +28,7 @@ use rustc_hash::FxBuildHasher;
 
 use super::BatchCounts;
 use crate::config::route::Route;
-use crate::types::{EventHash, Offset, RowKey, TopicPartition};
+use crate::types::{EventHash, Offset, RowKey, TopicPartition, Version};
 
 /// A row to upsert into a route's table.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +39,7 @@ pub struct RowUpsert {
     pub payload: String,
     /// Typed tables: the `{"column": value}` object Postgres converts.
     pub row: Option<String>,
-    pub version: Option<i64>,
+    pub version: Option<Version>,
     pub tp: TopicPartition,
     pub offset: Offset,
 }
@@ -51,7 +51,7 @@ pub struct RowDelete {
     pub key: RowKey,
     /// The delete's source position (change events): it applies only over
     /// older rows, and is remembered to refuse older changes re-sent later.
-    pub version: Option<i64>,
+    pub version: Option<Version>,
     pub tp: TopicPartition,
     pub offset: Offset,
 }
@@ -59,7 +59,7 @@ pub struct RowDelete {
 /// A truncate change event: every row older than `position` goes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowTruncate {
-    pub position: i64,
+    pub position: Version,
     pub tp: TopicPartition,
     pub offset: Offset,
 }

@@ -15,13 +15,14 @@ use serde_json::Value;
 
 use super::decode::{Body, Event, Image, Skip, Tree};
 use super::fold::RowUpsert;
+use super::position;
 use super::row::EventView;
-use crate::config::route::{Route, RowKeySource};
+use crate::config::route::{Route, RowKeySource, SOURCE_POSITION};
 use crate::format;
 use crate::json::hash::{self, JsonKind, JsonTree};
 use crate::json::pointer::JsonPointer;
 use crate::kafka::message::{text_of_bytes, Poison, PoisonReason, SourceMessage};
-use crate::types::{EventHash, RowKey};
+use crate::types::{EventHash, RowKey, Version};
 
 /// An event with its identity: what the fold takes.
 #[cfg_attr(test, derive(Debug))]
@@ -30,11 +31,11 @@ pub enum Identified {
     Delete {
         key: RowKey,
         /// A change event's source position (`None` for tombstones).
-        version: Option<i64>,
+        version: Option<Version>,
     },
     /// A truncate at this source position.
     Truncate {
-        position: i64,
+        position: Version,
     },
     Skip(Skip),
 }
@@ -49,7 +50,7 @@ pub struct KeyedRow {
     hash: EventHash,
     /// Typed routes: the projected row (`event::row`).
     row: Option<String>,
-    version: Option<i64>,
+    version: Option<Version>,
     /// The payload to store; `None`: the message's payload, which decoding
     /// read as UTF-8.
     text: Option<String>,
@@ -88,7 +89,7 @@ pub fn identify(route: &Route, event: Event<'_>) -> Result<Identified, Poison> {
             version: None,
         }),
         Body::Delete { row, source } => {
-            let version = version_of(route, &row, Some(&source))?;
+            let version = version_of(route, m, &row, Some(&source))?;
             let key = match &route.columns {
                 Some(map) => map.key_of(&row, Some(&source))?,
                 None => document_key_and_hash(route, m, &row)?.0,
@@ -96,9 +97,9 @@ pub fn identify(route: &Route, event: Event<'_>) -> Result<Identified, Poison> {
             Ok(Identified::Delete { key, version })
         }
         Body::Truncate { source } => {
-            let version = version_of(route, &Value::Null, Some(&source))?;
+            let version = version_of(route, m, &Value::Null, Some(&source))?;
             Ok(Identified::Truncate {
-                position: version.unwrap_or(i64::MAX),
+                position: version.unwrap_or(Version::MAX),
             })
         }
     }
@@ -108,7 +109,7 @@ pub fn identify(route: &Route, event: Event<'_>) -> Result<Identified, Poison> {
 fn upsert(route: &Route, m: &SourceMessage, image: Image<'_>) -> Result<KeyedRow, Poison> {
     let (key, hash, row, version) = match &image.tree {
         Tree::Borrowed(tree) => {
-            let version = version_of(route, tree, None)?;
+            let version = version_of(route, m, tree, None)?;
             let key = document_key(route, m, tree)?;
             let h = hash::hash_value(tree);
             (
@@ -120,7 +121,7 @@ fn upsert(route: &Route, m: &SourceMessage, image: Image<'_>) -> Result<KeyedRow
         }
         Tree::Owned(value) => {
             let source = image.source.as_ref();
-            let version = version_of(route, value, source)?;
+            let version = version_of(route, m, value, source)?;
             match &route.columns {
                 Some(map) => {
                     let ev = EventView {
@@ -155,30 +156,35 @@ fn upsert(route: &Route, m: &SourceMessage, image: Image<'_>) -> Result<KeyedRow
 /// route has one and the event does not carry it as an integer.
 fn version_of<T: JsonTree>(
     route: &Route,
+    m: &SourceMessage,
     value: &T,
     source: Option<&Value>,
-) -> Result<Option<i64>, Poison> {
+) -> Result<Option<Version>, Poison> {
     let Some(p) = &route.version else {
         return Ok(None);
     };
+    let bad = |e: String| (PoisonReason::BadVersion, e);
     let found = match (p.strip_prefix("@source:"), &route.version_pointer) {
+        (Some(SOURCE_POSITION), _) => {
+            let source = source.ok_or_else(|| bad("the event has no source block".into()))?;
+            return position::of(source, m.offset).map(Some).map_err(bad);
+        }
         (Some(field), _) => source.and_then(|s| s.get(field)).and_then(as_integer),
         (None, Some(pointer)) => pointer.get(value).and_then(as_integer),
         (None, None) => None,
     };
     match found {
-        Some(v) => Ok(Some(v)),
-        None => Err((
-            PoisonReason::BadVersion,
-            format!("version {p} is missing or not an integer"),
-        )),
+        // Kept as `bigint`: a wider number would fail the whole batch.
+        Some(v) if i64::try_from(v).is_ok() => Ok(Some(v)),
+        Some(v) => Err(bad(format!("version {p} = {v} does not fit a bigint"))),
+        None => Err(bad(format!("version {p} is missing or not an integer"))),
     }
 }
 
 /// A version: an integer number, or a string holding one.
-fn as_integer<T: JsonTree + ?Sized>(v: &T) -> Option<i64> {
+fn as_integer<T: JsonTree + ?Sized>(v: &T) -> Option<Version> {
     match v.kind() {
-        JsonKind::Number => v.as_i64(),
+        JsonKind::Number => v.as_i64().map(Version::from),
         JsonKind::String => v.as_str()?.parse().ok(),
         _ => None,
     }

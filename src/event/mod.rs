@@ -24,6 +24,7 @@ pub mod decode;
 pub mod encode;
 pub mod fold;
 pub mod identity;
+pub mod position;
 pub mod row;
 
 #[cfg(test)]

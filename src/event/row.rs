@@ -12,8 +12,9 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::copy_text;
+use super::{copy_text, position};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
+use crate::config::route::SOURCE_POSITION;
 use crate::json::hash;
 use crate::kafka::message::{text_of_bytes, Poison, PoisonReason, SourceMessage};
 use crate::types::{EventHash, RowKey};
@@ -289,6 +290,10 @@ fn source_value<'a>(
         ColumnSource::EventHash => {
             owned(event_hash.map_or(Value::Null, |h| Value::String(format!("\\x{h}"))))
         }
+        // Computed, not read: wider than a JSON integer, so written as text.
+        ColumnSource::Source(field) if field == SOURCE_POSITION => source
+            .and_then(|s| position::of(s, m.offset).ok())
+            .map_or(owned(Value::Null), |p| owned(Value::String(p.to_string()))),
         ColumnSource::Source(field) => match source.and_then(|s| s.get(field)) {
             Some(v) => Cow::Borrowed(v),
             None => owned(Value::Null),

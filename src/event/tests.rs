@@ -9,7 +9,7 @@ use crate::config::test_routes;
 use crate::json::hash;
 use crate::json::pointer::JsonPointer;
 use crate::kafka::message::text_of_bytes;
-use crate::types::{EventHash, RowKey};
+use crate::types::{EventHash, RowKey, Version};
 
 fn routes(extra: &str) -> Vec<Route> {
     test_routes(&format!(
@@ -326,7 +326,7 @@ mod fold_model {
     #[derive(Clone, Debug, PartialEq)]
     struct Row {
         hash: EventHash,
-        version: Option<i64>,
+        version: Option<Version>,
         offset: Offset,
     }
 
@@ -334,7 +334,7 @@ mod fold_model {
     #[derive(Clone, Debug, Default, PartialEq)]
     struct Table {
         rows: BTreeMap<RowKey, Row>,
-        markers: BTreeMap<RowKey, i64>,
+        markers: BTreeMap<RowKey, Version>,
     }
 
     /// A route shape of the property.
@@ -470,6 +470,168 @@ mod fold_model {
                 headers: Vec::new(),
             })
             .collect()
+    }
+
+    /// How a connector positions its changes (`event::position`).
+    #[derive(Clone, Copy, Debug)]
+    enum Kind {
+        Postgres,
+        Mysql,
+        SqlServer,
+    }
+
+    /// The source blocks of a history of `steps` changes. A step's flags:
+    /// the change shares the previous one's rows event (MySQL `row`, SQL
+    /// Server `event_serial_no`), or the log moves to a new file (a binlog
+    /// rotation; a new VLF) where positions restart small.
+    fn sources(kind: Kind, steps: &[(bool, bool)]) -> Vec<Value> {
+        let (mut file, mut pos, mut row) = (3u64, 4u64, 0u64);
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, &(same_event, rotate))| {
+                if i > 0 && same_event {
+                    row += 1;
+                } else if rotate {
+                    (file, pos, row) = (file + 1, 4 + i as u64 % 3, 0);
+                } else {
+                    (pos, row) = (pos + 150, 0);
+                }
+                match kind {
+                    Kind::Postgres => serde_json::json!({
+                        "connector": "postgresql", "lsn": (file << 32) + pos * 8 + row
+                    }),
+                    Kind::Mysql => serde_json::json!({
+                        "connector": "mysql", "file": format!("mysql-bin.{file:06}"),
+                        "pos": pos, "row": row
+                    }),
+                    Kind::SqlServer => serde_json::json!({
+                        "connector": "sqlserver",
+                        "change_lsn": format!("{file:08x}:{pos:08x}:0001"),
+                        "event_serial_no": row + 1
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// A history's change events; `None` content is a delete.
+    fn history(kind: Kind, changes: &[(u8, Option<u8>, bool, bool)]) -> Vec<SourceMessage> {
+        let steps: Vec<(bool, bool)> = changes.iter().map(|c| (c.2, c.3)).collect();
+        changes
+            .iter()
+            .zip(sources(kind, &steps))
+            .enumerate()
+            .map(|(i, ((k, content, _, _), source))| {
+                let body = match content {
+                    Some(c) => serde_json::json!({"op": "u", "after": {"id": format!("k{k}"), "c": c}, "source": source}),
+                    None => serde_json::json!({"op": "d", "before": {"id": format!("k{k}")}, "source": source}),
+                };
+                SourceMessage {
+                    tp: TopicPartition::new("t", 0),
+                    offset: Offset(i as i64),
+                    key: Some(format!(r#"{{"id":"k{k}"}}"#).into_bytes()),
+                    payload: Some(body.to_string().into_bytes()),
+                    timestamp: None,
+                    headers: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// A change-event route ordered by the computed source position.
+    fn position_route(typed: bool) -> Vec<Route> {
+        let shape = if typed {
+            "key = \"id\"\ncolumns = { id = \"/id\", c = \"/c\", p = \"@source:position\" }"
+        } else {
+            "key = \"/id\""
+        };
+        test_routes(&format!(
+            "topic = \"t\"\ntable = \"t\"\nenvelope = \"debezium\"\n{shape}"
+        ))
+        .unwrap()
+    }
+
+    fn kinds() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Postgres),
+            Just(Kind::Mysql),
+            Just(Kind::SqlServer)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Property: whatever order a history's changes arrive in, with any
+        /// of them re-sent (a connector restart re-sends from its last
+        /// stored offset; a replay from anywhere), in any batches, the table
+        /// ends as the source: each key's last change, at its position.
+        #[test]
+        fn any_delivery_order_of_resent_changes_ends_in_the_source_state(
+            kind in kinds(),
+            changes in prop::collection::vec(
+                (0u8..4, prop::option::weighted(0.75, 0u8..3), any::<bool>(), prop::bool::weighted(0.2)),
+                1..30,
+            ),
+            resent in prop::collection::vec(0usize..30, 0..30),
+            order in prop::collection::vec(any::<u32>(), 60),
+            cuts in prop::collection::vec(0usize..60, 0..6),
+            typed in any::<bool>(),
+        ) {
+            let routes = position_route(typed);
+            let log = history(kind, &changes);
+            // The source: each key's last change.
+            let mut source = BTreeMap::new();
+            for (k, content, ..) in &changes {
+                source.insert(format!("{k}"), *content);
+            }
+            let mut in_order = Table::default();
+            sequential(&routes, &log, &mut in_order);
+
+            let mut delivered: Vec<SourceMessage> = log
+                .iter()
+                .chain(resent.iter().filter_map(|i| log.get(*i)))
+                .cloned()
+                .collect();
+            let mut shuffled: Vec<(u32, SourceMessage)> =
+                order.iter().copied().zip(delivered.drain(..)).collect();
+            shuffled.sort_by_key(|(o, _)| *o);
+            let delivered: Vec<SourceMessage> = shuffled
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, mut m))| {
+                    m.offset = Offset(i as i64);
+                    m
+                })
+                .collect();
+
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < delivered.len()).collect();
+            cuts.sort();
+            cuts.dedup();
+            let mut table = Table::default();
+            let mut start = 0;
+            for end in cuts.into_iter().chain([delivered.len()]) {
+                let b = prepare(&routes, delivered[start..end].to_vec());
+                prop_assert!(b.dead_letters.is_empty(), "{:?}", b.dead_letters);
+                apply(&b, &mut table, true);
+                start = end;
+            }
+            let present: Vec<String> = source
+                .iter()
+                .filter(|(_, c)| c.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            let stored: Vec<String> = table
+                .rows
+                .keys()
+                .map(|k| k.0.trim_start_matches(|c: char| !c.is_ascii_digit()).chars().take_while(char::is_ascii_digit).collect())
+                .collect();
+            prop_assert_eq!(stored, present);
+            let content = |t: &Table| -> Vec<(RowKey, EventHash, Option<Version>)> {
+                t.rows.iter().map(|(k, r)| (k.clone(), r.hash, r.version)).collect()
+            };
+            prop_assert_eq!(content(&table), content(&in_order));
+        }
     }
 
     proptest! {

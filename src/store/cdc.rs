@@ -69,13 +69,12 @@ pub(super) async fn delete(
     target: &str,
     keys: &[RowDelete],
 ) -> Result<TableCounts, sqlx::Error> {
-    let row = sqlx::query(sql)
-        .bind(keys.iter().map(|d| d.key.0.as_str()).collect::<Vec<_>>())
-        .bind(
-            keys.iter()
-                .map(|d| d.version.unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
+    let q = sqlx::query(sql).bind(keys.iter().map(|d| d.key.0.as_str()).collect::<Vec<_>>());
+    // A delete without a position removes the row whatever its position.
+    let positions = keys
+        .iter()
+        .map(|d| Some(d.version.unwrap_or(crate::types::Version::MAX)));
+    let row = super::versions::bind_all(q, true, positions)
         .bind(target)
         .fetch_one(&mut *conn)
         .await?;
@@ -98,22 +97,21 @@ pub(super) async fn truncate(
     version: &str,
     t: &RowTruncate,
 ) -> Result<u64, sqlx::Error> {
-    let removed = sqlx::query(&format!(
-        "DELETE FROM {table} t WHERE {version} IS NULL OR {version} < $1"
-    ))
-    .bind(t.position)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "INSERT INTO sink_truncate_markers AS m (target, position) VALUES ($1, $2) \
+    let delete =
+        format!("DELETE FROM {table} t WHERE {version} IS NULL OR {version} < $1::numeric");
+    let removed = super::versions::bind_one(sqlx::query(&delete), t.position)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let mark = sqlx::query(
+        "INSERT INTO sink_truncate_markers AS m (target, position) VALUES ($1, $2::numeric) \
          ON CONFLICT (target) DO UPDATE SET position = GREATEST(m.position, EXCLUDED.position), \
            truncated_at = now()",
     )
-    .bind(table)
-    .bind(t.position)
-    .execute(&mut *conn)
-    .await?;
+    .bind(table);
+    super::versions::bind_one(mark, t.position)
+        .execute(&mut *conn)
+        .await?;
     Ok(removed)
 }
 

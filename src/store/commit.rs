@@ -498,7 +498,7 @@ fn only_positions_moved(batch: &PreparedBatch, written: &Written) -> bool {
 /// The staging table `route`'s upserts travel through, if any.
 fn stage_of(route: &Route) -> Option<Stage> {
     match &route.columns {
-        None => Some(documents::stage()),
+        None => Some(documents::stage(route)),
         Some(map) => typed::stage_of(route, map),
     }
 }

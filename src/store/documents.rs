@@ -51,7 +51,7 @@ pub(super) async fn upsert(
                 &encoded
             }
         };
-        stage().fill(conn, fresh, data).await?;
+        stage(route).fill(conn, fresh, data).await?;
         let sql = upsert_sql(route);
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
@@ -110,13 +110,15 @@ pub async fn prefilter(
 ) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
     let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
     let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
-    let versions: Vec<Option<i64>> = rows.iter().map(|r| r.version).collect();
-    sqlx::query_as(&prefilter_sql(route))
-        .bind(keys)
-        .bind(hashes)
-        .bind(versions)
-        .fetch_all(conn)
-        .await
+    let sql = prefilter_sql(route);
+    let q = sqlx::query(&sql).bind(keys).bind(hashes);
+    let rows =
+        super::versions::bind_all(q, route.version_is_wide(), rows.iter().map(|r| r.version))
+            .fetch_all(conn)
+            .await?;
+    rows.iter()
+        .map(|r| Ok((sqlx::Row::try_get(r, 0)?, sqlx::Row::try_get(r, 1)?)))
+        .collect()
 }
 
 /// The statement of [`prefilter`]: keys, hashes and versions in, the index
@@ -133,10 +135,11 @@ fn prefilter_sql(route: &Route) -> String {
         "SELECT i, class FROM ( \
            SELECT u.i, (SELECT CASE WHEN cur.event_hash = u.event_hash THEN 'd' {stale}ELSE 'k' END \
                         FROM {} cur WHERE cur.key = u.key) AS class \
-           FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS u(key, event_hash, version, i) \
+           FROM UNNEST($1::text[], $2::bytea[], $3::{}[]) WITH ORDINALITY AS u(key, event_hash, version, i) \
            OFFSET 0) c \
          WHERE class IS DISTINCT FROM 'd'",
-        route.table.quoted()
+        route.table.quoted(),
+        route.version_sql_type()
     )
 }
 
@@ -155,12 +158,12 @@ fn stored_of(route: &Route, col: &str, alias: &str) -> String {
 /// The staging table of document rows. The payload stays text here: it is
 /// parsed into jsonb only for the rows the upsert keeps (the duplicate
 /// pre-filter skips that parse for re-deliveries).
-pub(super) fn stage() -> Stage {
-    Stage::new(
-        "key text COLLATE \"C\", event_hash bytea, payload text, version bigint, \
-         kafka_topic text, kafka_partition integer, kafka_offset bigint"
-            .into(),
-    )
+pub(super) fn stage(route: &Route) -> Stage {
+    Stage::new(format!(
+        "key text COLLATE \"C\", event_hash bytea, payload text, version {}, \
+         kafka_topic text, kafka_partition integer, kafka_offset bigint",
+        route.version_sql_type()
+    ))
 }
 
 fn upsert_sql(route: &Route) -> String {
@@ -206,7 +209,7 @@ fn upsert_sql(route: &Route) -> String {
     } else {
         ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
     };
-    let stage = stage().name;
+    let stage = stage(route).name;
     format!(
         "WITH u AS (SELECT * FROM {stage}), \
          input AS ({input}), \
@@ -231,7 +234,7 @@ pub(super) async fn delete(
 ) -> Result<TableCounts, sqlx::Error> {
     let t = route.table.quoted();
     if route.is_cdc() {
-        let rows = "SELECT * FROM UNNEST($1::text[], $2::int8[]) AS d(key, position)";
+        let rows = "SELECT * FROM UNNEST($1::text[], $2::numeric[]) AS d(key, position)";
         let sql = super::cdc::delete_sql(&t, rows, "t.key = d.key", "t.version", "d.key");
         return super::cdc::delete(conn, &sql, &t, keys).await;
     }

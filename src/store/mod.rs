@@ -18,6 +18,7 @@ pub mod schema;
 pub mod shadow;
 mod stage;
 mod typed;
+mod versions;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -328,7 +328,8 @@ async fn create(
             format!("{}{null}{}", column_def(c), default_clause(c))
         })
         .collect();
-    cols.push(format!("{} bigint", quote_ident(position_column)));
+    // Computed positions can pass 2⁶³ (`store::versions`).
+    cols.push(format!("{} numeric", quote_ident(position_column)));
     let key: Vec<String> = shape.key.iter().map(|k| quote_ident(k)).collect();
     sqlx::query(&format!(
         "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
@@ -371,7 +372,7 @@ fn plan_changes(
     if !existing.iter().any(|e| e.name == source.position_column) {
         plan.change(
             format!("has no position column {position}"),
-            format!("ADD COLUMN {position} bigint"),
+            format!("ADD COLUMN {position} numeric"),
             format!("ADD {}", source.position_column),
         )?;
     }

@@ -30,11 +30,12 @@ pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), 
                key             text    COLLATE \"C\" PRIMARY KEY, \
                event_hash      bytea   NOT NULL, \
                payload         jsonb   NOT NULL, \
-               version         bigint, \
+               version         {}, \
                kafka_topic     text    NOT NULL, \
                kafka_partition integer NOT NULL, \
                kafka_offset    bigint  NOT NULL)",
-            r.table.quoted()
+            r.table.quoted(),
+            r.version_sql_type()
         ))
         .execute(&mut *tx)
         .await?;

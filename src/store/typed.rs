@@ -75,8 +75,9 @@ pub(super) async fn upsert(
     let mut query = sqlx::query(&sql).bind(docs);
     if route.is_cdc() {
         let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
-        let positions: Vec<i64> = rows.iter().map(|r| r.version.unwrap_or(i64::MIN)).collect();
-        query = query.bind(keys).bind(positions).bind(t);
+        let positions = rows.iter().map(|r| r.version);
+        query =
+            super::versions::bind_all(query.bind(keys), route.version_is_wide(), positions).bind(t);
     }
     let row = query.fetch_one(&mut *conn).await?;
     Ok(TableCounts::of_upsert(rows.len(), &row))
@@ -94,7 +95,8 @@ pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Option<Stage> {
         format!("{} {}", c.quoted(), c.sql_type)
     });
     if route.is_cdc() {
-        cols.push_str(", kpgs_key text, kpgs_position bigint");
+        cols.push_str(", kpgs_key text, kpgs_position ");
+        cols.push_str(route.version_sql_type());
     }
     Some(Stage::new(cols))
 }
@@ -136,14 +138,17 @@ fn input_sql(route: &Route, map: &ColumnMap) -> String {
     });
     let (unnest, markers) = if route.is_cdc() {
         (
-            "UNNEST($1::text[], $2::text[], $3::int8[]) AS u(doc, key, position)",
+            format!(
+                "UNNEST($1::text[], $2::text[], $3::{}[]) AS u(doc, key, position)",
+                route.version_sql_type()
+            ),
             format!(
                 " WHERE {}",
                 super::cdc::marker_filter(target, "u.key", "u.position")
             ),
         )
     } else {
-        ("UNNEST($1::text[]) AS u(doc)", String::new())
+        ("UNNEST($1::text[]) AS u(doc)".to_string(), String::new())
     };
     format!("SELECT r.* FROM {unnest}, LATERAL jsonb_to_record(u.doc::jsonb) AS r({defs}){markers}")
 }
@@ -216,7 +221,7 @@ pub(super) async fn delete(
     });
     if let (true, Some(v)) = (route.is_cdc(), map.version) {
         let rows = format!(
-            "SELECT u.k AS kpgs_key, u.position, {} FROM UNNEST($1::text[], $2::int8[]) AS u(k, position)",
+            "SELECT u.k AS kpgs_key, u.position, {} FROM UNNEST($1::text[], $2::numeric[]) AS u(k, position)",
             casts.join(", ")
         );
         let version = format!("t.{}", map.columns[v].quoted());

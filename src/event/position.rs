@@ -1,0 +1,140 @@
+//! Source positions: what orders a change event among the changes of its
+//! key, in the source's own order — one integer per event, so the guard on
+//! the commit path stays one comparison (`numeric` in Postgres).
+//!
+//! By `source.connector` (docs/cdc.md, "Positions"):
+//! * `postgresql`: `lsn`, the WAL position of the change.
+//! * `mysql` (MySQL, and MariaDB captured by the MySQL connector):
+//!   (binlog file number, `pos`, `row`) — `pos` is the rows event's offset
+//!   in the file, `row` the row within it; packed as file·2⁹⁶ + pos·2³² +
+//!   row. A snapshot's rows share the binlog position under its read lock,
+//!   before every streamed change. Positions belong to one server: after a
+//!   failover to another, or `RESET MASTER`, they restart and do not order.
+//! * `sqlserver`: (`change_lsn`, `event_serial_no`). Per key the change LSN
+//!   orders changes in commit order (a row's next change waits for the
+//!   previous transaction's commit), so `commit_lsn` adds nothing; the
+//!   serial orders an update's two events.
+//! * `mongodb`: the Kafka offset. Debezium's `ts_ms` is the wall time and
+//!   `ord` counts within a second: neither orders changes uniquely, so the
+//!   guard falls back to Kafka's order, which holds per document (one key,
+//!   one partition) but not for changes re-sent after a connector restart.
+
+use serde_json::Value;
+
+use crate::types::{Offset, Version};
+
+/// The position of a change event (its `source` block; `offset` in Kafka).
+pub fn of(source: &Value, offset: Offset) -> Result<Version, String> {
+    let connector = source.get("connector").and_then(Value::as_str);
+    match connector {
+        Some("postgresql") | None => int_field(source, "lsn"),
+        Some("mysql") | Some("mariadb") => mysql(source),
+        Some("sqlserver") => sqlserver(source),
+        Some("mongodb") => Ok(Version::from(offset.0)),
+        Some(other) => Err(format!(
+            "no source position is known for connector `{other}`: set the route's \
+             `version = \"@source:<field>\"` to an integer field that orders its changes"
+        )),
+    }
+}
+
+fn int_field(source: &Value, field: &str) -> Result<Version, String> {
+    match source.get(field) {
+        Some(Value::Number(n)) => n.to_string().parse().ok(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("source.{field} is missing or not an integer"))
+}
+
+/// (file number, pos, row).
+fn mysql(source: &Value) -> Result<Version, String> {
+    let file = source
+        .get("file")
+        .and_then(Value::as_str)
+        .ok_or("source.file is missing")?;
+    let seq: u32 = file
+        .rsplit('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n < 1 << 31)
+        .ok_or_else(|| format!("source.file `{file}` does not end in a binlog number"))?;
+    let pos = int_field(source, "pos")?;
+    let row = int_field(source, "row")?;
+    if !(0..1 << 64).contains(&pos) || !(0..1 << 32).contains(&row) {
+        return Err(format!("source.pos {pos} / row {row} out of range"));
+    }
+    Ok((Version::from(seq) << 96) | (pos << 32) | row)
+}
+
+/// (`change_lsn`, `event_serial_no`); an LSN is `VLF:block:slot` in hex.
+fn sqlserver(source: &Value) -> Result<Version, String> {
+    let lsn = source
+        .get("change_lsn")
+        .and_then(Value::as_str)
+        .ok_or("source.change_lsn is missing")?;
+    let parts: Vec<&str> = lsn.split(':').collect();
+    let [vlf, block, slot] = parts.as_slice() else {
+        return Err(format!("source.change_lsn `{lsn}` is not VLF:block:slot"));
+    };
+    let hex = |s: &str, bits: u32| {
+        u64::from_str_radix(s, 16)
+            .ok()
+            .filter(|v| *v < 1 << bits)
+            .ok_or_else(|| format!("source.change_lsn `{lsn}`: `{s}` is not {bits}-bit hex"))
+    };
+    let value = (Version::from(hex(vlf, 32)?) << 48)
+        | (Version::from(hex(block, 32)?) << 16)
+        | Version::from(hex(slot, 16)?);
+    let serial = int_field(source, "event_serial_no")?;
+    if !(0..1 << 32).contains(&serial) {
+        return Err(format!("source.event_serial_no {serial} out of range"));
+    }
+    Ok((value << 32) | serial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(v: Value) -> Version {
+        of(&v, Offset(7)).unwrap()
+    }
+
+    #[test]
+    fn mysql_positions_order_by_file_then_pos_then_row() {
+        let p = |file: &str, pos: i64, row: i64| {
+            at(json!({"connector": "mysql", "file": file, "pos": pos, "row": row}))
+        };
+        // A rotation: the next file starts at a small pos.
+        assert!(p("mariadb-bin.000003", 112319, 0) < p("mariadb-bin.000004", 514, 0));
+        assert!(p("mariadb-bin.000003", 87186, 0) < p("mariadb-bin.000003", 87186, 1));
+        assert!(p("mariadb-bin.000003", 87186, 1) < p("mariadb-bin.000003", 87380, 0));
+        assert!(p("mysql-bin.999999", u32::MAX as i64 * 4, 0) > p("mysql-bin.999998", 1, 9));
+        let e = of(
+            &json!({"connector": "mysql", "file": "x", "pos": 1, "row": 0}),
+            Offset(0),
+        );
+        assert!(e.unwrap_err().contains("binlog number"));
+    }
+
+    #[test]
+    fn sqlserver_positions_order_by_change_lsn_then_serial() {
+        let p = |lsn: &str, serial: i64| {
+            at(json!({"connector": "sqlserver", "change_lsn": lsn, "event_serial_no": serial}))
+        };
+        assert!(p("00000027:00000758:0005", 2) > p("00000027:00000758:0005", 1));
+        assert!(p("00000027:00000758:0006", 1) > p("00000027:00000758:0005", 2));
+        assert!(p("00000028:00000001:0001", 1) > p("00000027:ffffffff:ffff", 9));
+    }
+
+    #[test]
+    fn postgres_is_the_lsn_and_mongodb_the_kafka_offset() {
+        assert_eq!(at(json!({"connector": "postgresql", "lsn": 123})), 123);
+        assert_eq!(at(json!({"lsn": 5})), 5);
+        assert_eq!(at(json!({"connector": "mongodb", "ts_ms": 1, "ord": 2})), 7);
+        let e = of(&json!({"connector": "oracle"}), Offset(0)).unwrap_err();
+        assert!(e.contains("oracle") && e.contains("@source:"), "{e}");
+    }
+}
