@@ -8,6 +8,8 @@
 //! * `in_process.rs` — the write path and the commits in process;
 //! * `sink.rs` — the sink as a process: routes, replay, Avro, replicas;
 //! * `peers.rs` — the Debezium JDBC sink on the same topic;
+//! * `capture.rs` — a whole database from a Debezium snapshot, against the
+//!   Debezium JDBC sink on the same topics;
 //! * `measure.rs` — CPU probes; `report.rs` — results, ratios, medians.
 
 use std::collections::BTreeMap;
@@ -47,6 +49,7 @@ mod net;
 #[path = "data.rs"]
 mod data;
 
+mod capture;
 mod ceilings;
 mod in_process;
 mod measure;
@@ -334,8 +337,8 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive`); the
-/// peer runs with `BENCH_PEERS=1`.
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,capture`);
+/// the peers run with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
         Ok(list) if !list.is_empty() => list.split(',').any(|p| p.trim() == phase),
@@ -383,6 +386,9 @@ async fn main() -> anyhow::Result<()> {
         naive(&b, &mut out).await?;
     }
     peers(&b, &mut out).await?;
+    if runs("capture") {
+        capture::capture(&b, &mut out).await?;
+    }
     report(&b, out)?;
     b.pool.close().await;
     if std::env::var("BENCH_KEEP_DB").as_deref() != Ok("1") {

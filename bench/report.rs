@@ -158,6 +158,20 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             ">= 3",
         ),
         (
+            // A whole database from a Debezium snapshot (20 tables, the
+            // tables created from the events), the same topics, each sink
+            // configured for a capture: kafka-pg-sink from its start,
+            // the Debezium JDBC sink from every task RUNNING.
+            "capture_vs_debezium",
+            f("capture_events_per_s") / f("capture_debezium_events_per_s"),
+            ">= 1.0",
+        ),
+        (
+            "capture_vs_debezium_incl_startup",
+            f("capture_events_per_s") / f("capture_debezium_incl_startup_per_s"),
+            "(info)",
+        ),
+        (
             "avro_vs_json_typed",
             f("avro_sink_events_per_s") / f("typed_sink_events_per_s"),
             "(info)",

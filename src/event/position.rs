@@ -14,10 +14,14 @@
 //!   orders changes in commit order (a row's next change waits for the
 //!   previous transaction's commit), so `commit_lsn` adds nothing; the
 //!   serial orders an update's two events.
-//! * `mongodb`: the Kafka offset. Debezium's `ts_ms` is the wall time and
-//!   `ord` counts within a second: neither orders changes uniquely, so the
-//!   guard falls back to Kafka's order, which holds per document (one key,
-//!   one partition) but not for changes re-sent after a connector restart.
+//! * `mongodb`: (cluster time seconds = `ts_ms` / 1000, `ord`, Kafka
+//!   offset). `ts_ms`·`ord` is the change stream's cluster time, unique per
+//!   oplog entry of a replica set — but every change of one multi-document
+//!   transaction carries its commit's cluster time. The Kafka offset breaks
+//!   those ties in log order (one document, one partition): a re-sent older
+//!   transaction is still refused by its cluster time, a replay re-delivers
+//!   the same offsets (refused as equal), and a connector restart re-sends
+//!   a transaction's changes in their order, so the last one still wins.
 
 use serde_json::Value;
 
@@ -30,7 +34,7 @@ pub fn of(source: &Value, offset: Offset) -> Result<Version, String> {
         Some("postgresql") | None => int_field(source, "lsn"),
         Some("mysql") | Some("mariadb") => mysql(source),
         Some("sqlserver") => sqlserver(source),
-        Some("mongodb") => Ok(Version::from(offset.0)),
+        Some("mongodb") => mongodb(source, offset),
         Some(other) => Err(format!(
             "no source position is known for connector `{other}`: set the route's \
              `version = \"@source:<field>\"` to an integer field that orders its changes"
@@ -65,6 +69,18 @@ fn mysql(source: &Value) -> Result<Version, String> {
         return Err(format!("source.pos {pos} / row {row} out of range"));
     }
     Ok((Version::from(seq) << 96) | (pos << 32) | row)
+}
+
+/// (cluster time seconds, `ord`, Kafka offset).
+fn mongodb(source: &Value, offset: Offset) -> Result<Version, String> {
+    let secs = int_field(source, "ts_ms")? / 1000;
+    let ord = int_field(source, "ord")?;
+    if !(0..1 << 32).contains(&secs) || !(0..1 << 32).contains(&ord) || offset.0 >= 1 << 62 {
+        return Err(format!(
+            "source.ts_ms / ord ({secs} s, {ord}) or offset out of range"
+        ));
+    }
+    Ok((secs << 94) | (ord << 62) | Version::from(offset.0))
 }
 
 /// (`change_lsn`, `event_serial_no`); an LSN is `VLF:block:slot` in hex.
@@ -130,10 +146,24 @@ mod tests {
     }
 
     #[test]
-    fn postgres_is_the_lsn_and_mongodb_the_kafka_offset() {
+    fn mongodb_orders_by_cluster_time_then_kafka_offset() {
+        let p = |ts_ms: i64, ord: i64, offset: i64| {
+            let source = json!({"connector": "mongodb", "ts_ms": ts_ms, "ord": ord, "rs": "rs0"});
+            of(&source, Offset(offset)).unwrap()
+        };
+        // A later cluster time wins whatever the offset (a re-sent older
+        // transaction arrives at a higher offset).
+        assert!(p(1_796_551_934_000, 1, 10) > p(1_796_551_933_000, 9, 500));
+        assert!(p(1_796_551_934_000, 2, 10) > p(1_796_551_934_000, 1, 500));
+        // One transaction's changes share a cluster time: log order decides.
+        assert!(p(1_796_551_934_000, 2, 11) > p(1_796_551_934_000, 2, 10));
+        assert!(of(&json!({"connector": "mongodb", "ord": 1}), Offset(0)).is_err());
+    }
+
+    #[test]
+    fn postgres_is_the_lsn() {
         assert_eq!(at(json!({"connector": "postgresql", "lsn": 123})), 123);
         assert_eq!(at(json!({"lsn": 5})), 5);
-        assert_eq!(at(json!({"connector": "mongodb", "ts_ms": 1, "ord": 2})), 7);
         let e = of(&json!({"connector": "oracle"}), Offset(0)).unwrap_err();
         assert!(e.contains("oracle") && e.contains("@source:"), "{e}");
     }

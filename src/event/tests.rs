@@ -478,6 +478,9 @@ mod fold_model {
         Postgres,
         Mysql,
         SqlServer,
+        /// Each change its own cluster time (one transaction's changes
+        /// share one and are ordered by offset: `event::position` tests).
+        Mongo,
     }
 
     /// The source blocks of a history of `steps` changes. A step's flags:
@@ -490,7 +493,7 @@ mod fold_model {
             .iter()
             .enumerate()
             .map(|(i, &(same_event, rotate))| {
-                if i > 0 && same_event {
+                if i > 0 && same_event && !matches!(kind, Kind::Mongo) {
                     row += 1;
                 } else if rotate {
                     (file, pos, row) = (file + 1, 4 + i as u64 % 3, 0);
@@ -504,6 +507,10 @@ mod fold_model {
                     Kind::Mysql => serde_json::json!({
                         "connector": "mysql", "file": format!("mysql-bin.{file:06}"),
                         "pos": pos, "row": row
+                    }),
+                    Kind::Mongo => serde_json::json!({
+                        "connector": "mongodb", "ts_ms": (1_700_000_000 + i as u64 / 2) * 1000,
+                        "ord": i % 2 + 1, "rs": "rs0"
                     }),
                     Kind::SqlServer => serde_json::json!({
                         "connector": "sqlserver",
@@ -556,7 +563,8 @@ mod fold_model {
         prop_oneof![
             Just(Kind::Postgres),
             Just(Kind::Mysql),
-            Just(Kind::SqlServer)
+            Just(Kind::SqlServer),
+            Just(Kind::Mongo)
         ]
     }
 
@@ -616,21 +624,29 @@ mod fold_model {
                 apply(&b, &mut table, true);
                 start = end;
             }
-            let present: Vec<String> = source
-                .iter()
-                .filter(|(_, c)| c.is_some())
-                .map(|(k, _)| k.clone())
-                .collect();
-            let stored: Vec<String> = table
+            // Each stored row is the key's last change at the source: its
+            // content, read from the message the row was written from.
+            let stored: BTreeMap<String, Option<u8>> = table
                 .rows
-                .keys()
-                .map(|k| k.0.trim_start_matches(|c: char| !c.is_ascii_digit()).chars().take_while(char::is_ascii_digit).collect())
+                .values()
+                .map(|r| {
+                    let m = &delivered[r.offset.0 as usize];
+                    let v: Value = serde_json::from_slice(m.payload.as_deref().unwrap()).unwrap();
+                    let key = v["after"]["id"].as_str().unwrap().trim_start_matches('k').to_string();
+                    (key, v["after"]["c"].as_u64().map(|c| c as u8))
+                })
                 .collect();
+            let present: BTreeMap<String, Option<u8>> =
+                source.into_iter().filter(|(_, c)| c.is_some()).collect();
             prop_assert_eq!(stored, present);
-            let content = |t: &Table| -> Vec<(RowKey, EventHash, Option<Version>)> {
-                t.rows.iter().map(|(k, r)| (k.clone(), r.hash, r.version)).collect()
-            };
-            prop_assert_eq!(content(&table), content(&in_order));
+            // And at the last change's position (a MongoDB position ends in
+            // the Kafka offset, which a re-send changes).
+            if !matches!(kind, Kind::Mongo) {
+                let versions = |t: &Table| -> Vec<(RowKey, EventHash, Option<Version>)> {
+                    t.rows.iter().map(|(k, r)| (k.clone(), r.hash, r.version)).collect()
+                };
+                prop_assert_eq!(versions(&table), versions(&in_order));
+            }
         }
     }
 
