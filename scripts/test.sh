@@ -18,6 +18,8 @@ scripts/connect.sh fetch
 scripts/connect.sh source-db ensure
 # Schema'd topics: a real Confluent-API schema registry (Apicurio, in memory).
 scripts/registry.sh ensure
+# MySQL-family CDC (tests/cdc_mysql.rs): MariaDB 10.11 from Debian on 3307.
+scripts/mariadb.sh ensure
 REGISTRY_URL="$(scripts/registry.sh url)"
 export REGISTRY_URL
 # Fault tests kill and restart nodes of their own sets, never the two above:

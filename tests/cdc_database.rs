@@ -15,9 +15,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
+use common::capture::{caught_up, connect_sh, verify, Connector};
 use common::tables::{column_types, primary_key, quote, rows_as_text, try_rows_as_text};
 use common::*;
 use rand::rngs::StdRng;
@@ -28,22 +28,6 @@ use sqlx::PgPool;
 const T: Duration = Duration::from_secs(300);
 const BIG_ROWS: i64 = 200_000;
 const SMALL_TABLES: usize = 16;
-
-fn connect_sh(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(format!("{}/scripts/connect.sh", env!("CARGO_MANIFEST_DIR")))
-        .args(args)
-        .env("KAFKA_BROKERS", brokers())
-        .output()
-        .expect("scripts/connect.sh");
-    assert!(
-        out.status.success(),
-        "connect.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A database of its own on the CDC source cluster.
 struct SourceDb {
@@ -262,19 +246,11 @@ async fn differences(source: &PgPool, target: &PgPool, tables: &[String]) -> Vec
     out
 }
 
-/// The worker running the source connector; cleaned on drop.
-struct Connector {
-    name: String,
-    props: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Connector {
-    fn start(db: &SourceDb, prefix: &str) -> Connector {
-        let name = unique("kpgs_dbz_db");
-        let props = connect_sh(&[
-            "source-props",
-            &name,
+/// The Debezium Postgres source over `db`'s public schema.
+fn start_connector(db: &SourceDb, prefix: &str) -> Connector {
+    Connector::start(
+        "source-props",
+        &[
             "--db",
             &db.name,
             "--tables",
@@ -287,78 +263,8 @@ impl Connector {
             "interval.handling.mode=string",
             // Tables created on the source while the connector runs.
             "publication.autocreate.mode=all_tables",
-        ]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("source.properties");
-        std::fs::write(&path, props).unwrap();
-        let c = Connector {
-            name,
-            props: path,
-            _dir: dir,
-        };
-        c.run();
-        c
-    }
-
-    fn run(&self) {
-        connect_sh(&["start", &self.name, "-", self.props.to_str().unwrap()]);
-    }
-
-    fn kill9(&self) {
-        connect_sh(&["kill", &self.name]);
-    }
-
-    async fn wait_streaming_offset(&self) {
-        let log = connect_sh(&["log", &self.name]);
-        let offsets = std::path::Path::new(log.trim()).with_file_name("offsets.dat");
-        wait_until(T, "the connector to flush a streaming offset", || {
-            let offsets = offsets.clone();
-            async move {
-                std::fs::read(&offsets)
-                    .map(|b| b.windows(8).any(|w| w == b"lsn_proc"))
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let path = connect_sh(&["log", &self.name]);
-        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{}/scripts/connect.sh", env!("CARGO_MANIFEST_DIR")))
-            .args(["clean", &self.name])
-            .output();
-    }
-}
-
-/// The topics of the capture that exist now.
-fn capture_topics(prefix: &str) -> Vec<String> {
-    let md = admin()
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .unwrap();
-    md.topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(&format!("{prefix}.")))
-        .collect()
-}
-
-async fn caught_up(db: &TestDb, group: &str, prefix: &str) -> bool {
-    for t in capture_topics(prefix) {
-        if db.stored_offsets(group, &t).await != end_offsets(&t) {
-            return false;
-        }
-    }
-    true
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +280,7 @@ async fn a_whole_database_replicates_with_one_route() {
     let target = TestDb::new().await;
 
     let prefix = unique("kpgs_db");
-    let connector = Connector::start(&source, &prefix);
+    let connector = start_connector(&source, &prefix);
     let route = format!(
         "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
          envelope = \"debezium\"\ncreate_table = true\nevolve = \"add_columns\"\n"
@@ -390,7 +296,7 @@ async fn a_whole_database_replicates_with_one_route() {
     let mut next = vec![20i32; SMALL_TABLES];
     for round in 0..8 {
         if round == 2 {
-            connector.wait_streaming_offset().await;
+            connector.wait_offset_with("lsn_proc", T).await;
         }
         for _ in 0..rng.gen_range(30..60) {
             step(&source, &mut rng, &mut next, round >= 3).await;
@@ -504,20 +410,4 @@ async fn a_whole_database_replicates_with_one_route() {
     let (code, report) = verify(&cfg.path, &["--route", "replica.t03"]);
     assert_eq!(code, 3, "{report}");
     assert_eq!(report["routes"][0]["different"], 1, "{report}");
-}
-
-/// `verify --json` (plus `extra`): exit code and report.
-fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value) {
-    let out = Command::new(sink_binary())
-        .arg("--config")
-        .arg(config)
-        .args(["verify", "--json"])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), report)
 }

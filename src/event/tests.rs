@@ -568,6 +568,53 @@ mod fold_model {
         ]
     }
 
+    /// The log with the `resent` changes again, in the order `order` sorts
+    /// them into, at consecutive offsets.
+    fn deliver(log: &[SourceMessage], resent: &[usize], order: &[u32]) -> Vec<SourceMessage> {
+        let all = log.iter().chain(resent.iter().filter_map(|i| log.get(*i)));
+        let mut shuffled: Vec<(u32, SourceMessage)> =
+            order.iter().copied().zip(all.cloned()).collect();
+        shuffled.sort_by_key(|(o, _)| *o);
+        shuffled
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, mut m))| {
+                m.offset = Offset(i as i64);
+                m
+            })
+            .collect()
+    }
+
+    /// `msgs` cut into batches at `cuts`.
+    fn split(msgs: &[SourceMessage], cuts: Vec<usize>) -> Vec<&[SourceMessage]> {
+        let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < msgs.len()).collect();
+        cuts.sort();
+        cuts.dedup();
+        let mut start = 0;
+        cuts.into_iter()
+            .chain([msgs.len()])
+            .map(|end| {
+                let batch = &msgs[start..end];
+                start = end;
+                batch
+            })
+            .collect()
+    }
+
+    /// Each stored row's key and content (`c`), read from the message the
+    /// row was written from.
+    fn stored_contents(t: &Table, delivered: &[SourceMessage]) -> BTreeMap<String, Option<u8>> {
+        t.rows
+            .values()
+            .map(|r| {
+                let m = &delivered[r.offset.0 as usize];
+                let v: Value = serde_json::from_slice(m.payload.as_deref().unwrap()).unwrap();
+                let key = v["after"]["id"].as_str().unwrap().trim_start_matches('k');
+                (key.to_string(), v["after"]["c"].as_u64().map(|c| c as u8))
+            })
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
         /// Property: whatever order a history's changes arrive in, with any
@@ -596,46 +643,16 @@ mod fold_model {
             let mut in_order = Table::default();
             sequential(&routes, &log, &mut in_order);
 
-            let mut delivered: Vec<SourceMessage> = log
-                .iter()
-                .chain(resent.iter().filter_map(|i| log.get(*i)))
-                .cloned()
-                .collect();
-            let mut shuffled: Vec<(u32, SourceMessage)> =
-                order.iter().copied().zip(delivered.drain(..)).collect();
-            shuffled.sort_by_key(|(o, _)| *o);
-            let delivered: Vec<SourceMessage> = shuffled
-                .into_iter()
-                .enumerate()
-                .map(|(i, (_, mut m))| {
-                    m.offset = Offset(i as i64);
-                    m
-                })
-                .collect();
-
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c < delivered.len()).collect();
-            cuts.sort();
-            cuts.dedup();
+            let delivered = deliver(&log, &resent, &order);
             let mut table = Table::default();
-            let mut start = 0;
-            for end in cuts.into_iter().chain([delivered.len()]) {
-                let b = prepare(&routes, delivered[start..end].to_vec());
+            for batch in split(&delivered, cuts) {
+                let b = prepare(&routes, batch.to_vec());
                 prop_assert!(b.dead_letters.is_empty(), "{:?}", b.dead_letters);
                 apply(&b, &mut table, true);
-                start = end;
             }
             // Each stored row is the key's last change at the source: its
             // content, read from the message the row was written from.
-            let stored: BTreeMap<String, Option<u8>> = table
-                .rows
-                .values()
-                .map(|r| {
-                    let m = &delivered[r.offset.0 as usize];
-                    let v: Value = serde_json::from_slice(m.payload.as_deref().unwrap()).unwrap();
-                    let key = v["after"]["id"].as_str().unwrap().trim_start_matches('k').to_string();
-                    (key, v["after"]["c"].as_u64().map(|c| c as u8))
-                })
-                .collect();
+            let stored = stored_contents(&table, &delivered);
             let present: BTreeMap<String, Option<u8>> =
                 source.into_iter().filter(|(_, c)| c.is_some()).collect();
             prop_assert_eq!(stored, present);

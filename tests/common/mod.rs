@@ -20,6 +20,7 @@ use rdkafka::ClientConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
+pub mod capture;
 mod net;
 pub mod tables;
 pub use net::{http_get, partition_of};

@@ -1,0 +1,140 @@
+//! Real Debezium sources for the change-data-capture tests: a Kafka Connect
+//! worker per connector (scripts/connect.sh), the capture's topics, and the
+//! sink's position on them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::{admin, brokers, end_offsets, sink_binary, unique, wait_until, TestDb};
+
+/// `scripts/connect.sh ARGS`; its stdout, or a panic with its output.
+pub fn connect_sh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(format!("{}/scripts/connect.sh", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .env("KAFKA_BROKERS", brokers())
+        .output()
+        .expect("scripts/connect.sh");
+    assert!(
+        out.status.success(),
+        "connect.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A worker running one source connector; cleaned on drop.
+pub struct Connector {
+    pub name: String,
+    props: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Connector {
+    /// Starts a connector whose properties `connect.sh <props_cmd> NAME
+    /// ARGS…` prints (`source-props`, `mysql-source-props`).
+    pub fn start(props_cmd: &str, args: &[&str]) -> Connector {
+        let name = unique("kpgs_dbz");
+        let mut all = vec![props_cmd, name.as_str()];
+        all.extend_from_slice(args);
+        let props = connect_sh(&all);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("source.properties");
+        std::fs::write(&path, props).unwrap();
+        let c = Connector {
+            name,
+            props: path,
+            _dir: dir,
+        };
+        c.run();
+        c
+    }
+
+    /// Starts the worker again (after `kill9`): it resumes from its last
+    /// flushed offset.
+    pub fn run(&self) {
+        connect_sh(&["start", &self.name, "-", self.props.to_str().unwrap()]);
+    }
+
+    pub fn kill9(&self) {
+        connect_sh(&["kill", &self.name]);
+    }
+
+    /// Waits until the worker flushed an offset holding `marker` (a key only
+    /// streaming offsets have: Postgres `lsn_proc`, MySQL `event`).
+    pub async fn wait_offset_with(&self, marker: &str, timeout: Duration) {
+        let log = connect_sh(&["log", &self.name]);
+        let offsets = std::path::Path::new(log.trim()).with_file_name("offsets.dat");
+        let marker = marker.as_bytes().to_vec();
+        wait_until(timeout, "the connector to flush a streaming offset", || {
+            let (offsets, marker) = (offsets.clone(), marker.clone());
+            async move {
+                std::fs::read(&offsets)
+                    .map(|b| b.windows(marker.len()).any(|w| w == marker))
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let path = connect_sh(&["log", &self.name]);
+        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(format!("{}/scripts/connect.sh", env!("CARGO_MANIFEST_DIR")))
+            .args(["clean", &self.name])
+            .output();
+    }
+}
+
+/// The topics of the capture `prefix` that exist now.
+pub fn capture_topics(prefix: &str) -> Vec<String> {
+    let md = admin()
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    md.topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(&format!("{prefix}.")))
+        .collect()
+}
+
+/// The sink's stored positions are at the end of every capture topic.
+pub async fn caught_up(db: &TestDb, group: &str, prefix: &str) -> bool {
+    for t in capture_topics(prefix) {
+        let stored = db.stored_offsets(group, &t).await;
+        // A partition no change went to has no stored position.
+        let behind = end_offsets(&t)
+            .into_iter()
+            .any(|(p, end)| end > 0 && stored.get(&p) != Some(&end));
+        if behind {
+            return false;
+        }
+    }
+    true
+}
+
+/// `verify --json` (plus `extra`): exit code and report.
+pub fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(sink_binary())
+        .arg("--config")
+        .arg(config)
+        .args(["verify", "--json"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
