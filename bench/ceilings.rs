@@ -2,6 +2,7 @@
 //! nothing else running — the denominators of the run's ratios.
 
 use crate::*;
+use kafka_pg_sink::store::dialect::Dialect;
 
 /// Phase 1a: document-table ceilings, one backend, the distinct final rows.
 ///
@@ -114,7 +115,7 @@ pub(crate) async fn prefilter_ceilings(
     );
     let t = Instant::now();
     for batch in &batches {
-        prefilter(conn, &versioned, batch).await?;
+        prefilter(conn, &versioned, batch, Dialect::Postgres).await?;
     }
     out.insert(
         "replay_stream_ceiling_events_per_s",
@@ -135,7 +136,9 @@ pub(crate) async fn filtered_pass(
     let batch_size = b.batch_size()?;
     let t = Instant::now();
     for chunk in rows.chunks(batch_size) {
-        let kept = prefilter(conn, route, chunk).await?.len();
+        let kept = prefilter(conn, route, chunk, Dialect::Postgres)
+            .await?
+            .len();
         anyhow::ensure!(kept == 0, "the pre-filter kept {kept} stored rows");
     }
     Ok(rows.len() as f64 / t.elapsed().as_secs_f64())

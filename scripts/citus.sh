@@ -11,6 +11,8 @@
 #                                    the `postgres` database. Idempotent (a second run takes ~1 s).
 #   scripts/citus.sh url [coordinator|worker1|worker2] [DB]
 #                                    postgres://postgres@127.0.0.1:PORT/DB (coordinator, postgres)
+#   scripts/citus.sh deps            only the Debian packages (server; build deps on a cold cache):
+#                                    apt is done before a background `ensure` builds
 #   scripts/citus.sh createdb NAME   a database on all three nodes, extension created and nodes
 #                                    registered in it; prints its coordinator URL. Idempotent.
 #   scripts/citus.sh dropdb NAME     drops it on all three nodes (those that are up)
@@ -372,6 +374,7 @@ stop_all() {
 cmd="${1:-ensure}"; shift || true
 case "$cmd" in
   ensure) ensure ;;
+  deps) install_server; [ -f "$CACHE/.complete" ] || install_build_deps ;;
   url) url "${1:-coordinator}" "${2:-postgres}" ;;
   createdb) [ $# -ge 1 ] || die "usage: createdb NAME"; createdb "$1" ;;
   dropdb) [ $# -ge 1 ] || die "usage: dropdb NAME"; dropdb "$1" ;;

@@ -20,6 +20,13 @@ scripts/connect.sh source-db ensure
 scripts/registry.sh ensure
 # MySQL-family CDC (tests/cdc_mysql.rs): MariaDB 10.11 from Debian on 3307.
 scripts/mariadb.sh ensure
+# Citus (tests/citus.rs, tests/replicate.rs): built from ../shared/vendor once
+# (~7 min cold, cached under ~/.cache), started on 5444-5446. The build runs
+# while the rest is set up and compiled; the tests wait for it.
+scripts/citus.sh deps   # apt now, not beside another apt-get later
+citus_log="$(mktemp)"
+scripts/citus.sh ensure >"$citus_log" 2>&1 &
+citus_pid=$!
 REGISTRY_URL="$(scripts/registry.sh url)"
 export REGISTRY_URL
 # Fault tests kill and restart nodes of their own sets, never the two above:
@@ -34,6 +41,12 @@ echo "== deployment files"
 scripts/check-deploy.sh
 
 echo "== tests"
+if ! wait "$citus_pid"; then
+  cat "$citus_log" >&2
+  echo "scripts/citus.sh ensure failed" >&2
+  exit 1
+fi
+tail -1 "$citus_log"
 # Test binaries run one after another; tests inside one run in parallel.
 # Tests that restart shared services live in their own binaries.
 # --no-fail-fast: one failing binary does not hide the others' results.

@@ -19,6 +19,7 @@ use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::Schemas;
 use crate::pipeline::Pipeline;
+use crate::store::dialect::Dialect;
 use crate::store::mappings::{canonical_table, MappingGuard};
 use crate::store::{self, BatchWriter};
 
@@ -108,8 +109,13 @@ pub async fn run_with(
             cancel.clone(),
         ));
     }
+    let dialect = Dialect::detect(&pool).await.context("detecting Citus")?;
+    if dialect.is_citus() {
+        tracing::info!("the database is a Citus coordinator: distributed tables, 2PC commits");
+    }
     let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error)
-        .with_guard(guard);
+        .with_guard(guard)
+        .with_dialect(dialect);
     let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
         .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;

@@ -44,6 +44,7 @@ use crate::kafka::message::SourceMessage;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::store::compare::{self, Columns};
+use crate::store::dialect::Dialect;
 use crate::store::replica::TableSource;
 use crate::store::shadow::rebuild_group;
 use crate::store::{self, schema, BatchWriter};
@@ -151,10 +152,7 @@ pub async fn verify(
     let client = metadata_client(cfg, "verify")?;
     let metrics = VerifyMetrics::new(&target.pool, opts.metrics_bind.as_deref()).await?;
     let mut conn = target.pool.acquire().await?;
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *conn)
-        .await?;
-    let (stored, snapshot_at) = snapshot(&mut conn, &target.group).await?;
+    let (stored, snapshot_at) = open_snapshot(&mut conn, &target).await?;
     // Watermarks after the snapshot: every stored position is then within
     // the log (unless the topic was recreated).
     let logs = partition_logs(&client, &target.routes)?;
@@ -206,6 +204,66 @@ pub async fn verify(
         seconds: started.elapsed().as_secs_f64(),
         routes,
     })
+}
+
+/// Opens the REPEATABLE READ transaction verify reads in and returns the
+/// group's stored positions as of its snapshot (on Citus, one state across
+/// the nodes: [`hold_commits`]).
+async fn open_snapshot(
+    conn: &mut PgConnection,
+    target: &Target,
+) -> anyhow::Result<(HashMap<TopicPartition, Offset>, String)> {
+    let citus = Dialect::detect(&target.pool).await?.is_citus();
+    let held = if citus {
+        Some(hold_commits(&target.pool).await?)
+    } else {
+        None
+    };
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *conn)
+        .await?;
+    if citus {
+        sqlx::raw_sql(
+            "SET LOCAL citus.max_adaptive_executor_pool_size = 1; \
+             SET LOCAL citus.max_intermediate_result_size = -1",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    let snapshot = snapshot(conn, &target.group).await?;
+    if let Some(mut held) = held {
+        touch_workers(conn, &target.routes).await?;
+        sqlx::query("ROLLBACK").execute(&mut *held).await?;
+    }
+    Ok(snapshot)
+}
+
+/// Citus has no snapshot across nodes: each worker connection takes its own
+/// at its first statement. So while verify fixes its snapshots, another
+/// session holds `sink_offsets` in SHARE mode: that waits for commits in
+/// flight (their fences hold row locks until their 2PC finished) and makes
+/// new ones wait, so the coordinator's positions and every worker's rows
+/// are read at one state. The hold lasts a statement per route table.
+async fn hold_commits(
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let mut held = pool.acquire().await?;
+    sqlx::raw_sql("BEGIN; LOCK TABLE sink_offsets IN SHARE MODE")
+        .execute(&mut *held)
+        .await?;
+    Ok(held)
+}
+
+/// A statement on every shard of the route tables, which fixes each
+/// worker connection's snapshot (one connection per worker: the pool size
+/// is 1).
+async fn touch_workers(conn: &mut PgConnection, routes: &[Route]) -> anyhow::Result<()> {
+    for r in routes {
+        sqlx::query(&format!("SELECT 1 FROM {} LIMIT 1", r.table.quoted()))
+            .fetch_optional(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The group's stored positions as of the transaction's snapshot (this is

@@ -26,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use sqlx::{PgConnection, PgPool};
 
 use super::dead_letters::insert_dead_letters;
+use super::dialect::Dialect;
 use super::fence::fence;
 use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
@@ -62,6 +63,7 @@ pub struct BatchWriter {
     /// The route mappings this writer runs, checked after the fence
     /// (`store/mappings.rs`: a promote fences writers of the old mapping).
     guard: MappingGuard,
+    dialect: Dialect,
 }
 
 /// The hint of a slot added after the flags were copied.
@@ -116,7 +118,14 @@ impl BatchWriter {
             on_error,
             duplicate_heavy,
             guard: MappingGuard::default(),
+            dialect: Dialect::Postgres,
         }
+    }
+
+    /// The same writer, for a database of `dialect` (`Dialect::detect`).
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     /// The same writer, refusing to commit once a promote replaced the
@@ -227,7 +236,8 @@ impl BatchWriter {
             .zip(routes.iter())
             .filter(|(w, _)| !w.upserts.is_empty() || !w.previous.is_empty())
             .filter_map(|(_, route)| stage_of(route));
-        let (begin, mut fresh) = Fresh::begin(stages);
+        let (mut begin, mut fresh) = Fresh::begin(stages);
+        begin.push_str(self.dialect.begin_settings());
         let mut tx = self.pool.begin_with(begin).await?;
         let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
         if !fenced.is_empty() {
@@ -463,10 +473,10 @@ impl BatchWriter {
         let route = at.route;
         match (chunk, &route.columns) {
             (Chunk::Upserts(rows, copy), None) => {
-                documents::upsert(conn, fresh, route, rows, copy, at.heavy).await
+                documents::upsert(conn, fresh, route, rows, copy, at.heavy, self.dialect).await
             }
             (Chunk::Upserts(rows, _), Some(map)) => {
-                typed::upsert(conn, fresh, route, map, rows).await
+                typed::upsert(conn, fresh, route, map, rows, self.dialect).await
             }
             (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,

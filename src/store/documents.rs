@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::PgConnection;
 
+use super::dialect::Dialect;
 use super::stage::{Fresh, Stage};
 use super::TableCounts;
 use crate::config::route::Route;
@@ -32,12 +33,13 @@ pub(super) async fn upsert(
     rows: &[RowUpsert],
     copy: Option<&[u8]>,
     duplicate_heavy: &AtomicBool,
+    dialect: Dialect,
 ) -> Result<TableCounts, sqlx::Error> {
     // Change events are filtered by delete/truncate markers; the pre-filter
     // would count those as duplicates, so it is not used there.
     let prefilter = duplicate_heavy.load(Ordering::Relaxed) && !route.is_cdc();
     let (kept, stale) = if prefilter {
-        changing(conn, route, rows).await?
+        changing(conn, route, rows, dialect).await?
     } else {
         (rows.iter().collect(), 0)
     };
@@ -52,13 +54,30 @@ pub(super) async fn upsert(
             }
         };
         stage(route).fill(conn, fresh, data).await?;
-        let sql = upsert_sql(route);
+        // On Citus the same-content count cannot read the table inside the
+        // upsert (it would see the rows the upsert wrote): it runs first.
+        let separate = dialect.is_citus() && route.version.is_some();
+        let same = if separate {
+            let sql = same_count_sql(route);
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            if route.is_cdc() {
+                q = q.bind(route.table.quoted());
+            }
+            let keys: Vec<&str> = kept.iter().map(|r| r.key.0.as_str()).collect();
+            Some(q.bind(keys).fetch_one(&mut *conn).await?)
+        } else {
+            None
+        };
+        let sql = upsert_sql(route, !separate);
         let mut query = sqlx::query(&sql);
         if route.is_cdc() {
             query = query.bind(route.table.quoted());
         }
         let row = query.fetch_one(&mut *conn).await?;
-        counts = TableCounts::of_upsert(kept.len(), &row);
+        counts = match same {
+            Some(same) => TableCounts::of_upsert_with(kept.len(), &row, Some(same)),
+            None => TableCounts::of_upsert(kept.len(), &row),
+        };
     }
     counts.duplicate_in_table += (rows.len() - kept.len()) as u64 - stale;
     counts.stale_in_table += stale;
@@ -86,8 +105,9 @@ async fn changing<'r>(
     conn: &mut PgConnection,
     route: &Route,
     rows: &'r [RowUpsert],
+    dialect: Dialect,
 ) -> Result<(Vec<&'r RowUpsert>, u64), sqlx::Error> {
-    let found = prefilter(conn, route, rows).await?;
+    let found = prefilter(conn, route, rows, dialect).await?;
     let mut kept = Vec::with_capacity(found.len());
     let mut stale = 0;
     for (i, class) in found {
@@ -107,10 +127,14 @@ pub async fn prefilter(
     conn: &mut PgConnection,
     route: &Route,
     rows: &[RowUpsert],
+    dialect: Dialect,
 ) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
     let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
     let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash.0[..]).collect();
-    let sql = prefilter_sql(route);
+    let sql = match dialect {
+        Dialect::Postgres => prefilter_sql(route),
+        Dialect::Citus => prefilter_join_sql(route),
+    };
     let q = sqlx::query(&sql).bind(keys).bind(hashes);
     let rows =
         super::versions::bind_all(q, route.version_is_wide(), rows.iter().map(|r| r.version))
@@ -143,6 +167,47 @@ fn prefilter_sql(route: &Route) -> String {
     )
 }
 
+/// [`prefilter_sql`] for Citus, which cannot run correlated subqueries
+/// over a set-returning function: a left join against the stored rows of
+/// the batch's keys (`= ANY` prunes to their shards). Absent rows come out
+/// as `k` instead of none: both are kept.
+fn prefilter_join_sql(route: &Route) -> String {
+    let stale = if route.version.is_some() {
+        "WHEN cur.version IS NOT NULL AND (u.version IS NULL OR u.version < cur.version) THEN 's' "
+    } else {
+        ""
+    };
+    format!(
+        "SELECT u.i, CASE WHEN cur.event_hash = u.event_hash THEN 'd' {stale}ELSE 'k' END \
+         FROM UNNEST($1::text[], $2::bytea[], $3::{}[]) WITH ORDINALITY AS u(key, event_hash, version, i) \
+         LEFT JOIN (SELECT key, event_hash, version FROM {} WHERE key = ANY($1::text[])) cur \
+           ON cur.key = u.key \
+         WHERE cur.event_hash IS DISTINCT FROM u.event_hash ORDER BY u.i",
+        route.version_sql_type(),
+        route.table.quoted()
+    )
+}
+
+/// [`upsert_sql`]'s same-content count as a statement of its own, run
+/// before the upsert on Citus (`$1` the target for change events' markers,
+/// then the batch's keys).
+fn same_count_sql(route: &Route) -> String {
+    let (markers, keys, col) = if route.is_cdc() {
+        let filter = super::cdc::marker_filter("$1", "u.key", "u.version");
+        (format!(" WHERE {filter}"), "$2", "version")
+    } else {
+        (String::new(), "$1", "event_hash")
+    };
+    format!(
+        "WITH input AS MATERIALIZED (SELECT * FROM {}{markers}) \
+         SELECT count(*) FROM input i \
+         JOIN (SELECT key, {col} FROM {} WHERE key = ANY({keys}::text[])) cur ON cur.key = i.key \
+         WHERE cur.{col} = i.{col}",
+        stage(route).name,
+        route.table.quoted()
+    )
+}
+
 /// The stored `col` of the row with `alias.key`, as a scalar subquery:
 /// Postgres runs it as one index probe per row. A join (NOT EXISTS, JOIN)
 /// lets the planner pick a hash join that reads the whole table for every
@@ -166,7 +231,7 @@ pub(super) fn stage(route: &Route) -> Stage {
     ))
 }
 
-fn upsert_sql(route: &Route) -> String {
+fn upsert_sql(route: &Route, with_same: bool) -> String {
     let t = route.table.quoted();
     let stored = |col: &str, alias: &str| stored_of(route, col, alias);
     let guard = if route.is_cdc() {
@@ -187,7 +252,12 @@ fn upsert_sql(route: &Route) -> String {
     } else {
         String::new()
     };
-    let (input, same_hash) = if route.is_cdc() {
+    let (input, same_hash) = if !with_same {
+        (
+            format!("SELECT * FROM u{markers}"),
+            "NULL::bigint".to_string(),
+        )
+    } else if route.is_cdc() {
         // A no-op change is a re-send (same position stored) or stale.
         (
             format!("SELECT * FROM u{markers}"),

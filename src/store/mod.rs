@@ -8,6 +8,7 @@ pub mod commit;
 pub mod compare;
 mod dead_letters;
 pub mod derived;
+pub mod dialect;
 mod documents;
 pub mod fence;
 pub mod mappings;
@@ -79,9 +80,21 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
                 || code.starts_with("57P")
                 || code == "53300"
                 || code == "55006"
+                // Citus: a COPY to a shard on a worker that went away.
+                || code == "58030"
+                || (code == "XX000" && is_lost_worker(db.as_ref()))
         }
         _ => false,
     }
+}
+
+/// A Citus coordinator reporting a worker connection that failed mid-
+/// transaction (SQLSTATE XX000 from the routines that relay it). The fence
+/// makes the retry safe; nothing of the failed transaction committed.
+fn is_lost_worker(db: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|e| e.routine())
+        .is_some_and(|r| matches!(r, "ReportResultError" | "MarkRemoteTransactionFailed"))
 }
 
 /// Whether a statement failed because of the data in it (class 22 data
@@ -155,10 +168,16 @@ impl TableCounts {
     /// duplicates, or, on versioned routes when their content differs from the
     /// stored row, stale.
     fn of_upsert(rows: usize, row: &PgRow) -> Self {
+        Self::of_upsert_with(rows, row, row.get::<Option<i64>, _>(2))
+    }
+
+    /// [`of_upsert`](Self::of_upsert) with the same-content count `same`
+    /// from a statement of its own (Citus).
+    fn of_upsert_with(rows: usize, row: &PgRow, same: Option<i64>) -> Self {
         let inserted = row.get::<i64, _>(0) as u64;
         let updated = row.get::<i64, _>(1) as u64;
         let noop = rows as u64 - inserted - updated;
-        let duplicate = match row.get::<Option<i64>, _>(2) {
+        let duplicate = match same {
             Some(same) => (same as u64).min(noop),
             None => noop,
         };

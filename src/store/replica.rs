@@ -339,6 +339,8 @@ async fn create(
     ))
     .execute(&mut *conn)
     .await?;
+    // On Citus, sharded by the first key column.
+    super::dialect::distribute(conn, table, &shape.key[0], None).await?;
     tracing::info!(%table, columns = shape.columns.len(), key = ?shape.key, "created the table from the change events' schema");
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use sqlx::{PgPool, Row};
 
+use super::dialect::{check_distribution, distribute};
 use crate::config::columns::{ColumnKind, ColumnSpec, SqlType};
 use crate::config::route::{Route, RouteSpec};
 use crate::types::{quote_ident, TableName};
@@ -39,6 +40,9 @@ pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), 
         ))
         .execute(&mut *tx)
         .await?;
+        // On Citus, sharded by key (the sink's own tables stay on the
+        // coordinator: the offsets commit with the rows through 2PC).
+        distribute(&mut tx, &r.table, "key", None).await?;
     }
     tx.commit().await
 }
@@ -92,10 +96,18 @@ pub async fn resolve_routes(pool: &PgPool, specs: &[RouteSpec]) -> Result<Vec<Ro
         };
         let cols = table_columns(pool, oid).await?;
         let before = problems.len();
-        match &spec.columns {
-            Some(map) => check_typed(pool, oid, &spec.table, map, &cols, &mut problems).await?,
-            None => check_document(pool, oid, &spec.table, &cols, &mut problems).await?,
-        }
+        let key: Vec<&str> = match &spec.columns {
+            Some(map) => {
+                check_typed(pool, oid, &spec.table, map, &cols, &mut problems).await?;
+                map.key_columns().map(|c| c.name.as_str()).collect()
+            }
+            None => {
+                check_document(pool, oid, &spec.table, &cols, &mut problems).await?;
+                vec!["key"]
+            }
+        };
+        let mut conn = pool.acquire().await?;
+        problems.extend(check_distribution(&mut conn, &spec.table, &key).await?);
         if problems.len() > before {
             continue;
         }

@@ -257,6 +257,8 @@ async fn start_fresh(
 /// constraints, indexes — not rows, triggers, foreign keys or grants). A
 /// typed route whose new mapping needs another column fails route
 /// resolution afterwards, naming it; the operator adds it and runs again.
+/// On Citus the shadow is sharded like the live table and beside it, so a
+/// promote swaps two distributed tables.
 async fn create_shadow(conn: &mut PgConnection, spec: &RebuildSpec) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
@@ -265,6 +267,9 @@ async fn create_shadow(conn: &mut PgConnection, spec: &RebuildSpec) -> Result<()
     ))
     .execute(&mut *conn)
     .await?;
+    if let Some(column) = super::dialect::distribution_column(conn, &spec.live).await? {
+        super::dialect::distribute(conn, &spec.shadow, &column, Some(&spec.live)).await?;
+    }
     Ok(())
 }
 

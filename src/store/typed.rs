@@ -8,6 +8,9 @@
 
 use sqlx::PgConnection;
 
+use sqlx::Row;
+
+use super::dialect::Dialect;
 use super::stage::{Fresh, Stage};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
@@ -34,12 +37,17 @@ fn joined_by<'a>(
 /// `(alias.a, alias.b, …)`. A row comparison uses each type's `=` (numbers
 /// numerically: `1.0 = 1`); a column whose type has no `=` (json, xml,
 /// point…) is compared as `to_jsonb(…)`, by its canonical JSON.
-fn content_of(map: &ColumnMap, alias: &str) -> Option<String> {
+/// On Citus, where functions in an `ON CONFLICT` guard must be immutable
+/// (`to_jsonb` is stable), json is compared as `::jsonb` (the same
+/// canonical form) and the others by their text.
+fn content_of(map: &ColumnMap, alias: &str, dialect: Dialect) -> Option<String> {
     let cols = joined(map.content().map(|(_, c)| c), |c| {
-        if c.sql_type.comparable {
-            format!("{alias}.{}", c.quoted())
-        } else {
-            format!("to_jsonb({alias}.{})", c.quoted())
+        let col = format!("{alias}.{}", c.quoted());
+        match (c.sql_type.comparable, dialect) {
+            (true, _) => col,
+            (false, Dialect::Postgres) => format!("to_jsonb({col})"),
+            (false, Dialect::Citus) if c.sql_type.name == "json" => format!("{col}::jsonb"),
+            (false, Dialect::Citus) => format!("{col}::text"),
         }
     });
     (!cols.is_empty()).then(|| format!("ROW({cols})"))
@@ -55,32 +63,79 @@ pub(super) async fn upsert(
     route: &Route,
     map: &ColumnMap,
     rows: &[RowUpsert],
+    dialect: Dialect,
 ) -> Result<TableCounts, sqlx::Error> {
-    let t = route.table.quoted();
-    let sql = upsert_sql(route, map);
     if let Some(stage) = stage_of(route, map) {
         let data = encode::typed_rows(route, rows);
         stage.fill(conn, fresh, &data).await?;
-        let mut query = sqlx::query(&sql);
-        if route.is_cdc() {
-            query = query.bind(t);
-        }
-        let row = query.fetch_one(&mut *conn).await?;
-        return Ok(TableCounts::of_upsert(rows.len(), &row));
+    }
+    // On Citus the same-content count cannot read the table inside the
+    // upsert (it would see the rows the upsert wrote): it runs first.
+    let separate = dialect.is_citus() && map.version.is_some();
+    let same = if separate {
+        let sql = same_count_sql(route, map, dialect);
+        let q = bind_key_values(bind_input(sqlx::query(&sql), route, map, rows), map, rows);
+        Some(q.fetch_one(&mut *conn).await?.get::<i64, _>(0))
+    } else {
+        None
+    };
+    let sql = upsert_sql(route, map, dialect, !separate);
+    let row = bind_input(sqlx::query(&sql), route, map, rows)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(match same {
+        Some(same) => TableCounts::of_upsert_with(rows.len(), &row, Some(same)),
+        None => TableCounts::of_upsert(rows.len(), &row),
+    })
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds what [`input_sql`] reads: for staged rows the target (change
+/// events' markers); else the rows as JSON, and for change events their
+/// keys, positions and the target.
+fn bind_input<'q>(
+    q: PgQuery<'q>,
+    route: &Route,
+    map: &ColumnMap,
+    rows: &'q [RowUpsert],
+) -> PgQuery<'q> {
+    let t = route.table.quoted();
+    if map.copyable() {
+        return if route.is_cdc() { q.bind(t) } else { q };
     }
     let docs: Vec<&str> = rows
         .iter()
         .map(|r| r.row.as_deref().unwrap_or("{}"))
         .collect();
-    let mut query = sqlx::query(&sql).bind(docs);
-    if route.is_cdc() {
-        let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
-        let positions = rows.iter().map(|r| r.version);
-        query =
-            super::versions::bind_all(query.bind(keys), route.version_is_wide(), positions).bind(t);
+    let q = q.bind(docs);
+    if !route.is_cdc() {
+        return q;
     }
-    let row = query.fetch_one(&mut *conn).await?;
-    Ok(TableCounts::of_upsert(rows.len(), &row))
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.0.as_str()).collect();
+    let positions = rows.iter().map(|r| r.version);
+    super::versions::bind_all(q.bind(keys), route.version_is_wide(), positions).bind(t)
+}
+
+/// Binds, per key column, the rows' values of it as text (from the row
+/// keys' JSON arrays): [`same_count_sql`]'s filter, which lets Citus prune
+/// the read to the shards holding the batch's keys.
+fn bind_key_values<'q>(q: PgQuery<'q>, map: &ColumnMap, rows: &[RowUpsert]) -> PgQuery<'q> {
+    let parsed: Vec<Vec<serde_json::Value>> = rows
+        .iter()
+        .map(|r| serde_json::from_str(&r.key.0).unwrap_or_default())
+        .collect();
+    (0..map.key.len()).fold(q, |q, n| {
+        let values: Vec<Option<String>> = parsed
+            .iter()
+            .map(|k| match k.get(n) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Null) | None => None,
+                Some(v) => Some(v.to_string()),
+            })
+            .collect();
+        q.bind(values)
+    })
 }
 
 /// The staging table of a typed route: its mapped columns with their types,
@@ -104,12 +159,16 @@ pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Option<Stage> {
 /// The upsert statement: the rows (staged, or converted by
 /// `jsonb_to_record`), the content (or, for change events, the position)
 /// guard, and the outcome counts.
-fn upsert_sql(route: &Route, map: &ColumnMap) -> String {
+fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool) -> String {
     let t = route.table.quoted();
     let cols = joined(map.columns.iter(), MappedColumn::quoted);
     let keys = joined(map.key_columns(), MappedColumn::quoted);
-    let on_conflict = on_conflict(route, map);
-    let same = same_count(route, map);
+    let on_conflict = on_conflict(route, map, dialect);
+    let same = if with_same {
+        same_count(route, map)
+    } else {
+        "NULL::bigint".into()
+    };
     let input = input_sql(route, map);
     format!(
         "WITH input AS ({input}), \
@@ -155,7 +214,7 @@ fn input_sql(route: &Route, map: &ColumnMap) -> String {
 
 /// `ON CONFLICT … DO UPDATE … WHERE guard`: content changed (and version not
 /// older), or, for change events, a newer source position.
-fn on_conflict(route: &Route, map: &ColumnMap) -> String {
+fn on_conflict(route: &Route, map: &ColumnMap, dialect: Dialect) -> String {
     let set = joined(
         map.columns
             .iter()
@@ -167,7 +226,10 @@ fn on_conflict(route: &Route, map: &ColumnMap) -> String {
     if set.is_empty() {
         return "DO NOTHING".to_string();
     }
-    let changed = match (content_of(map, "t"), content_of(map, "EXCLUDED")) {
+    let changed = match (
+        content_of(map, "t", dialect),
+        content_of(map, "EXCLUDED", dialect),
+    ) {
         (Some(a), Some(b)) => format!("{a} IS DISTINCT FROM {b}"),
         _ => "FALSE".into(),
     };
@@ -188,17 +250,67 @@ fn same_count(route: &Route, map: &ColumnMap) -> String {
     let on = joined_by(" AND ", map.key_columns(), |c| {
         format!("cur.{0} = i.{0}", c.quoted())
     });
-    let same = match (content_of(map, "cur"), content_of(map, "i")) {
-        _ if route.is_cdc() => format!("cur.{v} = i.{v}"),
-        (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
-        _ => "TRUE".into(),
-    };
+    let same = same_test(route, map, &v, Dialect::Postgres);
     // A scalar subquery: one index probe per row, never a hash join over the
     // whole table (see `documents::upsert_sql`); the key is unique.
     format!(
         "(SELECT count(*) FROM input i WHERE (SELECT {same} FROM {} cur WHERE {on}))",
         route.table.quoted()
     )
+}
+
+/// Whether the stored row `cur` holds what input row `i` would write.
+fn same_test(route: &Route, map: &ColumnMap, v: &str, dialect: Dialect) -> String {
+    match (
+        content_of(map, "cur", dialect),
+        content_of(map, "i", dialect),
+    ) {
+        _ if route.is_cdc() => format!("cur.{v} = i.{v}"),
+        (Some(a), Some(b)) => format!("{a} IS NOT DISTINCT FROM {b}"),
+        _ => "TRUE".into(),
+    }
+}
+
+/// [`same_count`] as a statement of its own, for Citus: a join against the
+/// stored rows of the batch's keys (`= ANY` per key column, bound by
+/// [`bind_key_values`] after the input's parameters, prunes to their
+/// shards), run before the upsert.
+fn same_count_sql(route: &Route, map: &ColumnMap, dialect: Dialect) -> String {
+    let v = map
+        .version
+        .map(|i| map.columns[i].quoted())
+        .unwrap_or_default();
+    let same = same_test(route, map, &v, dialect);
+    let on = joined_by(" AND ", map.key_columns(), |c| {
+        format!("cur.{0} = i.{0}", c.quoted())
+    });
+    let first = input_params(route, map) + 1;
+    let prune = map
+        .key_columns()
+        .enumerate()
+        .map(|(n, c)| {
+            let t = &c.sql_type;
+            format!("s.{} = ANY(${}::text[]::{t}[])", c.quoted(), first + n)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "WITH input AS MATERIALIZED ({}) \
+         SELECT count(*) FROM input i JOIN (SELECT * FROM {} s WHERE {prune}) cur ON {on} \
+         WHERE {same}",
+        input_sql(route, map),
+        route.table.quoted()
+    )
+}
+
+/// How many parameters [`bind_input`] binds.
+fn input_params(route: &Route, map: &ColumnMap) -> usize {
+    match (map.copyable(), route.is_cdc()) {
+        (true, false) => 0,
+        (true, true) => 1,
+        (false, false) => 1,
+        (false, true) => 4,
+    }
 }
 
 /// Deletes typed rows by key. Key values travel in their text form and are

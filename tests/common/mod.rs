@@ -50,6 +50,9 @@ pub struct TestDb {
     pub pool: PgPool,
     /// The server's maintenance database URL (creates and drops `name`).
     admin_url: String,
+    /// A database on the Citus cluster (scripts/citus.sh): dropped on
+    /// every node.
+    citus: bool,
 }
 
 impl TestDb {
@@ -87,6 +90,29 @@ impl TestDb {
             url,
             pool,
             admin_url: admin_url.to_string(),
+            citus: false,
+        }
+    }
+
+    /// A fresh database on the Citus cluster (coordinator + two workers,
+    /// `scripts/citus.sh ensure`, done by scripts/test.sh): the extension
+    /// created and the nodes registered in it.
+    pub async fn citus() -> TestDb {
+        let name = unique("kpgs_citus");
+        // Citus turns on TLS with a self-signed X.509 v1 certificate, which
+        // rustls refuses: the cluster is local, so no TLS.
+        let url = format!("{}?sslmode=disable", citus_sh(&["createdb", &name]).trim());
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb {
+            name,
+            admin_url: url.clone(),
+            url,
+            pool,
+            citus: true,
         }
     }
 
@@ -167,6 +193,22 @@ impl Drop for TestDb {
         let name = self.name.clone();
         let pool = self.pool.clone();
         let admin_url = self.admin_url.clone();
+        if self.citus {
+            let pool = pool.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(pool.close());
+            })
+            .join();
+            let _ = Command::new("bash")
+                .arg(format!("{}/scripts/citus.sh", env!("CARGO_MANIFEST_DIR")))
+                .args(["dropdb", &name])
+                .output();
+            return;
+        }
         // Drop cannot await; a short-lived runtime on a thread does the cleanup.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -188,6 +230,22 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// `scripts/citus.sh ARGS`; its stdout, or a panic with its output.
+pub fn citus_sh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(format!("{}/scripts/citus.sh", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .expect("scripts/citus.sh");
+    assert!(
+        out.status.success(),
+        "citus.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A topic created for one test.
