@@ -8,6 +8,7 @@
 //! * `in_process.rs` — the write path and the commits in process;
 //! * `sink.rs` — the sink as a process: routes, replay, Avro, replicas;
 //! * `peers.rs` — the Debezium JDBC sink on the same topic;
+//! * `citus.rs` — the typed route into a Citus distributed table;
 //! * `capture.rs` — a whole database from a Debezium snapshot, against the
 //!   Debezium JDBC sink on the same topics;
 //! * `measure.rs` — CPU probes; `report.rs` — results, ratios, medians.
@@ -51,6 +52,7 @@ mod data;
 
 mod capture;
 mod ceilings;
+mod citus;
 mod in_process;
 mod measure;
 mod peers;
@@ -337,7 +339,7 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,capture`);
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,citus,capture`);
 /// the peers run with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
@@ -386,6 +388,9 @@ async fn main() -> anyhow::Result<()> {
         naive(&b, &mut out).await?;
     }
     peers(&b, &mut out).await?;
+    if runs("citus") {
+        citus::citus(&b, &mut out).await?;
+    }
     if runs("capture") {
         capture::capture(&b, &mut out).await?;
     }

@@ -172,6 +172,14 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             "(info)",
         ),
         (
+            // The typed route into a table distributed over a Citus
+            // coordinator and two workers, all on this machine's cores,
+            // against one Postgres: the cost of distribution.
+            "citus_vs_single_postgres",
+            f("citus_sink_events_per_s") / f("typed_sink_events_per_s"),
+            "(info)",
+        ),
+        (
             "avro_vs_json_typed",
             f("avro_sink_events_per_s") / f("typed_sink_events_per_s"),
             "(info)",

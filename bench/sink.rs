@@ -8,9 +8,9 @@ pub(crate) struct SinkRun {
     child: std::process::Child,
     cfg_path: PathBuf,
     port: u16,
-    group: String,
-    started: Instant,
-    cpu_start: CpuMark,
+    pub(crate) group: String,
+    pub(crate) started: Instant,
+    pub(crate) cpu_start: CpuMark,
     _dir: tempfile::TempDir,
 }
 
@@ -37,12 +37,24 @@ pub(crate) fn start_sink(
     route: &str,
     extra: &str,
 ) -> anyhow::Result<SinkRun> {
+    start_sink_on(b, &b.url, name, route, extra)
+}
+
+/// [`start_sink`] writing to the database at `url`.
+pub(crate) fn start_sink_on(
+    b: &Bench,
+    url: &str,
+    name: &str,
+    route: &str,
+    extra: &str,
+) -> anyhow::Result<SinkRun> {
     let dir = tempfile::tempdir()?;
     let group = format!("bench-{name}-{}", b.stamp);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let (cfg, _) = b.config(route, extra, &group, port)?;
+    let (mut cfg, _) = b.config(route, extra, &group, port)?;
+    cfg.postgres.url = url.to_string();
     let cfg_path = dir.path().join("bench.toml");
     std::fs::write(&cfg_path, cfg.to_toml())?;
     // BENCH_LOG_DIR keeps each sink's log (with KAFKA_PG_SINK_LOG, e.g.
