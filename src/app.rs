@@ -59,6 +59,20 @@ pub async fn setup_with_schemas(
     Ok((pool, routes, schemas))
 }
 
+/// Stops at once, naming each GRANT, when the role lacks a right the run
+/// needs (rather than failing its first batch).
+async fn check_rights(pool: &PgPool, routes: &[Route]) -> anyhow::Result<()> {
+    let missing = store::privileges::missing(pool, routes)
+        .await
+        .context("checking the role's rights")?;
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the database role lacks rights the sink needs:\n  - {}",
+        missing.join("\n  - ")
+    );
+    Ok(())
+}
+
 /// Runs until `cancel` fires or a fatal error; returns after a bounded drain.
 pub async fn run(
     cfg: Config,
@@ -81,6 +95,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let specs: Vec<RouteSpec> = selected.iter().map(|r| r.spec.clone()).collect();
     let (pool, routes, schemas) = setup_with_schemas(&cfg, &specs).await?;
+    check_rights(&pool, &routes).await?;
     let guard = mapping_guard(&pool, &cfg.kafka.group_id, &selected).await?;
     let assignment = Assignment::default();
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;

@@ -33,6 +33,15 @@ enum Piece {
 }
 
 impl TableTemplate {
+    /// The schema every table of the template is in, when it has no
+    /// placeholder (`replica.${source.table}` → `replica`).
+    pub fn fixed_schema(&self) -> Option<&str> {
+        match self.schema.as_deref() {
+            Some([Piece::Text(s)]) => Some(s),
+            _ => None,
+        }
+    }
+
     /// `None` when `text` has no placeholder (a plain table name).
     pub fn parse(text: &str) -> Result<Option<TableTemplate>, String> {
         if !text.contains("${") {

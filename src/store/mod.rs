@@ -12,7 +12,9 @@ pub mod dialect;
 mod documents;
 pub mod fence;
 pub mod mappings;
+pub mod migrations;
 pub mod offsets;
+pub mod privileges;
 pub mod promote;
 pub mod replica;
 pub mod schema;
@@ -78,8 +80,13 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             code.starts_with("08")
                 || code.starts_with("40")
                 || code.starts_with("57P")
-                || code == "53300"
+                // Insufficient resources: disk full, out of memory, too many
+                // connections. Not the message's fault: wait until freed.
+                || code.starts_with("53")
                 || code == "55006"
+                // A read-only database: a standby after a failover that has
+                // not (yet) moved the address to the new primary.
+                || code == "25006"
                 // Citus: a COPY to a shard on a worker that went away.
                 || code == "58030"
                 || (code == "XX000" && is_lost_worker(db.as_ref()))
@@ -260,7 +267,4 @@ pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, ConnectError> {
         .map_err(|source| ConnectError::Connect { addr, source })
 }
 
-/// Applies the bookkeeping migrations (idempotent).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    sqlx::migrate!("./migrations").run(pool).await
-}
+pub use migrations::migrate;

@@ -10,13 +10,28 @@ use crate::types::{quote_ident, TableName};
 /// Creates the document-shaped table of every route if missing. Serialized by
 /// an advisory lock so replicas starting together do not race on the catalog.
 pub async fn ensure_tables<C>(pool: &PgPool, routes: &[Route<C>]) -> Result<(), sqlx::Error> {
+    // Typed tables belong to the user; only document tables are created.
+    // Templated routes create theirs when they meet them (`store::replica`).
+    // Existing tables need no DDL (and no CREATE right: `run` may be a
+    // role with data rights only).
+    let mut missing = Vec::new();
+    for r in routes.iter().filter(|r| r.is_document() && !r.is_dynamic()) {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(r.table.quoted())
+            .fetch_one(pool)
+            .await?;
+        if !exists {
+            missing.push(r);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kafka-pg-sink setup'))")
         .execute(&mut *tx)
         .await?;
-    // Typed tables belong to the user; only document tables are created.
-    // Templated routes create theirs when they meet them (`store::replica`).
-    for r in routes.iter().filter(|r| r.is_document() && !r.is_dynamic()) {
+    for r in missing {
         if let Some(s) = &r.table.schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)))
                 .execute(&mut *tx)

@@ -1,0 +1,189 @@
+//! Least privilege: `setup` runs as the tables' owner; `run`, `replay` and
+//! `verify` run as a role with only data rights on them. A role missing a
+//! right stops at once naming the GRANT; a database whose sink tables a
+//! newer binary migrated, or that needs a migration the role may not apply,
+//! is refused with the versions and what to run.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A login role for one test, dropped (with its grants) at the end.
+struct Role {
+    name: String,
+    db: String,
+}
+
+impl Role {
+    async fn new(db: &TestDb) -> Role {
+        let name = unique("kpgs_role");
+        db.exec(&format!("CREATE ROLE {name} LOGIN")).await;
+        Role {
+            name,
+            db: db.url.clone(),
+        }
+    }
+
+    /// The rights docs/operations.md lists for `run`.
+    async fn grant_run_rights(&self, db: &TestDb) {
+        let r = &self.name;
+        for sql in [
+            format!("GRANT USAGE ON SCHEMA public TO {r}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {r}"),
+            format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {r}"),
+        ] {
+            db.exec(&sql).await;
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let (name, url) = (self.name.clone(), self.db.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                    for sql in [format!("DROP OWNED BY {name}"), format!("DROP ROLE {name}")] {
+                        let _ = sqlx::query(&sql).execute(&pool).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Runs `run` with `cfg` and expects it to exit by itself within the
+/// deadline (a startup refusal); its output.
+fn run_expecting_exit(cfg: &SinkConfig) -> String {
+    let mut child = Command::new(sink_binary())
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("run")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!status.success(), "run exited 0: {text}");
+            return text;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("run did not stop at startup within {T:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_replay_and_verify_need_only_data_rights() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(2).await;
+    let owner = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
+    let (ok, out) = owner.cli(&["setup"], &[]);
+    assert!(ok, "setup as the owner: {out}");
+    let role = Role::new(&db).await;
+    role.grant_run_rights(&db).await;
+    let limited = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
+    limited.rewrite(
+        "postgres://postgres@",
+        &format!("postgres://{}@", role.name),
+    );
+
+    let mut log = Vec::new();
+    for i in 0..300u32 {
+        let id = format!("k{}", i % 70);
+        let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
+        topic.send(
+            partition_of(&id, topic.partitions),
+            Some(&id),
+            Some(payload.as_bytes()),
+        );
+        log.push((id, payload));
+    }
+    topic.flush();
+    let mut sink = SinkProcess::start(&limited);
+    wait_caught_up(&db, &limited.group, &topic, T).await;
+    assert_table_is_model(&db, log.iter().map(|(k, p)| (k.as_str(), p.as_str())), 0).await;
+    sink.kill9();
+    let (ok, out) = limited.cli(&["replay", "--to-earliest"], &[]);
+    assert!(ok, "replay as the limited role: {out}");
+    let _sink = SinkProcess::start(&limited);
+    wait_caught_up(&db, &limited.group, &topic, T).await;
+    let (ok, out) = limited.cli(&["verify"], &[]);
+    assert!(ok, "verify as the limited role: {out}");
+
+    // A right taken away: the next start stops at once, naming the GRANT.
+    db.exec(&format!("REVOKE UPDATE ON events FROM {}", role.name))
+        .await;
+    let out = run_expecting_exit(&limited);
+    assert!(
+        out.contains(r#"UPDATE on "events""#)
+            && out.contains(&format!(r#"GRANT UPDATE ON "events" TO {}"#, role.name)),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_versions_the_binary_cannot_use_are_refused_with_what_to_run() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(1).await;
+    let owner = SinkConfig::new(&db, &topic.name, "", "");
+    let (ok, out) = owner.cli(&["setup"], &[]);
+    assert!(ok, "{out}");
+    let role = Role::new(&db).await;
+    role.grant_run_rights(&db).await;
+    let limited = SinkConfig::new(&db, &topic.name, "", "");
+    limited.rewrite(
+        "postgres://postgres@",
+        &format!("postgres://{}@", role.name),
+    );
+
+    // A migration pending that the role may not apply (the tables' DDL
+    // belongs to the owner).
+    let newest: i64 = db.count("SELECT max(version) FROM _sqlx_migrations").await;
+    db.exec(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {newest}"
+    ))
+    .await;
+    let out = run_expecting_exit(&limited);
+    assert!(
+        out.contains(&format!("need migration(s) [{newest}]"))
+            && out.contains("run `kafka-pg-sink setup` once as the tables' owner"),
+        "{out}"
+    );
+    let (ok, out) = owner.cli(&["setup"], &[]);
+    assert!(ok, "setup applies it again: {out}");
+
+    // A newer binary migrated the database: this one does not know what
+    // the schema means.
+    db.exec(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99991231000001, 'from the future', true, '\\x00', 0)",
+    )
+    .await;
+    let out = run_expecting_exit(&owner);
+    assert!(
+        out.contains("schema version 99991231000001, newer than this binary knows"),
+        "{out}"
+    );
+}
