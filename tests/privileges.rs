@@ -6,93 +6,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::role::{run_expecting_exit, Role};
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
-
-/// A login role for one test, dropped (with its grants) at the end.
-struct Role {
-    name: String,
-    db: String,
-}
-
-impl Role {
-    async fn new(db: &TestDb) -> Role {
-        let name = unique("kpgs_role");
-        db.exec(&format!("CREATE ROLE {name} LOGIN")).await;
-        Role {
-            name,
-            db: db.url.clone(),
-        }
-    }
-
-    /// The rights docs/operations.md lists for `run`.
-    async fn grant_run_rights(&self, db: &TestDb) {
-        let r = &self.name;
-        for sql in [
-            format!("GRANT USAGE ON SCHEMA public TO {r}"),
-            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {r}"),
-            format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {r}"),
-        ] {
-            db.exec(&sql).await;
-        }
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        let (name, url) = (self.name.clone(), self.db.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
-                    for sql in [format!("DROP OWNED BY {name}"), format!("DROP ROLE {name}")] {
-                        let _ = sqlx::query(&sql).execute(&pool).await;
-                    }
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Runs `run` with `cfg` and expects it to exit by itself within the
-/// deadline (a startup refusal); its output.
-fn run_expecting_exit(cfg: &SinkConfig) -> String {
-    let mut child = Command::new(sink_binary())
-        .arg("--config")
-        .arg(&cfg.path)
-        .arg("run")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(!status.success(), "run exited 0: {text}");
-            return text;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("run did not stop at startup within {T:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_replay_and_verify_need_only_data_rights() {

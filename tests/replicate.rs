@@ -15,6 +15,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::role::{run_expecting_exit, Role};
 use common::tables::{assert_same_rows, column_types, primary_key, quote};
 use common::*;
 use kafka_pg_sink::format::registry::{RegistryClient, RegistryConfig};
@@ -112,9 +113,12 @@ fn expected_type(col: &str, source_type: &str) -> String {
     }
 }
 
+/// Run as a role with data rights only (docs/operations.md): creating
+/// tables from change events needs `CREATE` where they go, and a role
+/// without it stops at startup naming the right.
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_capture_replicates_into_tables_created_from_its_schemas() {
-    replicate_recorded_capture(TestDb::new().await).await;
+    replicate_recorded_capture(TestDb::new().await, Runner::LimitedRole).await;
 }
 
 /// The same into a Citus cluster (coordinator + two workers): every table
@@ -124,7 +128,7 @@ async fn recorded_capture_replicates_into_tables_created_from_its_schemas() {
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_capture_replicates_into_citus_distributed_tables() {
     let target = TestDb::citus().await;
-    let target = replicate_recorded_capture(target).await;
+    let target = replicate_recorded_capture(target, Runner::Owner).await;
     for (_, dst) in RECORDED_TABLES {
         let column: Option<String> = sqlx::query_scalar(
             "SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition \
@@ -149,9 +153,18 @@ async fn recorded_capture_replicates_into_citus_distributed_tables() {
     assert_eq!(local, 0, "the sink's own tables stay coordinator tables");
 }
 
+/// Who runs the sink.
+enum Runner {
+    Owner,
+    /// `setup` as the owner, then `run` and `verify` as a role with the
+    /// documented data rights plus `CREATE` on the database (the route's
+    /// schema does not exist yet).
+    LimitedRole,
+}
+
 /// Replicates the recorded capture into `target` and checks it against
 /// the source, the metrics and `verify`.
-async fn replicate_recorded_capture(target: TestDb) -> TestDb {
+async fn replicate_recorded_capture(target: TestDb, runner: Runner) -> TestDb {
     let source = source_db(&["types/schema.sql", "types/snapshot.sql", "types/dml.sql"]).await;
     let prefix = unique("kpgs_cap");
     let mut topics = Vec::new();
@@ -169,6 +182,10 @@ async fn replicate_recorded_capture(target: TestDb) -> TestDb {
          envelope = \"debezium\"\ncreate_table = true\n"
     );
     let cfg = SinkConfig::with_routes(&target, &route, "");
+    let _role = match runner {
+        Runner::Owner => None,
+        Runner::LimitedRole => Some(limit_to_data_rights(&target, &cfg).await),
+    };
     let mut sink = SinkProcess::start(&cfg);
     for t in &topics {
         wait_caught_up(&target, &cfg.group, t, T).await;
@@ -181,6 +198,45 @@ async fn replicate_recorded_capture(target: TestDb) -> TestDb {
     let (ok, out) = cfg.cli(&["verify"], &[]);
     assert!(ok, "{out}");
     target
+}
+
+/// Sets the database up as its owner, then points `cfg` at a role with
+/// data rights only: its first start is refused naming the missing CREATE,
+/// and CREATE on the database (the schema is created at first sight) lets
+/// it run.
+async fn limit_to_data_rights(target: &TestDb, cfg: &SinkConfig) -> Role {
+    let (ok, out) = cfg.cli(&["setup"], &[]);
+    assert!(ok, "setup as the owner: {out}");
+    let role = Role::new(target).await;
+    role.grant_run_rights(target).await;
+    cfg.rewrite(
+        "postgres://postgres@",
+        &format!("postgres://{}@", role.name),
+    );
+    let out = run_expecting_exit(cfg);
+    assert!(
+        out.contains(r#"CREATE on schema "replica""#)
+            && out.contains(&format!(
+                r#"GRANT USAGE, CREATE ON SCHEMA "replica" TO "{}""#,
+                role.name
+            )),
+        "{out}"
+    );
+    let db_name = target
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    target
+        .exec(&format!(
+            "GRANT CREATE ON DATABASE \"{db_name}\" TO {}",
+            role.name
+        ))
+        .await;
+    role
 }
 
 /// The same capture recorded in Avro through a registry (Apicurio's

@@ -61,13 +61,18 @@ pub async fn missing(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>, sql
         ));
     }
     for schema in creating_schemas(routes) {
-        let can: Option<bool> = sqlx::query_scalar(
-            "SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = $1",
+        // A schema that does not exist yet is created by the sink, which
+        // needs CREATE on the database instead.
+        let can: bool = sqlx::query_scalar(
+            "SELECT COALESCE( \
+               (SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n \
+                WHERE n.nspname = $1), \
+               has_database_privilege(current_database(), 'CREATE'))",
         )
         .bind(&schema)
-        .fetch_optional(pool)
+        .fetch_one(pool)
         .await?;
-        if can != Some(true) {
+        if !can {
             out.push(format!(
                 "CREATE on schema {s} (a route creates its tables there): CREATE SCHEMA IF NOT \
                  EXISTS {s}; GRANT USAGE, CREATE ON SCHEMA {s} TO {}",

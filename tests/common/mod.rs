@@ -22,6 +22,7 @@ use sqlx::{PgPool, Row};
 
 pub mod capture;
 mod net;
+pub mod role;
 pub mod tables;
 pub use net::{http_get, partition_of};
 
