@@ -19,6 +19,7 @@ use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::Schemas;
 use crate::pipeline::Pipeline;
+use crate::store::active::ActiveMember;
 use crate::store::dialect::Dialect;
 use crate::store::mappings::{canonical_table, MappingGuard};
 use crate::store::{self, BatchWriter};
@@ -99,6 +100,15 @@ pub async fn run_with(
     let guard = mapping_guard(&pool, &cfg.kafka.group_id, &selected).await?;
     let assignment = Assignment::default();
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
+    // Whole source transactions need every partition in one process: the
+    // others stand by until it goes.
+    let active = match cfg.sink.source_transactions.enabled {
+        true => match ActiveMember::acquire(&pool, &cfg.kafka.group_id, &cancel).await? {
+            Some(member) => Some(tokio::spawn(member.watch(cancel.clone()))),
+            None => return Ok(()),
+        },
+        false => None,
+    };
 
     // Room for about two batches: the consumer fetches ahead while one commits.
     // Its capacity counts chunks of up to `consumer::CHUNK` messages.
@@ -124,13 +134,7 @@ pub async fn run_with(
             cancel.clone(),
         ));
     }
-    let dialect = Dialect::detect(&pool).await.context("detecting Citus")?;
-    if dialect.is_citus() {
-        tracing::info!("the database is a Citus coordinator: distributed tables, 2PC commits");
-    }
-    let writer = BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error)
-        .with_guard(guard)
-        .with_dialect(dialect);
+    let writer = batch_writer(&cfg, &pool, routes, guard).await?;
     let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
         .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;
@@ -144,8 +148,41 @@ pub async fn run_with(
     if let Some(t) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
+    let lost_lock = lost(active).await;
     pool.close().await;
+    anyhow::ensure!(
+        !lost_lock,
+        "lost the active-member lock for source transactions (its database session ended)"
+    );
     result.map_err(anyhow::Error::from)
+}
+
+/// The writer for this database (Citus or one Postgres).
+async fn batch_writer(
+    cfg: &Config,
+    pool: &PgPool,
+    routes: Vec<Route>,
+    guard: MappingGuard,
+) -> anyhow::Result<BatchWriter> {
+    let dialect = Dialect::detect(pool).await.context("detecting Citus")?;
+    if dialect.is_citus() {
+        tracing::info!("the database is a Citus coordinator: distributed tables, 2PC commits");
+    }
+    Ok(
+        BatchWriter::new(pool.clone(), &cfg.kafka.group_id, routes, cfg.sink.on_error)
+            .with_guard(guard)
+            .with_dialect(dialect)
+            .with_deferred_constraints(cfg.sink.source_transactions.enabled),
+    )
+}
+
+/// Whether the active member's watch ended because its lock was lost.
+async fn lost(watch: Option<tokio::task::JoinHandle<bool>>) -> bool {
+    let Some(watch) = watch else { return false };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), watch).await,
+        Ok(Ok(true))
+    )
 }
 
 /// The mapping each route's table must be written with (store/mappings.rs).

@@ -290,6 +290,47 @@ pub struct SinkConfig {
     /// older change re-sent later (`sink_delete_markers`).
     #[serde(default = "default_marker_retention", with = "humantime_serde")]
     pub delete_marker_retention: Duration,
+    /// Apply each source transaction (Debezium transaction metadata) in
+    /// one Postgres transaction: `pipeline::transactions`, docs/cdc.md.
+    #[serde(default)]
+    pub source_transactions: SourceTransactions,
+}
+
+/// `[sink.source_transactions]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTransactions {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Changes held while their transactions are incomplete, at most.
+    #[serde(default = "default_tx_buffer")]
+    pub max_buffered_events: usize,
+    /// Past `max_buffered_events`: apply the oldest transaction in parts
+    /// (`split`, counted and logged) or stop the sink (`stop`).
+    #[serde(default)]
+    pub on_overflow: TransactionOverflow,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionOverflow {
+    #[default]
+    Split,
+    Stop,
+}
+
+fn default_tx_buffer() -> usize {
+    200_000
+}
+
+impl Default for SourceTransactions {
+    fn default() -> Self {
+        SourceTransactions {
+            enabled: false,
+            max_buffered_events: default_tx_buffer(),
+            on_overflow: TransactionOverflow::default(),
+        }
+    }
 }
 
 fn default_lanes() -> usize {
@@ -318,6 +359,7 @@ impl Default for SinkConfig {
             commit_to_kafka: true,
             commit_lanes: default_lanes(),
             delete_marker_retention: default_marker_retention(),
+            source_transactions: SourceTransactions::default(),
         }
     }
 }
@@ -431,6 +473,13 @@ impl Config {
         if self.postgres.max_connections == 0 {
             p.push("postgres.max_connections: must be at least 1".into());
         }
+        if self.sink.source_transactions.enabled && self.sink.commit_lanes > 1 {
+            p.push(
+                "sink.commit_lanes: source transactions commit on one lane (a transaction's \
+                 changes span partitions); set 1"
+                    .into(),
+            );
+        }
         // One connection per commit lane, one for LISTEN, one for position reads.
         if self.sink.commit_lanes == 0 {
             p.push("sink.commit_lanes: must be at least 1".into());
@@ -472,6 +521,13 @@ impl Config {
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
+            if self.sink.source_transactions.enabled && r.is_cdc() && r.format.is_schemad() {
+                p.push(format!(
+                    "route[{i}].format: sink.source_transactions reads each change's \
+                     transaction from JSON change events; `{}` is not supported",
+                    r.format
+                ));
+            }
             if (r.format.is_schemad() || r.key_format.is_schemad())
                 && self.schema_registry.is_none()
             {

@@ -409,7 +409,7 @@ impl RouteConfig {
         }
     }
 
-    fn is_cdc(&self) -> bool {
+    pub fn is_cdc(&self) -> bool {
         self.envelope == EnvelopeKind::Debezium
     }
 

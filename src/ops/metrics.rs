@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::event::BatchCounts;
@@ -58,6 +58,35 @@ impl Freshness {
     }
 }
 
+/// Source transactions applied whole (`pipeline::transactions`).
+#[derive(Clone)]
+pub struct SourceTransactions {
+    pub open: Gauge,
+    pub held_events: Gauge,
+    pub oldest_held: Gauge,
+    pub released: IntCounter,
+    pub split: IntCounter,
+    /// Transactions at the front that never completed, taken for re-sends.
+    pub presumed_resent: IntCounter,
+    /// BEGIN/END markers read (in either mode: without it they only move
+    /// their topic's position).
+    pub markers: IntCounter,
+}
+
+impl SourceTransactions {
+    fn new(f: &mut Families) -> SourceTransactions {
+        SourceTransactions {
+            open: f.float_gauge("source_transactions_open", "Source transactions with changes held, waiting for their END marker or their last changes"),
+            held_events: f.float_gauge("source_transaction_held_events", "Changes and markers held until their source transaction is complete"),
+            oldest_held: f.float_gauge("source_transaction_oldest_held_seconds", "How long the oldest held change has waited for its transaction"),
+            released: f.counter("source_transactions_released_total", "Whole source transactions released to a batch (in commit order)"),
+            split: f.counter("source_transactions_split_total", "Source transactions larger than max_buffered_events, applied in parts (readers could see part of them)"),
+            presumed_resent: f.counter("source_transactions_presumed_resent_total", "Transactions whose END stayed incomplete at the front, taken for a connector's partial re-send and let through"),
+            markers: f.counter("transaction_markers_total", "Debezium transaction BEGIN/END markers read"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -86,6 +115,7 @@ pub struct Metrics {
     pub offsets_lost: IntCounterVec,
     pub partition_stalled: IntGaugeVec,
     pub freshness: Freshness,
+    pub source_transactions: SourceTransactions,
     pub change_events: IntCounterVec,
     pub rows_truncated: IntCounter,
     pub schema_registry_up: IntGauge,
@@ -125,6 +155,10 @@ impl Families {
             IntGaugeVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
                 .expect("valid metric"),
         )
+    }
+
+    fn float_gauge(&mut self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(format!("{PREFIX}{name}"), help).expect("valid metric"))
     }
 
     fn float_gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -187,6 +221,7 @@ impl Metrics {
             offsets_lost: f.counter_vec("offsets_lost_total", "Records never read because a position out of range was moved on (retention, recreated topic)", &["topic", "partition"]),
             partition_stalled: f.gauge_vec("partition_stalled", "1 while a partition is stopped: its stored position cannot be resumed (on_offset_out_of_range = fail), or its table cannot take its change events (on_table_error = stop)", &["topic", "partition"]),
             freshness: Freshness::new(&mut f),
+            source_transactions: SourceTransactions::new(&mut f),
             change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
             rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
             schema_registry_up: f.add(

@@ -25,6 +25,7 @@ mod commit;
 mod resync;
 pub mod schemas;
 pub mod tables;
+pub mod transactions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub enum PipelineError {
     Tables(#[from] tables::TablesError),
     #[error("tables still missing after creating them: {}", .0.join(", "))]
     TablesUnsettled(Vec<String>),
+    #[error(transparent)]
+    TransactionOverflow(#[from] transactions::Overflow),
 }
 
 /// How often a batch is prepared again after creating the tables it met
@@ -110,6 +113,8 @@ pub struct Pipeline {
     schemas: Option<Arc<Schemas>>,
     /// Connect schemas embedded in change events, met so far.
     connect: std::sync::Mutex<ConnectCache>,
+    /// Source transactions held until whole (`transactions.rs`).
+    admission: std::sync::Mutex<transactions::Admission>,
     /// Stops waits inside batch preparation (an unreachable registry).
     cancel: CancellationToken,
     /// Fault injection for tests: hold each prepared batch this long before
@@ -126,7 +131,13 @@ impl Pipeline {
         metrics: Metrics,
         commands: std::sync::mpsc::Sender<Command>,
     ) -> Self {
+        let admission = transactions::Admission::new(
+            &cfg.sink.source_transactions,
+            writer.routes(),
+            metrics.source_transactions.clone(),
+        );
         Self {
+            admission: std::sync::Mutex::new(admission),
             writer,
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
@@ -251,7 +262,7 @@ impl Pipeline {
                     _ = committer_failed.cancelled() => return Ok(()),
                     chunk = rx.recv() => {
                         let Some(chunk) = chunk else { return Ok(()) };
-                        self.take(chunk, rx, &mut buf, &mut deadline);
+                        self.take(chunk, rx, &mut buf, &mut deadline)?;
                         continue;
                     }
                     _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {}
@@ -300,7 +311,12 @@ impl Pipeline {
                 Err(_) => return Ok(false),
             }
         }
-        let batch = next_batch(buf, self.max_messages);
+        let batch = if self.admission.lock().expect("admission").whole_batches() {
+            // Whole source transactions: never split at max_messages.
+            std::mem::take(buf)
+        } else {
+            next_batch(buf, self.max_messages)
+        };
         if !buf.is_empty() {
             *deadline = Some(tokio::time::Instant::now() + self.max_wait);
         }
@@ -319,15 +335,18 @@ impl Pipeline {
         rx: &mut mpsc::Receiver<Vec<Envelope>>,
         buf: &mut Vec<Envelope>,
         deadline: &mut Option<tokio::time::Instant>,
-    ) {
-        if buf.is_empty() {
-            *deadline = Some(tokio::time::Instant::now() + self.max_wait);
-        }
-        buf.extend(chunk);
+    ) -> Result<(), PipelineError> {
+        let was_empty = buf.is_empty();
+        let mut admission = self.admission.lock().expect("admission");
+        admission.admit(chunk, buf)?;
         while buf.len() < self.max_messages {
             let Ok(chunk) = rx.try_recv() else { break };
-            buf.extend(chunk);
+            admission.admit(chunk, buf)?;
         }
+        if was_empty && !buf.is_empty() {
+            *deadline = Some(tokio::time::Instant::now() + self.max_wait);
+        }
+        Ok(())
     }
 
     /// Admits the buffered messages still owned and current and prepares a

@@ -64,6 +64,9 @@ pub struct BatchWriter {
     /// (`store/mappings.rs`: a promote fences writers of the old mapping).
     guard: MappingGuard,
     dialect: Dialect,
+    /// Foreign keys checked at commit (`SET CONSTRAINTS ALL DEFERRED`):
+    /// whole source transactions arrive in table order, not statement order.
+    deferred: bool,
 }
 
 /// The hint of a slot added after the flags were copied.
@@ -119,7 +122,14 @@ impl BatchWriter {
             duplicate_heavy,
             guard: MappingGuard::default(),
             dialect: Dialect::Postgres,
+            deferred: false,
         }
+    }
+
+    /// The same writer, checking deferrable constraints at commit.
+    pub fn with_deferred_constraints(mut self, deferred: bool) -> Self {
+        self.deferred = deferred;
+        self
     }
 
     /// The same writer, for a database of `dialect` (`Dialect::detect`).
@@ -238,6 +248,9 @@ impl BatchWriter {
             .filter_map(|(_, route)| stage_of(route));
         let (mut begin, mut fresh) = Fresh::begin(stages);
         begin.push_str(self.dialect.begin_settings());
+        if self.deferred {
+            begin.push_str("SET CONSTRAINTS ALL DEFERRED;");
+        }
         let mut tx = self.pool.begin_with(begin).await?;
         let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
         if !fenced.is_empty() {

@@ -3,6 +3,7 @@
 //! table setup and route resolution (`schema`), error classification and the
 //! outcome counts the statements report.
 
+pub mod active;
 pub mod cdc;
 pub mod commit;
 pub mod compare;

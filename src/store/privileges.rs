@@ -50,16 +50,7 @@ pub async fn missing(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>, sql
         .fetch_all(pool)
         .await?,
     );
-    let temp: bool =
-        sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'TEMP')")
-            .fetch_one(pool)
-            .await?;
-    if !temp {
-        out.push(format!(
-            "TEMPORARY on the database (staging tables): GRANT TEMPORARY ON DATABASE <db> TO {}",
-            quote_ident(&role)
-        ));
-    }
+    out.extend(missing_temp(pool, &role).await?);
     for schema in creating_schemas(routes) {
         // A schema that does not exist yet is created by the sink, which
         // needs CREATE on the database instead.
@@ -82,6 +73,20 @@ pub async fn missing(pool: &PgPool, routes: &[Route]) -> Result<Vec<String>, sql
         }
     }
     Ok(out)
+}
+
+/// TEMPORARY on the database: the staging tables.
+async fn missing_temp(pool: &PgPool, role: &str) -> Result<Option<String>, sqlx::Error> {
+    let temp: bool =
+        sqlx::query_scalar("SELECT has_database_privilege(current_database(), 'TEMP')")
+            .fetch_one(pool)
+            .await?;
+    Ok((!temp).then(|| {
+        format!(
+            "TEMPORARY on the database (staging tables): GRANT TEMPORARY ON DATABASE <db> TO {}",
+            quote_ident(role)
+        )
+    }))
 }
 
 /// The schemas routes create tables in while they run (change events and

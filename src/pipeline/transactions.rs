@@ -1,0 +1,664 @@
+//! Source transactions applied whole (`[sink.source_transactions]`).
+//!
+//! With `provide.transaction.metadata=true` Debezium writes a BEGIN and an
+//! END marker per source transaction to `<prefix>.transaction` (the END
+//! with its number of changes per table) and names the transaction in
+//! every change event (`transaction.id`). The gate holds the changes it
+//! reads until their transaction is complete — its END read and as many of
+//! its changes as the END counts for the tables the sink consumes — and
+//! releases whole transactions in the order of their ENDs, the source's
+//! commit order. The pipeline commits what is released as one batch: one
+//! Postgres transaction holds whole source transactions and the positions
+//! just past them, so no reader sees part of one, and after a crash or a
+//! replay every partition resumes at a transaction boundary.
+//!
+//! Debezium writes each partition in commit order, so the changes of the
+//! next transaction to release are at the front of every partition's queue.
+//! Changes without a transaction (snapshot reads) pass when they reach the
+//! front. Markers are released as positions (`Polled::Skipped`), not rows.
+//! A connector restarted re-sends what it had not flushed — changes and
+//! markers again, under the same ids, its transactions sometimes in part
+//! with an END that counts them whole — so a transaction's id, once
+//! released, lets its later copies pass freely (positions make them no-ops).
+//!
+//! Memory is bounded: past `max_buffered_events` the oldest transaction is
+//! released in parts (`split`, counted and logged) or the sink stops.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::route_set::RouteSet;
+use crate::config::TransactionOverflow;
+use crate::kafka::assignment::{Envelope, Generation, Polled};
+use crate::kafka::message::SourceMessage;
+use crate::ops::metrics::SourceTransactions as SourceTransactionMetrics;
+use crate::types::TopicPartition;
+
+/// An END's changes per data collection.
+type Counts = Vec<(String, u64)>;
+
+/// How long the first END's transaction may stay incomplete before it is
+/// taken for a connector's partial re-send.
+pub const PRESUME_RESENT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A transaction marker on `<prefix>.transaction`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub id: String,
+    /// `None` for BEGIN; for END, the changes per data collection.
+    pub end: Option<Counts>,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    data_collections: Option<Vec<Collection>>,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(default)]
+    transaction: Option<TxBlock>,
+}
+
+#[derive(Deserialize)]
+struct Collection {
+    data_collection: String,
+    event_count: u64,
+}
+
+#[derive(Deserialize)]
+struct TxBlock {
+    id: String,
+}
+
+/// The message's value as the JSON converter wrote it, schemas or not.
+fn wire(m: &SourceMessage) -> Option<Wire<'_>> {
+    let bytes = m.payload.as_deref()?;
+    let outer: Wire<'_> = serde_json::from_slice(bytes).ok()?;
+    match outer.payload {
+        Some(inner) if outer.status.is_none() && outer.op.is_none() => {
+            serde_json::from_str(inner.get()).ok()
+        }
+        _ => Some(outer),
+    }
+}
+
+/// The marker `m` is, if it is one.
+pub fn marker(m: &SourceMessage) -> Option<Marker> {
+    let w = wire(m)?;
+    if w.op.is_some() {
+        return None;
+    }
+    let id = transaction_key(w.id?);
+    match w.status.as_deref()? {
+        "BEGIN" => Some(Marker { id, end: None }),
+        "END" => Some(Marker {
+            id,
+            end: Some(
+                w.data_collections
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| (c.data_collection, c.event_count))
+                    .collect(),
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a topic may carry markers (Debezium's `<prefix>.transaction`).
+pub fn may_carry_markers(topic: &str) -> bool {
+    topic.ends_with(".transaction")
+}
+
+/// A message as the gate holds it.
+struct Held {
+    env: Envelope,
+    /// The source transaction it belongs to.
+    tx: Option<String>,
+    /// A marker: released as a position, not a row.
+    marker: Option<Marker>,
+}
+
+/// What [`Gate::push`] and [`Gate::release`] report for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GateState {
+    pub held_events: usize,
+    pub open_transactions: usize,
+    pub oldest_held_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Overflow {
+    #[error(
+        "source transaction {id} holds {held} buffered changes, past \
+         sink.source_transactions.max_buffered_events ({max}), and on_overflow = \"stop\""
+    )]
+    Buffer { id: String, held: usize, max: usize },
+    /// ENDs on several partitions have no commit order between them.
+    #[error(
+        "transaction markers on {topic} partition {partition}: whole source transactions need \
+         the transaction topic in one partition (its ENDs in commit order)"
+    )]
+    PartitionedMarkers { topic: String, partition: i32 },
+}
+
+/// Holds changes until their source transaction is complete.
+pub struct Gate {
+    queues: BTreeMap<TopicPartition, (Generation, VecDeque<Held>)>,
+    /// Changes held per transaction.
+    held_per_tx: HashMap<String, u64>,
+    /// Transactions released (whole or in parts): their later changes and
+    /// markers are re-sends and pass freely.
+    done: Released,
+    held: usize,
+    oldest: VecDeque<Instant>,
+    max_held: usize,
+    overflow: TransactionOverflow,
+    consumes: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    pub applied: u64,
+    pub splits: u64,
+    pub presumed: u64,
+    /// The first END's transaction while it is incomplete, and since when.
+    stuck: Option<(String, Instant)>,
+    /// A marker on a partition other than 0 (reported by `release`).
+    partitioned: Option<TopicPartition>,
+}
+
+impl Gate {
+    /// `consumes(topic)`: whether the sink reads a data collection's topic
+    /// (an END counts only the changes of those).
+    pub fn new(
+        max_held: usize,
+        overflow: TransactionOverflow,
+        consumes: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Gate {
+        Gate {
+            queues: BTreeMap::new(),
+            held_per_tx: HashMap::new(),
+            done: Released::default(),
+            held: 0,
+            oldest: VecDeque::new(),
+            max_held,
+            overflow,
+            consumes: Box::new(consumes),
+            applied: 0,
+            splits: 0,
+            presumed: 0,
+            stuck: None,
+            partitioned: None,
+        }
+    }
+
+    pub fn push(&mut self, env: Envelope) {
+        let tp = env.tp().clone();
+        let (marker, tx) = match &env.item {
+            Polled::Message(m) if may_carry_markers(&m.tp.topic) => match marker(m) {
+                Some(mk) => (Some(mk.clone()), Some(mk.id)),
+                None => (None, transaction_of(m)),
+            },
+            Polled::Message(m) => (None, transaction_of(m)),
+            _ => (None, None),
+        };
+        if marker.is_some() && tp.partition != 0 {
+            self.partitioned.get_or_insert(tp.clone());
+        }
+        let generation = env.generation;
+        let entry = self
+            .queues
+            .entry(tp)
+            .or_insert_with(|| (generation, VecDeque::new()));
+        if generation > entry.0 {
+            // Rewound or assigned again: what was held is read again.
+            let dropped: Vec<Held> = entry.1.drain(..).collect();
+            entry.0 = generation;
+            for h in dropped {
+                self.forget(&h);
+            }
+        }
+        let tx = tx.filter(|id| !self.done.contains(id));
+        if let (Some(id), None) = (&tx, &marker) {
+            *self.held_per_tx.entry(id.clone()).or_default() += 1;
+        }
+        self.held += 1;
+        self.oldest.push_back(Instant::now());
+        let entry = self.queues.get_mut(env.tp()).expect("just inserted");
+        entry.1.push_back(Held { env, tx, marker });
+    }
+
+    fn forget(&mut self, h: &Held) {
+        self.held -= 1;
+        self.oldest.pop_front();
+        if let (Some(id), None) = (&h.tx, &h.marker) {
+            if let Some(n) = self.held_per_tx.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_per_tx.remove(id);
+                }
+            }
+        }
+    }
+
+    /// What may be applied now, in order: changes without a transaction
+    /// at the front of their partitions, then whole transactions in commit
+    /// order.
+    pub fn release(&mut self) -> Result<Vec<Envelope>, Overflow> {
+        if let Some(tp) = &self.partitioned {
+            return Err(Overflow::PartitionedMarkers {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+            });
+        }
+        let mut out = Vec::new();
+        loop {
+            self.free_orphan_begins();
+            self.release_free(&mut out);
+            if let Some(id) = self.next_complete() {
+                self.release_tx(&id, &mut out);
+                self.free_rest_of(&id);
+                self.applied += 1;
+            } else if !self.free_resends_before_first() && !self.presume_resent() {
+                break;
+            }
+        }
+        if self.held > self.max_held {
+            self.release_oldest_in_parts(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    pub fn state(&self) -> GateState {
+        let mut open: Vec<&String> = self.held_per_tx.keys().collect();
+        for (_, q) in self.queues.values() {
+            open.extend(q.iter().filter_map(|h| h.tx.as_ref()));
+        }
+        open.sort();
+        open.dedup();
+        GateState {
+            held_events: self.held,
+            open_transactions: open.len(),
+            oldest_held_seconds: self
+                .oldest
+                .front()
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        }
+    }
+
+    fn pop(&mut self, tp: &TopicPartition, out: &mut Vec<Envelope>) {
+        let held = self
+            .queues
+            .get_mut(tp)
+            .and_then(|(_, q)| q.pop_front())
+            .expect("a held front");
+        self.forget(&held);
+        out.push(match held.marker {
+            // A marker moves its partition's position, nothing else.
+            Some(_) => as_position(held.env),
+            None => held.env,
+        });
+    }
+
+    /// Releases the fronts that belong to no transaction.
+    fn release_free(&mut self, out: &mut Vec<Envelope>) {
+        let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
+        for tp in tps {
+            while self
+                .queues
+                .get(&tp)
+                .and_then(|(_, q)| q.front())
+                .is_some_and(|h| h.tx.is_none())
+            {
+                self.pop(&tp, out);
+            }
+        }
+    }
+
+    /// The transaction whose END is first among the markers held and whose
+    /// counted changes are all held at the fronts.
+    fn next_complete(&self) -> Option<String> {
+        let (end_tp, id, counts) = self.first_end()?;
+        let expected: u64 = counts
+            .iter()
+            .filter(|(collection, _)| (self.consumes)(&data_topic(&end_tp.topic, collection)))
+            .map(|(_, n)| n)
+            .sum();
+        let held = self.held_per_tx.get(&id).copied().unwrap_or(0);
+        if held < expected {
+            return None;
+        }
+        // Its changes must be at the fronts of their partitions (commit
+        // order per partition). More than the END counts can be held: a
+        // connector restarted re-sends transactions, in part, under the
+        // same id, further back in the partitions.
+        let reachable: u64 = self
+            .queues
+            .values()
+            .map(|(_, q)| {
+                q.iter()
+                    .take_while(|h| h.tx.as_deref() == Some(&id) || h.tx.is_none())
+                    .filter(|h| h.marker.is_none() && h.tx.as_deref() == Some(&id))
+                    .count() as u64
+            })
+            .sum();
+        (reachable >= expected).then_some(id)
+    }
+
+    /// The first END marker held whose partition holds nothing of another
+    /// transaction before it (its partition, id and counts).
+    fn first_end(&self) -> Option<(TopicPartition, String, Counts)> {
+        self.queues.iter().find_map(|(tp, (_, q))| {
+            let (at, id, counts) = q.iter().enumerate().find_map(|(i, h)| match &h.marker {
+                Some(Marker { id, end: Some(c) }) if h.tx.is_some() => Some((i, id, c)),
+                _ => None,
+            })?;
+            q.iter()
+                .take(at)
+                .all(|h| h.tx.is_none() || h.tx.as_ref() == Some(id))
+                .then(|| (tp.clone(), id.clone(), counts.clone()))
+        })
+    }
+
+    fn release_tx(&mut self, id: &str, out: &mut Vec<Envelope>) {
+        let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
+        for tp in tps {
+            while self
+                .queues
+                .get(&tp)
+                .and_then(|(_, q)| q.front())
+                .is_some_and(|h| h.tx.as_deref() == Some(id) || h.tx.is_none())
+            {
+                let is_end = self.queues[&tp]
+                    .1
+                    .front()
+                    .is_some_and(|h| matches!(&h.marker, Some(Marker { end: Some(_), .. })));
+                self.pop(&tp, out);
+                if is_end {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Over the buffer bound: the oldest held transaction goes out as far
+    /// as its partitions' fronts allow, and its later changes pass freely.
+    fn release_oldest_in_parts(&mut self, out: &mut Vec<Envelope>) -> Result<(), Overflow> {
+        let Some(id) = self
+            .queues
+            .values()
+            .filter_map(|(_, q)| q.front())
+            .find_map(|h| h.tx.clone())
+        else {
+            return Ok(());
+        };
+        if self.overflow == TransactionOverflow::Stop {
+            return Err(Overflow::Buffer {
+                id,
+                held: self.held,
+                max: self.max_held,
+            });
+        }
+        tracing::warn!(
+            transaction = %id,
+            held = self.held,
+            max = self.max_held,
+            "a source transaction is larger than sink.source_transactions.max_buffered_events: \
+             applying it in parts; readers can see part of it"
+        );
+        self.splits += 1;
+        self.free_rest_of(&id);
+        self.release_free(out);
+        Ok(())
+    }
+
+    /// A connector alone writes BEGIN, END, BEGIN, END…; a BEGIN followed
+    /// by another transaction's marker lost its END in a connector crash
+    /// (the transaction is sent again after the restart). It moves its
+    /// position only; its changes wait for the END of the re-send.
+    fn free_orphan_begins(&mut self) {
+        for (_, q) in self.queues.values_mut() {
+            let mut orphans = Vec::new();
+            let mut open: Option<(usize, &str)> = None;
+            for (i, h) in q.iter().enumerate() {
+                let Some(m) = &h.marker else { continue };
+                if let Some((b, id)) = open {
+                    if id != m.id || m.end.is_none() {
+                        orphans.push(b);
+                    }
+                }
+                open = (m.end.is_none() && h.tx.is_some()).then_some((i, m.id.as_str()));
+            }
+            for b in orphans {
+                q[b].tx = None;
+            }
+        }
+    }
+
+    /// The first END's transaction waits behind changes of others in some
+    /// partition: those committed before it (per-partition commit order),
+    /// so their ENDs were read before its END and they were applied — by
+    /// this process or one before it. They are re-sends: let them pass.
+    fn free_resends_before_first(&mut self) -> bool {
+        let Some((_, id, _)) = self.first_end() else {
+            return false;
+        };
+        let mut resent = Vec::new();
+        for (_, q) in self.queues.values() {
+            let Some(at) = q
+                .iter()
+                .position(|h| h.marker.is_none() && h.tx.as_deref() == Some(&id))
+            else {
+                continue;
+            };
+            resent.extend(
+                q.iter()
+                    .take(at)
+                    .filter_map(|h| h.tx.clone())
+                    .filter(|t| *t != id),
+            );
+        }
+        resent.sort();
+        resent.dedup();
+        for t in &resent {
+            self.free_rest_of(t);
+        }
+        !resent.is_empty()
+    }
+
+    /// A connector re-sends a transaction in part with an END that counts
+    /// it whole: its END stays incomplete at the front for good. After
+    /// [`PRESUME_RESENT_AFTER`] without completing, it is taken for one (a
+    /// warning, a metric) and let through; were it an original whose
+    /// changes were that late, readers could see part of it.
+    fn presume_resent(&mut self) -> bool {
+        let Some((_, id, _)) = self.first_end() else {
+            self.stuck = None;
+            return false;
+        };
+        match &self.stuck {
+            Some((s, since)) if *s == id && since.elapsed() >= PRESUME_RESENT_AFTER => {
+                tracing::warn!(
+                    transaction = %id,
+                    waited = ?since.elapsed(),
+                    "a source transaction's END stayed incomplete: taken for a connector's \
+                     partial re-send and let through"
+                );
+                self.stuck = None;
+                self.presumed += 1;
+                self.free_rest_of(&id);
+                true
+            }
+            Some((s, _)) if *s == id => false,
+            _ => {
+                self.stuck = Some((id, Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// Marks `id` released: what is still held of it (a re-send, or the
+    /// rest of a transaction applied in parts) and what comes later passes
+    /// freely — re-sent changes never move a row back (source positions).
+    fn free_rest_of(&mut self, id: &str) {
+        self.done.insert(id);
+        for (_, q) in self.queues.values_mut() {
+            for h in q.iter_mut() {
+                if h.tx.as_deref() == Some(id) {
+                    h.tx = None;
+                }
+            }
+        }
+        self.held_per_tx.remove(id);
+    }
+}
+
+/// The ids of the transactions released most recently, to tell re-sends:
+/// bounded, as a connector re-sends only what it had not flushed.
+#[derive(Default)]
+struct Released {
+    order: VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl Released {
+    /// Transactions remembered: a connector re-sends at most what it
+    /// produced since its last offset flush (a minute by default).
+    const CAPACITY: usize = 1 << 18;
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            if self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What stands between the consumer and the batches: the gate when
+/// source transactions are applied whole; otherwise markers only become
+/// positions (a `^prefix\..*` route also reads `<prefix>.transaction`).
+pub struct Admission {
+    gate: Option<Gate>,
+    metrics: SourceTransactionMetrics,
+}
+
+impl Admission {
+    pub fn new(
+        cfg: &crate::config::SourceTransactions,
+        routes: Arc<RouteSet>,
+        metrics: SourceTransactionMetrics,
+    ) -> Admission {
+        let gate = cfg.enabled.then(|| {
+            Gate::new(cfg.max_buffered_events, cfg.on_overflow, move |topic| {
+                routes.matching(topic).is_some()
+            })
+        });
+        Admission { gate, metrics }
+    }
+
+    /// Batches must hold whole released runs (no split at `max_messages`).
+    pub fn whole_batches(&self) -> bool {
+        self.gate.is_some()
+    }
+
+    /// Takes `chunk` in; appends to `buf` what may be applied now.
+    pub fn admit(&mut self, chunk: Vec<Envelope>, buf: &mut Vec<Envelope>) -> Result<(), Overflow> {
+        let Some(gate) = &mut self.gate else {
+            buf.extend(chunk.into_iter().map(|env| match &env.item {
+                Polled::Message(m) if may_carry_markers(&m.tp.topic) && marker(m).is_some() => {
+                    self.metrics.markers.inc();
+                    as_position(env)
+                }
+                _ => env,
+            }));
+            return Ok(());
+        };
+        let (applied, splits, presumed) = (gate.applied, gate.splits, gate.presumed);
+        for env in chunk {
+            if let Polled::Message(m) = &env.item {
+                if may_carry_markers(&m.tp.topic) && marker(m).is_some() {
+                    self.metrics.markers.inc();
+                }
+            }
+            gate.push(env);
+        }
+        let released = gate.release();
+        self.metrics.released.inc_by(gate.applied - applied);
+        self.metrics.split.inc_by(gate.splits - splits);
+        self.metrics
+            .presumed_resent
+            .inc_by(gate.presumed - presumed);
+        let state = gate.state();
+        self.metrics.held_events.set(state.held_events as f64);
+        self.metrics.open.set(state.open_transactions as f64);
+        self.metrics.oldest_held.set(state.oldest_held_seconds);
+        buf.extend(released?);
+        Ok(())
+    }
+}
+
+/// `collection` (`schema.table`, `db.table`) as a topic beside the
+/// transaction topic `<prefix>.transaction`.
+fn data_topic(transaction_topic: &str, collection: &str) -> String {
+    let prefix = transaction_topic
+        .strip_suffix(".transaction")
+        .unwrap_or(transaction_topic);
+    format!("{prefix}.{collection}")
+}
+
+/// The source transaction a change event names, if any.
+fn transaction_of(m: &SourceMessage) -> Option<String> {
+    wire(m)?.transaction.map(|t| transaction_key(t.id))
+}
+
+/// What names one source transaction in its markers and changes alike.
+/// Debezium's Postgres connector writes `<xid>:<lsn>` with the LSN of the
+/// event at hand — BEGIN, END and each change differ — so there the xid
+/// alone names the transaction (unique among those in flight). Other
+/// connectors' ids are stable as written (MySQL's GTID or `file:pos` of
+/// its BEGIN, SQL Server's three-part commit LSN).
+fn transaction_key(id: String) -> String {
+    match id.split_once(':') {
+        Some((xid, lsn))
+            if !xid.is_empty()
+                && xid.bytes().all(|b| b.is_ascii_digit())
+                && !lsn.is_empty()
+                && lsn.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            xid.to_string()
+        }
+        _ => id,
+    }
+}
+
+/// A marker's envelope as the position past it.
+fn as_position(env: Envelope) -> Envelope {
+    match env.item {
+        Polled::Message(m) => Envelope {
+            item: Polled::Skipped {
+                tp: m.tp,
+                next: crate::types::Offset(m.offset.0 + 1),
+            },
+            generation: env.generation,
+        },
+        _ => env,
+    }
+}
+
+#[cfg(test)]
+mod tests;
