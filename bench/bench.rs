@@ -9,6 +9,8 @@
 //! * `sink.rs` — the sink as a process: routes, replay, Avro, replicas;
 //! * `peers.rs` — the Debezium JDBC sink on the same topic;
 //! * `citus.rs` — the typed route into a Citus distributed table;
+//! * `freshness.rs` — produce-to-visible latency at fixed rates, against
+//!   the Debezium JDBC sink (`pacer.rs`: the fixed-rate producer);
 //! * `capture.rs` — a whole database from a Debezium snapshot, against the
 //!   Debezium JDBC sink on the same topics;
 //! * `measure.rs` — CPU probes; `report.rs` — results, ratios, medians.
@@ -53,8 +55,10 @@ mod data;
 mod capture;
 mod ceilings;
 mod citus;
+mod freshness;
 mod in_process;
 mod measure;
+mod pacer;
 mod peers;
 mod report;
 mod sink;
@@ -339,7 +343,7 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,citus,capture`);
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,citus,freshness,capture`);
 /// the peers run with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
@@ -390,6 +394,9 @@ async fn main() -> anyhow::Result<()> {
     peers(&b, &mut out).await?;
     if runs("citus") {
         citus::citus(&b, &mut out).await?;
+    }
+    if runs("freshness") {
+        freshness::freshness(&b, &mut out).await?;
     }
     if runs("capture") {
         capture::capture(&b, &mut out).await?;

@@ -89,7 +89,7 @@ impl Source {
     }
 }
 
-fn connect_sh(b: &Bench, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn connect_sh(b: &Bench, args: &[&str]) -> anyhow::Result<String> {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = std::process::Command::new("bash")
         .arg(format!("{root}/scripts/connect.sh"))

@@ -8,11 +8,11 @@ use crate::*;
 /// Postgres and of the Kafka broker, in seconds.
 #[derive(Clone, Copy)]
 pub(crate) struct CpuMark {
-    busy: f64,
-    total: f64,
-    process: f64,
-    postgres: f64,
-    broker: f64,
+    pub(crate) busy: f64,
+    pub(crate) total: f64,
+    pub(crate) process: f64,
+    pub(crate) postgres: f64,
+    pub(crate) broker: f64,
 }
 
 impl CpuMark {

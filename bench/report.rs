@@ -64,7 +64,40 @@ pub(crate) fn medians(files: &[String]) -> anyhow::Result<()> {
         let all: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
         println!("{k:<36} {median:>8.2} {target:>8}   {}", all.join(" "));
     }
+    freshness_medians(&runs);
     Ok(())
+}
+
+/// The freshness phase's milliseconds (p50, p99, max) and achieved rates:
+/// each one's median over the runs and its values, in the runs' order.
+fn freshness_medians(runs: &[BTreeMap<String, Value>]) {
+    let mut keys: Vec<&String> = runs
+        .iter()
+        .flat_map(|r| r.keys())
+        .filter(|k| {
+            k.starts_with("freshness_")
+                && [
+                    "_p50_ms",
+                    "_p99_ms",
+                    "_max_ms",
+                    "_achieved_per_s",
+                    "_half_rate_per_s",
+                ]
+                .iter()
+                .any(|s| k.ends_with(s))
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return;
+    }
+    println!("\n{:<40} {:>9}   runs, in order", "freshness", "median");
+    for k in keys {
+        let v: Vec<f64> = runs.iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+        let all: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        println!("{k:<40} {:>9.1}   {}", median(&v), all.join(" "));
+    }
 }
 
 /// The printed ratios of one run's results: name, value, target.
@@ -72,7 +105,7 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
     let f = |k: &str| f(out, k);
     // A sink can go no faster than the broker hands it messages.
     let vs_ceiling = |rate: &str, ceiling: &str| f(rate) / f(ceiling).min(f("broker_read_per_s"));
-    vec![
+    let mut ratios = vec![
         (
             "write_path_vs_pg_ceiling",
             f("write_path_per_s") / f("ceiling_rows_per_s"),
@@ -189,5 +222,47 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             f("sink_events_per_s") / f("naive_events_per_s"),
             ">= 20",
         ),
-    ]
+    ];
+    // Only when the phase ran (or for the list of keys `medians` reads).
+    if out.is_empty() || out.contains_key("freshness_seconds_per_rate") {
+        ratios.extend(freshness_ratios(out));
+    }
+    ratios
+}
+
+/// The freshness phase's ratios: at each rate, the typed route's p50 and
+/// p99 of produce-to-visible ÷ the Debezium JDBC sink's (defaults and best
+/// configuration), and the two absolute targets of issue 34.
+fn freshness_ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
+    let f = |k: &str| f(out, k);
+    let mut v = Vec::new();
+    for rate in ["1k", "2k", "5k", "20k", "half"] {
+        for peer in ["debezium", "debezium_best"] {
+            for q in ["p50", "p99"] {
+                let target = match (rate, q) {
+                    ("2k", "p50") => "<= 1",
+                    ("2k", "p99") => "<= 0.33",
+                    _ => "(info)",
+                };
+                v.push((
+                    prefixed(&format!("freshness_{rate}_{q}"), &format!("vs_{peer}")),
+                    f(&format!("freshness_sink_{rate}_{q}_ms"))
+                        / f(&format!("freshness_{peer}_{rate}_{q}_ms")),
+                    target,
+                ));
+            }
+        }
+    }
+    // Milliseconds, not ratios: listed here for their medians over runs.
+    v.push((
+        "freshness_sink_2k_p99_ms",
+        f("freshness_sink_2k_p99_ms"),
+        "< 50 ms",
+    ));
+    v.push((
+        "freshness_sink_half_p99_ms",
+        f("freshness_sink_half_p99_ms"),
+        "< 250 ms",
+    ));
+    v
 }

@@ -5,7 +5,7 @@ use crate::*;
 
 /// The release binary running as a child process.
 pub(crate) struct SinkRun {
-    child: std::process::Child,
+    pub(crate) child: std::process::Child,
     cfg_path: PathBuf,
     port: u16,
     pub(crate) group: String,
