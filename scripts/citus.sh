@@ -246,7 +246,8 @@ pg_start() {
   local node="$1" d port; d="$(datadir "$1")"; port="$(port_of "$1")"
   if ! running "$node"; then
     port_open "$port" && die "port $port is taken by another process (set CITUS_PORT)"
-    as_pg "$(bin pg_ctl)" -D "$d" -l "$STATE/$node.log" -w -t "$WAIT_S" start >/dev/null \
+    # fd 9 (the ensure lock) closed: a server that kept it would hold the lock.
+    as_pg "$(bin pg_ctl)" -D "$d" -l "$STATE/$node.log" -w -t "$WAIT_S" start >/dev/null 9>&- \
       || { tail -30 "$STATE/$node.log" >&2; die "$node did not start"; }
   fi
   wait_answer "$port"
