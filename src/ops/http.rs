@@ -1,5 +1,6 @@
 //! `/metrics` (Prometheus text), `/healthz` (process up), `/readyz` (database
-//! reachable and the consumer has joined its group).
+//! reachable, the consumer has joined its group, the registry answers, and
+//! no commit has been in flight for 30 s: a lock or a full disk).
 
 use std::sync::Arc;
 
@@ -67,7 +68,15 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> (StatusCode, String) {
             "unreachable (batches wait)"
         }
     );
-    let code = if db_ok && joined && registry_ok {
+    // A commit waiting this long (a lock, a full disk) is not ready work.
+    let commit = s.metrics.commit_in_flight.get();
+    let commit_ok = commit < 30.0;
+    let body = if commit > 0.0 {
+        format!("{body}commit: in flight for {commit:.0} s (the log says on what)\n")
+    } else {
+        format!("{body}commit: ok\n")
+    };
+    let code = if db_ok && joined && registry_ok && commit_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

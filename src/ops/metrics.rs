@@ -104,6 +104,9 @@ pub struct Metrics {
     pub batches: IntCounter,
     pub batch_size: Histogram,
     pub commit_duration: HistogramVec,
+    /// How long the commit in flight has taken so far, once it is slow.
+    pub commit_in_flight: Gauge,
+    pub commit_lock_waits: IntCounter,
     pub fenced_batches: IntCounter,
     pub db_retries: IntCounter,
     pub rebalances: IntCounterVec,
@@ -207,6 +210,8 @@ impl Metrics {
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
                 &["result"],
             ),
+            commit_in_flight: f.float_gauge("commit_in_flight_seconds", "Seconds the commit in flight has taken so far, updated while it is slow (past 5 s); 0 otherwise"),
+            commit_lock_waits: f.counter("commit_lock_waits_total", "Slow commits found waiting on a lock another session holds (the log names it)"),
             fenced_batches: f.counter("fenced_batches_total", "Batches refused by the offset compare-and-set (zombie or replay)"),
             db_retries: f.counter("db_retries_total", "Transient database errors retried"),
             rebalances: f.counter_vec("rebalances_total", "Consumer group rebalance events", &["kind"]),

@@ -10,8 +10,14 @@ use crate::backoff::Backoff;
 use crate::event::PreparedBatch;
 use crate::kafka::consumer::Command;
 use crate::store::fence::{resolve, Resolution};
+use crate::store::waits;
 use crate::store::{CommitOutcome, StoreError, TableCounts};
 use crate::types::{Expected, TopicPartition};
+
+/// A commit slower than this is looked into; then every
+/// [`SLOW_COMMIT_REPORT`] while it lasts.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const SLOW_COMMIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one commit attempt found.
 pub(super) enum Attempt {
@@ -29,11 +35,15 @@ impl Pipeline {
         let mut backoff = Backoff::database();
         loop {
             let started = Instant::now();
-            let result = if backoff.attempts() == 0 {
-                self.writer.commit(batch, expected).await.map(Attempt::Done)
-            } else {
-                self.retry_after_unknown_outcome(batch, expected).await
-            };
+            let result = self
+                .watched(async {
+                    if backoff.attempts() == 0 {
+                        self.writer.commit(batch, expected).await.map(Attempt::Done)
+                    } else {
+                        self.retry_after_unknown_outcome(batch, expected).await
+                    }
+                })
+                .await;
             match result {
                 Ok(Attempt::AlreadyCommitted) => {
                     tracing::warn!("previous attempt had committed (outcome was unknown)");
@@ -65,6 +75,44 @@ impl Pipeline {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Runs one commit attempt; while it is slow, says what it waits for
+    /// (a lock: the blocking session's pid, user and statement) in the log,
+    /// `commit_in_flight_seconds` and `/readyz`.
+    async fn watched<T>(&self, attempt: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(attempt);
+        let started = tokio::time::Instant::now();
+        let mut next = started + SLOW_COMMIT;
+        let mut waited_on_lock = false;
+        loop {
+            tokio::select! {
+                out = &mut attempt => {
+                    self.metrics.commit_in_flight.set(0.0);
+                    return out;
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.commit_in_flight.set(seconds);
+            match waits::lock_waits(self.writer.pool()).await {
+                Ok(w) if !w.is_empty() => {
+                    if !waited_on_lock {
+                        self.metrics.commit_lock_waits.inc();
+                        waited_on_lock = true;
+                    }
+                    tracing::warn!(seconds, "commit waiting on a lock: {}", w.join("; "));
+                }
+                Ok(_) => tracing::warn!(
+                    seconds,
+                    "commit slow, not waiting on a lock (the disk, the network, the server's load)"
+                ),
+                Err(e) => {
+                    tracing::warn!(seconds, error = %e, "commit slow; what it waits for is unknown")
+                }
+            }
+            next = tokio::time::Instant::now() + SLOW_COMMIT_REPORT;
         }
     }
 

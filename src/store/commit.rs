@@ -89,6 +89,12 @@ struct RouteAt<'a> {
     heavy: &'a AtomicBool,
 }
 
+/// A commit attempt once its transaction has begun.
+struct Begun {
+    started: std::time::Instant,
+    isolation: Isolation,
+}
+
 /// How the statements of one commit attempt meet a data error.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Isolation {
@@ -239,19 +245,46 @@ impl BatchWriter {
         let started = std::time::Instant::now();
         let set = self.routes_of(batch);
         let routes = set.all();
-        let heavy = self.heavy_flags();
         let stages = batch
             .writes
             .iter()
             .zip(routes.iter())
             .filter(|(w, _)| !w.upserts.is_empty() || !w.previous.is_empty())
             .filter_map(|(_, route)| stage_of(route));
-        let (mut begin, mut fresh) = Fresh::begin(stages);
+        let (mut begin, fresh) = Fresh::begin(stages);
         begin.push_str(self.dialect.begin_settings());
         if self.deferred {
             begin.push_str("SET CONSTRAINTS ALL DEFERRED;");
         }
-        let mut tx = self.pool.begin_with(begin).await?;
+        let mut conn = self.pool.acquire().await?;
+        // When a statement after the `BEGIN` fails (a read-only database
+        // refuses `CREATE TEMP TABLE`), the connection is left inside an
+        // aborted transaction sqlx does not know it opened: rolled back here,
+        // it goes back to the pool clean instead of failing every later
+        // batch with "current transaction is aborted".
+        let failed = match sqlx::Connection::begin_with(&mut *conn, begin).await {
+            Ok(tx) => {
+                let at = Begun { started, isolation };
+                return self.commit_in(tx, fresh, batch, expected, at).await;
+            }
+            Err(e) => e,
+        };
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        Err(failed.into())
+    }
+
+    /// The rest of [`commit_as`](Self::commit_as), inside the transaction.
+    async fn commit_in(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut fresh: Fresh,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+        Begun { started, isolation }: Begun,
+    ) -> Result<Option<CommitOutcome>, StoreError> {
+        let set = self.routes_of(batch);
+        let routes = set.all();
+        let heavy = self.heavy_flags();
         let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
         if !fenced.is_empty() {
             tx.rollback().await?;

@@ -23,6 +23,7 @@ pub mod shadow;
 mod stage;
 mod typed;
 mod versions;
+pub mod waits;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -226,7 +227,7 @@ pub enum ConnectError {
 pub async fn connect(cfg: &PostgresConfig) -> Result<PgPool, ConnectError> {
     let mut opts = PgConnectOptions::from_str(&cfg.url)
         .map_err(ConnectError::Url)?
-        .application_name("kafka-pg-sink");
+        .application_name(waits::APPLICATION);
     if let Some(f) = &cfg.password_file {
         let pw = std::fs::read_to_string(f).map_err(|source| ConnectError::PasswordFile {
             path: f.clone(),

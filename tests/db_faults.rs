@@ -1,0 +1,150 @@
+//! A database that blocks or refuses writes without being down: another
+//! session holding `ACCESS EXCLUSIVE` on the target table, and a database
+//! turned read-only (a standby after a misconfigured failover). The sink
+//! waits, says on what (the blocking pid), shows it in metrics and
+//! `/readyz`, dead-letters nothing, and catches up when the cause goes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sqlx::Connection;
+
+const T: Duration = Duration::from_secs(90);
+
+/// Sends `n` versioned events over 40 keys, continuing `log`.
+fn produce(topic: &TestTopic, log: &mut Vec<(String, String)>, n: u32) {
+    let start = log.len() as u32;
+    for i in start..start + n {
+        let id = format!("k{}", i % 40);
+        let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
+        topic.send(
+            partition_of(&id, topic.partitions),
+            Some(&id),
+            Some(payload.as_bytes()),
+        );
+        log.push((id, payload));
+    }
+    topic.flush();
+}
+
+async fn assert_exact(db: &TestDb, log: &[(String, String)]) {
+    assert_table_is_model(db, log.iter().map(|(k, p)| (k.as_str(), p.as_str())), 0).await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM sink_dead_letters").await,
+        0,
+        "nothing is the messages' fault"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_by_another_session_is_waited_out_naming_it() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(2).await;
+    let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
+    let sink = SinkProcess::start(&cfg);
+    let mut log = Vec::new();
+    produce(&topic, &mut log, 100);
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+
+    // A colleague's maintenance: the table locked inside an open transaction.
+    let mut colleague = sqlx::PgConnection::connect(&format!(
+        "{}{}application_name=maintenance",
+        db.url,
+        if db.url.contains('?') { '&' } else { '?' }
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN").execute(&mut colleague).await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut colleague)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut colleague)
+        .await
+        .unwrap();
+    produce(&topic, &mut log, 200);
+
+    let named = format!("blocked by pid {pid} (user postgres, application maintenance");
+    wait_until(T, "the log to name the blocking session", || {
+        std::future::ready(sink.logs().contains(&named))
+    })
+    .await;
+    let m = sink.metrics().await.unwrap_or_default();
+    assert!(
+        metric(&m, "kafka_pg_sink_commit_in_flight_seconds") >= 5.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "kafka_pg_sink_commit_lock_waits_total") >= 1.0,
+        "{m}"
+    );
+    let ready = http_get(sink.http_port, "/readyz")
+        .await
+        .unwrap_or_default();
+    assert!(ready.contains("commit: in flight for"), "{ready}");
+
+    sqlx::query("COMMIT").execute(&mut colleague).await.unwrap();
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert_exact(&db, &log).await;
+    let m = sink.metrics().await.unwrap_or_default();
+    assert_eq!(metric(&m, "kafka_pg_sink_commit_in_flight_seconds"), 0.0);
+    let ready = http_get(sink.http_port, "/readyz")
+        .await
+        .unwrap_or_default();
+    assert!(ready.contains("commit: ok"), "{ready}");
+}
+
+/// Ends the sink's sessions so its pool reconnects with the database's
+/// current defaults.
+async fn reconnect_sink(db: &TestDb) {
+    db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'kafka-pg-sink'",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_is_waited_out() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(2).await;
+    let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
+    let sink = SinkProcess::start(&cfg);
+    let mut log = Vec::new();
+    produce(&topic, &mut log, 100);
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+
+    // What a standby answers: 25006, cannot execute … in a read-only transaction.
+    db.exec(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
+        db.name
+    ))
+    .await;
+    reconnect_sink(&db).await;
+    produce(&topic, &mut log, 200);
+    let retried = poll_until(T, || async {
+        sink.logs().contains("read-only transaction")
+            && metric(
+                &sink.metrics().await.unwrap_or_default(),
+                "kafka_pg_sink_db_retries_total",
+            ) >= 2.0
+    })
+    .await;
+    assert!(
+        retried,
+        "commits retried against the read-only database; the sink's log:\n{}",
+        sink.logs()
+    );
+
+    db.exec(&format!(
+        "ALTER DATABASE \"{}\" RESET default_transaction_read_only",
+        db.name
+    ))
+    .await;
+    reconnect_sink(&db).await;
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert_exact(&db, &log).await;
+}
