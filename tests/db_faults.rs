@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::role::Role;
 use common::*;
 use sqlx::Connection;
 
@@ -145,6 +146,52 @@ async fn a_read_only_database_is_waited_out() {
     ))
     .await;
     reconnect_sink(&db).await;
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    assert_exact(&db, &log).await;
+}
+
+/// `max_connections` reached, as far as the sink can tell: its sessions
+/// ended and no new one admitted (53300). It waits, naming the cause, and
+/// goes on once connections are admitted again. As a role of its own: the
+/// limit does not apply to superusers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_refused_for_lack_of_slots_are_waited_out() {
+    let db = TestDb::new().await;
+    let topic = TestTopic::new(2).await;
+    let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
+    let (ok, out) = cfg.cli(&["setup"], &[]);
+    assert!(ok, "setup as the owner: {out}");
+    let role = Role::new(&db).await;
+    role.grant_run_rights(&db).await;
+    cfg.rewrite(
+        "postgres://postgres@",
+        &format!("postgres://{}@", role.name),
+    );
+    let sink = SinkProcess::start(&cfg);
+    let mut log = Vec::new();
+    produce(&topic, &mut log, 100);
+    wait_caught_up(&db, &cfg.group, &topic, T).await;
+
+    db.exec(&format!(
+        "ALTER DATABASE \"{}\" CONNECTION LIMIT 0",
+        db.name
+    ))
+    .await;
+    reconnect_sink(&db).await;
+    produce(&topic, &mut log, 200);
+    let waited = poll_until(T, || {
+        std::future::ready(sink.logs().contains("too many connections"))
+    })
+    .await;
+    assert!(waited, "the sink's log names the cause:\n{}", sink.logs());
+    let ready = http_get(sink.http_port, "/readyz").await;
+    assert!(ready.is_none(), "not ready while no connection is admitted");
+
+    db.exec(&format!(
+        "ALTER DATABASE \"{}\" CONNECTION LIMIT -1",
+        db.name
+    ))
+    .await;
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_exact(&db, &log).await;
 }

@@ -70,7 +70,13 @@ impl Pipeline {
                 Err(StoreError::Transient(e)) => {
                     self.metrics.db_retries.inc();
                     let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
+                    let cause = match e {
+                        sqlx::Error::PoolTimedOut => {
+                            waits::why_no_connection(self.writer.pool()).await
+                        }
+                        _ => None,
+                    };
+                    tracing::warn!(error = %e, cause, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e.into()),

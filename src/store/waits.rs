@@ -34,3 +34,25 @@ pub async fn lock_waits(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         Err(_) => Err(sqlx::Error::PoolTimedOut),
     }
 }
+
+/// Why the pool hands out no connection, asked by opening one directly:
+/// the pool retries connect errors (too many connections, a refused login,
+/// a database gone read-only at startup) and reports only that it timed
+/// out. `None` when a connection opens now.
+pub async fn why_no_connection(pool: &PgPool) -> Option<String> {
+    use sqlx::Connection;
+    let opts = pool.connect_options();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect_with(&opts),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("opening a connection timed out".into()),
+    }
+}
