@@ -14,20 +14,21 @@ use sqlx::Connection;
 
 const T: Duration = Duration::from_secs(90);
 
-/// Sends `n` versioned events over 40 keys, continuing `log`.
 fn produce(topic: &TestTopic, log: &mut Vec<(String, String)>, n: u32) {
-    let start = log.len() as u32;
-    for i in start..start + n {
-        let id = format!("k{}", i % 40);
-        let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
-        topic.send(
-            partition_of(&id, topic.partitions),
-            Some(&id),
-            Some(payload.as_bytes()),
-        );
-        log.push((id, payload));
-    }
-    topic.flush();
+    send_versioned(topic, log, n, 40);
+}
+
+/// The sink running on `cfg`, caught up with 100 events.
+async fn running(
+    db: &TestDb,
+    topic: &TestTopic,
+    cfg: &SinkConfig,
+) -> (SinkProcess, Vec<(String, String)>) {
+    let sink = SinkProcess::start(cfg);
+    let mut log = Vec::new();
+    produce(topic, &mut log, 100);
+    wait_caught_up(db, &cfg.group, topic, T).await;
+    (sink, log)
 }
 
 async fn assert_exact(db: &TestDb, log: &[(String, String)]) {
@@ -44,10 +45,7 @@ async fn a_table_locked_by_another_session_is_waited_out_naming_it() {
     let db = TestDb::new().await;
     let topic = TestTopic::new(2).await;
     let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
-    let sink = SinkProcess::start(&cfg);
-    let mut log = Vec::new();
-    produce(&topic, &mut log, 100);
-    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    let (sink, mut log) = running(&db, &topic, &cfg).await;
 
     // A colleague's maintenance: the table locked inside an open transaction.
     let mut colleague = sqlx::PgConnection::connect(&format!(
@@ -113,10 +111,7 @@ async fn a_read_only_database_is_waited_out() {
     let db = TestDb::new().await;
     let topic = TestTopic::new(2).await;
     let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
-    let sink = SinkProcess::start(&cfg);
-    let mut log = Vec::new();
-    produce(&topic, &mut log, 100);
-    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    let (sink, mut log) = running(&db, &topic, &cfg).await;
 
     // What a standby answers: 25006, cannot execute … in a read-only transaction.
     db.exec(&format!(
@@ -159,18 +154,8 @@ async fn connections_refused_for_lack_of_slots_are_waited_out() {
     let db = TestDb::new().await;
     let topic = TestTopic::new(2).await;
     let cfg = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
-    let (ok, out) = cfg.cli(&["setup"], &[]);
-    assert!(ok, "setup as the owner: {out}");
-    let role = Role::new(&db).await;
-    role.grant_run_rights(&db).await;
-    cfg.rewrite(
-        "postgres://postgres@",
-        &format!("postgres://{}@", role.name),
-    );
-    let sink = SinkProcess::start(&cfg);
-    let mut log = Vec::new();
-    produce(&topic, &mut log, 100);
-    wait_caught_up(&db, &cfg.group, &topic, T).await;
+    let _role = Role::after_setup(&db, &cfg, &cfg).await;
+    let (sink, mut log) = running(&db, &topic, &cfg).await;
 
     db.exec(&format!(
         "ALTER DATABASE \"{}\" CONNECTION LIMIT 0",

@@ -18,28 +18,11 @@ async fn run_replay_and_verify_need_only_data_rights() {
     let db = TestDb::new().await;
     let topic = TestTopic::new(2).await;
     let owner = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
-    let (ok, out) = owner.cli(&["setup"], &[]);
-    assert!(ok, "setup as the owner: {out}");
-    let role = Role::new(&db).await;
-    role.grant_run_rights(&db).await;
     let limited = SinkConfig::new(&db, &topic.name, "version = \"/v\"", "");
-    limited.rewrite(
-        "postgres://postgres@",
-        &format!("postgres://{}@", role.name),
-    );
+    let role = Role::after_setup(&db, &owner, &limited).await;
 
     let mut log = Vec::new();
-    for i in 0..300u32 {
-        let id = format!("k{}", i % 70);
-        let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
-        topic.send(
-            partition_of(&id, topic.partitions),
-            Some(&id),
-            Some(payload.as_bytes()),
-        );
-        log.push((id, payload));
-    }
-    topic.flush();
+    send_versioned(&topic, &mut log, 300, 70);
     let mut sink = SinkProcess::start(&limited);
     wait_caught_up(&db, &limited.group, &topic, T).await;
     assert_table_is_model(&db, log.iter().map(|(k, p)| (k.as_str(), p.as_str())), 0).await;
@@ -67,15 +50,8 @@ async fn schema_versions_the_binary_cannot_use_are_refused_with_what_to_run() {
     let db = TestDb::new().await;
     let topic = TestTopic::new(1).await;
     let owner = SinkConfig::new(&db, &topic.name, "", "");
-    let (ok, out) = owner.cli(&["setup"], &[]);
-    assert!(ok, "{out}");
-    let role = Role::new(&db).await;
-    role.grant_run_rights(&db).await;
     let limited = SinkConfig::new(&db, &topic.name, "", "");
-    limited.rewrite(
-        "postgres://postgres@",
-        &format!("postgres://{}@", role.name),
-    );
+    let _role = Role::after_setup(&db, &owner, &limited).await;
 
     // A migration pending that the role may not apply (the tables' DDL
     // belongs to the owner).

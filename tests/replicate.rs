@@ -205,14 +205,7 @@ async fn replicate_recorded_capture(target: TestDb, runner: Runner) -> TestDb {
 /// and CREATE on the database (the schema is created at first sight) lets
 /// it run.
 async fn limit_to_data_rights(target: &TestDb, cfg: &SinkConfig) -> Role {
-    let (ok, out) = cfg.cli(&["setup"], &[]);
-    assert!(ok, "setup as the owner: {out}");
-    let role = Role::new(target).await;
-    role.grant_run_rights(target).await;
-    cfg.rewrite(
-        "postgres://postgres@",
-        &format!("postgres://{}@", role.name),
-    );
+    let role = Role::after_setup(target, cfg, cfg).await;
     let out = run_expecting_exit(cfg);
     assert!(
         out.contains(r#"CREATE on schema "replica""#)

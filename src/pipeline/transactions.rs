@@ -309,15 +309,23 @@ impl Gate {
 
     /// Releases the fronts that belong to no transaction.
     fn release_free(&mut self, out: &mut Vec<Envelope>) {
+        self.pop_fronts(out, false, |h| h.tx.is_none());
+    }
+
+    /// Pops, partition by partition, the fronts `take` accepts, stopping
+    /// after an END when `to_end`.
+    fn pop_fronts(&mut self, out: &mut Vec<Envelope>, to_end: bool, take: impl Fn(&Held) -> bool) {
         let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
         for tp in tps {
-            while self
-                .queues
-                .get(&tp)
-                .and_then(|(_, q)| q.front())
-                .is_some_and(|h| h.tx.is_none())
-            {
+            while let Some(h) = self.queues.get(&tp).and_then(|(_, q)| q.front()) {
+                if !take(h) {
+                    break;
+                }
+                let is_end = matches!(&h.marker, Some(Marker { end: Some(_), .. }));
                 self.pop(&tp, out);
+                if to_end && is_end {
+                    break;
+                }
             }
         }
     }
@@ -368,24 +376,8 @@ impl Gate {
     }
 
     fn release_tx(&mut self, id: &str, out: &mut Vec<Envelope>) {
-        let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
-        for tp in tps {
-            while self
-                .queues
-                .get(&tp)
-                .and_then(|(_, q)| q.front())
-                .is_some_and(|h| h.tx.as_deref() == Some(id) || h.tx.is_none())
-            {
-                let is_end = self.queues[&tp]
-                    .1
-                    .front()
-                    .is_some_and(|h| matches!(&h.marker, Some(Marker { end: Some(_), .. })));
-                self.pop(&tp, out);
-                if is_end {
-                    break;
-                }
-            }
-        }
+        // Up to its END: the transaction topic's next one waits its turn.
+        self.pop_fronts(out, true, |h| h.tx.as_deref() == Some(id) || h.tx.is_none());
     }
 
     /// Over the buffer bound: the oldest held transaction goes out as far

@@ -1020,6 +1020,23 @@ pub fn versioned_model<'a>(
     rows
 }
 
+/// Sends `n` events `{"id":"k<i % keys>","v":<i>}` keyed by id, continuing
+/// `log` (whose length numbers the next event), and flushes.
+pub fn send_versioned(topic: &TestTopic, log: &mut Vec<(String, String)>, n: u32, keys: u32) {
+    let start = log.len() as u32;
+    for i in start..start + n {
+        let id = format!("k{}", i % keys);
+        let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
+        topic.send(
+            partition_of(&id, topic.partitions),
+            Some(&id),
+            Some(payload.as_bytes()),
+        );
+        log.push((id, payload));
+    }
+    topic.flush();
+}
+
 /// Asserts the document table `events` equals the versioned model of `log`
 /// (the newest version per key), naming the seed and how many rows differ.
 pub async fn assert_table_is_model<'a>(

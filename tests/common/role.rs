@@ -24,6 +24,20 @@ impl Role {
         }
     }
 
+    /// `setup` with `owner` (the tables' owner), then a role with the
+    /// rights for `run` that `run_as` connects as.
+    pub async fn after_setup(db: &TestDb, owner: &SinkConfig, run_as: &SinkConfig) -> Role {
+        let (ok, out) = owner.cli(&["setup"], &[]);
+        assert!(ok, "setup as the owner: {out}");
+        let role = Role::new(db).await;
+        role.grant_run_rights(db).await;
+        run_as.rewrite(
+            "postgres://postgres@",
+            &format!("postgres://{}@", role.name),
+        );
+        role
+    }
+
     /// The rights docs/operations.md lists for `run`.
     pub async fn grant_run_rights(&self, db: &TestDb) {
         let r = &self.name;
