@@ -2,7 +2,8 @@
 //! re-sends, newer and older versions, tombstones and malformed messages,
 //! and a seeded schedule of faults: SIGKILL + restart, SIGSTOP/SIGCONT
 //! (zombie), scaling 1 → 3 → 1, terminated Postgres backends, one Postgres
-//! restart, one broker SIGKILL + restart, one `replay --to-earliest`.
+//! restart, one broker SIGKILL + restart, one `replay --to-earliest`, a
+//! table locked by another session, the database read-only for a while.
 //!
 //! At the end the table must equal a model computed from the produced log (not
 //! from the sink's code), `sink_offsets` the end offsets, dead letters the
@@ -31,6 +32,11 @@ enum Fault {
     RestartPostgres,
     RestartBroker,
     Replay,
+    /// Another session holds `ACCESS EXCLUSIVE` on the versioned table for
+    /// a few seconds while events arrive.
+    LockTable,
+    /// The database turns read-only (a standby's answer) for a few seconds.
+    ReadOnly,
 }
 
 /// Independent model of the expected tables. Every operation goes to two
@@ -172,6 +178,8 @@ async fn chaos_three_replicas_seeded_faults() {
         Fault::RestartBroker,
         Fault::Replay,
         Fault::StopCont,
+        Fault::LockTable,
+        Fault::ReadOnly,
     ];
     schedule.extend([Fault::KillRestart; 10]);
     schedule.extend([Fault::ScaleDown, Fault::ScaleUp, Fault::TerminateBackends]);
@@ -332,6 +340,22 @@ async fn chaos_three_replicas_seeded_faults() {
             }
             Fault::Replay => {
                 replay_to_earliest(&cfg);
+            }
+            Fault::LockTable => {
+                let mut tx = db.pool.begin().await.unwrap();
+                sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                produce_round(&mut model, topic, &mut rng, 30_000 + round as u64, 200);
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                tx.commit().await.unwrap();
+            }
+            Fault::ReadOnly => {
+                db.set_read_only(true).await;
+                produce_round(&mut model, topic, &mut rng, 40_000 + round as u64, 200);
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                db.set_read_only(false).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1500))).await;

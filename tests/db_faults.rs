@@ -114,12 +114,7 @@ async fn a_read_only_database_is_waited_out() {
     let (sink, mut log) = running(&db, &topic, &cfg).await;
 
     // What a standby answers: 25006, cannot execute … in a read-only transaction.
-    db.exec(&format!(
-        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
-        db.name
-    ))
-    .await;
-    reconnect_sink(&db).await;
+    db.set_read_only(true).await;
     produce(&topic, &mut log, 200);
     let retried = poll_until(T, || async {
         sink.logs().contains("read-only transaction")
@@ -135,12 +130,7 @@ async fn a_read_only_database_is_waited_out() {
         sink.logs()
     );
 
-    db.exec(&format!(
-        "ALTER DATABASE \"{}\" RESET default_transaction_read_only",
-        db.name
-    ))
-    .await;
-    reconnect_sink(&db).await;
+    db.set_read_only(false).await;
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_exact(&db, &log).await;
 }

@@ -140,6 +140,28 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// Turns the database read-only for new sessions (what a standby
+    /// answers: 25006) or back, and ends the sink's sessions so they
+    /// reconnect under it. Its own transaction is read-write whatever this
+    /// pool's sessions were opened with.
+    pub async fn set_read_only(&self, on: bool) {
+        let setting = if on {
+            "SET default_transaction_read_only = on"
+        } else {
+            "RESET default_transaction_read_only"
+        };
+        let sql = format!(
+            "BEGIN READ WRITE; ALTER DATABASE \"{}\" {setting}; COMMIT; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'kafka-pg-sink'",
+            self.name
+        );
+        sqlx::raw_sql(&sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(&self.pool)
