@@ -277,9 +277,14 @@ impl Gate {
     }
 
     pub fn state(&self) -> GateState {
+        // Changes are counted per transaction; markers live on the
+        // transaction topics only (scanning every held change per batch
+        // would cost as much as the changes).
         let mut open: Vec<&String> = self.held_per_tx.keys().collect();
-        for (_, q) in self.queues.values() {
-            open.extend(q.iter().filter_map(|h| h.tx.as_ref()));
+        for (tp, (_, q)) in &self.queues {
+            if may_carry_markers(&tp.topic) {
+                open.extend(q.iter().filter_map(|h| h.tx.as_ref()));
+            }
         }
         open.sort();
         open.dedup();
@@ -363,7 +368,11 @@ impl Gate {
     /// The first END marker held whose partition holds nothing of another
     /// transaction before it (its partition, id and counts).
     fn first_end(&self) -> Option<(TopicPartition, String, Counts)> {
-        self.queues.iter().find_map(|(tp, (_, q))| {
+        let mut marker_queues = self
+            .queues
+            .iter()
+            .filter(|(tp, _)| may_carry_markers(&tp.topic));
+        marker_queues.find_map(|(tp, (_, q))| {
             let (at, id, counts) = q.iter().enumerate().find_map(|(i, h)| match &h.marker {
                 Some(Marker { id, end: Some(c) }) if h.tx.is_some() => Some((i, id, c)),
                 _ => None,
@@ -416,7 +425,11 @@ impl Gate {
     /// (the transaction is sent again after the restart). It moves its
     /// position only; its changes wait for the END of the re-send.
     fn free_orphan_begins(&mut self) {
-        for (_, q) in self.queues.values_mut() {
+        let marker_queues = self
+            .queues
+            .iter_mut()
+            .filter(|(tp, _)| may_carry_markers(&tp.topic));
+        for (_, (_, q)) in marker_queues {
             let mut orphans = Vec::new();
             let mut open: Option<(usize, &str)> = None;
             for (i, h) in q.iter().enumerate() {
