@@ -309,7 +309,7 @@ fn start(b: &Bench, sys: System, topic: &str, table: &str) -> anyhow::Result<Run
         "--schema",
         FRESH_SCHEMA,
     ];
-    // Debezium's defaults: 1 task, batches of 500; best (issue 16): 4
+    // Debezium's defaults: 1 task, batches of 500; best (bench/README.md): 4
     // tasks, unnest insert, reduction buffer, batches of 5000.
     if sys == System::DebeziumBest {
         args.push("--best");

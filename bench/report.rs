@@ -232,7 +232,7 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
 
 /// The freshness phase's ratios: at each rate, the typed route's p50 and
 /// p99 of produce-to-visible ÷ the Debezium JDBC sink's (defaults and best
-/// configuration), and the two absolute targets of issue 34.
+/// configuration), and the two absolute targets (milliseconds).
 fn freshness_ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
     let f = |k: &str| f(out, k);
     let mut v = Vec::new();
