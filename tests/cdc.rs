@@ -11,153 +11,18 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::capture::{source_db, Connector};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const T: Duration = Duration::from_secs(180);
 
 const COLUMNS: &str = "id int PRIMARY KEY, name text NOT NULL, qty int, price numeric(10,2), \
                        updated timestamptz, tags jsonb";
-
-fn connect_sh(args: &[&str]) -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("bash")
-        .arg(format!("{root}/scripts/connect.sh"))
-        .args(args)
-        .env("KAFKA_BROKERS", brokers())
-        .output()
-        .expect("scripts/connect.sh");
-    assert!(
-        out.status.success(),
-        "connect.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A database of its own on the CDC source cluster, dropped afterwards.
-struct SourceDb {
-    name: String,
-    pool: PgPool,
-}
-
-impl SourceDb {
-    async fn new() -> SourceDb {
-        let admin_url = connect_sh(&["source-db", "url"]).trim().to_string();
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_url)
-            .await
-            .expect("the CDC source cluster (scripts/connect.sh source-db ensure)");
-        let name = unique("kpgs_cdc_src");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{name}"));
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(url.as_str())
-            .await
-            .unwrap();
-        SourceDb { name, pool }
-    }
-
-    async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql)
-            .execute(&self.pool)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-/// The worker running the source connector; cleaned (slot, publication,
-/// state) on drop.
-struct Connector {
-    name: String,
-    props: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Connector {
-    fn start(db: &SourceDb, prefix: &str) -> Connector {
-        let name = unique("kpgs_dbz");
-        let props = connect_sh(&[
-            "source-props",
-            &name,
-            "--db",
-            &db.name,
-            "--tables",
-            "public.items",
-            "--prefix",
-            prefix,
-            "--schemas",
-            "--partitions",
-            "3",
-            "skipped.operations=none",
-        ]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("source.properties");
-        std::fs::write(&path, props).unwrap();
-        let c = Connector {
-            name,
-            props: path,
-            _dir: dir,
-        };
-        c.run();
-        c
-    }
-
-    fn run(&self) {
-        connect_sh(&["start", &self.name, "-", self.props.to_str().unwrap()]);
-    }
-
-    fn kill9(&self) {
-        connect_sh(&["kill", &self.name]);
-    }
-
-    /// Waits until the worker has flushed an offset of the streaming phase
-    /// (`lsn_proc`, written by Debezium's PostgresOffsetContext once a change
-    /// was streamed) to its offset file.
-    async fn wait_streaming_offset(&self) {
-        let log = connect_sh(&["log", &self.name]);
-        let offsets = std::path::Path::new(log.trim()).with_file_name("offsets.dat");
-        wait_until(T, "the connector to flush a streaming offset", || {
-            let offsets = offsets.clone();
-            async move {
-                std::fs::read(&offsets)
-                    .map(|b| b.windows(8).any(|w| w == b"lsn_proc"))
-                    .unwrap_or(false)
-            }
-        })
-        .await;
-    }
-
-    /// The worker's last `lines` log lines, for failure reports.
-    fn log_tail(&self, lines: usize) -> String {
-        let path = connect_sh(&["log", &self.name]);
-        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{}/scripts/connect.sh", env!("CARGO_MANIFEST_DIR")))
-            .args(["clean", &self.name])
-            .output();
-    }
-}
 
 /// One row of `items` as text (timestamps as epoch, so the two clusters'
 /// time zone settings do not matter; `name` is NOT NULL, so never empty).
@@ -196,7 +61,7 @@ async fn differences(source: &PgPool, target: &PgPool) -> String {
 }
 
 /// One random step of the source workload.
-async fn step(db: &SourceDb, rng: &mut StdRng, next_id: &mut i32) {
+async fn step(db: &TestDb, rng: &mut StdRng, next_id: &mut i32) {
     let id = rng.gen_range(1..*next_id.max(&mut 2));
     let price = format!("{}.{:02}", rng.gen_range(0..500), rng.gen_range(0..100));
     match rng.gen_range(0..10) {
@@ -236,7 +101,7 @@ async fn step(db: &SourceDb, rng: &mut StdRng, next_id: &mut i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_replicated_through_debezium_stays_identical() {
     let mut rng = StdRng::seed_from_u64(test_seed("cdc"));
-    let source = SourceDb::new().await;
+    let source = source_db().await;
     source
         .exec(&format!("CREATE TABLE items ({COLUMNS})"))
         .await;
@@ -257,7 +122,21 @@ async fn a_database_replicated_through_debezium_stays_identical() {
 
     let prefix = unique("kpgs_cdc");
     let topic = format!("{prefix}.public.items");
-    let connector = Connector::start(&source, &prefix);
+    let connector = Connector::start(
+        "source-props",
+        &[
+            "--db",
+            &source.name,
+            "--tables",
+            "public.items",
+            "--prefix",
+            &prefix,
+            "--schemas",
+            "--partitions",
+            "3",
+            "skipped.operations=none",
+        ],
+    );
     let route = format!(
         "[[route]]\ntopic = \"{topic}\"\ntable = \"items\"\nkey = \"id\"\nenvelope = \"debezium\"\n\
          columns = {{ id = \"/id\", name = \"/name\", qty = \"/qty\", price = \"/price\", \
@@ -279,7 +158,7 @@ async fn a_database_replicated_through_debezium_stays_identical() {
             // on restart, and a snapshot cannot express the deletes it
             // missed (Debezium's behaviour, not the sink's). What it re-sends
             // after this point is what the test is about.
-            connector.wait_streaming_offset().await;
+            connector.wait_offset_with("lsn_proc", T).await;
         }
         for _ in 0..rng.gen_range(20..40) {
             step(&source, &mut rng, &mut next_id).await;

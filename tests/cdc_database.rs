@@ -17,54 +17,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::capture::{caught_up, connect_sh, verify, Connector};
+use common::capture::{caught_up, source_db, verify, Connector};
 use common::tables::{column_types, primary_key, quote, rows_as_text, try_rows_as_text};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const T: Duration = Duration::from_secs(300);
 const BIG_ROWS: i64 = 200_000;
 const SMALL_TABLES: usize = 16;
-
-/// A database of its own on the CDC source cluster.
-struct SourceDb {
-    name: String,
-    pool: PgPool,
-}
-
-impl SourceDb {
-    async fn new() -> SourceDb {
-        let admin_url = connect_sh(&["source-db", "url"]).trim().to_string();
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_url)
-            .await
-            .expect("the CDC source cluster (scripts/connect.sh source-db ensure)");
-        let name = unique("kpgs_db_src");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{name}"));
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(url.as_str())
-            .await
-            .unwrap();
-        SourceDb { name, pool }
-    }
-
-    async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql)
-            .execute(&self.pool)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
 
 /// The capture's tables: (name as SQL, DDL).
 fn schema() -> Vec<(String, String)> {
@@ -111,7 +73,7 @@ fn schema() -> Vec<(String, String)> {
 }
 
 /// Rows present before the connector starts (the snapshot).
-async fn seed(db: &SourceDb) {
+async fn seed(db: &TestDb) {
     db.exec(&format!(
         "INSERT INTO big SELECT g, g % 1000, 'row ' || g FROM generate_series(1, {BIG_ROWS}) g"
     ))
@@ -147,7 +109,7 @@ fn types_row(id: i64) -> String {
 }
 
 /// One random step of the workload; `next` is the next id per small table.
-async fn step(db: &SourceDb, rng: &mut StdRng, next: &mut [i32], extra_col: bool) {
+async fn step(db: &TestDb, rng: &mut StdRng, next: &mut [i32], extra_col: bool) {
     let i = rng.gen_range(0..SMALL_TABLES);
     let t = format!("t{i:02}");
     let id = rng.gen_range(1..next[i].max(2));
@@ -247,7 +209,7 @@ async fn differences(source: &PgPool, target: &PgPool, tables: &[String]) -> Vec
 }
 
 /// The Debezium Postgres source over `db`'s public schema.
-fn start_connector(db: &SourceDb, prefix: &str) -> Connector {
+fn start_connector(db: &TestDb, prefix: &str) -> Connector {
     Connector::start(
         "source-props",
         &[
@@ -270,7 +232,7 @@ fn start_connector(db: &SourceDb, prefix: &str) -> Connector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_database_replicates_with_one_route() {
     let mut rng = StdRng::seed_from_u64(test_seed("cdc_database"));
-    let source = SourceDb::new().await;
+    let source = source_db().await;
     let tables = schema();
     for (_, ddl) in &tables {
         source.exec(ddl).await;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::capture::{caught_up, connect_sh, Connector};
+use common::capture::{caught_up, source_db, Connector};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -177,7 +177,7 @@ async fn active_replica(replicas: &[SinkProcess]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_transactions_are_never_seen_in_part() {
     let mut rng = StdRng::seed_from_u64(test_seed("cdc_transactions"));
-    let source = TestDb::on(connect_sh(&["source-db", "url"]).trim()).await;
+    let source = source_db().await;
     sqlx::raw_sql(SCHEMA).execute(&source.pool).await.unwrap();
     sqlx::raw_sql(&format!(
         "INSERT INTO accounts SELECT g, {INITIAL} FROM generate_series(1, {ACCOUNTS}) g"

@@ -105,22 +105,15 @@ impl ServerTls {
 
 impl Drop for ServerTls {
     fn drop(&mut self) {
-        let _ = std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
-                for k in ["ssl_cert_file", "ssl_key_file", "ssl"] {
-                    let _ = sqlx::query(&format!("ALTER SYSTEM RESET {k}"))
-                        .execute(&pool)
-                        .await;
-                }
-                let _ = sqlx::query("SELECT pg_reload_conf()").execute(&pool).await;
-            });
-        })
-        .join();
+        block_on_in_drop(async {
+            let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+            for k in ["ssl_cert_file", "ssl_key_file", "ssl"] {
+                let _ = sqlx::query(&format!("ALTER SYSTEM RESET {k}"))
+                    .execute(&pool)
+                    .await;
+            }
+            let _ = sqlx::query("SELECT pg_reload_conf()").execute(&pool).await;
+        });
     }
 }
 

@@ -24,6 +24,12 @@ pub fn connect_sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh database on the CDC source cluster (wal_level = logical),
+/// dropped afterwards.
+pub async fn source_db() -> TestDb {
+    TestDb::on(connect_sh(&["source-db", "url"]).trim()).await
+}
+
 /// A worker running one source connector; cleaned on drop.
 pub struct Connector {
     pub name: String,

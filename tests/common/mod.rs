@@ -132,9 +132,9 @@ impl TestDb {
         BatchWriter::new(pool, "g", routes, OnError::DeadLetter)
     }
 
-    /// Runs one statement (DDL, setup), panicking on error.
+    /// Runs statements (DDL, setup, `BEGIN; …; COMMIT`), panicking on error.
     pub async fn exec(&self, sql: &str) {
-        sqlx::query(sql)
+        sqlx::raw_sql(sql)
             .execute(&self.pool)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -217,42 +217,40 @@ impl Drop for TestDb {
         let pool = self.pool.clone();
         let admin_url = self.admin_url.clone();
         if self.citus {
-            let pool = pool.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(pool.close());
-            })
-            .join();
+            block_on_in_drop(async move { pool.close().await });
             let _ = Command::new("bash")
                 .arg(format!("{}/scripts/citus.sh", env!("CARGO_MANIFEST_DIR")))
                 .args(["dropdb", &name])
                 .output();
             return;
         }
-        // Drop cannot await; a short-lived runtime on a thread does the cleanup.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                pool.close().await;
-                if let Ok(admin) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&admin_url)
-                    .await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&admin)
-                        .await;
-                }
-            });
-        })
-        .join();
+        block_on_in_drop(async move {
+            pool.close().await;
+            if let Ok(admin) = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&admin_url)
+                .await
+            {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+            }
+        });
     }
+}
+
+/// Runs a cleanup future to its end from `Drop`, which cannot await: on a
+/// short-lived runtime of its own thread (the test's runtime may be the one
+/// dropping).
+pub fn block_on_in_drop(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup);
+    })
+    .join();
 }
 
 /// `scripts/citus.sh ARGS`; its stdout, or a panic with its output.

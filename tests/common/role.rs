@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{sink_binary, unique, SinkConfig, TestDb};
+use super::{block_on_in_drop, sink_binary, unique, SinkConfig, TestDb};
 
 const STARTUP: Duration = Duration::from_secs(60);
 
@@ -54,20 +54,13 @@ impl Role {
 impl Drop for Role {
     fn drop(&mut self) {
         let (name, url) = (self.name.clone(), self.db.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
-                    for sql in [format!("DROP OWNED BY {name}"), format!("DROP ROLE {name}")] {
-                        let _ = sqlx::query(&sql).execute(&pool).await;
-                    }
+        block_on_in_drop(async move {
+            if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                for sql in [format!("DROP OWNED BY {name}"), format!("DROP ROLE {name}")] {
+                    let _ = sqlx::query(&sql).execute(&pool).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 
