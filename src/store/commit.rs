@@ -93,6 +93,8 @@ struct RouteAt<'a> {
 struct Begun {
     started: std::time::Instant,
     isolation: Isolation,
+    /// The routes the staging tables were created for.
+    set: Arc<RouteSet>,
 }
 
 /// How the statements of one commit attempt meet a data error.
@@ -264,7 +266,11 @@ impl BatchWriter {
         // batch with "current transaction is aborted".
         let failed = match sqlx::Connection::begin_with(&mut *conn, begin).await {
             Ok(tx) => {
-                let at = Begun { started, isolation };
+                let at = Begun {
+                    started,
+                    isolation,
+                    set,
+                };
                 return self.commit_in(tx, fresh, batch, expected, at).await;
             }
             Err(e) => e,
@@ -280,9 +286,12 @@ impl BatchWriter {
         mut fresh: Fresh,
         batch: &PreparedBatch,
         expected: &[Expected],
-        Begun { started, isolation }: Begun,
+        Begun {
+            started,
+            isolation,
+            set,
+        }: Begun,
     ) -> Result<Option<CommitOutcome>, StoreError> {
-        let set = self.routes_of(batch);
         let routes = set.all();
         let heavy = self.heavy_flags();
         let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
