@@ -15,11 +15,15 @@ mod common;
 
 use std::time::Duration;
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use common::connect_protobuf::Transcoded;
 use common::role::{run_expecting_exit, Role};
 use common::tables::{assert_same_rows, column_types, primary_key, quote};
 use common::*;
 use kafka_pg_sink::format::registry::{RegistryClient, RegistryConfig};
-use kafka_pg_sink::format::SchemaType;
+use kafka_pg_sink::format::{wire, SchemaType};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -325,6 +329,278 @@ async fn recorded_avro_capture_replicates_into_tables_created_from_its_schemas()
         "{text}"
     );
     sink.kill9();
+}
+
+/// The same capture as Confluent's ProtobufConverter writes it with
+/// `optional.for.nullables=true` (tests/common/connect_protobuf.rs
+/// transcodes the recorded JsonConverter records by its rules; no Protobuf
+/// converter for Connect is served here). Every column gets the type the
+/// converter's schema still says ([`protobuf_column_type`]): where that is
+/// the source's type the values must equal the source's, elsewhere (names
+/// the converter dropped: `MicroTimestamp` → `bigint`, …) NULL stays NULL.
+/// Events the converter cannot write (a NULL array element, a timestamp
+/// outside years 1–9999) are left out, and their rows with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_capture_in_protobuf_replicates_into_tables_created_from_its_schemas() {
+    replicate_protobuf_capture("1-defaults", "kpgsty1").await;
+}
+
+/// The same with `time.precision.mode=connect`, `decimal.handling.mode=string`
+/// and hstore as a map: Connect's dates, times and timestamps survive the
+/// converter as `google.type.Date`, `TimeOfDay` and `Timestamp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn protobuf_capture_in_connect_time_modes_keeps_dates_and_times() {
+    replicate_protobuf_capture("3-string-connect-modes", "kpgsty3").await;
+}
+
+/// What [`produce_as_protobuf`] produced.
+struct Produced {
+    topics: Vec<TestTopic>,
+    /// The last value schema (JsonConverter JSON) per topic.
+    last_schema: HashMap<String, serde_json::Value>,
+    /// Records the converter could not write: topic, key payload, why.
+    left_out: Vec<(String, serde_json::Value, String)>,
+}
+
+async fn replicate_protobuf_capture(run: &str, recorded_prefix: &str) {
+    let registry_url = std::env::var("REGISTRY_URL")
+        .expect("REGISTRY_URL: the schema registry (scripts/test.sh starts it)");
+    let registry = RegistryClient::new(&RegistryConfig::new(registry_url.clone())).unwrap();
+    let source = source_db(&["types/schema.sql", "types/snapshot.sql", "types/dml.sql"]).await;
+    let target = TestDb::new().await;
+    let prefix = unique("kpgs_pb");
+    let produced = produce_as_protobuf(run, recorded_prefix, &prefix, &registry).await;
+    assert!(
+        produced
+            .left_out
+            .iter()
+            .all(|(t, _, why)| t.ends_with(".public.alltypes")
+                && (why.contains("NULL array element") || why.contains("outside google.protobuf"))),
+        "only rows the converter cannot write are left out: {:?}",
+        produced.left_out
+    );
+    let route = format!(
+        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
+         envelope = \"debezium\"\ncreate_table = true\nformat = \"protobuf\"\nkey_format = \"protobuf\"\n"
+    );
+    let cfg = SinkConfig::with_routes(
+        &target,
+        &route,
+        &format!("[schema_registry]\nurl = \"{registry_url}\"\n"),
+    );
+    let mut sink = SinkProcess::start(&cfg);
+    for t in &produced.topics {
+        wait_caught_up(&target, &cfg.group, t, T).await;
+    }
+    let text = sink.metrics().await.unwrap_or_default();
+    assert_eq!(
+        metric(&text, "kafka_pg_sink_dead_letters_total"),
+        0.0,
+        "{text}"
+    );
+    sink.kill9();
+    for (src, dst) in RECORDED_TABLES {
+        let topic = format!("{prefix}.{}", src.replace('"', ""));
+        assert_protobuf_replica(&source, (&target, dst), src, &topic, &produced).await;
+    }
+}
+
+/// Produces the run's records as Protobuf under topics renamed from
+/// `recorded_prefix` to `prefix`, each schema registered under the
+/// topic's subject.
+async fn produce_as_protobuf(
+    run: &str,
+    recorded_prefix: &str,
+    prefix: &str,
+    registry: &RegistryClient,
+) -> Produced {
+    let mut produced = Produced {
+        topics: Vec::new(),
+        last_schema: HashMap::new(),
+        left_out: Vec::new(),
+    };
+    let mut ids: HashMap<(String, String), u32> = HashMap::new();
+    for r in recorded(run) {
+        let topic = r.topic.replacen(recorded_prefix, prefix, 1);
+        if !produced.topics.iter().any(|t| t.name == topic) {
+            produced.topics.push(TestTopic::named(&topic, 1).await);
+        }
+        let mut framed = Vec::new();
+        for (part, record) in [("key", &r.key), ("value", &r.value)] {
+            let Some(text) = record else {
+                framed.push(None);
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let transcoded = Transcoded::new(&v["schema"]);
+            let subject = format!("{topic}-{part}");
+            let id = match ids.entry((subject.clone(), transcoded.text.clone())) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => *e.insert(
+                    registry
+                        .register(&subject, SchemaType::Protobuf, &transcoded.text)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}\n{}", transcoded.text)),
+                ),
+            };
+            if part == "value" {
+                produced
+                    .last_schema
+                    .insert(topic.clone(), v["schema"].clone());
+            }
+            framed.push(Some(
+                transcoded
+                    .encode(&v["schema"], &v["payload"])
+                    .map(|body| wire::encode_protobuf(id, &[0], &body)),
+            ));
+        }
+        match (&framed[0], &framed[1]) {
+            (_, Some(Err(why))) | (Some(Err(why)), _) => {
+                let key: serde_json::Value =
+                    serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+                produced
+                    .left_out
+                    .push((topic.clone(), key["payload"].clone(), why.clone()));
+            }
+            (k, v) => {
+                let t = produced.topics.iter().find(|t| t.name == topic).unwrap();
+                let ok =
+                    |x: &Option<Result<Vec<u8>, String>>| x.as_ref().map(|r| r.clone().unwrap());
+                t.send_bytes(0, ok(k).as_deref(), ok(v).as_deref());
+            }
+        }
+    }
+    produced.topics.iter().for_each(TestTopic::flush);
+    produced
+}
+
+/// The replica of `src` has the columns the Protobuf schema gives, the
+/// source's key, and the source's rows (but for those left out).
+async fn assert_protobuf_replica(
+    source: &TestDb,
+    (target, dst): (&TestDb, &str),
+    src: &str,
+    topic: &str,
+    produced: &Produced,
+) {
+    let row = produced.last_schema[topic]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "after")
+        .unwrap();
+    let want: Vec<(String, String)> = row["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["field"].as_str().unwrap().to_string(),
+                protobuf_column_type(f),
+            )
+        })
+        .collect();
+    let dst_cols = column_types(&target.pool, dst).await;
+    assert_eq!(
+        &dst_cols[..dst_cols.len() - 1],
+        want.as_slice(),
+        "{dst}: columns"
+    );
+    let key = primary_key(&source.pool, src).await;
+    assert_eq!(
+        primary_key(&target.pool, dst).await,
+        key,
+        "{dst}: primary key"
+    );
+    for (_, k, _) in produced.left_out.iter().filter(|(t, _, _)| t == topic) {
+        for (db, table) in [(source, src), (target, dst)] {
+            let cond: Vec<String> = key
+                .iter()
+                .map(|c| format!("{}::text = '{}'", quote(c), text_of(&k[c])))
+                .collect();
+            db.exec(&format!("DELETE FROM {table} WHERE {}", cond.join(" AND ")))
+                .await;
+        }
+    }
+    let src_cols = column_types(&source.pool, src).await;
+    let exprs: Vec<(String, String, String)> = src_cols
+        .iter()
+        .zip(&want)
+        .filter_map(|((c, src_type), (_, pb_type))| compared_as_protobuf(c, src_type, pb_type))
+        .collect();
+    assert_same_rows((&source.pool, src), (&target.pool, dst), &key, &exprs).await;
+    let rows = target.count(&format!("SELECT count(*) FROM {dst}")).await;
+    assert!(rows > 0, "{dst}: rows left to compare");
+}
+
+/// How to compare a column of a Protobuf replica: by value where it has
+/// the source's type, by NULL-ness elsewhere. The converter writes a NULL
+/// array as an empty one.
+fn compared_as_protobuf(
+    c: &str,
+    src_type: &str,
+    pb_type: &str,
+) -> Option<(String, String, String)> {
+    let array = pb_type.ends_with("[]");
+    if pb_type == expected_type(c, src_type) {
+        let (s, d) = compared(c)?;
+        let s = if array {
+            format!("coalesce({s}, '{{}}')")
+        } else {
+            s
+        };
+        return Some((s, d, c.to_string()));
+    }
+    let empty = if array {
+        format!("(coalesce(cardinality({}), 0) = 0)", quote(c))
+    } else {
+        format!("({} IS NULL)", quote(c))
+    };
+    Some((empty.clone(), empty, c.to_string()))
+}
+
+/// A key value as the text Postgres prints for it.
+fn text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.replace('\'', "''"),
+        other => other.to_string(),
+    }
+}
+
+/// The column type a Connect field's schema leaves after Confluent's
+/// ProtobufConverter: Connect's own logical types, the two Debezium
+/// structs the sink recognises by message name, and otherwise the carrier.
+fn protobuf_column_type(f: &serde_json::Value) -> String {
+    let p = &f["parameters"];
+    match f["name"].as_str().unwrap_or("") {
+        "org.apache.kafka.connect.data.Decimal" => {
+            return match (p["connect.decimal.precision"].as_str(), p["scale"].as_str()) {
+                (Some(pr), Some(sc)) => format!("numeric({pr},{sc})"),
+                _ => "numeric".into(),
+            }
+        }
+        "io.debezium.data.VariableScaleDecimal" => return "numeric".into(),
+        "io.debezium.data.geometry.Point" => return "point".into(),
+        "org.apache.kafka.connect.data.Date" => return "date".into(),
+        "org.apache.kafka.connect.data.Time" => return "time(3) without time zone".into(),
+        "org.apache.kafka.connect.data.Timestamp" => {
+            return "timestamp(3) without time zone".into()
+        }
+        _ => {}
+    }
+    match f["type"].as_str().unwrap() {
+        "array" => format!("{}[]", protobuf_column_type(&f["items"])),
+        "int8" | "int16" => "smallint".into(),
+        "int32" => "integer".into(),
+        "int64" => "bigint".into(),
+        "float" => "real".into(),
+        "double" => "double precision".into(),
+        "boolean" => "boolean".into(),
+        "string" => "text".into(),
+        "bytes" => "bytea".into(),
+        "struct" | "map" => "jsonb".into(),
+        other => panic!("Connect type {other}"),
+    }
 }
 
 /// Every recorded table has the source's columns, types (but for

@@ -198,22 +198,25 @@ impl Schema {
         self.id
     }
 
-    /// The Connect schema of an Avro schema written by Connect's converter.
+    /// The Connect schema of an Avro or Protobuf schema written by
+    /// Connect's converter (change events: tables are created from it).
     pub fn connect(&self) -> Result<std::sync::Arc<connect::Known>, String> {
         self.connect
             .get_or_init(|| {
-                let Parsed::Avro(_) = &self.parsed else {
-                    return Err(format!(
-                        "schema {} is {}: tables are created from Avro change events",
-                        self.id,
-                        self.schema_type()
-                    ));
+                let s = match &self.parsed {
+                    Parsed::Avro(_) => serde_json::from_str(&self.text)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| connect::ConnectSchema::from_avro_json(&v)),
+                    Parsed::Protobuf(p) => {
+                        p.connect_root().and_then(|m| connect::from_protobuf(&m))
+                    }
+                    Parsed::Json(_) => Err(
+                        "tables are created from Avro, Protobuf or JSON-with-schema change events"
+                            .into(),
+                    ),
                 };
-                let v: Value = serde_json::from_str(&self.text)
-                    .map_err(|e| format!("schema {}: {e}", self.id))?;
-                let s = connect::ConnectSchema::from_avro_json(&v)
-                    .map_err(|e| format!("schema {}: {e}", self.id))?;
-                Ok(std::sync::Arc::new(connect::Known::new(&self.text, s)))
+                s.map(|s| std::sync::Arc::new(connect::Known::new(&self.text, s)))
+                    .map_err(|e| format!("schema {}: {e}", self.id))
             })
             .clone()
     }

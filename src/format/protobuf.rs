@@ -86,6 +86,35 @@ impl FileResolver for MemoryResolver {
     }
 }
 
+/// Files Confluent's serializers import without registering them as
+/// references (its `KNOWN_DEPENDENCIES`) that `protox` does not bring:
+/// the types its ProtobufConverter writes Connect's decimals, dates and
+/// times as, and the option that carries their parameters. A reference the
+/// registry names takes precedence.
+fn known_files() -> HashMap<String, String> {
+    [
+        (
+            "confluent/meta.proto",
+            include_str!("known_protos/confluent/meta.proto"),
+        ),
+        (
+            "confluent/type/decimal.proto",
+            include_str!("known_protos/confluent/type/decimal.proto"),
+        ),
+        (
+            "google/type/date.proto",
+            include_str!("known_protos/google/type/date.proto"),
+        ),
+        (
+            "google/type/timeofday.proto",
+            include_str!("known_protos/google/type/timeofday.proto"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, text)| (name.to_string(), text.to_string()))
+    .collect()
+}
+
 /// Some producers (Python confluent-kafka's ProtobufSerializer) register the
 /// schema as a base64-encoded `FileDescriptorProto` instead of .proto text;
 /// Confluent's registry converts it, Apicurio stores and returns it as is.
@@ -109,6 +138,7 @@ impl ProtoSchema {
         files.insert(root.clone(), text.to_string());
         let mut chain = ChainFileResolver::new();
         chain.add(MemoryResolver(files));
+        chain.add(MemoryResolver(known_files()));
         chain.add(GoogleFileResolver::new());
         let mut compiler = protox::Compiler::with_file_resolver(chain);
         compiler.include_imports(true);
@@ -137,6 +167,19 @@ impl ProtoSchema {
             m = child;
         }
         Some(m)
+    }
+
+    /// The one top-level message a Connect converter writes (the value or
+    /// key struct; the structs it holds are nested in it).
+    pub fn connect_root(&self) -> Result<MessageDescriptor, String> {
+        let mut top = self.file_messages();
+        match (top.next(), top.next()) {
+            (Some(m), None) => Ok(m),
+            _ => Err(
+                "a schema written by Connect's ProtobufConverter declares one top-level message"
+                    .into(),
+            ),
+        }
     }
 
     /// The message-index path of a message type by full name (for encoders).

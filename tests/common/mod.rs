@@ -21,6 +21,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 pub mod capture;
+pub mod connect_protobuf;
 mod net;
 pub mod role;
 pub mod tables;

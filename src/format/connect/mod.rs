@@ -23,9 +23,11 @@
 //! * durations (`MicroDuration`) → `N microseconds`.
 
 mod mysql;
+mod protobuf;
 mod table;
 mod value;
 
+pub use protobuf::from_protobuf;
 pub use table::{debezium_shape, pg_type, ColumnDef, SourceFamily, TableShape};
 pub use value::convert;
 pub(crate) use value::{date_infinity, timestamp_infinity};

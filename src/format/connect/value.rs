@@ -51,17 +51,29 @@ pub fn convert(v: Value, schema: &ConnectSchema) -> Value {
 fn scalar(schema: &ConnectSchema, v: Value) -> Value {
     let int = v.as_i64();
     let converted = match schema.logical() {
-        "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => {
-            int.and_then(date).map(Value::String)
+        "io.debezium.time.Date" => int.and_then(date).map(Value::String),
+        "org.apache.kafka.connect.data.Date" => match &v {
+            Value::Object(m) => calendar_date(m),
+            _ => int.and_then(date),
         }
-        "io.debezium.time.Time" | "org.apache.kafka.connect.data.Time" => int
+        .map(Value::String),
+        "io.debezium.time.Time" => int
             .and_then(|ms| clock_time(ms.checked_mul(1_000)?))
             .map(Value::String),
+        "org.apache.kafka.connect.data.Time" => match &v {
+            Value::Object(m) => time_of_day_message(m),
+            _ => int.and_then(|ms| clock_time(ms.checked_mul(1_000)?)),
+        }
+        .map(Value::String),
         "io.debezium.time.MicroTime" => int.and_then(clock_time).map(Value::String),
         "io.debezium.time.NanoTime" => int.and_then(|ns| clock_time(ns / 1_000)).map(Value::String),
-        "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => {
-            int.and_then(|ms| timestamp(ms, 1_000)).map(Value::String)
+        "io.debezium.time.Timestamp" => int.and_then(|ms| timestamp(ms, 1_000)).map(Value::String),
+        // Protobuf's `google.protobuf.Timestamp` decodes to RFC 3339 in UTC.
+        "org.apache.kafka.connect.data.Timestamp" => match &v {
+            Value::String(t) => t.strip_suffix('Z').map(str::to_string),
+            _ => int.and_then(|ms| timestamp(ms, 1_000)),
         }
+        .map(Value::String),
         "io.debezium.time.MicroTimestamp" => int.and_then(|us| timestamp(us, 1)).map(Value::String),
         "io.debezium.time.NanoTimestamp" => int
             .and_then(|ns| timestamp(ns.div_euclid(1_000), 1))
@@ -75,7 +87,10 @@ fn scalar(schema: &ConnectSchema, v: Value) -> Value {
         "io.debezium.data.Json" => v.as_str().and_then(|s| serde_json::from_str(s).ok()),
         "org.apache.kafka.connect.data.Decimal" => {
             let scale = schema.param_u32("scale").unwrap_or(0);
-            v.as_str().and_then(|b| decimal(b, scale))
+            match &v {
+                Value::Object(m) => confluent_decimal(m, scale),
+                _ => v.as_str().and_then(|b| decimal(b, scale)),
+            }
         }
         "io.debezium.data.Bits" => v
             .as_str()
@@ -263,6 +278,36 @@ fn decimal(encoded: &str, scale: u32) -> Option<Value> {
     }
     let unscaled = BigInt::from_signed_bytes_be(&bytes);
     Some(Value::Number(scaled_number(&unscaled, scale)?))
+}
+
+/// Protobuf's `confluent.type.Decimal`: `{value, precision, scale}`, the
+/// unscaled value's bytes as the Protobuf decoder writes them (`\\x` hex).
+fn confluent_decimal(m: &Map<String, Value>, scale: u32) -> Option<Value> {
+    // The message's own scale is the one its bytes are at.
+    let scale = match m.get("scale").and_then(Value::as_i64) {
+        Some(s) => u32::try_from(s).ok()?,
+        None => scale,
+    };
+    decimal(m.get("value")?.as_str()?, scale)
+}
+
+/// Protobuf's `google.type.Date`: `{year, month, day}`.
+fn calendar_date(m: &Map<String, Value>) -> Option<String> {
+    let part = |k| m.get(k).and_then(Value::as_i64);
+    let d = NaiveDate::from_ymd_opt(
+        i32::try_from(part("year")?).ok()?,
+        u32::try_from(part("month")?).ok()?,
+        u32::try_from(part("day")?).ok()?,
+    )?;
+    Some(format_date(d))
+}
+
+/// Protobuf's `google.type.TimeOfDay`: `{hours, minutes, seconds, nanos}`.
+fn time_of_day_message(m: &Map<String, Value>) -> Option<String> {
+    let part = |k| m.get(k).and_then(Value::as_i64);
+    let micros = ((part("hours")? * 60 + part("minutes")?) * 60 + part("seconds")?) * 1_000_000
+        + part("nanos")? / 1_000;
+    time_of_day(micros)
 }
 
 fn variable_scale_decimal(m: &Map<String, Value>) -> Option<Value> {
