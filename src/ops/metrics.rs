@@ -210,7 +210,7 @@ impl Metrics {
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
                 &["result"],
             ),
-            commit_in_flight: f.float_gauge("commit_in_flight_seconds", "Seconds the commit in flight has taken so far, updated while it is slow (past 5 s); 0 otherwise"),
+            commit_in_flight: f.float_gauge("commit_in_flight_seconds", "Seconds the batch being committed has been in flight since its first attempt, retries included (a lock, a full disk, a read-only database); updated while an attempt is slow (past 5 s) and after each failed one; 0 otherwise"),
             commit_lock_waits: f.counter("commit_lock_waits_total", "Slow commits found waiting on a lock another session holds (the log names it)"),
             fenced_batches: f.counter("fenced_batches_total", "Batches refused by the offset compare-and-set (zombie or replay)"),
             db_retries: f.counter("db_retries_total", "Transient database errors retried"),

@@ -19,6 +19,16 @@ use crate::types::{Expected, TopicPartition};
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_secs(5);
 const SLOW_COMMIT_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Sets `commit_in_flight_seconds` back to 0 when the batch's commit
+/// ends, however it ends.
+struct InFlight<'a>(&'a prometheus::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
+}
+
 /// What one commit attempt found.
 pub(super) enum Attempt {
     Done(CommitOutcome),
@@ -33,10 +43,14 @@ impl Pipeline {
         expected: &[Expected],
     ) -> Result<(), PipelineError> {
         let mut backoff = Backoff::database();
+        // The batch is in flight from its first attempt until it commits:
+        // retries against a full disk or a read-only database count.
+        let first = tokio::time::Instant::now();
+        let _in_flight = InFlight(&self.metrics.commit_in_flight);
         loop {
             let started = Instant::now();
             let result = self
-                .watched(async {
+                .watched(first, async {
                     if backoff.attempts() == 0 {
                         self.writer.commit(batch, expected).await.map(Attempt::Done)
                     } else {
@@ -70,12 +84,18 @@ impl Pipeline {
                 Err(StoreError::Transient(e)) => {
                     self.metrics.db_retries.inc();
                     let delay = backoff.next_delay();
-                    let cause = match e {
+                    let cause = match &e {
                         sqlx::Error::PoolTimedOut => {
                             waits::why_no_connection(self.writer.pool()).await
                         }
+                        sqlx::Error::Database(db) if db.code().as_deref() == Some("53100") => {
+                            waits::full_disk(self.writer.pool(), db.message()).await
+                        }
                         _ => None,
                     };
+                    self.metrics
+                        .commit_in_flight
+                        .set(first.elapsed().as_secs_f64());
                     tracing::warn!(error = %e, cause, attempt = backoff.attempts(), ?delay, "transient database error; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -87,21 +107,24 @@ impl Pipeline {
     /// Runs one commit attempt; while it is slow, says what it waits for
     /// (a lock: the blocking session's pid, user and statement) in the log,
     /// `commit_in_flight_seconds` and `/readyz`.
-    async fn watched<T>(&self, attempt: impl std::future::Future<Output = T>) -> T {
+    async fn watched<T>(
+        &self,
+        first: tokio::time::Instant,
+        attempt: impl std::future::Future<Output = T>,
+    ) -> T {
         tokio::pin!(attempt);
         let started = tokio::time::Instant::now();
         let mut next = started + SLOW_COMMIT;
         let mut waited_on_lock = false;
         loop {
             tokio::select! {
-                out = &mut attempt => {
-                    self.metrics.commit_in_flight.set(0.0);
-                    return out;
-                }
+                out = &mut attempt => return out,
                 _ = tokio::time::sleep_until(next) => {}
             }
             let seconds = started.elapsed().as_secs_f64();
-            self.metrics.commit_in_flight.set(seconds);
+            self.metrics
+                .commit_in_flight
+                .set(first.elapsed().as_secs_f64());
             match waits::lock_waits(self.writer.pool()).await {
                 Ok(w) if !w.is_empty() => {
                     if !waited_on_lock {

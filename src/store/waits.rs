@@ -56,3 +56,59 @@ pub async fn why_no_connection(pool: &PgPool) -> Option<String> {
         Err(_) => Some("opening a connection timed out".into()),
     }
 }
+
+/// Which tablespace and relation a "could not extend file" error (53100,
+/// a full disk) is about, from the file path in its message:
+/// `base/<db>/<filenode>` (the default tablespace) or
+/// `pg_tblspc/<tablespace oid>/<version>/<db>/<filenode>`. `None` when the
+/// message names no such path or the lookup fails.
+pub async fn full_disk(pool: &PgPool, message: &str) -> Option<String> {
+    let (tablespace, filenode) = filenode_of(message)?;
+    let query = sqlx::query_as::<_, (String, Option<String>)>(
+        "SELECT coalesce((SELECT spcname::text FROM pg_tablespace WHERE oid = $1), 'pg_default'), \
+                pg_filenode_relation($1, $2)::regclass::text",
+    )
+    .bind(tablespace)
+    .bind(filenode)
+    .fetch_one(pool);
+    let (space, relation) = tokio::time::timeout(Duration::from_secs(3), query)
+        .await
+        .ok()?
+        .ok()?;
+    Some(format!(
+        "tablespace {space} is full (writing {}): free space there or move the table",
+        relation
+            .as_deref()
+            .unwrap_or("a relation of another database")
+    ))
+}
+
+/// `(tablespace oid, filenode)` of the quoted path in a Postgres file
+/// error; the default tablespace is oid 0 for `pg_filenode_relation`.
+fn filenode_of(message: &str) -> Option<(sqlx::postgres::types::Oid, sqlx::postgres::types::Oid)> {
+    use sqlx::postgres::types::Oid;
+    let path = message.split('"').nth(1)?;
+    let parts: Vec<&str> = path.split('/').collect();
+    // A segment past the first GB is `<filenode>.<n>`.
+    let node = |s: &str| s.split('.').next()?.parse::<u32>().ok().map(Oid);
+    match parts.as_slice() {
+        ["base", _, file] => Some((Oid(0), node(file)?)),
+        ["pg_tblspc", space, _, _, file] => Some((Oid(space.parse().ok()?), node(file)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::postgres::types::Oid;
+
+    #[test]
+    fn file_errors_name_their_tablespace_and_filenode() {
+        let m = r#"could not extend file "pg_tblspc/200865/PG_15_202209061/200864/200977": No space left on device"#;
+        assert_eq!(filenode_of(m), Some((Oid(200865), Oid(200977))));
+        let m = r#"could not extend file "base/16384/16390.2": No space left on device"#;
+        assert_eq!(filenode_of(m), Some((Oid(0), Oid(16390))));
+        assert_eq!(filenode_of("no space left"), None);
+    }
+}

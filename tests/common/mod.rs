@@ -25,6 +25,8 @@ pub mod connect_protobuf;
 mod net;
 pub mod role;
 pub mod tables;
+#[allow(unused_imports)] // used by some test binaries only
+pub use net::http_get_status;
 pub use net::{http_get, partition_of};
 
 pub fn database_url() -> String {

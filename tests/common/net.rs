@@ -4,6 +4,12 @@
 /// Minimal HTTP GET over a raw socket (no extra client dependency): the body
 /// of a 200 answer, `None` otherwise.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    let (status, body) = http_get_status(port, path).await?;
+    (status == 200).then_some(body)
+}
+
+/// The status and body of a GET, whatever the status.
+pub async fn http_get_status(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -14,7 +20,8 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// The partition a key lives in (keyed partitioning, like a real producer:
