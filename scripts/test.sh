@@ -33,6 +33,10 @@ export REGISTRY_URL
 scripts/kafka-cluster.sh ensure   # tests/cluster.rs: 3 KRaft nodes on 29092-29094, RF 3
 scripts/pg-failover.sh ensure     # tests/failover.rs: primary + async standby behind 5439
 
+# tests/upgrade.rs runs the previous version beside this one: built (or
+# taken from ~/.cache) before this version's build, in the same target dir.
+scripts/previous-version.sh build >/dev/null
+
 echo "== format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -658,7 +658,17 @@ impl SinkConfig {
     /// Runs a one-shot subcommand (`setup`, `check-config`, `replay …`) with
     /// this configuration; returns success and stdout + stderr.
     pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-        let out = Command::new(sink_binary())
+        self.cli_of(std::path::Path::new(sink_binary()), args, env)
+    }
+
+    /// [`SinkConfig::cli`] of another build of the sink.
+    pub fn cli_of(
+        &self,
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (bool, String) {
+        let out = Command::new(binary)
             .arg("--config")
             .arg(&self.path)
             .args(args)
@@ -769,9 +779,19 @@ impl SinkProcess {
     }
 
     pub fn start_with(cfg: &SinkConfig, http_port: u16, env: &[(&str, &str)]) -> SinkProcess {
+        Self::start_binary(std::path::Path::new(sink_binary()), cfg, http_port, env)
+    }
+
+    /// `run` of another build of the sink (the previous version).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        cfg: &SinkConfig,
+        http_port: u16,
+        env: &[(&str, &str)],
+    ) -> SinkProcess {
         let log = cfg.dir.path().join(format!("sink-{}.log", unique("run")));
         let f = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(sink_binary());
+        let mut cmd = Command::new(binary);
         cmd.arg("--config")
             .arg(&cfg.path)
             .arg("--http-bind")
