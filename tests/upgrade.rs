@@ -171,7 +171,7 @@ async fn a_rolling_upgrade_under_load_keeps_the_table_exact() {
 
     assert_table_is_model(&db, log.iter().map(|(k, p)| (k.as_str(), p.as_str())), 0).await;
     assert_eq!(db.count("SELECT count(*) FROM sink_dead_letters").await, 0);
-    let probe = probe.lock().unwrap();
+    let probe = std::mem::take(&mut *probe.lock().unwrap());
     assert!(
         probe.backwards.is_empty(),
         "positions moved back: {:?}",
