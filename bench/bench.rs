@@ -8,6 +8,8 @@
 //! * `in_process.rs` — the write path and the commits in process;
 //! * `sink.rs` — the sink as a process: routes, replay, Avro, replicas;
 //! * `peers.rs` — the Debezium JDBC sink on the same topic;
+//! * `plain.rs` — a second typed shape (text, bigint, double, nested), both
+//!   systems;
 //! * `citus.rs` — the typed route into a Citus distributed table;
 //! * `freshness.rs` — produce-to-visible latency at fixed rates, against
 //!   the Debezium JDBC sink (`pacer.rs`: the fixed-rate producer);
@@ -60,6 +62,7 @@ mod in_process;
 mod measure;
 mod pacer;
 mod peers;
+mod plain;
 mod report;
 mod sink;
 
@@ -343,7 +346,7 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,citus,freshness,capture`);
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,plain,citus,freshness,capture`);
 /// the peers run with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
@@ -392,6 +395,9 @@ async fn main() -> anyhow::Result<()> {
         naive(&b, &mut out).await?;
     }
     peers(&b, &mut out).await?;
+    if runs("plain") {
+        plain::plain(&b, &mut out).await?;
+    }
     if runs("citus") {
         citus::citus(&b, &mut out).await?;
     }

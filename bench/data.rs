@@ -130,6 +130,43 @@ pub const TYPED_COLUMNS: &str = "{ order_id = \"/order_id\", customer = \"/custo
      amount = \"/amount\", currency = \"/currency\", status = \"/status\", version = \"/version\", \
      ts = \"/ts\" }";
 
+/// The second typed shape (phase `plain`): the same events as text,
+/// bigint and double values, two of them in a nested object — no numeric
+/// or timestamptz, which cost the Debezium JDBC sink most. The table's key
+/// is `order_id`; the sink's route guards on `version`.
+pub fn plain_json(o: &Order) -> String {
+    format!(
+        r#"{{"order_id":"{}","customer":"{}","qty":{},"score":{},"version":{},"meta":{{"region":"{}","weight":{}}}}}"#,
+        o.key,
+        o.customer,
+        o.cents,
+        plain_score(o),
+        o.version,
+        o.currency,
+        o.ts_ms
+    )
+}
+
+/// A double with a short exact binary form, so both sinks store the same
+/// value.
+fn plain_score(o: &Order) -> f64 {
+    o.cents as f64 / 8.0
+}
+
+/// The plain shape's table (both systems write it): the nested fields as
+/// `meta_<field>`, Connect's `Flatten` naming.
+pub const PLAIN_DDL: &str = "order_id text PRIMARY KEY, customer text, qty bigint, \
+     score double precision, version bigint, meta_region text, meta_weight bigint";
+
+/// The sink's column mapping of the plain shape.
+pub const PLAIN_COLUMNS: &str = "{ order_id = \"/order_id\", customer = \"/customer\", \
+     qty = \"/qty\", score = \"/score\", version = \"/version\", \
+     meta_region = \"/meta/region\", meta_weight = \"/meta/weight\" }";
+
+/// The plain shape's Connect schema (the Debezium JDBC sink reads plain
+/// JSON values by it).
+pub const PLAIN_CONNECT_SCHEMA: &str = r#"{"type":"struct","optional":false,"fields":[{"field":"order_id","type":"string","optional":false},{"field":"customer","type":"string","optional":true},{"field":"qty","type":"int64","optional":true},{"field":"score","type":"double","optional":true},{"field":"version","type":"int64","optional":true},{"field":"meta","type":"struct","optional":true,"fields":[{"field":"region","type":"string","optional":true},{"field":"weight","type":"int64","optional":true}]}]}"#;
+
 /// The orders as Avro (the typed route reads them into the same table).
 pub const AVRO_SCHEMA: &str = r#"{"type":"record","name":"Order","namespace":"bench","fields":[
   {"name":"order_id","type":"string"},{"name":"customer","type":"string"},

@@ -6,7 +6,10 @@
 #   configuration of issue 16: 4 tasks, dialect.postgres.unnest.insert.enabled,
 #   use.reduction.buffer, batch 5000.
 # Creates TABLE if missing (order_id text primary key, customer text, amount numeric(12,2),
-# currency text, status text, version bigint, ts timestamptz). Prints one JSON line:
+# currency text, status text, version bigint, ts timestamptz). Another shape: PEER_DDL (the
+# table's column list), PEER_SCHEMA (the Connect schema of the values), PEER_FLATTEN=1
+# (nested fields into `<parent>_<field>` columns), PEER_TS_FIELD ("ts"; "-" for none).
+# Prints one JSON line:
 # {"system":"debezium-jdbc","tasks":..,"batch":..,"messages":..,"drain_s":..,"startup_s":..,
 #  "msgs_per_s":..,"incl_startup_per_s":..,"worker_cpu_s":..}
 # startup_s: worker launch until every task is RUNNING (REST status); drain_s: from then
@@ -45,14 +48,17 @@ while IFS=: read -r _ p off; do END[$p]=$off; MESSAGES=$((MESSAGES + off)); done
 while IFS=: read -r _ p off; do MESSAGES=$((MESSAGES - off)); done <<<"$starts"
 log "$TOPIC: $MESSAGES messages in ${#END[@]} partitions"
 
-psql "$DB_URL" -XqAt -v ON_ERROR_STOP=1 -c "create table if not exists $TABLE (
-  order_id text primary key, customer text, amount numeric(12,2), currency text,
-  status text, version bigint, ts timestamptz)" >/dev/null
+DDL="${PEER_DDL:-order_id text primary key, customer text, amount numeric(12,2), currency text, status text, version bigint, ts timestamptz}"
+psql "$DB_URL" -XqAt -v ON_ERROR_STOP=1 -c "create table if not exists $TABLE ($DDL)" >/dev/null
 
 work="$(mktemp -d)"
 best_args=(); [ "$BEST" = 1 ] && best_args=(dialect.postgres.unnest.insert.enabled=true use.reduction.buffer=true)
+shape_args=()
+[ -n "${PEER_SCHEMA:-}" ] && shape_args+=(--schema "$PEER_SCHEMA")
+[ "${PEER_FLATTEN:-0}" = 1 ] && shape_args+=(--flatten)
+case "${PEER_TS_FIELD:-ts}" in -) shape_args+=(--timestamp-field "") ;; *) shape_args+=(--timestamp-field "${PEER_TS_FIELD:-ts}") ;; esac
 scripts/connect.sh jdbc-sink-props "$NAME" --topic "$TOPIC" --url "$DB_URL" --table "$TABLE" \
-  --tasks "$TASKS" --batch "$BATCH" "${best_args[@]}" >"$work/connector.properties"
+  --tasks "$TASKS" --batch "$BATCH" "${shape_args[@]}" "${best_args[@]}" >"$work/connector.properties"
 : >"$work/worker.properties"
 
 cleanup() {

@@ -191,6 +191,33 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             ">= 3",
         ),
         (
+            // The second typed shape (text, bigint, double, two nested
+            // fields, a version guard): where the peer does relatively well.
+            "plain_vs_debezium",
+            f("plain_sink_events_per_s") / f("plain_debezium_events_per_s"),
+            ">= 3",
+        ),
+        (
+            // Postgres's CPU per event under each system, both shapes: what
+            // each one's statements cost the database.
+            "typed_postgres_cpu_vs_debezium",
+            f("typed_sink_postgres_cpu_us_per_event") / f("debezium_postgres_cpu_us_per_event"),
+            "<= 1",
+        ),
+        (
+            "plain_postgres_cpu_vs_debezium",
+            f("plain_sink_postgres_cpu_us_per_event")
+                / f("plain_debezium_postgres_cpu_us_per_event"),
+            "<= 1",
+        ),
+        (
+            // The sink process against the Connect worker (its startup
+            // included), per event.
+            "plain_process_cpu_vs_worker",
+            f("plain_sink_process_cpu_us_per_event") / f("plain_debezium_worker_cpu_us_per_event"),
+            "(info)",
+        ),
+        (
             // A whole database from a Debezium snapshot (20 tables, the
             // tables created from the events), the same topics, each sink
             // configured for a capture: kafka-pg-sink from its start,
