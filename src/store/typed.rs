@@ -164,10 +164,9 @@ fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool)
     let cols = joined(map.columns.iter(), MappedColumn::quoted);
     let keys = joined(map.key_columns(), MappedColumn::quoted);
     let on_conflict = on_conflict(route, map, dialect);
-    let same = if with_same {
-        same_count(route, map)
-    } else {
-        "NULL::bigint".into()
+    let (same, returned) = match (with_same, map.version) {
+        (true, Some(_)) => (same_count(route, map), format!(", {keys}")),
+        _ => ("NULL::bigint".into(), String::new()),
     };
     let input = input_sql(route, map);
     format!(
@@ -175,7 +174,7 @@ fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool)
          applied AS ( \
            INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM input \
            ON CONFLICT ({keys}) {on_conflict} \
-           RETURNING (xmax = 0) AS inserted) \
+           RETURNING (xmax = 0) AS inserted{returned}) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same} FROM applied"
     )
 }
@@ -251,10 +250,20 @@ fn same_count(route: &Route, map: &ColumnMap) -> String {
         format!("cur.{0} = i.{0}", c.quoted())
     });
     let same = same_test(route, map, &v, Dialect::Postgres);
-    // A scalar subquery: one index probe per row, never a hash join over the
-    // whole table (see `documents::upsert_sql`); the key is unique.
+    let first = map.key_columns().next().expect("a key column").quoted();
+    let written = joined_by(" AND ", map.key_columns(), |c| {
+        format!("a.{0} = i.{0}", c.quoted())
+    });
+    // Only rows the upsert did not write can be duplicates, and in a stream
+    // of new keys it writes most: they are matched to `applied` by a hash
+    // join and skip the probe, which the CASE keeps above that join (a
+    // filter on `i` alone would run for every row, below it). The probe is a
+    // scalar subquery: one index lookup per remaining row, never a hash join
+    // over the whole table (see `documents::upsert_sql`); the key is unique.
     format!(
-        "(SELECT count(*) FROM input i WHERE (SELECT {same} FROM {} cur WHERE {on}))",
+        "(SELECT count(*) FROM input i LEFT JOIN applied a ON {written} \
+          WHERE CASE WHEN a.{first} IS NULL \
+                     THEN (SELECT {same} FROM {} cur WHERE {on}) END)",
         route.table.quoted()
     )
 }
