@@ -252,6 +252,16 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
     } else {
         String::new()
     };
+    // Only rows the upsert did not write can be re-sends or duplicates: the
+    // written ones are matched to `applied` by a hash join, and the CASE
+    // keeps the lookup of the stored row above that join (a filter on the
+    // input alone runs for every row, below it).
+    let unwritten = |alias: &str, test: String| {
+        format!(
+            "(SELECT count(*) FROM {alias} LEFT JOIN applied a ON a.key = {alias}.key \
+              WHERE CASE WHEN a.key IS NULL THEN {test} END)"
+        )
+    };
     let (input, same_hash) = if !with_same {
         (
             format!("SELECT * FROM u{markers}"),
@@ -261,9 +271,9 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
         // A no-op change is a re-send (same position stored) or stale.
         (
             format!("SELECT * FROM u{markers}"),
-            format!(
-                "(SELECT count(*) FROM input i WHERE {} = i.version)",
-                stored("version", "i")
+            unwritten(
+                "input",
+                format!("{} = input.version", stored("version", "input")),
             ),
         )
     } else if route.version.is_some() {
@@ -271,13 +281,15 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
         // version); the pre-statement snapshot (`cur`) tells which.
         (
             "SELECT * FROM u".to_string(),
-            format!(
-                "(SELECT count(*) FROM u WHERE {} = u.event_hash)",
-                stored("event_hash", "u")
-            ),
+            unwritten("u", format!("{} = u.event_hash", stored("event_hash", "u"))),
         )
     } else {
         ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
+    };
+    let returned = if same_hash.starts_with("NULL") {
+        ""
+    } else {
+        ", key"
     };
     let stage = stage(route).name;
     format!(
@@ -290,7 +302,7 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
              version = EXCLUDED.version, kafka_topic = EXCLUDED.kafka_topic, \
              kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset \
            WHERE {guard} \
-           RETURNING (xmax = 0) AS inserted) \
+           RETURNING (xmax = 0) AS inserted{returned}) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same_hash} FROM applied"
     )
 }
