@@ -192,25 +192,6 @@ fn read_to_end(c: &BaseConsumer, topic: &str, end: &BTreeMap<i32, i64>) -> bool 
     })
 }
 
-/// Records every stored position that moves back outside a replay.
-async fn audit_positions(db: &TestDb) {
-    kafka_pg_sink::store::migrate(&db.pool).await.unwrap();
-    db.exec(
-        "CREATE TABLE offset_regressions (topic text, partition int, old bigint, new bigint); \
-         CREATE FUNCTION audit_offsets() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF NEW.next_offset < OLD.next_offset \
-              AND coalesce(current_setting('kafka_pg_sink.replay', true), '') <> 'on' THEN \
-             INSERT INTO offset_regressions VALUES (NEW.topic, NEW.partition, OLD.next_offset, NEW.next_offset); \
-           END IF; \
-           RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER audit_offsets BEFORE UPDATE ON sink_offsets \
-           FOR EACH ROW EXECUTE FUNCTION audit_offsets();",
-    )
-    .await;
-}
-
 fn schedule(rng: &mut StdRng) -> Vec<Fault> {
     let mut s = vec![
         Fault::LeaderKill,
@@ -326,7 +307,7 @@ async fn every_fault_in_one_run_keeps_the_table_exact() {
     pgfo(&["ensure"]).await;
     let brokers = cluster(&["brokers"]).await;
     let db = TestDb::on(&pgfo(&["url", "front"]).await).await;
-    audit_positions(&db).await;
+    audit_offset_regressions(&db).await;
     let topic = TestTopic::on(&brokers, PARTITIONS, 3, &[("min.insync.replicas", "2")]).await;
     let route = format!(
         "[[route]]\ntopic = \"{}\"\ntable = \"events\"\nkey = \"/id\"\nversion = \"/v\"\n",

@@ -214,26 +214,8 @@ async fn chaos_three_replicas_seeded_faults() {
         &second_route,
     );
     let topic = &topics;
-    // Audit: outside a replay, a stored position may only move forward. A
-    // zombie that commits despite the fence moves it back; the damage to the
-    // table may later heal when someone re-reads, this record does not.
-    kafka_pg_sink::store::migrate(&db.pool).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE offset_regressions (topic text, partition int, old bigint, new bigint); \
-         CREATE FUNCTION audit_offsets() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF NEW.next_offset < OLD.next_offset \
-              AND coalesce(current_setting('kafka_pg_sink.replay', true), '') <> 'on' THEN \
-             INSERT INTO offset_regressions VALUES (NEW.topic, NEW.partition, OLD.next_offset, NEW.next_offset); \
-           END IF; \
-           RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER audit_offsets BEFORE UPDATE ON sink_offsets \
-           FOR EACH ROW EXECUTE FUNCTION audit_offsets();",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    // Outside a replay, a stored position may only move forward.
+    audit_offset_regressions(&db).await;
     let mut model = Model::default();
     let mut replicas: Vec<SinkProcess> = (0..3)
         .map(|_| SinkProcess::start_with(&cfg, free_port(), &[]))

@@ -265,12 +265,7 @@ async fn a_full_tablespace_is_waited_out_until_space_is_added() {
             .collect::<String>()
             .replace(['"', '\\'], "x");
         let payload = format!(r#"{{"id":"{id}","v":1,"blob":"{blob}"}}"#);
-        topic.send(
-            partition_of(&id, topic.partitions),
-            Some(&id),
-            Some(payload.as_bytes()),
-        );
-        log.push((id, payload));
+        send_logged(&topic, &mut log, id, payload);
     }
     topic.flush();
     let named = format!("tablespace {} is full (writing events)", space.name);

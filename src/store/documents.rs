@@ -233,7 +233,6 @@ pub(super) fn stage(route: &Route) -> Stage {
 
 fn upsert_sql(route: &Route, with_same: bool) -> String {
     let t = route.table.quoted();
-    let stored = |col: &str, alias: &str| stored_of(route, col, alias);
     let guard = if route.is_cdc() {
         // A change is identified by its source position: only a newer one
         // applies, even with the same content (it moves the position on).
@@ -244,6 +243,33 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
     } else {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash"
     };
+    let (input, same_hash) = counted_input(route, with_same);
+    let returned = if same_hash.starts_with("NULL") {
+        ""
+    } else {
+        ", key"
+    };
+    let stage = stage(route).name;
+    format!(
+        "WITH u AS (SELECT * FROM {stage}), \
+         input AS ({input}), \
+         applied AS ( \
+           INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \
+           SELECT key, event_hash, payload::jsonb, version, kafka_topic, kafka_partition, kafka_offset FROM input \
+           ON CONFLICT (key) DO UPDATE SET event_hash = EXCLUDED.event_hash, payload = EXCLUDED.payload, \
+             version = EXCLUDED.version, kafka_topic = EXCLUDED.kafka_topic, \
+             kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset \
+           WHERE {guard} \
+           RETURNING (xmax = 0) AS inserted{returned}) \
+         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same_hash} FROM applied"
+    )
+}
+
+/// The upsert's input rows (change events: past their markers) and the
+/// count of its no-ops that are re-sends or duplicates (`NULL` when not
+/// counted).
+fn counted_input(route: &Route, with_same: bool) -> (String, String) {
+    let stored = |col: &str, alias: &str| stored_of(route, col, alias);
     let markers = if route.is_cdc() {
         format!(
             " WHERE {}",
@@ -286,25 +312,7 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
     } else {
         ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
     };
-    let returned = if same_hash.starts_with("NULL") {
-        ""
-    } else {
-        ", key"
-    };
-    let stage = stage(route).name;
-    format!(
-        "WITH u AS (SELECT * FROM {stage}), \
-         input AS ({input}), \
-         applied AS ( \
-           INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \
-           SELECT key, event_hash, payload::jsonb, version, kafka_topic, kafka_partition, kafka_offset FROM input \
-           ON CONFLICT (key) DO UPDATE SET event_hash = EXCLUDED.event_hash, payload = EXCLUDED.payload, \
-             version = EXCLUDED.version, kafka_topic = EXCLUDED.kafka_topic, \
-             kafka_partition = EXCLUDED.kafka_partition, kafka_offset = EXCLUDED.kafka_offset \
-           WHERE {guard} \
-           RETURNING (xmax = 0) AS inserted{returned}) \
-         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), {same_hash} FROM applied"
-    )
+    (input, same_hash)
 }
 
 /// Deletes document rows by key. Change events delete only rows not newer

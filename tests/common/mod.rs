@@ -1070,14 +1070,24 @@ pub fn send_versioned(topic: &TestTopic, log: &mut Vec<(String, String)>, n: u32
     for i in start..start + n {
         let id = format!("k{}", i % keys);
         let payload = format!(r#"{{"id":"{id}","v":{i}}}"#);
-        topic.send(
-            partition_of(&id, topic.partitions),
-            Some(&id),
-            Some(payload.as_bytes()),
-        );
-        log.push((id, payload));
+        send_logged(topic, log, id, payload);
     }
     topic.flush();
+}
+
+/// Sends one event keyed by `id` to its partition and records it in `log`.
+pub fn send_logged(
+    topic: &TestTopic,
+    log: &mut Vec<(String, String)>,
+    id: String,
+    payload: String,
+) {
+    topic.send(
+        partition_of(&id, topic.partitions),
+        Some(&id),
+        Some(payload.as_bytes()),
+    );
+    log.push((id, payload));
 }
 
 /// Asserts the document table `events` equals the versioned model of `log`
@@ -1099,4 +1109,26 @@ pub async fn assert_table_is_model<'a>(
             .filter(|(k, v)| actual.get(*k) != Some(v))
             .count()
     );
+}
+
+/// Applies the sink's migrations, then records in `offset_regressions`
+/// every stored position that moves back outside a replay (a zombie that
+/// commits despite the fence would). The damage to a table may heal when
+/// someone re-reads; this record does not.
+pub async fn audit_offset_regressions(db: &TestDb) {
+    kafka_pg_sink::store::migrate(&db.pool).await.unwrap();
+    db.exec(
+        "CREATE TABLE offset_regressions (topic text, partition int, old bigint, new bigint); \
+         CREATE FUNCTION audit_offsets() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.next_offset < OLD.next_offset \
+              AND coalesce(current_setting('kafka_pg_sink.replay', true), '') <> 'on' THEN \
+             INSERT INTO offset_regressions VALUES (NEW.topic, NEW.partition, OLD.next_offset, NEW.next_offset); \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER audit_offsets BEFORE UPDATE ON sink_offsets \
+           FOR EACH ROW EXECUTE FUNCTION audit_offsets();",
+    )
+    .await;
 }

@@ -331,32 +331,43 @@ message Envelope {
         assert_eq!(shape.key, ["id"]);
     }
 
-    #[test]
-    fn values_read_as_postgres_reads_them() {
-        let (s, m) = envelope();
-        let schema = from_protobuf(&m).unwrap();
-        let row_desc = m.get_field_by_name("after").unwrap();
-        let PKind::Message(row_desc) = row_desc.kind() else {
-            panic!()
-        };
-        let msg = |name: &str, fields: Vec<(&str, P)>| {
-            let d = s.pool().get_message_by_name(name).unwrap();
-            let mut x = DynamicMessage::new(d);
-            for (k, v) in fields {
-                x.set_field_by_name(k, v);
-            }
-            P::Message(x)
-        };
+    /// A message of type `name` in `s`'s pool with `fields` set.
+    fn message(s: &ProtoSchema, name: &str, fields: &[(&str, P)]) -> DynamicMessage {
+        let mut x = DynamicMessage::new(s.pool().get_message_by_name(name).unwrap());
+        for (k, v) in fields {
+            x.set_field_by_name(k, v.clone());
+        }
+        x
+    }
+
+    /// The encoded envelope of a create whose row has these fields set.
+    fn create_event(s: &ProtoSchema, fields: &[(&str, P)]) -> Vec<u8> {
+        let row = message(s, "kpgs.public.orders.Envelope.Value", fields);
+        let env = message(
+            s,
+            "kpgs.public.orders.Envelope",
+            &[
+                ("after", P::Message(row)),
+                ("op", P::String("c".into())),
+                ("ts_ms", P::I64(1)),
+            ],
+        );
+        env.encode_to_vec()
+    }
+
+    /// A row of every kind the converter writes: a decimal, a date, a time,
+    /// a timestamp and Debezium's VariableScaleDecimal.
+    fn typed_row(s: &ProtoSchema) -> Vec<(&'static str, P)> {
+        let sub = |name: &str, fields: &[(&str, P)]| P::Message(message(s, name, fields));
         // -1234.56 at scale 2: unscaled -123456.
         let unscaled = num_bigint::BigInt::from(-123_456).to_signed_bytes_be();
-        let mut row = DynamicMessage::new(row_desc);
-        row.set_field_by_name("id", P::I32(7));
-        for (k, v) in [
+        vec![
+            ("id", P::I32(7)),
             (
                 "amount",
-                msg(
+                sub(
                     "confluent.type.Decimal",
-                    vec![
+                    &[
                         ("value", P::Bytes(unscaled.into())),
                         ("precision", P::U32(12)),
                         ("scale", P::I32(2)),
@@ -365,9 +376,9 @@ message Envelope {
             ),
             (
                 "day",
-                msg(
+                sub(
                     "google.type.Date",
-                    vec![
+                    &[
                         ("year", P::I32(2024)),
                         ("month", P::I32(2)),
                         ("day", P::I32(29)),
@@ -376,9 +387,9 @@ message Envelope {
             ),
             (
                 "at",
-                msg(
+                sub(
                     "google.type.TimeOfDay",
-                    vec![
+                    &[
                         ("hours", P::I32(23)),
                         ("minutes", P::I32(59)),
                         ("seconds", P::I32(58)),
@@ -388,9 +399,9 @@ message Envelope {
             ),
             (
                 "stamp",
-                msg(
+                sub(
                     "google.protobuf.Timestamp",
-                    vec![
+                    &[
                         ("seconds", P::I64(1_700_000_000)),
                         ("nanos", P::I32(5_000_000)),
                     ],
@@ -398,25 +409,25 @@ message Envelope {
             ),
             (
                 "free",
-                msg(
+                sub(
                     "kpgs.public.orders.Envelope.Value.VariableScaleDecimal",
-                    vec![
+                    &[
                         ("scale", P::I32(3)),
                         ("value", P::Bytes(vec![0x30, 0x39].into())),
                     ],
                 ),
             ),
-        ] {
-            row.set_field_by_name(k, v);
-        }
-        let mut env = DynamicMessage::new(m.clone());
-        env.set_field_by_name("after", P::Message(row));
-        env.set_field_by_name("op", P::String("c".into()));
-        env.set_field_by_name("ts_ms", P::I64(1));
-        let decoded = s.decode(&[0], &env.encode_to_vec()).unwrap();
-        let after = convert(decoded, &schema)["after"].clone();
+        ]
+    }
+
+    #[test]
+    fn values_read_as_postgres_reads_them() {
+        let (s, m) = envelope();
+        let schema = from_protobuf(&m).unwrap();
+        let fields = typed_row(&s);
+        let decoded = s.decode(&[0], &create_event(&s, &fields)).unwrap();
         assert_eq!(
-            after,
+            convert(decoded, &schema)["after"],
             json!({
                 "id": 7,
                 "amount": -1234.56,
