@@ -66,6 +66,9 @@ sasl.enabled.mechanisms=SCRAM-SHA-256
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$STATE/data
+# After a SIGKILL (tests/chaos.rs) every partition's log is recovered before
+# the broker listens; thousands of test partitions took over a minute.
+num.recovery.threads.per.data.dir=4
 num.partitions=4
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
@@ -103,12 +106,14 @@ start() {
   nohup java $(java_opts) -cp "$LIB/*" kafka.Kafka "$STATE/server.properties" \
     >>"$STATE/logs/server.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 120); do
+  # Up to 5 minutes: a broker SIGKILLed with a large state dir (a reused
+  # machine keeps /tmp) recovers every log first; it says so in its log.
+  for _ in $(seq 1 600); do
     if port_open "$PORT"; then log "ready (pid $(cat "$PIDFILE"))"; scram_user; return; fi
     if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then tail -50 "$STATE/logs/server.log" >&2; exit 1; fi
     sleep 0.5
   done
-  log "broker did not open $PORT"; tail -50 "$STATE/logs/server.log" >&2; exit 1
+  log "broker did not open $PORT in 300 s"; tail -50 "$STATE/logs/server.log" >&2; exit 1
 }
 
 # The SCRAM credential lives in the cluster metadata: created once per state dir.
