@@ -244,11 +244,9 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
         "t.event_hash IS DISTINCT FROM EXCLUDED.event_hash"
     };
     let (input, same_hash) = counted_input(route, with_same);
-    let returned = if same_hash.starts_with("NULL") {
-        ""
-    } else {
-        ", key"
-    };
+    // The count joins the written keys.
+    let returned = if same_hash.is_some() { ", key" } else { "" };
+    let same_hash = same_hash.unwrap_or_else(|| "NULL::bigint".into());
     let stage = stage(route).name;
     format!(
         "WITH u AS (SELECT * FROM {stage}), \
@@ -266,9 +264,9 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
 }
 
 /// The upsert's input rows (change events: past their markers) and the
-/// count of its no-ops that are re-sends or duplicates (`NULL` when not
+/// count of its no-ops that are re-sends or duplicates (`None`: not
 /// counted).
-fn counted_input(route: &Route, with_same: bool) -> (String, String) {
+fn counted_input(route: &Route, with_same: bool) -> (String, Option<String>) {
     let stored = |col: &str, alias: &str| stored_of(route, col, alias);
     let markers = if route.is_cdc() {
         format!(
@@ -288,31 +286,30 @@ fn counted_input(route: &Route, with_same: bool) -> (String, String) {
               WHERE CASE WHEN a.key IS NULL THEN {test} END)"
         )
     };
-    let (input, same_hash) = if !with_same {
-        (
-            format!("SELECT * FROM u{markers}"),
-            "NULL::bigint".to_string(),
-        )
+    if !with_same {
+        (format!("SELECT * FROM u{markers}"), None)
     } else if route.is_cdc() {
         // A no-op change is a re-send (same position stored) or stale.
         (
             format!("SELECT * FROM u{markers}"),
-            unwritten(
+            Some(unwritten(
                 "input",
                 format!("{} = input.version", stored("version", "input")),
-            ),
+            )),
         )
     } else if route.version.is_some() {
         // A versioned no-op is a duplicate (same hash stored) or stale (older
         // version); the pre-statement snapshot (`cur`) tells which.
         (
             "SELECT * FROM u".to_string(),
-            unwritten("u", format!("{} = u.event_hash", stored("event_hash", "u"))),
+            Some(unwritten(
+                "u",
+                format!("{} = u.event_hash", stored("event_hash", "u")),
+            )),
         )
     } else {
-        ("SELECT * FROM u".to_string(), "NULL::bigint".to_string())
-    };
-    (input, same_hash)
+        ("SELECT * FROM u".to_string(), None)
+    }
 }
 
 /// Deletes document rows by key. Change events delete only rows not newer

@@ -164,9 +164,10 @@ fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool)
     let cols = joined(map.columns.iter(), MappedColumn::quoted);
     let keys = joined(map.key_columns(), MappedColumn::quoted);
     let on_conflict = on_conflict(route, map, dialect);
-    let (same, returned) = match (with_same, map.version) {
-        (true, Some(_)) => (same_count(route, map), format!(", {keys}")),
-        _ => ("NULL::bigint".into(), String::new()),
+    // The count joins the written keys.
+    let (same, returned) = match with_same.then(|| same_count(route, map)).flatten() {
+        Some(same) => (same, format!(", {keys}")),
+        None => ("NULL::bigint".into(), String::new()),
     };
     let input = input_sql(route, map);
     format!(
@@ -241,11 +242,10 @@ fn on_conflict(route: &Route, map: &ColumnMap, dialect: Dialect) -> String {
 }
 
 /// Versioned no-ops are duplicates (same content — or position — stored) or
-/// stale; the pre-statement snapshot (`cur`) tells which.
-fn same_count(route: &Route, map: &ColumnMap) -> String {
-    let Some(v) = map.version.map(|i| map.columns[i].quoted()) else {
-        return "NULL::bigint".into();
-    };
+/// stale; the pre-statement snapshot (`cur`) tells which. `None` without a
+/// version: every no-op is a duplicate.
+fn same_count(route: &Route, map: &ColumnMap) -> Option<String> {
+    let v = map.version.map(|i| map.columns[i].quoted())?;
     let on = joined_by(" AND ", map.key_columns(), |c| {
         format!("cur.{0} = i.{0}", c.quoted())
     });
@@ -260,12 +260,12 @@ fn same_count(route: &Route, map: &ColumnMap) -> String {
     // filter on `i` alone would run for every row, below it). The probe is a
     // scalar subquery: one index lookup per remaining row, never a hash join
     // over the whole table (see `documents::upsert_sql`); the key is unique.
-    format!(
+    Some(format!(
         "(SELECT count(*) FROM input i LEFT JOIN applied a ON {written} \
           WHERE CASE WHEN a.{first} IS NULL \
                      THEN (SELECT {same} FROM {} cur WHERE {on}) END)",
         route.table.quoted()
-    )
+    ))
 }
 
 /// Whether the stored row `cur` holds what input row `i` would write.
