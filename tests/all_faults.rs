@@ -266,14 +266,6 @@ async fn replay_when_reachable(cfg: &SinkConfig) {
     panic!("replay: {last}");
 }
 
-async fn cluster(args: &[&str]) -> String {
-    script_async("kafka-cluster.sh", args).await
-}
-
-async fn pgfo(args: &[&str]) -> String {
-    script_async("pg-failover.sh", args).await
-}
-
 /// SIGKILLs the leader of a seeded partition, waits for new leaders, and
 /// brings the node back.
 async fn kill_a_leader(topic: &str, rng: &mut StdRng) {

@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::capture::{caught_up, source_db, verify, Connector};
+use common::capture::{caught_up, source_db, verify, whole_database_route, Connector};
 use common::tables::{column_types, primary_key, quote, rows_as_text, try_rows_as_text};
 use common::*;
 use rand::rngs::StdRng;
@@ -243,10 +243,7 @@ async fn a_whole_database_replicates_with_one_route() {
 
     let prefix = unique("kpgs_db");
     let connector = start_connector(&source, &prefix);
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\nevolve = \"add_columns\"\n"
-    );
+    let route = whole_database_route(&prefix, "evolve = \"add_columns\"\n");
     // Topics created while running are subscribed within this refresh.
     let cfg = SinkConfig::with_routes(
         &target,

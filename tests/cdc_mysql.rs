@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::capture::{caught_up, verify, Connector};
+use common::capture::{caught_up, verify, whole_database_route, Connector};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -412,10 +412,9 @@ async fn a_mysql_family_database_replicates_by_binlog_position() {
             "column.propagate.source.type=.*",
         ],
     );
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\.{}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\nevolve = \"add_columns\"\n",
-        source.name
+    let route = whole_database_route(
+        &format!("{prefix}\\\\.{}", source.name),
+        "evolve = \"add_columns\"\n",
     );
     let cfg = SinkConfig::with_routes(
         &target,

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::capture::{caught_up, source_db, Connector};
+use common::capture::{caught_up, source_db, whole_database_route, Connector};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -216,10 +216,7 @@ async fn source_transactions_are_never_seen_in_part() {
             "topic.creation.tx.replication.factor=1",
         ],
     );
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\n"
-    );
+    let route = whole_database_route(&prefix, "");
     let refresh = "[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"2000\"";
     let on = SinkConfig::with_routes(
         &whole,

@@ -302,10 +302,6 @@ fn gap_bound() -> Duration {
     Duration::from_millis(cluster_ms + client_ms) + BATCH_MAX_WAIT + Duration::from_secs(3)
 }
 
-async fn cluster(args: &[&str]) -> String {
-    script_async("kafka-cluster.sh", args).await
-}
-
 async fn stored(db: &TestDb, group: &str, topic: &str) -> BTreeMap<i32, i64> {
     db.stored_offsets(group, topic).await
 }

@@ -30,10 +30,6 @@ use sqlx::postgres::PgPoolOptions;
 const PARTITIONS: i32 = 4;
 const T: Duration = Duration::from_secs(120);
 
-async fn pgfo(args: &[&str]) -> String {
-    script_async("pg-failover.sh", args).await
-}
-
 struct Producer {
     topic: TestTopic,
     events: VersionedEvents,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
+use common::capture::whole_database_route;
 use common::connect_protobuf::Transcoded;
 use common::role::{run_expecting_exit, Role};
 use common::tables::{assert_same_rows, column_types, primary_key, quote};
@@ -181,10 +182,7 @@ async fn replicate_recorded_capture(target: TestDb, runner: Runner) -> TestDb {
         t.send(0, r.key.as_deref(), r.value.as_deref().map(str::as_bytes));
     }
     topics.iter().for_each(TestTopic::flush);
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\n"
-    );
+    let route = whole_database_route(&prefix, "");
     let cfg = SinkConfig::with_routes(&target, &route, "");
     let _role = match runner {
         Runner::Owner => None,
@@ -306,19 +304,7 @@ async fn recorded_avro_capture_replicates_into_tables_created_from_its_schemas()
         t.send_bytes(0, framed[0].as_deref(), framed[1].as_deref());
     }
     topics.iter().for_each(TestTopic::flush);
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\nformat = \"avro\"\nkey_format = \"avro\"\n"
-    );
-    let cfg = SinkConfig::with_routes(
-        &target,
-        &route,
-        &format!("[schema_registry]\nurl = \"{registry_url}\"\n"),
-    );
-    let mut sink = SinkProcess::start(&cfg);
-    for t in &topics {
-        wait_caught_up(&target, &cfg.group, t, T).await;
-    }
+    let (_cfg, mut sink) = replicate_from_registry(&target, &prefix, "avro", &topics).await;
     // This recording holds the one table.
     assert_replicas_equal_sources(&source, &target, &RECORDED_TABLES[..1]).await;
     let text = sink.metrics().await.unwrap_or_default();
@@ -379,19 +365,8 @@ async fn replicate_protobuf_capture(run: &str, recorded_prefix: &str) {
         "only rows the converter cannot write are left out: {:?}",
         produced.left_out
     );
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\nformat = \"protobuf\"\nkey_format = \"protobuf\"\n"
-    );
-    let cfg = SinkConfig::with_routes(
-        &target,
-        &route,
-        &format!("[schema_registry]\nurl = \"{registry_url}\"\n"),
-    );
-    let mut sink = SinkProcess::start(&cfg);
-    for t in &produced.topics {
-        wait_caught_up(&target, &cfg.group, t, T).await;
-    }
+    let (_cfg, mut sink) =
+        replicate_from_registry(&target, &prefix, "protobuf", &produced.topics).await;
     let text = sink.metrics().await.unwrap_or_default();
     assert_eq!(
         metric(&text, "kafka_pg_sink_dead_letters_total"),
@@ -603,6 +578,32 @@ fn protobuf_column_type(f: &serde_json::Value) -> String {
     }
 }
 
+/// The whole-database route over `prefix`'s topics with keys and values in
+/// a registry `format`, started and caught up with `topics`. The
+/// configuration holds the sink's log: keep it while the sink runs.
+async fn replicate_from_registry(
+    target: &TestDb,
+    prefix: &str,
+    format: &str,
+    topics: &[TestTopic],
+) -> (SinkConfig, SinkProcess) {
+    let registry_url = std::env::var("REGISTRY_URL").expect("REGISTRY_URL");
+    let route = whole_database_route(
+        prefix,
+        &format!("format = \"{format}\"\nkey_format = \"{format}\"\n"),
+    );
+    let cfg = SinkConfig::with_routes(
+        target,
+        &route,
+        &format!("[schema_registry]\nurl = \"{registry_url}\"\n"),
+    );
+    let sink = SinkProcess::start(&cfg);
+    for t in topics {
+        wait_caught_up(target, &cfg.group, t, T).await;
+    }
+    (cfg, sink)
+}
+
 /// Every recorded table has the source's columns, types (but for
 /// [`expected_type`]), primary key and rows (but for [`UPSTREAM_LOSSY`]).
 async fn assert_replicas_equal_sources(source: &TestDb, target: &TestDb, tables: &[(&str, &str)]) {
@@ -679,10 +680,7 @@ async fn recorded_mysql_capture_keeps_mysql_types() {
         "schemas-on/09-types-propagate-precise.json",
     ];
     let topics = produce_mysql_recording(&files, "mdbprecon", &prefix).await;
-    let route = format!(
-        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
-         envelope = \"debezium\"\ncreate_table = true\n"
-    );
+    let route = whole_database_route(&prefix, "");
     let cfg = SinkConfig::with_routes(&target, &route, "");
     let _sink = SinkProcess::start(&cfg);
     for t in &topics {

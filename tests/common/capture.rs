@@ -24,6 +24,17 @@ pub fn connect_sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The one route that replicates a capture (docs/cdc.md): every topic
+/// under `prefix` (a TOML-escaped regex, `^{prefix}\\..*`) into
+/// `replica.<source table>`, each table created from the events' schemas;
+/// `extra` adds lines (`evolve`, `format`).
+pub fn whole_database_route(prefix: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\ntopic = \"^{prefix}\\\\..*\"\ntable = \"replica.${{source.table}}\"\n\
+         envelope = \"debezium\"\ncreate_table = true\n{extra}"
+    )
+}
+
 /// A fresh database on the CDC source cluster (wal_level = logical),
 /// dropped afterwards.
 pub async fn source_db() -> TestDb {

@@ -974,6 +974,16 @@ pub fn script(name: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// `scripts/kafka-cluster.sh ARGS` (the 3-node cluster of the fault tests).
+pub async fn cluster(args: &[&str]) -> String {
+    script_async("kafka-cluster.sh", args).await
+}
+
+/// `scripts/pg-failover.sh ARGS` (the Postgres primary and standby).
+pub async fn pgfo(args: &[&str]) -> String {
+    script_async("pg-failover.sh", args).await
+}
+
 /// [`script`] off the async runtime's worker threads (the scripts wait for
 /// nodes and proxies for seconds).
 pub async fn script_async(name: &'static str, args: &[&str]) -> String {
