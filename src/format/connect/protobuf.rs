@@ -26,9 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use prost_reflect::{
-    DescriptorPool, FieldDescriptor, Kind as PKind, MessageDescriptor, Value as PValue,
-};
+use prost_reflect::{FieldDescriptor, Kind as PKind, MessageDescriptor, Value as PValue};
 
 use super::value::POINT;
 use super::{primitive, ConnectSchema, Field, Kind};
@@ -195,8 +193,10 @@ fn message_value(
 /// precision and scale and an `int8`/`int16`'s Connect type.
 fn field_meta_params(f: &FieldDescriptor) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let pool: DescriptorPool = f.parent_pool().clone();
-    let Some(ext) = pool.get_extension_by_name("confluent.field_meta") else {
+    let Some(ext) = f
+        .parent_pool()
+        .get_extension_by_name("confluent.field_meta")
+    else {
         return out;
     };
     let options = f.options();
