@@ -278,7 +278,8 @@ pub struct SinkConfig {
     /// Bound on a graceful stop after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// Copy committed offsets to Kafka (informational, for lag tools).
+    /// Copy committed offsets to Kafka (informational, for lag tools; at
+    /// most once a second, the latest per partition).
     #[serde(default = "default_true")]
     pub commit_to_kafka: bool,
     /// Commit lanes: partitions are split into this many disjoint sets, each

@@ -92,6 +92,18 @@ pub fn log_bounds<C: ConsumerContext>(
     tps: &[TopicPartition],
     timeout: Duration,
 ) -> KafkaResult<Vec<(i64, i64)>> {
+    log_bounds_each(consumer, tps, timeout)?
+        .into_iter()
+        .collect()
+}
+
+/// [`log_bounds`] with each partition's own error: one partition the
+/// broker cannot answer for does not hide the others.
+pub fn log_bounds_each<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tps: &[TopicPartition],
+    timeout: Duration,
+) -> KafkaResult<Vec<KafkaResult<(i64, i64)>>> {
     if tps.is_empty() {
         return Ok(Vec::new());
     }
@@ -104,9 +116,10 @@ pub fn log_bounds<C: ConsumerContext>(
         consumer.offsets_for_times(tpl, timeout)
     };
     let (low, high) = (ask(rdkafka::Offset::Beginning)?, ask(rdkafka::Offset::End)?);
-    tps.iter()
+    Ok(tps
+        .iter()
         .map(|tp| Ok((listed(&low, tp)?, listed(&high, tp)?)))
-        .collect()
+        .collect())
 }
 
 /// The offset a ListOffsets answer holds for `tp`, or its error.
@@ -120,13 +133,4 @@ fn listed(answer: &TopicPartitionList, tp: &TopicPartition) -> KafkaResult<i64> 
         rdkafka::Offset::Offset(o) => Ok(o),
         _ => Err(missing()),
     }
-}
-
-/// `(low, high)` watermarks of one partition.
-pub fn watermarks<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    tp: &TopicPartition,
-    timeout: Duration,
-) -> KafkaResult<(i64, i64)> {
-    consumer.fetch_watermarks(&tp.topic, tp.partition, timeout)
 }
