@@ -103,6 +103,9 @@ pub struct Metrics {
     pub skipped: IntCounterVec,
     pub batches: IntCounter,
     pub batch_size: Histogram,
+    /// Partitions per committed batch: the commit's statements do not grow
+    /// with it (one offsets statement for all of them).
+    pub batch_partitions: Histogram,
     pub commit_duration: HistogramVec,
     /// How long the commit in flight has taken so far, once it is slow.
     pub commit_in_flight: Gauge,
@@ -201,6 +204,13 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(format!("{PREFIX}batch_size"), "Messages per committed batch")
                         .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0]),
+                )
+                .expect("valid metric"),
+            ),
+            batch_partitions: f.add(
+                Histogram::with_opts(
+                    HistogramOpts::new(format!("{PREFIX}batch_partitions"), "Partitions per committed batch (their positions move in one statement)")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
                 )
                 .expect("valid metric"),
             ),

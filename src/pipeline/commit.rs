@@ -73,6 +73,7 @@ impl Pipeline {
                 }
                 Ok(Attempt::Done(CommitOutcome::Committed(counts))) => {
                     self.record(batch, &counts, started.elapsed().as_secs_f64());
+                    self.metrics.batch_partitions.observe(expected.len() as f64);
                     self.after_commit(expected);
                     return Ok(());
                 }

@@ -333,6 +333,7 @@ impl BatchWriter {
         // Where a commit's time goes (KAFKA_PG_SINK_LOG=kafka_pg_sink::store=debug).
         tracing::debug!(
             messages = batch.message_count(),
+            partitions = expected.len(),
             fence_ms = fenced_at.as_secs_f64() * 1e3,
             write_ms = (written_at - fenced_at).as_secs_f64() * 1e3,
             commit_ms = (started.elapsed() - written_at).as_secs_f64() * 1e3,
