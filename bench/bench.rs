@@ -7,6 +7,8 @@
 //! * `ceilings.rs` — Postgres and the broker alone (the denominators);
 //! * `in_process.rs` — the write path and the commits in process;
 //! * `sink.rs` — the sink as a process: routes, replay, Avro, replicas;
+//! * `partitions.rs` — a thousand partitions over 100 routes on three
+//!   replicas (`wire_count.rs`: the commit's round trips, from the wire);
 //! * `peers.rs` — the Debezium JDBC sink on the same topic;
 //! * `plain.rs` — a second typed shape (text, bigint, double, nested), both
 //!   systems;
@@ -61,10 +63,12 @@ mod freshness;
 mod in_process;
 mod measure;
 mod pacer;
+mod partitions;
 mod peers;
 mod plain;
 mod report;
 mod sink;
+mod wire_count;
 
 use ceilings::*;
 use in_process::*;
@@ -346,7 +350,7 @@ async fn copy(conn: &mut PgConnection, sql: &str, text: &str) -> anyhow::Result<
 }
 
 /// Whether a phase runs: all, or those listed in BENCH_PHASES
-/// (`ceilings,write_path,commits,document,typed,avro,scaling,naive,plain,citus,freshness,capture`);
+/// (`ceilings,write_path,commits,document,typed,avro,scaling,partitions,naive,plain,citus,freshness,capture`);
 /// the peers run with `BENCH_PEERS=1`.
 fn runs(phase: &str) -> bool {
     match std::env::var("BENCH_PHASES") {
@@ -390,6 +394,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("scaling") {
         scaling(&b, &mut out).await?;
+    }
+    if runs("partitions") {
+        partitions::partitions(&b, &mut out).await?;
     }
     if runs("naive") {
         naive(&b, &mut out).await?;

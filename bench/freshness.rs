@@ -501,7 +501,7 @@ async fn create_topic(b: &Bench, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_topic(b: &Bench, topic: &str) {
+pub(crate) async fn delete_topic(b: &Bench, topic: &str) {
     if std::env::var("BENCH_KEEP_DB").as_deref() == Ok("1") {
         return;
     }

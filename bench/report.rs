@@ -249,6 +249,16 @@ pub(crate) fn ratios(out: &Results) -> Vec<(&'static str, f64, &'static str)> {
             f("sink_events_per_s") / f("naive_events_per_s"),
             ">= 20",
         ),
+        (
+            "partitions_vs_typed",
+            f("partitions_events_per_s") / f("typed_sink_events_per_s"),
+            "(info)",
+        ),
+        (
+            "partitions_round_trips_per_transaction",
+            f("partitions_round_trips_per_transaction"),
+            "(info)",
+        ),
     ];
     // Only when the phase ran (or for the list of keys `medians` reads).
     if out.is_empty() || out.contains_key("freshness_seconds_per_rate") {

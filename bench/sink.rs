@@ -48,8 +48,22 @@ pub(crate) fn start_sink_on(
     route: &str,
     extra: &str,
 ) -> anyhow::Result<SinkRun> {
-    let dir = tempfile::tempdir()?;
     let group = format!("bench-{name}-{}", b.stamp);
+    start_member(b, url, name, &group, route, extra)
+}
+
+/// [`start_sink_on`] as a member of `group` (replicas: one `name` each, for
+/// their logs).
+pub(crate) fn start_member(
+    b: &Bench,
+    url: &str,
+    name: &str,
+    group: &str,
+    route: &str,
+    extra: &str,
+) -> anyhow::Result<SinkRun> {
+    let dir = tempfile::tempdir()?;
+    let group = group.to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
