@@ -73,96 +73,115 @@ pub(crate) async fn partitions(b: &Bench, out: &mut Results) -> anyhow::Result<(
             .await?;
     }
     produce_placed(b, &placed(b, &topics, |o| o.json.clone())).await?;
-    let routes = (0..TOPICS)
-        .map(|i| b.typed_route(&topics[i], &table(i), "json"))
-        .collect::<Vec<_>>()
-        .join("\n[[route]]\n");
     let baseline = baseline_rss(b).await?;
     out.insert("partitions_baseline_rss_mb", json!(baseline));
-
-    let group = format!("bench-partitions-{}", b.stamp);
-    let cpu = CpuMark::now(None);
-    let started = Instant::now();
-    let mut replicas = (0..REPLICAS)
-        .map(|r| start_member(b, &b.url, &format!("partitions{r}"), &group, &routes, ""))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let total = TOPICS * TOPIC_PARTITIONS as usize;
-    await_owners(&replicas, total, REPLICAS).await?;
-    out.insert("partitions_join_s", json!(started.elapsed().as_secs_f64()));
-    b.wait_stored(&group, started, "the partitions phase")
-        .await?;
-    let seconds = started.elapsed().as_secs_f64();
-    out.insert("partitions_events_per_s", json!(b.n as f64 / seconds));
-    record_cpu(out, "partitions", &cpu, None, "event", b.n);
-    record_memory(&replicas, baseline, total, out);
-
-    let scale = Instant::now();
-    replicas.pop().expect("three").stop();
-    await_owners(&replicas, total, REPLICAS - 1).await?;
-    out.insert(
-        "partitions_scale_in_s",
-        json!(scale.elapsed().as_secs_f64()),
-    );
-    let scale = Instant::now();
-    let name = |r: usize| format!("partitions{r}");
-    replicas.push(start_member(
+    let fleet = Fleet {
         b,
-        &b.url,
-        &name(REPLICAS - 1),
-        &group,
-        &routes,
-        "",
-    )?);
-    await_owners(&replicas, total, REPLICAS).await?;
-    out.insert(
-        "partitions_scale_out_s",
-        json!(scale.elapsed().as_secs_f64()),
-    );
-    for r in replicas.drain(..) {
-        r.stop();
-    }
-
-    // The backlog: updates produced while no replica runs.
+        group: format!("bench-partitions-{}", b.stamp),
+        routes: (0..TOPICS)
+            .map(|i| b.typed_route(&topics[i], &table(i), "json"))
+            .collect::<Vec<_>>()
+            .join("\n[[route]]\n"),
+    };
+    fleet.drain_and_rebalance(baseline, out).await?;
     let wave = update_wave(b, &topics);
-    let target = b.stored_sum(&group).await + wave.len() as i64;
-    produce_placed(b, &wave).await?;
-    // The counted replica first, alone until it owns every partition: its
-    // batches then span the backlog's partitions; the others join after.
-    let (port, counts) = wire_count::start(upstream(&b.url)?).await?;
-    let restarted = Instant::now();
-    let url = counted_url(&b.url, port)?;
-    replicas.push(start_member(
-        b,
-        &url,
-        "partitions-counted",
-        &group,
-        &routes,
-        "",
-    )?);
-    await_owners(&replicas, total, 1).await?;
-    for r in 1..REPLICAS {
-        replicas.push(start_member(b, &b.url, &name(r), &group, &routes, "")?);
-    }
-    while b.stored_sum(&group).await < target {
-        anyhow::ensure!(restarted.elapsed() < T, "the restart did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    out.insert(
-        "partitions_restart_catch_up_s",
-        json!(restarted.elapsed().as_secs_f64()),
-    );
-    out.insert("partitions_backlog_events", json!(wave.len()));
-    let counted = replicas[0].metrics().await;
-    record_round_trips(&counted, &counts, out)?;
-    let updated = wave.iter().map(|r| r.key.to_string()).collect();
-    for r in replicas {
-        r.stop();
-    }
-    check_tables(b, &updated).await?;
+    fleet.restart_with_backlog(&wave, out).await?;
+    check_tables(b, &wave.iter().map(|r| r.key.to_string()).collect()).await?;
     for t in &topics {
         delete_topic(b, t).await;
     }
     Ok(())
+}
+
+/// The replicas' group and routes.
+struct Fleet<'a> {
+    b: &'a Bench,
+    group: String,
+    routes: String,
+}
+
+/// Every partition of the phase.
+const TOTAL: usize = TOPICS * TOPIC_PARTITIONS as usize;
+
+impl Fleet<'_> {
+    /// A replica named `name` writing through `url`.
+    fn start(&self, name: &str, url: &str) -> anyhow::Result<SinkRun> {
+        start_member(self.b, url, name, &self.group, &self.routes, "")
+    }
+
+    /// Three replicas drain the topics from their start; then one leaves
+    /// and comes back.
+    async fn drain_and_rebalance(&self, baseline: f64, out: &mut Results) -> anyhow::Result<()> {
+        let b = self.b;
+        let name = |r: usize| format!("partitions{r}");
+        let cpu = CpuMark::now(None);
+        let started = Instant::now();
+        let mut replicas = (0..REPLICAS)
+            .map(|r| self.start(&name(r), &b.url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        await_owners(&replicas, TOTAL, REPLICAS).await?;
+        out.insert("partitions_join_s", json!(started.elapsed().as_secs_f64()));
+        b.wait_stored(&self.group, started, "the partitions phase")
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        out.insert("partitions_events_per_s", json!(b.n as f64 / seconds));
+        record_cpu(out, "partitions", &cpu, None, "event", b.n);
+        record_memory(&replicas, baseline, TOTAL, out);
+
+        let scale = Instant::now();
+        replicas.pop().expect("three").stop();
+        await_owners(&replicas, TOTAL, REPLICAS - 1).await?;
+        out.insert(
+            "partitions_scale_in_s",
+            json!(scale.elapsed().as_secs_f64()),
+        );
+        let scale = Instant::now();
+        replicas.push(self.start(&name(REPLICAS - 1), &b.url)?);
+        await_owners(&replicas, TOTAL, REPLICAS).await?;
+        out.insert(
+            "partitions_scale_out_s",
+            json!(scale.elapsed().as_secs_f64()),
+        );
+        for r in replicas {
+            r.stop();
+        }
+        Ok(())
+    }
+
+    /// `wave` produced while no replica runs, then all restarted. The
+    /// counted replica starts first, alone until it owns every partition:
+    /// its batches then span the backlog's partitions; the others join
+    /// after.
+    async fn restart_with_backlog(
+        &self,
+        wave: &[Placed<'_>],
+        out: &mut Results,
+    ) -> anyhow::Result<()> {
+        let b = self.b;
+        let target = b.stored_sum(&self.group).await + wave.len() as i64;
+        produce_placed(b, wave).await?;
+        let (port, counts) = wire_count::start(upstream(&b.url)?).await?;
+        let restarted = Instant::now();
+        let mut replicas = vec![self.start("partitions-counted", &counted_url(&b.url, port)?)?];
+        await_owners(&replicas, TOTAL, 1).await?;
+        for r in 1..REPLICAS {
+            replicas.push(self.start(&format!("partitions{r}"), &b.url)?);
+        }
+        while b.stored_sum(&self.group).await < target {
+            anyhow::ensure!(restarted.elapsed() < T, "the restart did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out.insert(
+            "partitions_restart_catch_up_s",
+            json!(restarted.elapsed().as_secs_f64()),
+        );
+        out.insert("partitions_backlog_events", json!(wave.len()));
+        record_round_trips(&replicas[0].metrics().await, &counts, out)?;
+        for r in replicas {
+            r.stop();
+        }
+        Ok(())
+    }
 }
 
 /// The first `UPDATES_PER_PARTITION` first versions of every partition,
