@@ -264,25 +264,58 @@ async fn produce(
     topic: &str,
     records: &[(i32, &str, Vec<u8>)],
 ) -> anyhow::Result<()> {
+    create_topics(brokers, &[topic.to_string()], PARTITIONS, &[]).await?;
+    eprintln!("producing to {topic}…");
+    send_all(
+        brokers,
+        records
+            .iter()
+            .map(|(partition, key, payload)| (topic, *partition, *key, payload.as_slice())),
+    )
+}
+
+/// Creates `topics` with `partitions` each and the topic `config`.
+async fn create_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for r in ac.create_topics(&[new], &AdminOptions::new()).await? {
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            config.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                |n, (k, v)| n.set(k, v),
+            )
+        })
+        .collect();
+    for r in ac.create_topics(&new, &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
     }
-    eprintln!("producing to {topic}…");
+    Ok(())
+}
+
+/// Produces (topic, partition, key, payload) records in order, batched
+/// and compressed, waiting while the producer's queue is full.
+fn send_all<'a>(
+    brokers: &str,
+    records: impl Iterator<Item = (&'a str, i32, &'a str, &'a [u8])>,
+) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         .create()?;
-    for (partition, key, payload) in records {
+    for (topic, partition, key, payload) in records {
         let rec = || {
             BaseRecord::to(topic)
-                .partition(*partition)
-                .key(*key)
+                .partition(partition)
+                .key(key)
                 .payload(payload)
         };
         while producer.send(rec()).is_err() {
@@ -291,6 +324,19 @@ async fn produce(
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(())
+}
+
+/// Deletes `topic` (kept with `BENCH_KEEP_DB=1`, like the database).
+async fn delete_topic(b: &Bench, topic: &str) {
+    if std::env::var("BENCH_KEEP_DB").as_deref() == Ok("1") {
+        return;
+    }
+    if let Ok(ac) = ClientConfig::new()
+        .set("bootstrap.servers", &b.brokers)
+        .create::<AdminClient<DefaultClientContext>>()
+    {
+        let _ = ac.delete_topics(&[topic], &AdminOptions::new()).await;
+    }
 }
 
 /// The produced events as the consumer would hand them over (for the

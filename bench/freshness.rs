@@ -235,7 +235,15 @@ impl Target {
     async fn start(b: &Bench, sys: System) -> anyhow::Result<Target> {
         let topic = format!("{}-fresh-{}", b.topic, sys.key());
         let table = format!("fresh_{}", sys.key());
-        create_topic(b, &topic).await?;
+        // The broker stamps each record as it appends it: `appended_at`
+        // splits the age into production and consumption.
+        create_topics(
+            &b.brokers,
+            std::slice::from_ref(&topic),
+            PARTITIONS,
+            &[("message.timestamp.type", "LogAppendTime")],
+        )
+        .await?;
         let mut t = Target {
             sys,
             pacer: Pacer::new(b, &topic)?,
@@ -485,32 +493,6 @@ async fn latencies(
 
 fn secs_of(out: &Results) -> f64 {
     f(out, "freshness_seconds_per_rate")
-}
-
-async fn create_topic(b: &Bench, topic: &str) -> anyhow::Result<()> {
-    let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .create()?;
-    // The broker stamps each record as it appends it: `appended_at` splits
-    // the age into production and consumption.
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))
-        .set("message.timestamp.type", "LogAppendTime");
-    for r in ac.create_topics(&[new], &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-pub(crate) async fn delete_topic(b: &Bench, topic: &str) {
-    if std::env::var("BENCH_KEEP_DB").as_deref() == Ok("1") {
-        return;
-    }
-    if let Ok(ac) = ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .create::<AdminClient<DefaultClientContext>>()
-    {
-        let _ = ac.delete_topics(&[topic], &AdminOptions::new()).await;
-    }
 }
 
 async fn delete_group(b: &Bench, group: &str) {

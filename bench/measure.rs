@@ -107,16 +107,22 @@ pub(crate) fn record_cpu(
     }
 }
 
+/// A process's peak resident memory (MB) and CPU seconds so far.
 pub(crate) fn proc_stats(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let cpu = cpu_times(&stat).map_or(0.0, |(_, [utime, stime, ..])| utime + stime);
-    (hwm_kb / 1024.0, cpu)
+    (memory_mb(pid, "VmHWM:"), cpu)
+}
+
+/// One memory line of `/proc/<pid>/status` (`VmHWM:` peak, `VmRSS:` now),
+/// in MB; 0 when unreadable.
+pub(crate) fn memory_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// A `/proc/<pid>/stat` line's text up to its command name's `(name`, and

@@ -34,7 +34,6 @@
 //! Every table is then checked against the model: its distinct keys, and
 //! their final versions (version 3 for the updated keys).
 
-use crate::freshness::delete_topic;
 use crate::net::partition_of;
 use crate::wire_count::WireCounts;
 use crate::*;
@@ -67,12 +66,12 @@ pub(crate) async fn partitions(b: &Bench, out: &mut Results) -> anyhow::Result<(
         .map(|i| format!("{}-p{i:03}", b.topic))
         .collect();
     eprintln!("partitions: {TOPICS} topics × {TOPIC_PARTITIONS} partitions, {REPLICAS} replicas…");
-    create_topics(b, &topics, TOPIC_PARTITIONS).await?;
+    create_topics(&b.brokers, &topics, TOPIC_PARTITIONS, &[]).await?;
     for i in 0..TOPICS {
         b.exec(&format!("CREATE TABLE {} {}", table(i), data::TYPED_DDL))
             .await?;
     }
-    produce_placed(b, &placed(b, &topics, |o| o.json.clone())).await?;
+    produce_placed(b, &placed(b, &topics, |o| o.json.clone()))?;
     let baseline = baseline_rss(b).await?;
     out.insert("partitions_baseline_rss_mb", json!(baseline));
     let fleet = Fleet {
@@ -159,7 +158,7 @@ impl Fleet<'_> {
     ) -> anyhow::Result<()> {
         let b = self.b;
         let target = b.stored_sum(&self.group).await + wave.len() as i64;
-        produce_placed(b, wave).await?;
+        produce_placed(b, wave)?;
         let (port, counts) = wire_count::start(upstream(&b.url)?).await?;
         let restarted = Instant::now();
         let mut replicas = vec![self.start("partitions-counted", &counted_url(&b.url, port)?)?];
@@ -276,7 +275,7 @@ async fn await_owners(replicas: &[SinkRun], total: usize, holders: usize) -> any
 /// Resident memory of one idle sink holding one empty partition.
 async fn baseline_rss(b: &Bench) -> anyhow::Result<f64> {
     let topic = format!("{}-p-baseline", b.topic);
-    create_topics(b, std::slice::from_ref(&topic), 1).await?;
+    create_topics(&b.brokers, std::slice::from_ref(&topic), 1, &[]).await?;
     b.exec(&format!("CREATE TABLE pt_baseline {}", data::TYPED_DDL))
         .await?;
     let run = start_sink(
@@ -288,28 +287,21 @@ async fn baseline_rss(b: &Bench) -> anyhow::Result<f64> {
     await_owners(std::slice::from_ref(&run), 1, 1).await?;
     // Its positions read, its pool open: what it holds at rest.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss = resident_mb(run.child.id());
+    let rss = memory_mb(run.child.id(), "VmRSS:");
     run.stop();
     delete_topic(b, &topic).await;
     Ok(rss)
 }
 
-/// Current resident memory (VmRSS) in MB.
-fn resident_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn record_memory(replicas: &[SinkRun], baseline: f64, total: usize, out: &mut Results) {
     let peaks: Vec<f64> = replicas
         .iter()
-        .map(|r| proc_stats(r.child.id()).0)
+        .map(|r| memory_mb(r.child.id(), "VmHWM:"))
         .collect();
-    let resident: Vec<f64> = replicas.iter().map(|r| resident_mb(r.child.id())).collect();
+    let resident: Vec<f64> = replicas
+        .iter()
+        .map(|r| memory_mb(r.child.id(), "VmRSS:"))
+        .collect();
     let mean = resident.iter().sum::<f64>() / resident.len() as f64;
     out.insert("partitions_peak_rss_mb", json!(peaks));
     out.insert("partitions_rss_mb", json!(resident));
@@ -372,20 +364,6 @@ fn counted_url(url: &str, port: u16) -> anyhow::Result<String> {
     Ok(u.to_string())
 }
 
-async fn create_topics(b: &Bench, topics: &[String], partitions: i32) -> anyhow::Result<()> {
-    let ac: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .create()?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in ac.create_topics(&new, &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// An event on its way to the topic and partition of its key.
 struct Placed<'a> {
     /// Index into the phase's topics.
@@ -414,23 +392,11 @@ fn placed<'a>(b: &'a Bench, topics: &'a [String], json: fn(&Order) -> String) ->
 }
 
 /// Produces the events, in order.
-async fn produce_placed(b: &Bench, records: &[Placed<'_>]) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()?;
-    for r in records {
-        let rec = || {
-            BaseRecord::to(r.name)
-                .partition(r.partition)
-                .key(r.key)
-                .payload(r.payload.as_str())
-        };
-        while producer.send(rec()).is_err() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    producer.flush(Duration::from_secs(300))?;
-    Ok(())
+fn produce_placed(b: &Bench, records: &[Placed<'_>]) -> anyhow::Result<()> {
+    send_all(
+        &b.brokers,
+        records
+            .iter()
+            .map(|r| (r.name, r.partition, r.key, r.payload.as_bytes())),
+    )
 }
