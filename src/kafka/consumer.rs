@@ -237,7 +237,7 @@ impl Poller {
                 }
             }
         }
-        if (copied || idle) && !self.to_kafka.is_empty() {
+        if copied || idle {
             self.copy_to_kafka(false);
         }
         for (tp, off) in std::mem::take(&mut self.pending_seeks) {

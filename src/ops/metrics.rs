@@ -172,6 +172,11 @@ impl Families {
         self.add(GaugeVec::new(opts, labels).expect("valid metric"))
     }
 
+    fn histogram(&mut self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(format!("{PREFIX}{name}"), help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+
     fn histogram_vec(
         &mut self,
         name: &str,
@@ -200,20 +205,8 @@ impl Metrics {
             dead_letters: f.counter_vec("dead_letters_total", "Poison messages written to sink_dead_letters", &["reason"]),
             skipped: f.counter_vec("messages_skipped_total", "Messages with no effect that are not duplicates", &["reason"]),
             batches: f.counter("batches_total", "Batches committed"),
-            batch_size: f.add(
-                Histogram::with_opts(
-                    HistogramOpts::new(format!("{PREFIX}batch_size"), "Messages per committed batch")
-                        .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0]),
-                )
-                .expect("valid metric"),
-            ),
-            batch_partitions: f.add(
-                Histogram::with_opts(
-                    HistogramOpts::new(format!("{PREFIX}batch_partitions"), "Partitions per committed batch (their positions move in one statement)")
-                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-                )
-                .expect("valid metric"),
-            ),
+            batch_size: f.histogram("batch_size", "Messages per committed batch", &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0]),
+            batch_partitions: f.histogram("batch_partitions", "Partitions per committed batch (their positions move in one statement)", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             commit_duration: f.histogram_vec(
                 "commit_duration_seconds",
                 "Duration of the batch transaction",
