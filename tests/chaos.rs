@@ -324,6 +324,14 @@ async fn chaos_three_replicas_seeded_faults() {
                 replay_to_earliest(&cfg);
             }
             Fault::LockTable => {
+                // Drawn first, it can come before any replica has created
+                // the table (seed 11782557744801345956).
+                wait_until(Duration::from_secs(60), "the table to lock", || async {
+                    db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'events'")
+                        .await
+                        == 1
+                })
+                .await;
                 let mut tx = db.pool.begin().await.unwrap();
                 sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
                     .execute(&mut *tx)
