@@ -97,7 +97,7 @@ pub async fn run_with(
     let specs: Vec<RouteSpec> = selected.iter().map(|r| r.spec.clone()).collect();
     let (pool, routes, schemas) = setup_with_schemas(&cfg, &specs).await?;
     check_rights(&pool, &routes).await?;
-    let guard = mapping_guard(&pool, &cfg.kafka.group_id, &selected).await?;
+    let guard = mapping_guard(&pool, &selected).await?;
     let assignment = Assignment::default();
     let http_task = serve_http(&cfg, &metrics, &pool, &assignment, &cancel).await?;
     // Whole source transactions need every partition in one process: the
@@ -186,11 +186,7 @@ async fn lost(watch: Option<tokio::task::JoinHandle<bool>>) -> bool {
 }
 
 /// The mapping each route's table must be written with (store/mappings.rs).
-async fn mapping_guard(
-    pool: &PgPool,
-    group: &str,
-    selected: &[SelectedRoute],
-) -> anyhow::Result<MappingGuard> {
+async fn mapping_guard(pool: &PgPool, selected: &[SelectedRoute]) -> anyhow::Result<MappingGuard> {
     let mut conn = pool.acquire().await?;
     let mut tables = Vec::with_capacity(selected.len());
     // A templated route's tables are promoted one by one, if ever; the
@@ -201,7 +197,7 @@ async fn mapping_guard(
             .with_context(|| format!("table {} disappeared", r.spec.table))?;
         tables.push((t.quoted(), r.fingerprint.clone()));
     }
-    Ok(MappingGuard::new(group, tables))
+    Ok(MappingGuard::new(tables))
 }
 
 async fn serve_http(

@@ -645,10 +645,7 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
     };
     let mut shadow_routes = live.routes().all().to_vec();
     shadow_routes[0].table = table("events_v2");
-    let live = live.with_guard(MappingGuard::new(
-        "g",
-        vec![(table("events").quoted(), old)],
-    ));
+    let live = live.with_guard(MappingGuard::new(vec![(table("events").quoted(), old)]));
     let first = prepare(live.routes().all(), msgs(0, 6));
     assert!(matches!(
         commit(&live, &first, &orders_position(None, 5)).await,
@@ -665,10 +662,7 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
         shadow_routes,
         OnError::DeadLetter,
     )
-    .with_guard(MappingGuard::new(
-        &spec.rebuild_group,
-        vec![(table("events_v2").quoted(), new)],
-    ));
+    .with_guard(MappingGuard::new(vec![(table("events_v2").quoted(), new)]));
     assert!(matches!(
         commit(&rebuild, &first, &orders_position(None, 5)).await,
         CommitOutcome::Committed(_)
@@ -701,4 +695,83 @@ async fn a_batch_prepared_with_the_old_mapping_is_refused_after_promote() {
         0
     );
     assert_eq!(db.count("SELECT count(*) FROM events_retired").await, 3);
+}
+
+/// The same race with the promote still open while the batch commits: the
+/// fence waits for the promote's row locks, and the mapping check after it
+/// must see what the promote committed meanwhile — a check that read the
+/// fence's snapshot would let the batch into the promoted table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waiting_on_a_promote_sees_the_mapping_it_committed() {
+    let db = TestDb::new().await;
+    let live = db
+        .writer_for("topic = \"orders\"\ntable = \"events\"\nkey = \"/id\"")
+        .await;
+    let events = TableName {
+        schema: Some("public".into()),
+        name: "events".into(),
+    }
+    .quoted();
+    let live = live.with_guard(MappingGuard::new(vec![(
+        events.clone(),
+        Fingerprint("old".into()),
+    )]));
+    sqlx::query("INSERT INTO sink_route_mappings (consumer_group, table_name, fingerprint) VALUES ('g', $1, 'old')")
+        .bind(&events)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let first = prepare(live.routes().all(), msgs(0, 6));
+    assert!(matches!(
+        commit(&live, &first, &orders_position(None, 5)).await,
+        CommitOutcome::Committed(_)
+    ));
+
+    // What `promote` does first: lock the group's positions, then change
+    // the mapping (positions left where the live sink expects them).
+    let mut promote = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT * FROM sink_offsets WHERE consumer_group = 'g' FOR UPDATE")
+        .execute(&mut *promote)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sink_route_mappings SET fingerprint = 'new' WHERE consumer_group = 'g'")
+        .execute(&mut *promote)
+        .await
+        .unwrap();
+    let held = prepare(live.routes().all(), msgs(6, 3));
+    let pending = tokio::spawn(async move {
+        let outcome = live.commit(&held, &orders_position(Some(6), 8)).await;
+        (live, outcome)
+    });
+    let pool = db.pool.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the fence waits for the promote",
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%sink_fence%'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    promote.commit().await.unwrap();
+    let (_live, outcome) = pending.await.unwrap();
+    match outcome {
+        Err(StoreError::MappingReplaced(t)) => assert_eq!(t, [events]),
+        other => panic!("a batch of the old mapping was not refused: {other:?}"),
+    }
+    assert_eq!(db.stored_offsets("g", "orders").await[&0], 6);
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE payload->>'o' = '6'")
+            .await,
+        0
+    );
 }

@@ -204,6 +204,8 @@ impl Pipeline {
             let r = c.await.expect("committer does not panic");
             committed = committed.and(r);
         }
+        // The caller closes the pool, which waits for every connection.
+        this.writer.release_connections();
         result.and(committed)
     }
 

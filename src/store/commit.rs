@@ -4,7 +4,8 @@
 //! ```text
 //! BEGIN
 //!   fence: compare-and-set next_offset of every partition in the batch
-//!          (0 rows for any partition => ROLLBACK, report Fenced)
+//!          (0 rows for any partition => ROLLBACK, report Fenced), then the
+//!          mapping check — one call of `sink_fence`, one round trip
 //!   per route: delete re-inserted tombstoned keys,
 //!              upsert previous states of keys that changed in the batch,
 //!              upsert final states (no-op when the content is unchanged),
@@ -28,6 +29,7 @@ use sqlx::{PgConnection, PgPool};
 use super::dead_letters::insert_dead_letters;
 use super::dialect::Dialect;
 use super::fence::fence;
+use super::kept::KeptConnections;
 use super::mappings::MappingGuard;
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
@@ -60,10 +62,12 @@ pub struct BatchWriter {
     /// Per write slot; replaced by a longer copy when instances are added
     /// (a commit holding the old one loses at most one hint).
     duplicate_heavy: RwLock<Arc<Vec<AtomicBool>>>,
-    /// The route mappings this writer runs, checked after the fence
+    /// The route mappings this writer runs, checked by the fence
     /// (`store/mappings.rs`: a promote fences writers of the old mapping).
     guard: MappingGuard,
     dialect: Dialect,
+    /// Connections of recent commits, reused without the pool's pings.
+    kept: KeptConnections,
     /// Foreign keys checked at commit (`SET CONSTRAINTS ALL DEFERRED`):
     /// whole source transactions arrive in table order, not statement order.
     deferred: bool,
@@ -129,6 +133,7 @@ impl BatchWriter {
             on_error,
             duplicate_heavy,
             guard: MappingGuard::default(),
+            kept: KeptConnections::default(),
             dialect: Dialect::Postgres,
             deferred: false,
         }
@@ -188,6 +193,11 @@ impl BatchWriter {
 
     fn heavy_flags(&self) -> Arc<Vec<AtomicBool>> {
         self.duplicate_heavy.read().expect("heavy lock").clone()
+    }
+
+    /// Hands the connections kept between commits back to the pool.
+    pub fn release_connections(&self) {
+        self.kept.release();
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -258,20 +268,32 @@ impl BatchWriter {
         if self.deferred {
             begin.push_str("SET CONSTRAINTS ALL DEFERRED;");
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.kept.acquire(&self.pool).await?;
         // When a statement after the `BEGIN` fails (a read-only database
         // refuses `CREATE TEMP TABLE`), the connection is left inside an
         // aborted transaction sqlx does not know it opened: rolled back here,
         // it goes back to the pool clean instead of failing every later
         // batch with "current transaction is aborted".
-        let failed = match sqlx::Connection::begin_with(&mut *conn, begin).await {
+        let ended = match sqlx::Connection::begin_with(&mut *conn, begin).await {
             Ok(tx) => {
                 let at = Begun {
                     started,
                     isolation,
                     set,
                 };
-                return self.commit_in(tx, fresh, batch, expected, at).await;
+                Ok(self.commit_in(tx, fresh, batch, expected, at).await)
+            }
+            Err(e) => Err(e),
+        };
+        let failed = match ended {
+            Ok(outcome) => {
+                // A transaction that ended cleanly leaves the connection
+                // fit for the next batch; after an error it goes back to
+                // the pool, which tests it.
+                if outcome.is_ok() {
+                    self.kept.keep(conn);
+                }
+                return outcome;
             }
             Err(e) => e,
         };
@@ -294,15 +316,21 @@ impl BatchWriter {
     ) -> Result<Option<CommitOutcome>, StoreError> {
         let routes = set.all();
         let heavy = self.heavy_flags();
-        let fenced = fence(&mut tx, &self.group, expected, &batch.last_events).await?;
-        if !fenced.is_empty() {
+        let fenced = fence(
+            &mut tx,
+            &self.group,
+            expected,
+            &batch.last_events,
+            &self.guard,
+        )
+        .await?;
+        if !fenced.lost.is_empty() {
             tx.rollback().await?;
-            return Ok(Some(CommitOutcome::Fenced(fenced)));
+            return Ok(Some(CommitOutcome::Fenced(fenced.lost)));
         }
-        let replaced = self.guard.check(&mut tx).await?;
-        if !replaced.is_empty() {
+        if !fenced.replaced.is_empty() {
             tx.rollback().await?;
-            return Err(StoreError::MappingReplaced(replaced));
+            return Err(StoreError::MappingReplaced(fenced.replaced));
         }
         let fenced_at = started.elapsed();
         let mut written = Written::default();

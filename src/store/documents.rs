@@ -53,31 +53,7 @@ pub(super) async fn upsert(
                 &encoded
             }
         };
-        stage(route).fill(conn, fresh, data).await?;
-        // On Citus the same-content count cannot read the table inside the
-        // upsert (it would see the rows the upsert wrote): it runs first.
-        let separate = dialect.is_citus() && route.version.is_some();
-        let same = if separate {
-            let sql = same_count_sql(route);
-            let mut q = sqlx::query_scalar::<_, i64>(&sql);
-            if route.is_cdc() {
-                q = q.bind(route.table.quoted());
-            }
-            let keys: Vec<&str> = kept.iter().map(|r| r.key.0.as_str()).collect();
-            Some(q.bind(keys).fetch_one(&mut *conn).await?)
-        } else {
-            None
-        };
-        let sql = upsert_sql(route, !separate);
-        let mut query = sqlx::query(&sql);
-        if route.is_cdc() {
-            query = query.bind(route.table.quoted());
-        }
-        let row = query.fetch_one(&mut *conn).await?;
-        counts = match same {
-            Some(same) => TableCounts::of_upsert_with(kept.len(), &row, Some(same)),
-            None => TableCounts::of_upsert(kept.len(), &row),
-        };
+        counts = upsert_kept(conn, fresh, route, &kept, data, dialect).await?;
     }
     counts.duplicate_in_table += (rows.len() - kept.len()) as u64 - stale;
     counts.stale_in_table += stale;
@@ -93,6 +69,47 @@ pub(super) async fn upsert(
     let no_ops = counts.duplicate_in_table + counts.stale_in_table;
     duplicate_heavy.store(no_ops * 5 >= rows.len() as u64, Ordering::Relaxed);
     Ok(counts)
+}
+
+/// Stages the rows `upsert` kept (`data`, their COPY text) and upserts
+/// them, counting the outcomes.
+async fn upsert_kept(
+    conn: &mut PgConnection,
+    fresh: &mut Fresh,
+    route: &Route,
+    kept: &[&RowUpsert],
+    data: &[u8],
+    dialect: Dialect,
+) -> Result<TableCounts, sqlx::Error> {
+    let loaded = stage(route)
+        .load(conn, fresh, data, !dialect.is_citus())
+        .await?;
+    // After the change events' target (`$1`), if any.
+    let from = loaded.source_sql(usize::from(route.is_cdc()) + 1);
+    // On Citus the same-content count cannot read the table inside the
+    // upsert (it would see the rows the upsert wrote): it runs first.
+    let separate = dialect.is_citus() && route.version.is_some();
+    let same = if separate {
+        let sql = same_count_sql(route);
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        if route.is_cdc() {
+            q = q.bind(route.table.quoted());
+        }
+        let keys: Vec<&str> = kept.iter().map(|r| r.key.0.as_str()).collect();
+        Some(q.bind(keys).fetch_one(&mut *conn).await?)
+    } else {
+        None
+    };
+    let sql = upsert_sql(route, !separate, &from);
+    let mut query = sqlx::query(&sql);
+    if route.is_cdc() {
+        query = query.bind(route.table.quoted());
+    }
+    let row = loaded.bind(query).fetch_one(&mut *conn).await?;
+    Ok(match same {
+        Some(same) => TableCounts::of_upsert_with(kept.len(), &row, Some(same)),
+        None => TableCounts::of_upsert(kept.len(), &row),
+    })
 }
 
 /// The rows the upsert would change, in order, and the number of stale ones
@@ -231,7 +248,9 @@ pub(super) fn stage(route: &Route) -> Stage {
     ))
 }
 
-fn upsert_sql(route: &Route, with_same: bool) -> String {
+/// The upsert of the staged rows (`from`: the stage's FROM item,
+/// `Loaded::source_sql`).
+fn upsert_sql(route: &Route, with_same: bool, from: &str) -> String {
     let t = route.table.quoted();
     let guard = if route.is_cdc() {
         // A change is identified by its source position: only a newer one
@@ -247,9 +266,8 @@ fn upsert_sql(route: &Route, with_same: bool) -> String {
     // The count joins the written keys.
     let returned = if same_hash.is_some() { ", key" } else { "" };
     let same_hash = same_hash.unwrap_or_else(|| "NULL::bigint".into());
-    let stage = stage(route).name;
     format!(
-        "WITH u AS (SELECT * FROM {stage}), \
+        "WITH u AS (SELECT * FROM {from}), \
          input AS ({input}), \
          applied AS ( \
            INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \

@@ -3,109 +3,81 @@
 //! committer overtaken by a replay writes nothing. And after an error whose
 //! outcome is unknown, the stored positions tell whether the commit went
 //! through — never a guess.
+//!
+//! The mapping check (`store/mappings.rs`) runs in the same round trip.
+
+use std::collections::HashSet;
 
 use sqlx::{PgConnection, PgPool, Row};
 
+use super::mappings::MappingGuard;
 use crate::types::{Expected, LastEvents, TopicPartition};
 
-/// The fence: compare-and-set on every partition, recording the timestamp
-/// of each partition's last event (`last_event_at`). Returns the partitions
-/// whose stored position is not what this consumer expected (empty = we own
-/// them).
+/// What the fence found: partitions someone else moved, or tables whose
+/// mapping a promote replaced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Fenced {
+    /// Partitions whose stored position is not what this consumer expected
+    /// (empty = we own them all).
+    pub lost: Vec<TopicPartition>,
+    /// Tables whose stored mapping differs from the one this writer runs
+    /// (checked only when no partition was lost).
+    pub replaced: Vec<String>,
+}
+
+/// The fence and the mapping check in one round trip (`sink_fence`, in
+/// migrations/20261207000001_fence_function.sql): compare-and-set on every
+/// partition, recording the timestamp of each partition's last event
+/// (`last_event_at`); then, in a statement with a new snapshot, the
+/// mappings of `guard`'s tables.
 pub(super) async fn fence(
     conn: &mut PgConnection,
     group: &str,
     expected: &[Expected],
     last: &LastEvents,
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
+    guard: &MappingGuard,
+) -> Result<Fenced, sqlx::Error> {
     // Sorted so concurrent committers lock offset rows in the same order.
     let mut exp: Vec<&Expected> = expected.iter().collect();
     exp.sort_by(|a, b| a.tp.cmp(&b.tp));
-    let (existing, new): (Vec<&Expected>, Vec<&Expected>) =
-        exp.into_iter().partition(|e| e.expected.is_some());
-    let mut won = advance_existing(conn, group, &existing, last).await?;
-    won.extend(insert_first(conn, group, &new, last).await?);
-    Ok(expected
-        .iter()
-        .filter(|e| !won.contains(&e.tp))
-        .map(|e| e.tp.clone())
-        .collect())
-}
-
-fn topic_partition(r: &sqlx::postgres::PgRow) -> TopicPartition {
-    TopicPartition::new(r.get::<String, _>(0), r.get::<i32, _>(1))
-}
-
-/// Moves stored positions that are exactly where this consumer expects them.
-async fn advance_existing(
-    conn: &mut PgConnection,
-    group: &str,
-    existing: &[&Expected],
-    last: &LastEvents,
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    if existing.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "UPDATE sink_offsets o SET next_offset = u.new_next, updated_at = now(), \
-           last_event_at = coalesce(to_timestamp(u.last_ms / 1000.0), o.last_event_at) \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::int8[]) \
-              AS u(topic, partition, expected, new_next, last_ms) \
-         WHERE o.consumer_group = $1 AND o.topic = u.topic \
-           AND o.partition = u.partition AND o.next_offset = u.expected \
-         RETURNING o.topic, o.partition",
+    let (tables, fingerprints) = guard.columns();
+    let row = sqlx::query(
+        "SELECT moved_topics, moved_partitions, replaced_tables \
+         FROM sink_fence($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(group)
+    .bind(exp.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
+    .bind(exp.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
     .bind(
-        existing
-            .iter()
-            .map(|e| e.tp.topic.as_ref())
+        exp.iter()
+            .map(|e| e.expected.map(|o| o.0))
             .collect::<Vec<_>>(),
     )
-    .bind(existing.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
+    .bind(exp.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
     .bind(
-        existing
-            .iter()
-            .map(|e| e.expected.map_or(-1, |o| o.0))
+        exp.iter()
+            .map(|e| last.get(&e.tp).copied())
             .collect::<Vec<_>>(),
     )
-    .bind(existing.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
-    .bind(last_of(existing, last))
-    .fetch_all(&mut *conn)
+    .bind(tables)
+    .bind(fingerprints)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(rows.iter().map(topic_partition).collect())
-}
-
-fn last_of(rows: &[&Expected], last: &LastEvents) -> Vec<Option<i64>> {
-    rows.iter().map(|e| last.get(&e.tp).copied()).collect()
-}
-
-/// First batch of a partition: the row must not exist yet.
-async fn insert_first(
-    conn: &mut PgConnection,
-    group: &str,
-    new: &[&Expected],
-    last: &LastEvents,
-) -> Result<Vec<TopicPartition>, sqlx::Error> {
-    if new.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, last_event_at) \
-         SELECT $1, u.topic, u.partition, u.new_next, to_timestamp(u.last_ms / 1000.0) \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[]) \
-              AS u(topic, partition, new_next, last_ms) \
-         ON CONFLICT (consumer_group, topic, partition) DO NOTHING \
-         RETURNING topic, partition",
-    )
-    .bind(group)
-    .bind(new.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
-    .bind(new.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
-    .bind(new.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
-    .bind(last_of(new, last))
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().map(topic_partition).collect())
+    let topics: Vec<String> = row.get(0);
+    let partitions: Vec<i32> = row.get(1);
+    let won: HashSet<TopicPartition> = topics
+        .into_iter()
+        .zip(partitions)
+        .map(|(t, p)| TopicPartition::new(t, p))
+        .collect();
+    Ok(Fenced {
+        lost: expected
+            .iter()
+            .filter(|e| !won.contains(&e.tp))
+            .map(|e| e.tp.clone())
+            .collect(),
+        replaced: row.get(2),
+    })
 }
 
 /// After an error whose outcome is unknown (e.g. the connection dropped during

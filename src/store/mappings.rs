@@ -6,12 +6,13 @@
 //! still running the old mapping must not write one more row into the new
 //! table — not even a batch it prepared before the swap whose positions
 //! happen to match the promoted ones, which the offset fence alone would let
-//! through. So [`MappingGuard::check`] runs right after the fence: the fence
-//! holds the partitions' `sink_offsets` rows, and `promote` locks those same
-//! rows before it changes anything, so either this commit finishes before the
-//! promote starts (and wrote the old table under the old positions), or the
-//! promote committed first and this check, a new statement with a new
-//! snapshot, sees its fingerprint and refuses the batch.
+//! through. So the fence checks the mappings right after it moved the
+//! positions (`sink_fence`, one round trip): the fence holds the partitions'
+//! `sink_offsets` rows, and `promote` locks those same rows before it changes
+//! anything, so either this commit finishes before the promote starts (and
+//! wrote the old table under the old positions), or the promote committed
+//! first and the check, a statement of the function with a new snapshot,
+//! sees its fingerprint and refuses the batch.
 
 use std::collections::HashMap;
 
@@ -50,48 +51,24 @@ pub async fn canonical_table(
 }
 
 /// The mappings a writer runs: per table it writes (canonical name), the
-/// fingerprint of its route. Empty: no check (direct-store tests, tools).
+/// fingerprint of its route, checked by the fence (`store/fence.rs`) against
+/// the writer's group. Empty: no check (direct-store tests, tools).
 #[derive(Clone, Debug, Default)]
 pub struct MappingGuard {
-    group: String,
     tables: Vec<(String, Fingerprint)>,
 }
 
 impl MappingGuard {
-    pub fn new(group: &str, tables: Vec<(String, Fingerprint)>) -> Self {
-        Self {
-            group: group.to_string(),
-            tables,
-        }
+    pub fn new(tables: Vec<(String, Fingerprint)>) -> Self {
+        Self { tables }
     }
 
-    /// Tables whose stored mapping for this group differs from the one this
-    /// writer runs (empty: the writer may commit).
-    pub async fn check(&self, conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
-        if self.tables.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar(
-            "SELECT m.table_name FROM sink_route_mappings m \
-             JOIN UNNEST($2::text[], $3::text[]) AS u(table_name, fingerprint) \
-               ON u.table_name = m.table_name \
-             WHERE m.consumer_group = $1 AND m.fingerprint <> u.fingerprint",
-        )
-        .bind(&self.group)
-        .bind(
-            self.tables
-                .iter()
-                .map(|(t, _)| t.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            self.tables
-                .iter()
-                .map(|(_, f)| f.0.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *conn)
-        .await
+    /// The tables and their fingerprints, as two parallel arrays to bind.
+    pub(super) fn columns(&self) -> (Vec<&str>, Vec<&str>) {
+        self.tables
+            .iter()
+            .map(|(t, f)| (t.as_str(), f.0.as_str()))
+            .unzip()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod derived;
 pub mod dialect;
 mod documents;
 pub mod fence;
+mod kept;
 pub mod mappings;
 pub mod migrations;
 pub mod offsets;

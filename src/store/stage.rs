@@ -5,6 +5,13 @@
 //! rows (each field goes through its column type's input function), and the
 //! upsert plans over a real relation.
 //!
+//! A small chunk — the usual one when events trickle in — skips COPY's two
+//! round trips: its rows are bound to the applying statement as one array
+//! of the stage's row type (`unnest($n::text[]::stage[])`). Each row is a
+//! record literal, and its fields go through the same input functions, with
+//! the same type modifiers, that COPY would call; only the round trips
+//! differ (docs/performance.md, "Freshness").
+//!
 //! The temporary table lives as long as the connection (`ON COMMIT DELETE
 //! ROWS` empties it at each commit); it is created on first use, so a new
 //! connection after a failover or `pg_terminate_backend` just creates it
@@ -17,6 +24,13 @@ use sqlx::PgConnection;
 /// Quiets the "already exists" notice of `CREATE … IF NOT EXISTS` for the
 /// rest of the transaction.
 const QUIET: &str = "SET LOCAL client_min_messages = warning;";
+
+/// Chunks up to this many bytes of COPY text are bound rather than copied:
+/// COPY costs two round trips however small the chunk, a bound array one
+/// parse on the server; large chunks keep COPY's streaming.
+const BIND_MAX_BYTES: usize = 64 * 1024;
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// A temporary staging table.
 pub(super) struct Stage {
@@ -44,11 +58,37 @@ impl Stage {
         )
     }
 
+    /// Makes `data`, COPY text lines each ending in `\n`, readable by the
+    /// statement that applies it: bound, when the chunk is small, `bind` is
+    /// allowed and the stage exists already (its row type is the array's
+    /// element type); else copied into the stage ([`fill`](Self::fill)).
+    pub async fn load(
+        &self,
+        conn: &mut PgConnection,
+        fresh: &mut Fresh,
+        data: &[u8],
+        bind: bool,
+    ) -> Result<Loaded, sqlx::Error> {
+        if bind && data.len() <= BIND_MAX_BYTES && fresh.has(&self.name) {
+            if let Some(records) = record_literals(data) {
+                return Ok(Loaded {
+                    name: self.name.clone(),
+                    records: Some(records),
+                });
+            }
+        }
+        self.fill(conn, fresh, data).await?;
+        Ok(Loaded {
+            name: self.name.clone(),
+            records: None,
+        })
+    }
+
     /// Loads `data`, COPY text lines each ending in `\n`, into the stage,
     /// empty afterwards but for them. A stage `fresh` lists exists and is
     /// empty already; any other is created if needed and emptied first (one
     /// round trip).
-    pub async fn fill(
+    async fn fill(
         &self,
         conn: &mut PgConnection,
         fresh: &mut Fresh,
@@ -97,6 +137,12 @@ impl Fresh {
         (sql, Fresh(names))
     }
 
+    /// Whether `name` is fresh (and stays so: a bound chunk leaves its
+    /// stage empty).
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
+
     /// Whether `name` was fresh; it no longer is.
     fn take(&mut self, name: &str) -> bool {
         match self.0.iter().position(|n| n == name) {
@@ -107,6 +153,127 @@ impl Fresh {
             None => false,
         }
     }
+}
+
+/// A chunk ready for the statement that applies it.
+pub(super) struct Loaded {
+    /// The stage's name: the table the rows were copied into, or the row
+    /// type of the bound array.
+    name: String,
+    /// Bound rows: one record literal per row.
+    records: Option<Vec<String>>,
+}
+
+impl Loaded {
+    /// The rows as a FROM item; `param` numbers the bound array's
+    /// placeholder (`$param`) in the statement.
+    pub fn source_sql(&self, param: usize) -> String {
+        match self.records {
+            Some(_) => format!("unnest(${param}::text[]::{}[])", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Binds the rows, if they travel bound: after the statement's other
+    /// parameters, as [`source_sql`](Self::source_sql) numbered them.
+    pub fn bind(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        match self.records {
+            Some(records) => q.bind(records),
+            None => q,
+        }
+    }
+}
+
+/// COPY text lines as record literals, field for field: `\N` becomes an
+/// empty field (NULL), any other field its unescaped text, quoted. `None`
+/// if `data` is not UTF-8 or a field's escapes name no text (COPY then
+/// reports what is wrong with it).
+fn record_literals(data: &[u8]) -> Option<Vec<String>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let lines = text.strip_suffix('\n').unwrap_or(text);
+    if lines.is_empty() {
+        return Some(Vec::new());
+    }
+    lines
+        .split('\n')
+        .map(|line| {
+            let mut record = String::with_capacity(line.len() + 8);
+            record.push('(');
+            for (i, field) in line.split('\t').enumerate() {
+                if i > 0 {
+                    record.push(',');
+                }
+                if field != "\\N" {
+                    push_quoted(&mut record, field)?;
+                }
+            }
+            record.push(')');
+            Some(record)
+        })
+        .collect()
+}
+
+/// Appends COPY text field `field`, unescaped (COPY's rules: `\b \f \n \r
+/// \t \v`, octal `\ooo`, hex `\xhh`, any other character after a backslash
+/// as itself), as a quoted record field (`\` and `"` escaped). `None`
+/// if the unescaped bytes are no text.
+fn push_quoted(out: &mut String, field: &str) -> Option<()> {
+    out.push('"');
+    let mut unescaped = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
+        if b != b'\\' || i == bytes.len() {
+            unescaped.push(b);
+            continue;
+        }
+        let c = bytes[i];
+        i += 1;
+        let digits = |i: &mut usize, max: usize, radix: u32| {
+            let mut v: u32 = 0;
+            let mut n = 0;
+            while n < max && *i < bytes.len() && (bytes[*i] as char).is_digit(radix) {
+                v = v * radix + (bytes[*i] as char).to_digit(radix).unwrap_or(0);
+                *i += 1;
+                n += 1;
+            }
+            (v, n)
+        };
+        match c {
+            b'b' => unescaped.push(0x08),
+            b'f' => unescaped.push(0x0c),
+            b'n' => unescaped.push(b'\n'),
+            b'r' => unescaped.push(b'\r'),
+            b't' => unescaped.push(b'\t'),
+            b'v' => unescaped.push(0x0b),
+            b'0'..=b'7' => {
+                i -= 1;
+                let (v, _) = digits(&mut i, 3, 8);
+                unescaped.push(v as u8);
+            }
+            b'x' => match digits(&mut i, 2, 16) {
+                (v, n) if n > 0 => unescaped.push(v as u8),
+                _ => unescaped.push(b'x'),
+            },
+            c => unescaped.push(c),
+        }
+    }
+    // Escapes that name bytes may form invalid UTF-8 or a NUL, which no
+    // text value holds: such a chunk goes by COPY, which says what is wrong.
+    let text = std::str::from_utf8(&unescaped).ok()?;
+    if text.contains('\0') {
+        return None;
+    }
+    for ch in text.chars() {
+        if ch == '\\' || ch == '"' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+    Some(())
 }
 
 #[cfg(test)]
@@ -128,5 +295,23 @@ mod tests {
         assert!(!fresh.take(&a().name), "a second fill must empty the stage");
         assert!(fresh.take(&b_name));
         assert!(!Fresh::default().take(&a().name));
+    }
+
+    #[test]
+    fn copy_lines_become_record_literals_field_for_field() {
+        let data = b"1\tplain\t\\N\n2\ttab\\there \"q\" \\\\x\t\n3\t\\101\\x42\\q\t\\\\N\n";
+        let records = record_literals(data).unwrap();
+        assert_eq!(
+            records,
+            [
+                r#"("1","plain",)"#,
+                "(\"2\",\"tab\there \\\"q\\\" \\\\x\",\"\")",
+                r#"("3","ABq","\\N")"#,
+            ]
+        );
+        assert_eq!(record_literals(b"").unwrap(), Vec::<String>::new());
+        assert_eq!(record_literals(b"a\\000b\n"), None, "a NUL goes by COPY");
+        assert_eq!(record_literals(b"\\xff\n"), None, "no UTF-8: by COPY");
+        assert_eq!(record_literals(&[0xff, b'\n']), None);
     }
 }

@@ -65,24 +65,33 @@ pub(super) async fn upsert(
     rows: &[RowUpsert],
     dialect: Dialect,
 ) -> Result<TableCounts, sqlx::Error> {
-    if let Some(stage) = stage_of(route, map) {
-        let data = encode::typed_rows(route, rows);
-        stage.fill(conn, fresh, &data).await?;
-    }
     // On Citus the same-content count cannot read the table inside the
-    // upsert (it would see the rows the upsert wrote): it runs first.
+    // upsert (it would see the rows the upsert wrote): it runs first, from
+    // the stage table.
     let separate = dialect.is_citus() && map.version.is_some();
+    let loaded = match stage_of(route, map) {
+        Some(stage) => {
+            let data = encode::typed_rows(route, rows);
+            Some(stage.load(conn, fresh, &data, !dialect.is_citus()).await?)
+        }
+        None => None,
+    };
+    let from = loaded
+        .as_ref()
+        .map(|l| l.source_sql(input_params(route, map) + 1));
     let same = if separate {
-        let sql = same_count_sql(route, map, dialect);
+        let sql = same_count_sql(route, map, dialect, from.as_deref());
         let q = bind_key_values(bind_input(sqlx::query(&sql), route, map, rows), map, rows);
         Some(q.fetch_one(&mut *conn).await?.get::<i64, _>(0))
     } else {
         None
     };
-    let sql = upsert_sql(route, map, dialect, !separate);
-    let row = bind_input(sqlx::query(&sql), route, map, rows)
-        .fetch_one(&mut *conn)
-        .await?;
+    let sql = upsert_sql(route, map, dialect, !separate, from.as_deref());
+    let mut q = bind_input(sqlx::query(&sql), route, map, rows);
+    if let Some(loaded) = loaded {
+        q = loaded.bind(q);
+    }
+    let row = q.fetch_one(&mut *conn).await?;
     Ok(match same {
         Some(same) => TableCounts::of_upsert_with(rows.len(), &row, Some(same)),
         None => TableCounts::of_upsert(rows.len(), &row),
@@ -159,7 +168,13 @@ pub(super) fn stage_of(route: &Route, map: &ColumnMap) -> Option<Stage> {
 /// The upsert statement: the rows (staged, or converted by
 /// `jsonb_to_record`), the content (or, for change events, the position)
 /// guard, and the outcome counts.
-fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool) -> String {
+fn upsert_sql(
+    route: &Route,
+    map: &ColumnMap,
+    dialect: Dialect,
+    with_same: bool,
+    staged: Option<&str>,
+) -> String {
     let t = route.table.quoted();
     let cols = joined(map.columns.iter(), MappedColumn::quoted);
     let keys = joined(map.key_columns(), MappedColumn::quoted);
@@ -169,7 +184,7 @@ fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool)
         Some(same) => (same, format!(", {keys}")),
         None => ("NULL::bigint".into(), String::new()),
     };
-    let input = input_sql(route, map);
+    let input = input_sql(route, map, staged);
     format!(
         "WITH input AS ({input}), \
          applied AS ( \
@@ -180,11 +195,12 @@ fn upsert_sql(route: &Route, map: &ColumnMap, dialect: Dialect, with_same: bool)
     )
 }
 
-/// The statement's input rows, with the markers' filter for change events.
-fn input_sql(route: &Route, map: &ColumnMap) -> String {
+/// The statement's input rows, with the markers' filter for change events:
+/// the staged rows (`staged`: the stage's FROM item, `Loaded::source_sql`),
+/// or the rows bound as JSON.
+fn input_sql(route: &Route, map: &ColumnMap, staged: Option<&str>) -> String {
     let target = if map.copyable() { "$1" } else { "$4" };
-    if let Some(stage) = stage_of(route, map) {
-        let stage = stage.name;
+    if let Some(stage) = staged {
         return if route.is_cdc() {
             let filter = super::cdc::marker_filter(target, "s.kpgs_key", "s.kpgs_position");
             format!("SELECT s.* FROM {stage} s WHERE {filter}")
@@ -284,7 +300,12 @@ fn same_test(route: &Route, map: &ColumnMap, v: &str, dialect: Dialect) -> Strin
 /// stored rows of the batch's keys (`= ANY` per key column, bound by
 /// [`bind_key_values`] after the input's parameters, prunes to their
 /// shards), run before the upsert.
-fn same_count_sql(route: &Route, map: &ColumnMap, dialect: Dialect) -> String {
+fn same_count_sql(
+    route: &Route,
+    map: &ColumnMap,
+    dialect: Dialect,
+    staged: Option<&str>,
+) -> String {
     let v = map
         .version
         .map(|i| map.columns[i].quoted())
@@ -307,7 +328,7 @@ fn same_count_sql(route: &Route, map: &ColumnMap, dialect: Dialect) -> String {
         "WITH input AS MATERIALIZED ({}) \
          SELECT count(*) FROM input i JOIN (SELECT * FROM {} s WHERE {prune}) cur ON {on} \
          WHERE {same}",
-        input_sql(route, map),
+        input_sql(route, map, staged),
         route.table.quoted()
     )
 }
