@@ -170,3 +170,42 @@ async fn two_document_routes_in_one_batch_write_only_their_own_rows() {
     assert_eq!(keys(db.rows("events").await), ["k0", "k1", "k2", "k3"]);
     assert_eq!(keys(db.rows("payments").await), ["k100", "k101", "k102"]);
 }
+
+/// A typed batch small enough to travel bound (not COPYed), whose first
+/// attempt on a new connection meets a value Postgres refuses: that attempt
+/// rolls back the staging table it created, and the retry (and the batch
+/// after it) must work against the table created again — a statement that
+/// named only the stage's row type failed there with "cache lookup failed
+/// for type".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_value_in_the_first_batch_of_a_connection_is_a_dead_letter() {
+    let db = TestDb::new().await;
+    db.exec("CREATE TABLE events (id text PRIMARY KEY, n integer)")
+        .await;
+    let writer = db
+        .writer_for("topic = \"orders\"\ntable = \"events\"\nkey = \"id\"\ncolumns = { id = \"/id\", n = \"/n\" }")
+        .await;
+    let item = |offset: i64, n: &str| SourceMessage {
+        tp: TopicPartition::new("orders", 0),
+        offset: Offset(offset),
+        key: None,
+        payload: Some(format!(r#"{{"id":"i{offset}","n":{n}}}"#).into_bytes()),
+        timestamp: None,
+        headers: Vec::new(),
+    };
+    let first = vec![item(0, "1"), item(1, "\"many\""), item(2, "3")];
+    let c = commit_messages(&writer, first, None).await;
+    assert_eq!((c.inserted, c.rejected.len()), (2, 1), "{c:?}");
+    let c = commit_messages(&writer, vec![item(3, "4")], Some(3)).await;
+    assert_eq!(c.inserted, 1, "{c:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE n IN (1, 3, 4)")
+            .await,
+        3
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM sink_dead_letters WHERE error LIKE '%many%'")
+            .await,
+        1
+    );
+}

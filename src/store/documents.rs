@@ -267,7 +267,7 @@ fn upsert_sql(route: &Route, with_same: bool, from: &str) -> String {
     let returned = if same_hash.is_some() { ", key" } else { "" };
     let same_hash = same_hash.unwrap_or_else(|| "NULL::bigint".into());
     format!(
-        "WITH u AS (SELECT * FROM {from}), \
+        "WITH u AS (SELECT * FROM {from} s), \
          input AS ({input}), \
          applied AS ( \
            INSERT INTO {t} AS t (key, event_hash, payload, version, kafka_topic, kafka_partition, kafka_offset) \

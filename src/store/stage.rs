@@ -165,11 +165,22 @@ pub(super) struct Loaded {
 }
 
 impl Loaded {
-    /// The rows as a FROM item; `param` numbers the bound array's
-    /// placeholder (`$param`) in the statement.
+    /// The rows as a FROM item (to be aliased); `param` numbers the bound
+    /// array's placeholder (`$param`) in the statement.
+    ///
+    /// Bound rows are read together with the stage table, which is empty
+    /// then (fresh, and never filled in this transaction): the statement
+    /// must depend on the table, not only on its row type. When the
+    /// transaction that created the stage rolls back, the table and its
+    /// type go; a cached plan that named only the type is not invalidated
+    /// and fails on the next use ("cache lookup failed for type"), while one
+    /// that reads the table is re-planned against the new one.
     pub fn source_sql(&self, param: usize) -> String {
         match self.records {
-            Some(_) => format!("unnest(${param}::text[]::{}[])", self.name),
+            Some(_) => format!(
+                "(SELECT * FROM unnest(${param}::text[]::{0}[]) UNION ALL SELECT * FROM {0})",
+                self.name
+            ),
             None => self.name.clone(),
         }
     }

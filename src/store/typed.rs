@@ -205,7 +205,7 @@ fn input_sql(route: &Route, map: &ColumnMap, staged: Option<&str>) -> String {
             let filter = super::cdc::marker_filter(target, "s.kpgs_key", "s.kpgs_position");
             format!("SELECT s.* FROM {stage} s WHERE {filter}")
         } else {
-            format!("SELECT * FROM {stage}")
+            format!("SELECT * FROM {stage} s")
         };
     }
     let defs = joined(map.columns.iter(), |c| {
