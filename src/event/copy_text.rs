@@ -84,14 +84,16 @@ fn array_literal(items: &[Value], out: &mut String) {
         match item {
             Value::Null => out.push_str("NULL"),
             Value::Array(inner) => array_literal(inner, out),
-            Value::String(s) => quoted_element(s, out),
-            other => quoted_element(&other.to_string(), out),
+            Value::String(s) => push_quoted(out, s),
+            other => push_quoted(out, &other.to_string()),
         }
     }
     out.push('}');
 }
 
-fn quoted_element(s: &str, out: &mut String) {
+/// Appends `s` as a quoted element of an array or record literal (`"` and
+/// `\` escaped): the form every element or field type's input accepts.
+pub fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
     for ch in s.chars() {
         if ch == '"' || ch == '\\' {

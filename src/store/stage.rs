@@ -21,6 +21,8 @@
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use crate::event::copy_text;
+
 /// Quiets the "already exists" notice of `CREATE … IF NOT EXISTS` for the
 /// rest of the transaction.
 const QUIET: &str = "SET LOCAL client_min_messages = warning;";
@@ -195,10 +197,10 @@ impl Loaded {
     }
 }
 
-/// COPY text lines as record literals, field for field: `\N` becomes an
-/// empty field (NULL), any other field its unescaped text, quoted. `None`
-/// if `data` is not UTF-8 or a field's escapes name no text (COPY then
-/// reports what is wrong with it).
+/// COPY text lines as record literals, field for field: NULL becomes an
+/// empty field, any other field its text as `copy_text::split_line` reads
+/// it back, quoted. `None` if `data` is not UTF-8 or a field holds a NUL,
+/// which no text value holds (COPY then reports what is wrong with it).
 fn record_literals(data: &[u8]) -> Option<Vec<String>> {
     let text = std::str::from_utf8(data).ok()?;
     let lines = text.strip_suffix('\n').unwrap_or(text);
@@ -210,81 +212,20 @@ fn record_literals(data: &[u8]) -> Option<Vec<String>> {
         .map(|line| {
             let mut record = String::with_capacity(line.len() + 8);
             record.push('(');
-            for (i, field) in line.split('\t').enumerate() {
+            for (i, field) in copy_text::split_line(line).into_iter().enumerate() {
                 if i > 0 {
                     record.push(',');
                 }
-                if field != "\\N" {
-                    push_quoted(&mut record, field)?;
+                match field {
+                    Some(f) if f.contains('\0') => return None,
+                    Some(f) => copy_text::push_quoted(&mut record, &f),
+                    None => {}
                 }
             }
             record.push(')');
             Some(record)
         })
         .collect()
-}
-
-/// Appends COPY text field `field`, unescaped (COPY's rules: `\b \f \n \r
-/// \t \v`, octal `\ooo`, hex `\xhh`, any other character after a backslash
-/// as itself), as a quoted record field (`\` and `"` escaped). `None`
-/// if the unescaped bytes are no text.
-fn push_quoted(out: &mut String, field: &str) -> Option<()> {
-    out.push('"');
-    let mut unescaped = Vec::with_capacity(field.len());
-    let bytes = field.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        i += 1;
-        if b != b'\\' || i == bytes.len() {
-            unescaped.push(b);
-            continue;
-        }
-        let c = bytes[i];
-        i += 1;
-        let digits = |i: &mut usize, max: usize, radix: u32| {
-            let mut v: u32 = 0;
-            let mut n = 0;
-            while n < max && *i < bytes.len() && (bytes[*i] as char).is_digit(radix) {
-                v = v * radix + (bytes[*i] as char).to_digit(radix).unwrap_or(0);
-                *i += 1;
-                n += 1;
-            }
-            (v, n)
-        };
-        match c {
-            b'b' => unescaped.push(0x08),
-            b'f' => unescaped.push(0x0c),
-            b'n' => unescaped.push(b'\n'),
-            b'r' => unescaped.push(b'\r'),
-            b't' => unescaped.push(b'\t'),
-            b'v' => unescaped.push(0x0b),
-            b'0'..=b'7' => {
-                i -= 1;
-                let (v, _) = digits(&mut i, 3, 8);
-                unescaped.push(v as u8);
-            }
-            b'x' => match digits(&mut i, 2, 16) {
-                (v, n) if n > 0 => unescaped.push(v as u8),
-                _ => unescaped.push(b'x'),
-            },
-            c => unescaped.push(c),
-        }
-    }
-    // Escapes that name bytes may form invalid UTF-8 or a NUL, which no
-    // text value holds: such a chunk goes by COPY, which says what is wrong.
-    let text = std::str::from_utf8(&unescaped).ok()?;
-    if text.contains('\0') {
-        return None;
-    }
-    for ch in text.chars() {
-        if ch == '\\' || ch == '"' {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out.push('"');
-    Some(())
 }
 
 #[cfg(test)]
@@ -310,19 +251,18 @@ mod tests {
 
     #[test]
     fn copy_lines_become_record_literals_field_for_field() {
-        let data = b"1\tplain\t\\N\n2\ttab\\there \"q\" \\\\x\t\n3\t\\101\\x42\\q\t\\\\N\n";
+        let data = b"1\tplain\t\\N\n2\ttab\\there \"q\" \\\\x\t\n3\tcr\\rlf\\n\t\\\\N\n";
         let records = record_literals(data).unwrap();
         assert_eq!(
             records,
             [
                 r#"("1","plain",)"#,
                 "(\"2\",\"tab\there \\\"q\\\" \\\\x\",\"\")",
-                r#"("3","ABq","\\N")"#,
+                "(\"3\",\"cr\rlf\n\",\"\\\\N\")",
             ]
         );
         assert_eq!(record_literals(b"").unwrap(), Vec::<String>::new());
-        assert_eq!(record_literals(b"a\\000b\n"), None, "a NUL goes by COPY");
-        assert_eq!(record_literals(b"\\xff\n"), None, "no UTF-8: by COPY");
-        assert_eq!(record_literals(&[0xff, b'\n']), None);
+        assert_eq!(record_literals(b"a\0b\n"), None, "a NUL goes by COPY");
+        assert_eq!(record_literals(&[0xff, b'\n']), None, "no UTF-8: by COPY");
     }
 }
