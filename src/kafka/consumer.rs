@@ -10,6 +10,7 @@
 //! it only through its methods.
 
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, RebalanceProtocol};
@@ -24,6 +25,7 @@ use crate::config::route::{self, Route};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::client;
+use crate::kafka::lag::{self, LagUpdates};
 use crate::kafka::message::SourceMessage;
 use crate::kafka::rebalance::{seek_target, SinkContext};
 use crate::ops::metrics::Metrics;
@@ -64,13 +66,18 @@ pub fn spawn(
         rt: tokio::runtime::Handle::current(),
         cancel: cancel.clone(),
     };
-    let consumer: BaseConsumer<SinkContext> =
-        client::client_config(cfg).create_with_context(ctx)?;
+    let consumer: Arc<BaseConsumer<SinkContext>> =
+        Arc::new(client::client_config(cfg).create_with_context(ctx)?);
     let subscriptions = route::subscriptions(routes);
     let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     consumer.subscribe(&subs)?;
     let (tx, commands) = std::sync::mpsc::channel();
     let poller = Poller {
+        lag: Some(LagUpdates::spawn(
+            consumer.clone(),
+            assignment.clone(),
+            metrics.clone(),
+        )),
         consumer,
         assignment,
         metrics,
@@ -102,7 +109,11 @@ pub fn spawn(
 
 /// The consumer thread's state.
 struct Poller {
-    consumer: BaseConsumer<SinkContext>,
+    /// Stopped before the consumer leaves the group, or first when this
+    /// state drops (fields drop in order): the consumer is released here.
+    lag: Option<LagUpdates>,
+    /// Shared with the lag thread only.
+    consumer: Arc<BaseConsumer<SinkContext>>,
     assignment: Assignment,
     metrics: Metrics,
     out: mpsc::Sender<Vec<Envelope>>,
@@ -153,9 +164,6 @@ const IDLE_POLL: Duration = Duration::from_millis(25);
 /// sink and Postgres share.
 const KAFKA_COPY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The longest a lag update waits for the log bounds.
-const LAG_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// How often idle partitions are checked for skipped records.
 const GAP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -169,21 +177,15 @@ enum Forward {
 
 impl Poller {
     fn run(mut self) {
-        let mut last_lag = Instant::now() - Duration::from_secs(60);
         let mut polls: u32 = 0;
         let mut idle = true;
         loop {
             // While messages flow, the cancellation token (a mutex) is read
-            // every 64th poll, and the clock too (at most 1.6 s apart when
-            // idle): once per message they were a visible share of this
-            // thread.
+            // every 64th poll: once per message it was a visible share of
+            // this thread.
             polls = polls.wrapping_add(1);
             if (idle || polls % 64 == 1) && self.cancel.is_cancelled() {
                 break;
-            }
-            if polls % 64 == 1 && last_lag.elapsed() > Duration::from_secs(5) {
-                last_lag = Instant::now();
-                self.update_lag();
             }
             self.handle_commands(idle);
             // Wait for messages only with nothing held back; otherwise an
@@ -449,7 +451,7 @@ impl Poller {
     /// planned position is compared with its log's range.
     fn report_out_of_range(&mut self) -> Forward {
         let positions = self.assignment.positions();
-        let bounds = self.log_bounds(&positions, client::METADATA_TIMEOUT);
+        let bounds = lag::log_bounds(&self.consumer, &positions, client::METADATA_TIMEOUT);
         for ((tp, planned), bounds) in positions.into_iter().zip(bounds) {
             let (Some(position), Some(generation)) = (planned, self.assignment.stamp(&tp)) else {
                 continue;
@@ -508,35 +510,6 @@ impl Poller {
         }
     }
 
-    fn update_lag(&self) {
-        let positions = self.assignment.positions();
-        for ((tp, planned), bounds) in positions
-            .iter()
-            .zip(self.log_bounds(&positions, LAG_TIMEOUT))
-        {
-            if let Ok((low, high)) = bounds {
-                let pos = planned.map(|o| o.0).unwrap_or(low);
-                self.metrics.set_lag(tp, (high - pos).max(0));
-            }
-        }
-    }
-
-    /// The log bounds of `positions`' partitions, in their order, in two
-    /// requests for all of them: this thread stops polling while it waits.
-    /// Asked one partition at a time, 300 partitions took minutes per lag
-    /// update and starved the poll (the bench's `partitions` phase).
-    fn log_bounds(
-        &self,
-        positions: &[(TopicPartition, Option<Offset>)],
-        timeout: Duration,
-    ) -> Vec<KafkaResult<(i64, i64)>> {
-        let tps: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
-        match client::log_bounds_each(&self.consumer, &tps, timeout) {
-            Ok(each) => each,
-            Err(e) => tps.iter().map(|_| Err(e.clone())).collect(),
-        }
-    }
-
     /// Copies the held-back positions to Kafka, at most once per
     /// [`KAFKA_COPY_INTERVAL`] unless `now`.
     fn copy_to_kafka(&mut self, now: bool) {
@@ -556,6 +529,7 @@ impl Poller {
     /// Leaves the group now so partitions move to other replicas at once
     /// rather than after session.timeout.ms.
     fn leave_group(&mut self) {
+        drop(self.lag.take());
         // Before the partitions go: a commit for a revoked partition is refused.
         self.handle_commands(false);
         self.copy_to_kafka(true);

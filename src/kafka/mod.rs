@@ -4,5 +4,6 @@
 pub mod assignment;
 pub mod client;
 pub mod consumer;
+mod lag;
 pub mod message;
 pub mod rebalance;

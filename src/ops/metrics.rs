@@ -222,7 +222,7 @@ impl Metrics {
                 IntGauge::new(format!("{PREFIX}assigned_partitions"), "Partitions currently assigned to this process")
                     .expect("valid metric"),
             ),
-            lag: f.gauge_vec("consumer_lag", "Broker high watermark minus stored next offset", &["topic", "partition"]),
+            lag: f.gauge_vec("consumer_lag", "Broker high watermark minus the next offset to batch: the stored position, or past batches being committed", &["topic", "partition"]),
             stored_offset: f.gauge_vec("stored_offset", "Next offset stored in Postgres by this process", &["topic", "partition"]),
             offsets_skipped: f.counter_vec("offsets_skipped_total", "Offsets without a record to deliver that positions moved past: transaction markers, aborted transactions, compacted-away records", &["topic"]),
             out_of_range: f.counter_vec("offsets_out_of_range_total", "Stored positions found outside their partition's log, by the policy applied", &["policy"]),
