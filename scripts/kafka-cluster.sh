@@ -178,7 +178,7 @@ format_missing() {
     log "formatting node $n ($d/data)"
     # shellcheck disable=SC2046
     java $(java_opts "$n") -XX:TieredStopAtLevel=1 -cp "$CP" kafka.tools.StorageTool format \
-      -t "$id" -c "$d/server.properties" >"$d/logs/format.log" 2>&1 &
+      --cluster-id="$id" -c "$d/server.properties" >"$d/logs/format.log" 2>&1 &
     pids+=("$!:$n")
   done
   local p
@@ -187,8 +187,18 @@ format_missing() {
   done
 }
 
-# A KRaft cluster id is a base64url-encoded 16-byte UUID (22 chars).
-tool_uuid() { head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='; }
+# A KRaft cluster id is a base64url-encoded 16-byte UUID (22 chars). One in
+# 64 starts with '-', which a command line reads as an option (Kafka's own
+# Uuid.randomUuid draws again then, and so does this; the format above also
+# passes it as --cluster-id=…, for a state dir that kept such an id).
+tool_uuid() {
+  local id
+  id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  while [ "${id:0:1}" = "-" ]; do
+    id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  done
+  echo "$id"
+}
 
 launch() {
   local n="$1" d; d="$(ndir "$n")"
