@@ -324,6 +324,18 @@ impl Assignment {
         self.lock().parts.contains_key(tp)
     }
 
+    /// Runs `f` with `tp`'s planned position if `tp` is still owned, under
+    /// the ownership lock. A revocation removes the partition before it
+    /// forgets the partition's metrics, so a gauge set here from another
+    /// thread cannot outlive it.
+    pub fn while_owned<R>(
+        &self,
+        tp: &TopicPartition,
+        f: impl FnOnce(Option<Offset>) -> R,
+    ) -> Option<R> {
+        self.lock().parts.get(tp).map(|s| f(s.planned))
+    }
+
     /// Owned partitions with their planned positions.
     pub fn positions(&self) -> Vec<(TopicPartition, Option<Offset>)> {
         self.lock()
@@ -485,5 +497,16 @@ mod tests {
         assert_eq!(a.positions(), vec![(tp, None)]);
         assert_eq!(a.status(), (true, 1));
         assert_eq!(a.revoke(&[TopicPartition::new("t", 0)]), 0);
+    }
+
+    #[test]
+    fn while_owned_runs_only_for_an_owned_partition() {
+        let a = Assignment::default();
+        let tp = TopicPartition::new("t", 0);
+        let stored = HashMap::from([(tp.clone(), Offset(7))]);
+        a.assign(std::slice::from_ref(&tp), &stored, true);
+        assert_eq!(a.while_owned(&tp, |planned| planned), Some(Some(Offset(7))));
+        a.revoke(std::slice::from_ref(&tp));
+        assert_eq!(a.while_owned(&tp, |_| unreachable!("revoked")), None::<()>);
     }
 }

@@ -71,15 +71,15 @@ fn update<C: ConsumerContext>(
     metrics: &Metrics,
 ) {
     let positions = assignment.positions();
-    for ((tp, planned), bounds) in
-        positions
-            .iter()
-            .zip(log_bounds(consumer, &positions, LAG_TIMEOUT))
-    {
-        if let Ok((low, high)) = bounds {
-            let pos = planned.map(|o| o.0).unwrap_or(low);
+    let bounds = log_bounds(consumer, &positions, LAG_TIMEOUT);
+    for ((tp, _), bounds) in positions.iter().zip(bounds) {
+        let Ok((low, high)) = bounds else { continue };
+        // Revoked while the broker answered: setting its gauge would bring
+        // back the series the revocation removed, frozen at this value.
+        assignment.while_owned(tp, |planned| {
+            let pos = planned.map_or(low, |o| o.0);
             metrics.set_lag(tp, (high - pos).max(0));
-        }
+        });
     }
 }
 
