@@ -110,6 +110,12 @@ pub async fn run_with(
         false => None,
     };
 
+    // Whatever can fail comes before the consumer thread: its rebalance
+    // callback runs on this runtime, and an early return would shut the
+    // runtime down under it (a panic on that thread: tests/chaos.rs, seed
+    // 11116174914137090497, backends terminated while Citus was detected).
+    let writer = batch_writer(&cfg, &pool, routes.clone(), guard).await?;
+
     // Room for about two batches: the consumer fetches ahead while one commits.
     // Its capacity counts chunks of up to `consumer::CHUNK` messages.
     let messages = cfg.batch.max_messages.saturating_mul(2).max(1024);
@@ -134,7 +140,6 @@ pub async fn run_with(
             cancel.clone(),
         ));
     }
-    let writer = batch_writer(&cfg, &pool, routes, guard).await?;
     let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
         .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;
