@@ -192,8 +192,7 @@ format_missing() {
 # Uuid.randomUuid draws again then, and so does this; the format above also
 # passes it as --cluster-id=…, for a state dir that kept such an id).
 tool_uuid() {
-  local id
-  id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+  local id=-
   while [ "${id:0:1}" = "-" ]; do
     id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
   done

@@ -92,20 +92,21 @@ pub fn log_bounds<C: ConsumerContext>(
     tps: &[TopicPartition],
     timeout: Duration,
 ) -> KafkaResult<Vec<(i64, i64)>> {
-    log_bounds_each(consumer, tps, timeout)?
+    log_bounds_each(consumer, tps, timeout)
         .into_iter()
         .collect()
 }
 
 /// [`log_bounds`] with each partition's own error: one partition the
-/// broker cannot answer for does not hide the others.
+/// broker cannot answer for does not hide the others. A request that fails
+/// as a whole is every partition's error.
 pub fn log_bounds_each<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     tps: &[TopicPartition],
     timeout: Duration,
-) -> KafkaResult<Vec<KafkaResult<(i64, i64)>>> {
+) -> Vec<KafkaResult<(i64, i64)>> {
     if tps.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     // ListOffsets reads the timestamps -2 and -1 as "earliest" and "latest".
     let ask = |at: rdkafka::Offset| {
@@ -115,11 +116,13 @@ pub fn log_bounds_each<C: ConsumerContext>(
         }
         consumer.offsets_for_times(tpl, timeout)
     };
-    let (low, high) = (ask(rdkafka::Offset::Beginning)?, ask(rdkafka::Offset::End)?);
-    Ok(tps
-        .iter()
-        .map(|tp| Ok((listed(&low, tp)?, listed(&high, tp)?)))
-        .collect())
+    match ask(rdkafka::Offset::Beginning).and_then(|low| Ok((low, ask(rdkafka::Offset::End)?))) {
+        Ok((low, high)) => tps
+            .iter()
+            .map(|tp| Ok((listed(&low, tp)?, listed(&high, tp)?)))
+            .collect(),
+        Err(e) => tps.iter().map(|_| Err(e.clone())).collect(),
+    }
 }
 
 /// The offset a ListOffsets answer holds for `tp`, or its error.

@@ -25,7 +25,7 @@ use crate::config::route::{self, Route};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::client;
-use crate::kafka::lag::{self, LagUpdates};
+use crate::kafka::lag::LagUpdates;
 use crate::kafka::message::SourceMessage;
 use crate::kafka::rebalance::{seek_target, SinkContext};
 use crate::ops::metrics::Metrics;
@@ -451,7 +451,8 @@ impl Poller {
     /// planned position is compared with its log's range.
     fn report_out_of_range(&mut self) -> Forward {
         let positions = self.assignment.positions();
-        let bounds = lag::log_bounds(&self.consumer, &positions, client::METADATA_TIMEOUT);
+        let tps: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
+        let bounds = client::log_bounds_each(&self.consumer, &tps, client::METADATA_TIMEOUT);
         for ((tp, planned), bounds) in positions.into_iter().zip(bounds) {
             let (Some(position), Some(generation)) = (planned, self.assignment.stamp(&tp)) else {
                 continue;

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
 
 use crate::kafka::assignment::Assignment;
 use crate::kafka::client;
 use crate::ops::metrics::Metrics;
-use crate::types::{Offset, TopicPartition};
+use crate::types::TopicPartition;
 
 /// How often the lag gauges are updated.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -70,9 +69,13 @@ fn update<C: ConsumerContext>(
     assignment: &Assignment,
     metrics: &Metrics,
 ) {
-    let positions = assignment.positions();
-    let bounds = log_bounds(consumer, &positions, LAG_TIMEOUT);
-    for ((tp, _), bounds) in positions.iter().zip(bounds) {
+    let tps: Vec<TopicPartition> = assignment
+        .positions()
+        .into_iter()
+        .map(|(tp, _)| tp)
+        .collect();
+    let bounds = client::log_bounds_each(consumer, &tps, LAG_TIMEOUT);
+    for (tp, bounds) in tps.iter().zip(bounds) {
         let Ok((low, high)) = bounds else { continue };
         // Revoked while the broker answered: setting its gauge would bring
         // back the series the revocation removed, frozen at this value.
@@ -80,20 +83,5 @@ fn update<C: ConsumerContext>(
             let pos = planned.map_or(low, |o| o.0);
             metrics.set_lag(tp, (high - pos).max(0));
         });
-    }
-}
-
-/// The log bounds of `positions`' partitions, in their order, in two
-/// requests for all of them. Asked one partition at a time, 300 partitions
-/// took minutes per lag update (the bench's `partitions` phase).
-pub(super) fn log_bounds<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    positions: &[(TopicPartition, Option<Offset>)],
-    timeout: Duration,
-) -> Vec<KafkaResult<(i64, i64)>> {
-    let tps: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
-    match client::log_bounds_each(consumer, &tps, timeout) {
-        Ok(each) => each,
-        Err(e) => tps.iter().map(|_| Err(e.clone())).collect(),
     }
 }
