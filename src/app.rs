@@ -13,7 +13,7 @@ use crate::config::fingerprint::{self, SelectedRoute};
 use crate::config::route::{self, Route, RouteSpec};
 use crate::config::Config;
 use crate::format::registry::RegistryClient;
-use crate::kafka::assignment::Assignment;
+use crate::kafka::assignment::{Assignment, Envelope};
 use crate::kafka::consumer;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
@@ -116,22 +116,8 @@ pub async fn run_with(
     // 11116174914137090497, backends terminated while Citus was detected).
     let writer = batch_writer(&cfg, &pool, routes.clone(), guard).await?;
 
-    // Room for about two batches: the consumer fetches ahead while one commits.
-    // Its capacity counts chunks of up to `consumer::CHUNK` messages.
-    let messages = cfg.batch.max_messages.saturating_mul(2).max(1024);
-    let (tx, rx) = mpsc::channel(messages.div_ceil(consumer::CHUNK));
-    let consumer_cancel = CancellationToken::new();
-    let handle = consumer::spawn(
-        &cfg,
-        &routes,
-        pool.clone(),
-        assignment.clone(),
-        metrics.clone(),
-        tx,
-        consumer_cancel.clone(),
-    )
-    .context("creating Kafka consumer")?;
-    tracing::info!(group = %cfg.kafka.group_id, topics = ?route::subscriptions(&routes), "consuming");
+    let (handle, rx, consumer_cancel) =
+        start_consumer(&cfg, &routes, &pool, &assignment, &metrics)?;
 
     if routes.iter().any(|r| r.is_cdc()) {
         tokio::spawn(purge_delete_markers(
@@ -160,6 +146,38 @@ pub async fn run_with(
         "lost the active-member lock for source transactions (its database session ended)"
     );
     result.map_err(anyhow::Error::from)
+}
+
+/// Starts the consumer thread, feeding the returned channel until the
+/// returned token is cancelled.
+fn start_consumer(
+    cfg: &Config,
+    routes: &[Route],
+    pool: &PgPool,
+    assignment: &Assignment,
+    metrics: &Metrics,
+) -> anyhow::Result<(
+    consumer::ConsumerHandle,
+    mpsc::Receiver<Vec<Envelope>>,
+    CancellationToken,
+)> {
+    // Room for about two batches: the consumer fetches ahead while one commits.
+    // Its capacity counts chunks of up to `consumer::CHUNK` messages.
+    let messages = cfg.batch.max_messages.saturating_mul(2).max(1024);
+    let (tx, rx) = mpsc::channel(messages.div_ceil(consumer::CHUNK));
+    let consumer_cancel = CancellationToken::new();
+    let handle = consumer::spawn(
+        cfg,
+        routes,
+        pool.clone(),
+        assignment.clone(),
+        metrics.clone(),
+        tx,
+        consumer_cancel.clone(),
+    )
+    .context("creating Kafka consumer")?;
+    tracing::info!(group = %cfg.kafka.group_id, topics = ?route::subscriptions(routes), "consuming");
+    Ok((handle, rx, consumer_cancel))
 }
 
 /// The writer for this database (Citus or one Postgres).
