@@ -17,7 +17,8 @@
 #   scripts/connect.sh start NAME WORKER_PROPS|- CONNECTOR_PROPS...
 #                                                   standalone worker NAME; waits until
 #                                                   every connector's tasks are RUNNING
-#   scripts/connect.sh stop|kill|status|url|log|pid NAME   (kill = SIGKILL, for crash tests)
+#   scripts/connect.sh stop|kill|status|url|log|pid NAME   (kill = SIGKILL, for crash tests,
+#                                                   never mid-write of the offsets file)
 #   scripts/connect.sh clean NAME                   stop, drop its source slots/publications
 #                                                   (MySQL: its schema history file),
 #                                                   forget its state
@@ -482,6 +483,32 @@ stop_sig() {
   stop_pidfile "$2" "$st/pid" "$st/worker.properties"
 }
 
+# SIGKILL for crash tests, never while the worker rewrites its offsets file.
+# Standalone Connect's FileOffsetBackingStore truncates offsets.dat and then writes
+# it (not atomic), and a worker that starts on an empty or cut file takes it as "no
+# offsets" without a word: a source connector then snapshots again, and rows deleted
+# meanwhile stay in every sink (docs/cdc.md; CI of tests/cdc_mysql.rs). The test
+# means a crash mid-stream, so the worker is frozen (SIGSTOP) while the file is
+# checked, and thawed for a moment when a write is half done.
+kill_worker() {
+  local name="$1" st pid; st="$(state_of "$name")"
+  pid="$(worker_pid "$name")"; [ -n "$pid" ] || return 0
+  for _ in $(seq 1 200); do
+    kill -STOP "$pid" 2>/dev/null || return 0
+    if offsets_whole "$st/offsets.dat"; then stop_sig "$name" KILL; return 0; fi
+    kill -CONT "$pid" 2>/dev/null || true; sleep 0.01
+  done
+  kill -CONT "$pid" 2>/dev/null || true
+  die "worker $name: $st/offsets.dat stayed incomplete over 200 tries"
+}
+
+# An offsets file a restart reads: absent (never flushed), or a whole Java
+# serialization stream — one write of a few hundred bytes, ending with the HashMap's
+# TC_ENDBLOCKDATA (0x78). Empty means frozen between the truncate and the write.
+offsets_whole() {
+  [ ! -e "$1" ] || { [ -s "$1" ] && [ "$(tail -c 1 "$1" | od -An -tx1 | tr -d ' \n')" = 78 ]; }
+}
+
 # Forget a worker: stop it, drop the replication slots and publications its Postgres
 # source connectors created on the CDC cluster, remove its state directory.
 clean() {
@@ -696,7 +723,7 @@ case "$cmd" in
   source-db) source_db "$@" ;;
   start) start "$@" ;;
   stop) stop_sig "${1:?NAME}" TERM ;;
-  kill) stop_sig "${1:?NAME}" KILL ;;
+  kill) kill_worker "${1:?NAME}" ;;
   status) status "${1:?NAME}" ;;
   url) echo "http://127.0.0.1:$(rest_port "${1:?NAME}")" ;;
   pid) worker_pid "${1:?NAME}" ;;

@@ -169,7 +169,7 @@ async fn a_database_replicated_through_debezium_stays_identical() {
                 for _ in 0..20 {
                     step(&source, &mut rng, &mut next_id).await;
                 }
-                connector.run();
+                connector.restart(T).await;
             }
             1 | 4 | 6 => {
                 sink.kill9();

@@ -277,7 +277,7 @@ async fn a_whole_database_replicates_with_one_route() {
                 for _ in 0..20 {
                     step(&source, &mut rng, &mut next, true).await;
                 }
-                connector.run();
+                connector.restart(T).await;
             }
             4 => {
                 // A table created mid-run.

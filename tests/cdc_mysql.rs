@@ -442,7 +442,7 @@ async fn a_mysql_family_database_replicates_by_binlog_position() {
                 for _ in 0..20 {
                     step(&source, &mut rng, &mut next, false);
                 }
-                connector.run();
+                connector.restart(T).await;
             }
             3 => {
                 // DDL follows the source: existing rows take the default.
