@@ -503,8 +503,10 @@ kill_worker() {
 }
 
 # An offsets file a restart reads: absent (never flushed), or a whole Java
-# serialization stream — one write of a few hundred bytes, ending with the HashMap's
-# TC_ENDBLOCKDATA (0x78). Empty means frozen between the truncate and the write.
+# serialization stream, which ends with the HashMap's TC_ENDBLOCKDATA (0x78). The
+# worker writes it unbuffered, a dozen writes per save (strace), and none before the
+# last ends with 0x78: the header, class descriptors, lengths and the JSON keys and
+# values end with other bytes. Empty means frozen between the truncate and the writes.
 offsets_whole() {
   [ ! -e "$1" ] || { [ -s "$1" ] && [ "$(tail -c 1 "$1" | od -An -tx1 | tr -d ' \n')" = 78 ]; }
 }
