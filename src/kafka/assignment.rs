@@ -268,7 +268,7 @@ impl Assignment {
 
     /// The planned position of `tp`, if owned.
     pub fn planned(&self, tp: &TopicPartition) -> Option<Option<Offset>> {
-        self.lock().parts.get(tp).map(|s| s.planned)
+        self.while_owned(tp, |planned| planned)
     }
 
     /// A batch admitted under `claim` was handed to the committer: the next
@@ -383,12 +383,22 @@ mod tests {
         )
     }
 
-    #[test]
-    fn only_current_generation_at_or_after_the_plan_is_admitted() {
+    /// An assignment owning partition t/0, planned at `stored` (`None`: no
+    /// stored position).
+    fn owning_t0(stored: Option<i64>) -> (Assignment, TopicPartition) {
         let a = Assignment::default();
         let tp = TopicPartition::new("t", 0);
-        let stored = HashMap::from([(tp.clone(), Offset(10))]);
+        let stored: HashMap<_, _> = stored
+            .map(|o| (tp.clone(), Offset(o)))
+            .into_iter()
+            .collect();
         a.assign(std::slice::from_ref(&tp), &stored, true);
+        (a, tp)
+    }
+
+    #[test]
+    fn only_current_generation_at_or_after_the_plan_is_admitted() {
+        let (a, tp) = owning_t0(Some(10));
         let g = a.stamp(&tp).unwrap();
         let (msgs, claim) = a.admit(vec![env(&tp, 9, g), env(&tp, 10, g), env(&tp, 11, g - 1)]);
         assert_eq!(msgs.iter().map(|m| m.offset.0).collect::<Vec<_>>(), [10]);
@@ -403,9 +413,7 @@ mod tests {
 
     #[test]
     fn a_seek_blocks_admission_until_it_is_done_and_changes_the_generation() {
-        let a = Assignment::default();
-        let tp = TopicPartition::new("t", 0);
-        a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
+        let (a, tp) = owning_t0(None);
         let before = a.stamp(&tp).unwrap();
         let stored = HashMap::from([(tp.clone(), Offset(3))]);
         assert_eq!(
@@ -428,10 +436,7 @@ mod tests {
 
     #[test]
     fn skipped_records_extend_the_batch_end_or_make_a_batch_alone() {
-        let a = Assignment::default();
-        let tp = TopicPartition::new("t", 0);
-        let stored = HashMap::from([(tp.clone(), Offset(4))]);
-        a.assign(std::slice::from_ref(&tp), &stored, true);
+        let (a, tp) = owning_t0(Some(4));
         let g = a.stamp(&tp).unwrap();
         let skipped = |next: i64| Envelope {
             item: Polled::Skipped {
@@ -466,9 +471,7 @@ mod tests {
 
     #[test]
     fn a_stalled_partition_admits_nothing_until_a_seek() {
-        let a = Assignment::default();
-        let tp = TopicPartition::new("t", 0);
-        a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
+        let (a, tp) = owning_t0(None);
         let g = a.stamp(&tp).unwrap();
         assert!(
             !a.stall(&tp, g - 1),
@@ -486,9 +489,7 @@ mod tests {
 
     #[test]
     fn advance_skips_partitions_reassigned_meanwhile() {
-        let a = Assignment::default();
-        let tp = TopicPartition::new("t", 0);
-        a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
+        let (a, tp) = owning_t0(None);
         let g = a.stamp(&tp).unwrap();
         let (_, claim) = a.admit(vec![env(&tp, 0, g)]);
         a.assign(std::slice::from_ref(&tp), &HashMap::new(), true);
@@ -501,10 +502,7 @@ mod tests {
 
     #[test]
     fn while_owned_runs_only_for_an_owned_partition() {
-        let a = Assignment::default();
-        let tp = TopicPartition::new("t", 0);
-        let stored = HashMap::from([(tp.clone(), Offset(7))]);
-        a.assign(std::slice::from_ref(&tp), &stored, true);
+        let (a, tp) = owning_t0(Some(7));
         assert_eq!(a.while_owned(&tp, |planned| planned), Some(Some(Offset(7))));
         a.revoke(std::slice::from_ref(&tp));
         assert_eq!(a.while_owned(&tp, |_| unreachable!("revoked")), None::<()>);
