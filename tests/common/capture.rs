@@ -81,8 +81,7 @@ impl Connector {
     /// (docs/cdc.md, "A connector that re-snapshots").
     pub async fn restart(&self, timeout: Duration) {
         self.run();
-        let log = connect_sh(&["log", &self.name]);
-        let log = std::path::PathBuf::from(log.trim());
+        let log = self.log_path();
         let mut status = None;
         wait_until(
             timeout,
@@ -110,8 +109,7 @@ impl Connector {
     /// Waits until the worker flushed an offset holding `marker` (a key only
     /// streaming offsets have: Postgres `lsn_proc`, MySQL `event`).
     pub async fn wait_offset_with(&self, marker: &str, timeout: Duration) {
-        let log = connect_sh(&["log", &self.name]);
-        let offsets = std::path::Path::new(log.trim()).with_file_name("offsets.dat");
+        let offsets = self.log_path().with_file_name("offsets.dat");
         let marker = marker.as_bytes().to_vec();
         wait_until(timeout, "the connector to flush a streaming offset", || {
             let (offsets, marker) = (offsets.clone(), marker.clone());
@@ -124,9 +122,13 @@ impl Connector {
         .await;
     }
 
+    /// The worker's log; its state dir holds the offsets file beside it.
+    fn log_path(&self) -> std::path::PathBuf {
+        connect_sh(&["log", &self.name]).trim().into()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
-        let path = connect_sh(&["log", &self.name]);
-        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("({e})"));
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
