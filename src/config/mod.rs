@@ -284,7 +284,8 @@ pub struct SinkConfig {
     pub commit_to_kafka: bool,
     /// Commit lanes: partitions are split into this many disjoint sets, each
     /// committing its batches on its own connection, in parallel (each
-    /// partition's batches stay in order; the fence is per partition).
+    /// partition's batches stay in order; the fence is per partition). Also
+    /// the number of async runtime workers, set at start (`cli.rs`).
     #[serde(default = "default_lanes")]
     pub commit_lanes: usize,
     /// How long deletes of change-event routes are remembered to refuse an

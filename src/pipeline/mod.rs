@@ -78,6 +78,36 @@ pub enum PipelineError {
     TransactionOverflow(#[from] transactions::Overflow),
 }
 
+/// A batch this small is prepared where it closes: sending it to a
+/// blocking thread and back costs two thread wake-ups, more than preparing
+/// it. Larger ones go to blocking threads: several lanes' batches are then
+/// prepared in parallel, and no async thread is held for milliseconds.
+const PREPARE_INLINE_UP_TO: usize = 64;
+
+/// A lane's batch being prepared.
+enum Job {
+    Ready(Box<PreparedBatch>),
+    Running(tokio::task::JoinHandle<PreparedBatch>),
+}
+
+impl Job {
+    /// Runs `prepare` here when `inline`, else on a blocking thread.
+    fn start(inline: bool, prepare: impl FnOnce() -> PreparedBatch + Send + 'static) -> Self {
+        if inline {
+            Job::Ready(Box::new(prepare()))
+        } else {
+            Job::Running(tokio::task::spawn_blocking(prepare))
+        }
+    }
+
+    async fn finish(self) -> PreparedBatch {
+        match self {
+            Job::Ready(b) => *b,
+            Job::Running(j) => j.await.expect("prepare does not panic"),
+        }
+    }
+}
+
 /// How often a batch is prepared again after creating the tables it met
 /// (a schema changing while its table is shaped takes one more).
 const MAX_TABLE_ROUNDS: usize = 3;
@@ -384,7 +414,7 @@ impl Pipeline {
     /// Prepares each lane's batch. The lanes' batches are prepared in
     /// parallel (parse, hash, fold), and a document route's upserts encoded
     /// for COPY, off the commit path: while the committer builds them, the
-    /// database waits. A batch that meets tables the routes do not have yet
+    /// database waits (a small batch is prepared here, `Job`). A batch that meets tables the routes do not have yet
     /// is prepared again once they exist (`tables.rs`): its messages are
     /// kept for that when a route can meet new tables.
     async fn prepare_lanes(
@@ -403,12 +433,14 @@ impl Pipeline {
                     .map(|i| self.writer.duplicate_heavy(i))
                     .collect(),
             );
+            let small =
+                pending.iter().map(|(_, m, _)| m.len()).sum::<usize>() <= PREPARE_INLINE_UP_TO;
             let jobs: Vec<_> = pending
                 .drain(..)
                 .map(|(lane, messages, claim)| {
                     let copy = dynamic.then(|| messages.clone());
                     let (routes, schemas, heavy) = (routes.clone(), shared.clone(), heavy.clone());
-                    let job = tokio::task::spawn_blocking(move || {
+                    let job = Job::start(small, move || {
                         event::prepare_for_commit(&routes, messages, &schemas, &heavy)
                     });
                     (lane, claim, copy, job)
@@ -416,7 +448,7 @@ impl Pipeline {
                 .collect();
             let mut demands = Vec::new();
             for (lane, claim, copy, job) in jobs {
-                let batch = job.await.expect("prepare does not panic");
+                let batch = job.finish().await;
                 self.connect
                     .lock()
                     .expect("connect lock")
