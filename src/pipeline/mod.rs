@@ -414,9 +414,10 @@ impl Pipeline {
     /// Prepares each lane's batch. The lanes' batches are prepared in
     /// parallel (parse, hash, fold), and a document route's upserts encoded
     /// for COPY, off the commit path: while the committer builds them, the
-    /// database waits (a small batch is prepared here, `Job`). A batch that meets tables the routes do not have yet
-    /// is prepared again once they exist (`tables.rs`): its messages are
-    /// kept for that when a route can meet new tables.
+    /// database waits (a small batch is prepared here: `Job`). A batch that
+    /// meets tables the routes do not have yet is prepared again once they
+    /// exist (`tables.rs`): its messages are kept for that when a route can
+    /// meet new tables.
     async fn prepare_lanes(
         &self,
         mut pending: Vec<(usize, Vec<SourceMessage>, Claim)>,
