@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use kafka_pg_sink::event::prepare;
 use kafka_pg_sink::kafka::message::SourceMessage;
@@ -99,4 +101,72 @@ async fn racing_owners_of_a_stored_position_never_both_commit() {
         assert_eq!(wins, 1, "round {round}");
     }
     assert_eq!(db.count("SELECT count(*) FROM events").await, 1 + 20 * 3);
+}
+
+/// A small batch of one route commits in one statement
+/// (`store/single.rs`). That statement waits on the fence's row locks like
+/// the long transaction; when the holder moved one of its two partitions,
+/// it is refused with exactly that partition and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_statement_commit_waits_on_the_fence_and_names_the_partition_it_lost() {
+    use kafka_pg_sink::store::Expected;
+    let (db, w) = setup().await;
+    let on = |p: i32, from: i64| {
+        let mut m = msgs(&format!("p{p}"), from, 3);
+        for m in &mut m {
+            m.tp = TopicPartition::new("orders", p);
+        }
+        m
+    };
+    let both = |from: i64| {
+        [0, 1]
+            .map(|p| Expected {
+                tp: TopicPartition::new("orders", p),
+                expected: (from > 0).then_some(Offset(from)),
+                new_next: Offset(from + 3),
+            })
+            .to_vec()
+    };
+    let first = prepare(w.routes().all(), [on(0, 0), on(1, 0)].concat());
+    let r = commit(&w, &first, &both(0)).await;
+    assert!(matches!(r, CommitOutcome::Committed(_)), "{r:?}");
+
+    // A new owner of partition 1 holds its row and moves it on.
+    let mut owner = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE sink_offsets SET next_offset = 5 \
+         WHERE consumer_group = 'g' AND topic = 'orders' AND partition = 1",
+    )
+    .execute(&mut *owner)
+    .await
+    .unwrap();
+    let held = prepare(w.routes().all(), [on(0, 3), on(1, 3)].concat());
+    let pending = tokio::spawn(async move { w.commit(&held, &both(3)).await });
+    let pool = db.pool.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the one-statement commit waits for the new owner",
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%pg_temp.sink_fence_and_upsert%'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    owner.commit().await.unwrap();
+    match pending.await.unwrap() {
+        Ok(CommitOutcome::Fenced(tps)) => assert_eq!(tps, [TopicPartition::new("orders", 1)]),
+        other => panic!("the batch was not fenced: {other:?}"),
+    }
+    assert_eq!(db.count("SELECT count(*) FROM events").await, 6);
+    let stored = db.stored_offsets("g", "orders").await;
+    assert_eq!((stored[&0], stored[&1]), (3, 5));
 }

@@ -15,6 +15,9 @@
 //! COMMIT
 //! ```
 //!
+//! A first attempt that is one route's small upserts and nothing else goes
+//! as one statement instead (`single.rs`), in the same order.
+//!
 //! A statement that fails because of its data (SQLSTATE class 22/23) aborts
 //! the first attempt, which runs without savepoints. The second attempt runs
 //! each statement under a savepoint and bisects a failing one until the
@@ -31,6 +34,7 @@ use super::dialect::Dialect;
 use super::fence::fence;
 use super::kept::KeptConnections;
 use super::mappings::MappingGuard;
+use super::single::{self, Called, Single};
 use super::stage::{Fresh, Stage};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::config::route::Route;
@@ -257,6 +261,11 @@ impl BatchWriter {
         let started = std::time::Instant::now();
         let set = self.routes_of(batch);
         let routes = set.all();
+        if isolation == Isolation::None && !self.dialect.is_citus() && !self.deferred {
+            if let Some(single) = single::plan(batch, routes, &self.heavy_flags()) {
+                return self.commit_single(single, batch, expected, started).await;
+            }
+        }
         let stages = batch
             .writes
             .iter()
@@ -299,6 +308,45 @@ impl BatchWriter {
         };
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         Err(failed.into())
+    }
+
+    /// [`commit_as`](Self::commit_as) for a batch that commits in one
+    /// statement (`single.rs`). `None`: a data error rolled it back.
+    async fn commit_single(
+        &self,
+        single: Single<'_>,
+        batch: &PreparedBatch,
+        expected: &[Expected],
+        started: std::time::Instant,
+    ) -> Result<Option<CommitOutcome>, StoreError> {
+        let (slot, route, rows) = (single.slot, single.route, single.rows);
+        let mut conn = self.kept.acquire(&self.pool).await?;
+        let called =
+            single::call(&mut conn, &self.group, expected, batch, &self.guard, single).await?;
+        // Whatever the call ended with, its transaction is over.
+        self.kept.keep(conn);
+        Ok(match called {
+            Called::Committed(mut counts) => {
+                if route.columns.is_none() {
+                    let heavy = self.heavy_flags();
+                    documents::note_no_ops(heavy.get(slot).unwrap_or(&NO_HINT), &counts, rows);
+                }
+                counts.by_table.insert(
+                    route.table.label(),
+                    [counts.inserted, counts.updated, counts.deleted],
+                );
+                tracing::debug!(
+                    messages = batch.message_count(),
+                    partitions = expected.len(),
+                    commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "batch committed in one statement"
+                );
+                Some(CommitOutcome::Committed(counts))
+            }
+            Called::Fenced(lost) => Some(CommitOutcome::Fenced(lost)),
+            Called::MappingReplaced(tables) => return Err(StoreError::MappingReplaced(tables)),
+            Called::DataError => None,
+        })
     }
 
     /// The rest of [`commit_as`](Self::commit_as), inside the transaction.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::PgConnection;
 
 use super::dialect::Dialect;
-use super::stage::{Fresh, Stage};
+use super::stage::{BoundUpsert, Fresh, Stage};
 use super::TableCounts;
 use crate::config::route::Route;
 use crate::event::encode;
@@ -35,9 +35,7 @@ pub(super) async fn upsert(
     duplicate_heavy: &AtomicBool,
     dialect: Dialect,
 ) -> Result<TableCounts, sqlx::Error> {
-    // Change events are filtered by delete/truncate markers; the pre-filter
-    // would count those as duplicates, so it is not used there.
-    let prefilter = duplicate_heavy.load(Ordering::Relaxed) && !route.is_cdc();
+    let prefilter = prefilters(route, duplicate_heavy.load(Ordering::Relaxed));
     let (kept, stale) = if prefilter {
         changing(conn, route, rows, dialect).await?
     } else {
@@ -66,9 +64,52 @@ pub(super) async fn upsert(
         stale = counts.stale_in_table,
         "document upsert"
     );
-    let no_ops = counts.duplicate_in_table + counts.stale_in_table;
-    duplicate_heavy.store(no_ops * 5 >= rows.len() as u64, Ordering::Relaxed);
+    note_no_ops(duplicate_heavy, &counts, rows.len());
     Ok(counts)
+}
+
+/// Whether the upsert filters stored duplicates first: after a batch of
+/// mostly no-ops. Change events are filtered by delete/truncate markers;
+/// the pre-filter would count those as duplicates, so it is not used there.
+fn prefilters(route: &Route, duplicate_heavy: bool) -> bool {
+    duplicate_heavy && !route.is_cdc()
+}
+
+/// Records whether an upsert of `rows` rows was mostly no-ops: the next
+/// one then runs the pre-filter.
+pub(super) fn note_no_ops(duplicate_heavy: &AtomicBool, counts: &TableCounts, rows: usize) {
+    let no_ops = counts.duplicate_in_table + counts.stale_in_table;
+    duplicate_heavy.store(no_ops * 5 >= rows as u64, Ordering::Relaxed);
+}
+
+/// [`upsert`] as one statement over bound rows, reading the change events'
+/// target as `$1` and the rows as `$2` (`single.rs`). `None` when the
+/// pre-filter runs first or the rows are too many to bind.
+pub(super) fn bound_upsert(
+    route: &Route,
+    rows: &[RowUpsert],
+    copy: Option<&[u8]>,
+    duplicate_heavy: bool,
+) -> Option<BoundUpsert> {
+    if prefilters(route, duplicate_heavy) {
+        return None;
+    }
+    let encoded;
+    let data = match copy {
+        Some(data) => data,
+        None => {
+            encoded = encode::document_rows(&rows.iter().collect::<Vec<_>>());
+            &encoded
+        }
+    };
+    let stage = stage(route);
+    let loaded = stage.bound(data)?;
+    Some(BoundUpsert {
+        sql: upsert_sql(route, true, &loaded.source_sql(2)),
+        stage: stage.create_statement(),
+        target: route.is_cdc().then(|| route.table.quoted()),
+        records: loaded.into_records(),
+    })
 }
 
 /// Stages the rows `upsert` kept (`data`, their COPY text) and upserts

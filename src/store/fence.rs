@@ -37,30 +37,16 @@ pub(super) async fn fence(
     last: &LastEvents,
     guard: &MappingGuard,
 ) -> Result<Fenced, sqlx::Error> {
-    // Sorted so concurrent committers lock offset rows in the same order.
-    let mut exp: Vec<&Expected> = expected.iter().collect();
-    exp.sort_by(|a, b| a.tp.cmp(&b.tp));
-    let (tables, fingerprints) = guard.columns();
-    let row = sqlx::query(
-        "SELECT moved_topics, moved_partitions, replaced_tables \
-         FROM sink_fence($1, $2, $3, $4, $5, $6, $7, $8)",
+    let row = bind_fence(
+        sqlx::query(
+            "SELECT moved_topics, moved_partitions, replaced_tables \
+             FROM sink_fence($1, $2, $3, $4, $5, $6, $7, $8)",
+        ),
+        group,
+        expected,
+        last,
+        guard,
     )
-    .bind(group)
-    .bind(exp.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
-    .bind(exp.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
-    .bind(
-        exp.iter()
-            .map(|e| e.expected.map(|o| o.0))
-            .collect::<Vec<_>>(),
-    )
-    .bind(exp.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
-    .bind(
-        exp.iter()
-            .map(|e| last.get(&e.tp).copied())
-            .collect::<Vec<_>>(),
-    )
-    .bind(tables)
-    .bind(fingerprints)
     .fetch_one(&mut *conn)
     .await?;
     let topics: Vec<String> = row.get(0);
@@ -78,6 +64,46 @@ pub(super) async fn fence(
             .collect(),
         replaced: row.get(2),
     })
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `sink_fence`'s arguments, `$1` to `$8`, to `q`.
+pub(super) fn bind_fence<'q>(
+    q: PgQuery<'q>,
+    group: &str,
+    expected: &[Expected],
+    last: &LastEvents,
+    guard: &MappingGuard,
+) -> PgQuery<'q> {
+    // Sorted so concurrent committers lock offset rows in the same order.
+    let mut exp: Vec<&Expected> = expected.iter().collect();
+    exp.sort_by(|a, b| a.tp.cmp(&b.tp));
+    let (tables, fingerprints) = guard.columns();
+    q.bind(group.to_string())
+        .bind(
+            exp.iter()
+                .map(|e| e.tp.topic.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(exp.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
+        .bind(
+            exp.iter()
+                .map(|e| e.expected.map(|o| o.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(exp.iter().map(|e| e.new_next.0).collect::<Vec<_>>())
+        .bind(
+            exp.iter()
+                .map(|e| last.get(&e.tp).copied())
+                .collect::<Vec<_>>(),
+        )
+        .bind(owned(tables))
+        .bind(owned(fingerprints))
+}
+
+fn owned(v: Vec<&str>) -> Vec<String> {
+    v.into_iter().map(str::to_string).collect()
 }
 
 /// After an error whose outcome is unknown (e.g. the connection dropped during

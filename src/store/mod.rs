@@ -21,6 +21,7 @@ pub mod promote;
 pub mod replica;
 pub mod schema;
 pub mod shadow;
+mod single;
 mod stage;
 mod typed;
 mod versions;

@@ -54,10 +54,7 @@ impl Stage {
 
     /// Creates the stage on this connection if needed (after [`QUIET`]).
     fn create_sql(&self) -> String {
-        format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS;",
-            self.name, self.columns
-        )
+        format!("{};", self.create_statement())
     }
 
     /// Makes `data`, COPY text lines each ending in `\n`, readable by the
@@ -71,12 +68,9 @@ impl Stage {
         data: &[u8],
         bind: bool,
     ) -> Result<Loaded, sqlx::Error> {
-        if bind && data.len() <= BIND_MAX_BYTES && fresh.has(&self.name) {
-            if let Some(records) = record_literals(data) {
-                return Ok(Loaded {
-                    name: self.name.clone(),
-                    records: Some(records),
-                });
+        if bind && fresh.has(&self.name) {
+            if let Some(loaded) = self.bound(data) {
+                return Ok(loaded);
             }
         }
         self.fill(conn, fresh, data).await?;
@@ -84,6 +78,28 @@ impl Stage {
             name: self.name.clone(),
             records: None,
         })
+    }
+
+    /// `data`, COPY text lines each ending in `\n`, as one bound array of
+    /// the stage's row type; `None` when the chunk is too large to bind or
+    /// holds what a record literal cannot (COPY then takes it).
+    pub fn bound(&self, data: &[u8]) -> Option<Loaded> {
+        if data.len() > BIND_MAX_BYTES {
+            return None;
+        }
+        Some(Loaded {
+            name: self.name.clone(),
+            records: Some(record_literals(data)?),
+        })
+    }
+
+    /// The statement creating the stage if this connection has none yet
+    /// (its "already exists" notice is for the caller to quiet).
+    pub fn create_statement(&self) -> String {
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
+            self.name, self.columns
+        )
     }
 
     /// Loads `data`, COPY text lines each ending in `\n`, into the stage,
@@ -157,6 +173,19 @@ impl Fresh {
     }
 }
 
+/// One route's upserts as one statement over bound rows, for the
+/// function of a one-statement commit (`single.rs`).
+pub(super) struct BoundUpsert {
+    /// Creates the stage whose row type the rows are read as.
+    pub stage: String,
+    /// One statement: the change events' target as `$1`, the rows as `$2`;
+    /// selects the counts of `TableCounts::of_upsert`.
+    pub sql: String,
+    pub target: Option<String>,
+    /// One record literal of the stage's row type per row.
+    pub records: Vec<String>,
+}
+
 /// A chunk ready for the statement that applies it.
 pub(super) struct Loaded {
     /// The stage's name: the table the rows were copied into, or the row
@@ -185,6 +214,11 @@ impl Loaded {
             ),
             None => self.name.clone(),
         }
+    }
+
+    /// The bound rows' record literals (empty for rows copied in).
+    pub fn into_records(self) -> Vec<String> {
+        self.records.unwrap_or_default()
     }
 
     /// Binds the rows, if they travel bound: after the statement's other

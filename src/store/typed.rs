@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sqlx::Row;
 
 use super::dialect::Dialect;
-use super::stage::{Fresh, Stage};
+use super::stage::{BoundUpsert, Fresh, Stage};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
 use crate::config::route::Route;
@@ -95,6 +95,33 @@ pub(super) async fn upsert(
     Ok(match same {
         Some(same) => TableCounts::of_upsert_with(rows.len(), &row, Some(same)),
         None => TableCounts::of_upsert(rows.len(), &row),
+    })
+}
+
+/// [`upsert`] as one statement over bound rows, reading the change events'
+/// target as `$1` and the rows as `$2` (`single.rs`). `None` for routes
+/// whose rows travel as JSON (composite columns) or rows too many to bind.
+pub(super) fn bound_upsert(
+    route: &Route,
+    map: &ColumnMap,
+    rows: &[RowUpsert],
+) -> Option<BoundUpsert> {
+    if !map.copyable() {
+        return None;
+    }
+    let stage = stage_of(route, map)?;
+    let loaded = stage.bound(&encode::typed_rows(route, rows))?;
+    Some(BoundUpsert {
+        sql: upsert_sql(
+            route,
+            map,
+            Dialect::Postgres,
+            true,
+            Some(&loaded.source_sql(2)),
+        ),
+        stage: stage.create_statement(),
+        target: route.is_cdc().then(|| route.table.quoted()),
+        records: loaded.into_records(),
     })
 }
 
