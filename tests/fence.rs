@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use kafka_pg_sink::event::prepare;
 use kafka_pg_sink::kafka::message::SourceMessage;
@@ -142,23 +140,10 @@ async fn a_one_statement_commit_waits_on_the_fence_and_names_the_partition_it_lo
     .unwrap();
     let held = prepare(w.routes().all(), [on(0, 3), on(1, 3)].concat());
     let pending = tokio::spawn(async move { w.commit(&held, &both(3)).await });
-    let pool = db.pool.clone();
-    wait_until(
-        Duration::from_secs(30),
+    wait_for_lock_waiter(
+        &db.pool,
+        "%pg_temp.sink_fence_and_upsert%",
         "the one-statement commit waits for the new owner",
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%pg_temp.sink_fence_and_upsert%'",
-                )
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                    == 1
-            }
-        },
     )
     .await;
     owner.commit().await.unwrap();

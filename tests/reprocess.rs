@@ -743,25 +743,7 @@ async fn a_commit_waiting_on_a_promote_sees_the_mapping_it_committed() {
         let outcome = live.commit(&held, &orders_position(Some(6), 8)).await;
         (live, outcome)
     });
-    let pool = db.pool.clone();
-    wait_until(
-        Duration::from_secs(30),
-        "the fence waits for the promote",
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%sink_fence%'",
-                )
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                    == 1
-            }
-        },
-    )
-    .await;
+    wait_for_lock_waiter(&db.pool, "%sink_fence%", "the fence waits for the promote").await;
     promote.commit().await.unwrap();
     let (_live, outcome) = pending.await.unwrap();
     match outcome {

@@ -868,6 +868,26 @@ where
     }
 }
 
+/// Waits until one session of `pool`'s database waits for a lock while
+/// running a query `LIKE pattern`; panics with `what` after 30 s.
+pub async fn wait_for_lock_waiter(pool: &PgPool, pattern: &str, what: &str) {
+    wait_until(Duration::from_secs(30), what, || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(pattern)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    })
+    .await;
+}
+
 /// Polls `check` until it returns true (true) or `timeout` passes (false),
 /// for callers that gather diagnostics before failing.
 pub async fn poll_until<F, Fut>(timeout: Duration, mut check: F) -> bool
