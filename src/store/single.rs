@@ -10,7 +10,8 @@
 //!
 //! The function is a temporary one, `pg_temp.sink_fence_and_upsert_<hash
 //! of its body>`, created on a connection the first time a call finds it
-//! missing: its upsert is static SQL, whose plan PL/pgSQL keeps for the
+//! missing (that first call runs in an explicit transaction with the
+//! creation): its upsert is static SQL, whose plan PL/pgSQL keeps for the
 //! connection as a prepared statement would. (Handing the statement to one
 //! shared function, which would run it with `EXECUTE`, planned it on every
 //! call: measured slower than the four round trips, docs/performance.md.)
@@ -182,9 +183,19 @@ pub(super) async fn call(
     let mut result = run().fetch_one(&mut *conn).await;
     let missing = result.as_ref().err().and_then(code_and_detail);
     if missing.is_some_and(|(code, _)| MISSING.contains(&code)) {
-        let create = single.create_sql(&function);
-        sqlx::Executor::execute(&mut *conn, create.as_str()).await?;
+        // Created and called in one explicit transaction: behind a pooler
+        // that hands out server sessions per transaction, a function made
+        // by one transaction need not be there for the next.
+        let create = format!("BEGIN; {};", single.create_sql(&function));
+        if let Err(e) = sqlx::Executor::execute(&mut *conn, create.as_str()).await {
+            let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
+            return Err(e);
+        }
         result = run().fetch_one(&mut *conn).await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        // A COMMIT that fails leaves the outcome unknown: the caller
+        // resolves it from the stored positions.
+        sqlx::Executor::execute(&mut *conn, end).await?;
     }
     let e = match result {
         Ok(row) => return Ok(Called::Committed(TableCounts::of_upsert(single.rows, &row))),
