@@ -262,8 +262,11 @@ impl BatchWriter {
         let set = self.routes_of(batch);
         let routes = set.all();
         if isolation == Isolation::None && !self.dialect.is_citus() && !self.deferred {
-            if let Some(single) = single::plan(batch, routes, &self.heavy_flags()) {
-                return self.commit_single(single, batch, expected, started).await;
+            let heavy = self.heavy_flags();
+            if let Some(single) = single::plan(batch, routes, &heavy) {
+                return self
+                    .commit_single(single, batch, expected, &heavy, started)
+                    .await;
             }
         }
         let stages = batch
@@ -317,6 +320,7 @@ impl BatchWriter {
         single: Single<'_>,
         batch: &PreparedBatch,
         expected: &[Expected],
+        heavy: &[AtomicBool],
         started: std::time::Instant,
     ) -> Result<Option<CommitOutcome>, StoreError> {
         let (slot, route, rows) = (single.slot, single.route, single.rows);
@@ -328,7 +332,6 @@ impl BatchWriter {
         Ok(match called {
             Called::Committed(mut counts) => {
                 if route.columns.is_none() {
-                    let heavy = self.heavy_flags();
                     documents::note_no_ops(heavy.get(slot).unwrap_or(&NO_HINT), &counts, rows);
                 }
                 counts.by_table.insert(

@@ -71,21 +71,17 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 /// Binds `sink_fence`'s arguments, `$1` to `$8`, to `q`.
 pub(super) fn bind_fence<'q>(
     q: PgQuery<'q>,
-    group: &str,
-    expected: &[Expected],
+    group: &'q str,
+    expected: &'q [Expected],
     last: &LastEvents,
-    guard: &MappingGuard,
+    guard: &'q MappingGuard,
 ) -> PgQuery<'q> {
     // Sorted so concurrent committers lock offset rows in the same order.
     let mut exp: Vec<&Expected> = expected.iter().collect();
     exp.sort_by(|a, b| a.tp.cmp(&b.tp));
     let (tables, fingerprints) = guard.columns();
-    q.bind(group.to_string())
-        .bind(
-            exp.iter()
-                .map(|e| e.tp.topic.to_string())
-                .collect::<Vec<_>>(),
-        )
+    q.bind(group)
+        .bind(exp.iter().map(|e| e.tp.topic.as_ref()).collect::<Vec<_>>())
         .bind(exp.iter().map(|e| e.tp.partition).collect::<Vec<_>>())
         .bind(
             exp.iter()
@@ -98,12 +94,8 @@ pub(super) fn bind_fence<'q>(
                 .map(|e| last.get(&e.tp).copied())
                 .collect::<Vec<_>>(),
         )
-        .bind(owned(tables))
-        .bind(owned(fingerprints))
-}
-
-fn owned(v: Vec<&str>) -> Vec<String> {
-    v.into_iter().map(str::to_string).collect()
+        .bind(tables)
+        .bind(fingerprints)
 }
 
 /// After an error whose outcome is unknown (e.g. the connection dropped during

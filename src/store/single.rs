@@ -317,6 +317,12 @@ mod tests {
             plan(&large, &routes, &no_hints(1)).is_none(),
             "over 64 KiB: COPY"
         );
+        let typed = self::routes(TYPED);
+        let large = prepare(&typed, upserts(40, 2_000));
+        assert!(
+            plan(&large, &typed, &no_hints(1)).is_none(),
+            "typed over 64 KiB: COPY"
+        );
 
         let mut with_delete = upserts(3, 10);
         with_delete.push(message(3, None));

@@ -30,7 +30,7 @@ const QUIET: &str = "SET LOCAL client_min_messages = warning;";
 /// Chunks up to this many bytes of COPY text are bound rather than copied:
 /// COPY costs two round trips however small the chunk, a bound array one
 /// parse on the server; large chunks keep COPY's streaming.
-const BIND_MAX_BYTES: usize = 64 * 1024;
+pub(super) const BIND_MAX_BYTES: usize = 64 * 1024;
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 

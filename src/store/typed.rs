@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sqlx::Row;
 
 use super::dialect::Dialect;
-use super::stage::{BoundUpsert, Fresh, Stage};
+use super::stage::{BoundUpsert, Fresh, Stage, BIND_MAX_BYTES};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
 use crate::config::route::Route;
@@ -106,7 +106,14 @@ pub(super) fn bound_upsert(
     map: &ColumnMap,
     rows: &[RowUpsert],
 ) -> Option<BoundUpsert> {
-    if !map.copyable() {
+    // Each row's line is projected already: their lengths bound the chunk
+    // from below, so a batch too large to bind is not encoded twice (here,
+    // then for COPY on the long way).
+    let lines: usize = rows
+        .iter()
+        .map(|r| r.row.as_ref().map_or(0, String::len) + 1)
+        .sum();
+    if !map.copyable() || lines > BIND_MAX_BYTES {
         return None;
     }
     let stage = stage_of(route, map)?;
