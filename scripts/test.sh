@@ -20,6 +20,8 @@ scripts/connect.sh source-db ensure
 scripts/registry.sh ensure
 # MySQL-family CDC (tests/cdc_mysql.rs): MariaDB 10.11 from Debian on 3307.
 scripts/mariadb.sh ensure
+# PgBouncer in session pooling in front of 5432 (tests/pooler.rs), on 6442.
+scripts/pgbouncer.sh ensure session
 # Citus (tests/citus.rs, tests/replicate.rs): built from ../shared/vendor once
 # (~7 min cold, cached under ~/.cache), started on 5444-5446. The build runs
 # while the rest is set up and compiled; the tests wait for it.
