@@ -89,43 +89,9 @@ async fn sigkill_five_times(sink_settings: &str, lanes_log: &str) {
     let db = TestDb::new().await;
     let topic = TestTopic::new(4).await;
     let cfg = SinkConfig::new(&db, &topic.name, "", sink_settings);
-    let mut w = Workload::new();
-    let mut seq = 0u64;
-    let mut produce = |w: &mut Workload, n: u64| {
-        for _ in 0..n {
-            seq += 1;
-            let id = format!("k{}", seq * 7919 % 3000);
-            w.send(&topic, &id, &event(&id, seq % 1200));
-        }
-        topic.flush();
-    };
-    produce(&mut w, 4000);
-    for kill in 0..5 {
-        let before: i64 = db
-            .stored_offsets(&cfg.group, &topic.name)
-            .await
-            .values()
-            .sum();
-        // New data first, so the restarted sink always has work to be killed in.
-        produce(&mut w, 2000);
-        let mut sink = SinkProcess::start(&cfg);
-        // Kill only after the sink made progress, while more data is arriving.
-        wait_until(T, "progress before kill", || async {
-            db.stored_offsets(&cfg.group, &topic.name)
-                .await
-                .values()
-                .sum::<i64>()
-                > before
-        })
-        .await;
-        produce(&mut w, 3000);
-        sink.kill9();
-        assert!(
-            !sink.logs().contains("panicked"),
-            "kill {kill}: {}",
-            sink.logs()
-        );
-    }
+    let mut load = Scattered::new(3000, 1200);
+    load.produce(&topic, 4000);
+    sigkill_rounds(&db, &topic, &cfg, &mut load, 5, (2000, 3000), T).await;
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     // The killed sinks may have committed everything already: then the
@@ -136,7 +102,7 @@ async fn sigkill_five_times(sink_settings: &str, lanes_log: &str) {
     .await;
     assert_eq!(
         db.rows("events").await,
-        w.expected,
+        load.w.expected,
         "after 5 SIGKILLs the table is not exact"
     );
     assert_eq!(

@@ -20,38 +20,14 @@ async fn through_session_pooling_sigkills_lose_and_double_nothing() {
     let cfg = SinkConfig::new(&db, &topic.name, "", "");
     cfg.rewrite(&db.url, &pooled);
 
-    let mut w = Workload::new();
-    let mut seq = 0u64;
-    let mut produce = |w: &mut Workload, n: u64| {
-        for _ in 0..n {
-            seq += 1;
-            let id = format!("k{}", seq * 7919 % 1500);
-            w.send(&topic, &id, &event(&id, seq % 600));
-        }
-        topic.flush();
-    };
-    produce(&mut w, 2000);
-    for kill in 0..2 {
-        let before = stored_sum(&db, &cfg.group, &topic.name).await;
-        produce(&mut w, 1000);
-        let mut sink = SinkProcess::start(&cfg);
-        wait_until(T, "progress before the kill", || async {
-            stored_sum(&db, &cfg.group, &topic.name).await > before
-        })
-        .await;
-        produce(&mut w, 1000);
-        sink.kill9();
-        assert!(
-            !sink.logs().contains("panicked"),
-            "kill {kill}: {}",
-            sink.logs()
-        );
-    }
+    let mut load = Scattered::new(1500, 600);
+    load.produce(&topic, 2000);
+    sigkill_rounds(&db, &topic, &cfg, &mut load, 2, (1000, 1000), T).await;
     let sink = SinkProcess::start(&cfg);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     assert_eq!(
         db.rows("events").await,
-        w.expected,
+        load.w.expected,
         "through the pooler, after 2 SIGKILLs, the table is not exact"
     );
     assert_eq!(
@@ -61,7 +37,7 @@ async fn through_session_pooling_sigkills_lose_and_double_nothing() {
 
     // Small batches went as one statement: the server session the pooler
     // gave the sink holds its temporary function.
-    produce(&mut w, 50);
+    load.produce(&topic, 50);
     wait_caught_up(&db, &cfg.group, &topic, T).await;
     let functions = db
         .count(
@@ -70,7 +46,7 @@ async fn through_session_pooling_sigkills_lose_and_double_nothing() {
         )
         .await;
     assert!(functions >= 1, "no one-statement function in any session");
-    assert_eq!(db.rows("events").await, w.expected);
+    assert_eq!(db.rows("events").await, load.w.expected);
     // The sink reached the database only through the pooler.
     let log = std::fs::read_to_string(format!(
         "{}/session/pgbouncer.log",
@@ -83,8 +59,4 @@ async fn through_session_pooling_sigkills_lose_and_double_nothing() {
         db.name
     );
     drop(sink);
-}
-
-async fn stored_sum(db: &TestDb, group: &str, topic: &str) -> i64 {
-    db.stored_offsets(group, topic).await.values().sum()
 }

@@ -959,6 +959,76 @@ impl Workload {
     }
 }
 
+/// Events over `keys` keys in a scattered order, each key's events
+/// cycling through `versions` versions: re-sends and changes of the same
+/// keys, with the model of what was produced in `w`.
+pub struct Scattered {
+    pub w: Workload,
+    seq: u64,
+    keys: u64,
+    versions: u64,
+}
+
+impl Scattered {
+    pub fn new(keys: u64, versions: u64) -> Self {
+        Scattered {
+            w: Workload::new(),
+            seq: 0,
+            keys,
+            versions,
+        }
+    }
+
+    /// Sends `n` more events and flushes them.
+    pub fn produce(&mut self, topic: &TestTopic, n: u64) {
+        for _ in 0..n {
+            self.seq += 1;
+            let id = format!("k{}", self.seq * 7919 % self.keys);
+            self.w
+                .send(topic, &id, &event(&id, self.seq % self.versions));
+        }
+        topic.flush();
+    }
+}
+
+/// `kills` rounds of: `before` new events, the sink started, its stored
+/// positions awaited past where they were, `during` more events while it
+/// runs, SIGKILL. Each killed sink's log must hold no panic.
+pub async fn sigkill_rounds(
+    db: &TestDb,
+    topic: &TestTopic,
+    cfg: &SinkConfig,
+    load: &mut Scattered,
+    kills: usize,
+    (before, during): (u64, u64),
+    timeout: Duration,
+) {
+    let stored = || async {
+        db.stored_offsets(&cfg.group, &topic.name)
+            .await
+            .values()
+            .sum::<i64>()
+    };
+    for kill in 0..kills {
+        let start = stored().await;
+        // New data first, so the restarted sink always has work to be killed in.
+        load.produce(topic, before);
+        let mut sink = SinkProcess::start(cfg);
+        // Kill only after the sink made progress, while more data is arriving.
+        wait_until(timeout, "progress before kill", || async {
+            stored().await > start
+        })
+        .await;
+        load.produce(topic, during);
+        sink.kill9();
+        assert!(
+            !sink.logs().contains("panicked"),
+            "kill {kill}: {}",
+            sink.logs()
+        );
+    }
+}
+
 /// Waits until the sink has stored the end offset of every partition.
 pub async fn wait_caught_up(db: &TestDb, group: &str, topic: &TestTopic, timeout: Duration) {
     let end = topic.end_offsets();
