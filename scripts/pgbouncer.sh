@@ -5,6 +5,7 @@
 #   scripts/pgbouncer.sh ensure [session|transaction]   install (Debian) if missing,
 #                                      start if not answering; idempotent
 #   scripts/pgbouncer.sh url session|transaction DB      postgres://postgres@127.0.0.1:PORT/DB
+#   scripts/pgbouncer.sh log session|transaction        the pooler's log file (its logins)
 #   scripts/pgbouncer.sh stop          stop every pooler this script started
 #
 # Not 6432: Debian's package may start its own pooler there on install.
@@ -92,6 +93,7 @@ case "${1:-ensure}" in
   ensure)
     if [ $# -ge 2 ]; then ensure_one "$2"; else ensure_one session; ensure_one transaction; fi ;;
   url) echo "postgres://postgres@127.0.0.1:$(port_of "${2:?pool mode}")/${3:?database}" ;;
+  log) port_of "${2:?pool mode}" >/dev/null; echo "$DIR/$2/pgbouncer.log" ;;
   stop) stop ;;
-  *) echo "usage: $0 ensure [session|transaction] | url MODE DB | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 ensure [session|transaction] | url MODE DB | log MODE | stop" >&2; exit 2 ;;
 esac

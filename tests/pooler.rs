@@ -48,11 +48,8 @@ async fn through_session_pooling_sigkills_lose_and_double_nothing() {
     assert!(functions >= 1, "no one-statement function in any session");
     assert_eq!(db.rows("events").await, load.w.expected);
     // The sink reached the database only through the pooler.
-    let log = std::fs::read_to_string(format!(
-        "{}/session/pgbouncer.log",
-        std::env::var("PGBOUNCER_DIR").unwrap_or_else(|_| "/tmp/kafka-pg-sink-pgbouncer".into())
-    ))
-    .expect("the pooler's log");
+    let log = std::fs::read_to_string(script("pgbouncer.sh", &["log", "session"]))
+        .expect("the pooler's log");
     assert!(
         log.contains(&format!("db={}", db.name)),
         "the pooler never saw a login to {}",

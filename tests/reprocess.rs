@@ -174,11 +174,6 @@ async fn wait_sent(t: &Traffic, n: u64) {
     wait_until(T, "traffic", || async { t.sent() >= base + n }).await;
 }
 
-/// Sum of a group's stored positions on a topic.
-async fn stored_sum(db: &TestDb, group: &str, topic: &str) -> i64 {
-    db.stored_offsets(group, topic).await.values().sum()
-}
-
 // ---------------------------------------------------------------- verify
 
 fn doc_event(topic: &TestTopic, seq: u64) {
@@ -464,7 +459,7 @@ async fn rebuild_with_a_new_column_under_traffic_and_sigkills_promotes_exactly()
     let rebuild_args = ["rebuild", "--route", "orders", "--into", "orders_v2"];
     let mut rebuild = Proc::start(&new_path, &rebuild_args);
     wait_until(T, "rebuild progress", || async {
-        stored_sum(&db, &rg, &topic.name).await > 300
+        db.stored_sum(&rg, &topic.name).await > 300
     })
     .await;
     rebuild.kill9();
@@ -555,7 +550,7 @@ async fn abort_leaves_the_live_table_untouched() {
     let live = SinkProcess::start(&cfg);
     let traffic = Traffic::start(topic.clone(), 400, doc_event);
     wait_until(T, "the live sink to write", || async {
-        stored_sum(&db, &cfg.group, &topic.name).await > 0
+        db.stored_sum(&cfg.group, &topic.name).await > 0
     })
     .await;
     let mut rebuild = Proc::start(
@@ -564,7 +559,7 @@ async fn abort_leaves_the_live_table_untouched() {
     );
     let rg = format!("{}.rebuild.events_next", cfg.group);
     wait_until(T, "rebuild progress", || async {
-        stored_sum(&db, &rg, &topic.name).await > 200
+        db.stored_sum(&rg, &topic.name).await > 200
     })
     .await;
     traffic.stop();

@@ -212,6 +212,12 @@ impl TestDb {
             .map(|r| (r.get::<i32, _>(0), r.get::<i64, _>(1)))
             .collect()
     }
+
+    /// The sum of a group's stored next offsets on a topic: grows with
+    /// every commit.
+    pub async fn stored_sum(&self, group: &str, topic: &str) -> i64 {
+        self.stored_offsets(group, topic).await.values().sum()
+    }
 }
 
 impl Drop for TestDb {
@@ -1003,12 +1009,7 @@ pub async fn sigkill_rounds(
     (before, during): (u64, u64),
     timeout: Duration,
 ) {
-    let stored = || async {
-        db.stored_offsets(&cfg.group, &topic.name)
-            .await
-            .values()
-            .sum::<i64>()
-    };
+    let stored = || db.stored_sum(&cfg.group, &topic.name);
     for kill in 0..kills {
         let start = stored().await;
         // New data first, so the restarted sink always has work to be killed in.
