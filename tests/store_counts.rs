@@ -209,3 +209,36 @@ async fn a_refused_value_in_the_first_batch_of_a_connection_is_a_dead_letter() {
         1
     );
 }
+
+/// A batch too large to bind travels by COPY into the connection's staging
+/// table; the small batches after it travel bound, on the same kept
+/// connection, and their statement reads that table beside their own rows
+/// (`stage.rs`, `Loaded::source_sql`). The copied rows must be gone by then:
+/// left there, they would be applied again with each later batch, undoing
+/// newer changes (last write wins here) and counting as its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_copied_into_a_stage_are_gone_when_the_next_batch_reads_it() {
+    let db = TestDb::new().await;
+    let writer = db.writer_for(UNVERSIONED).await;
+    let body = "x".repeat(100);
+    // ~180 KiB of COPY text: over the 64 KiB bound of a bound chunk.
+    let big: Vec<SourceMessage> = (0..1200).map(|i| msg(i, i as u32, 1, &body)).collect();
+    let c = commit_messages(&writer, big, None).await;
+    assert_eq!((c.inserted, c.updated), (1200, 0), "{c:?}");
+    let c = commit_messages(&writer, vec![msg(1200, 0, 2, "changed")], Some(1200)).await;
+    assert_eq!(
+        (c.inserted, c.updated, c.duplicate_in_table),
+        (0, 1, 0),
+        "{c:?}"
+    );
+    let c = commit_messages(&writer, vec![msg(1201, 5000, 1, "new")], Some(1201)).await;
+    assert_eq!(
+        (c.inserted, c.updated, c.duplicate_in_table),
+        (1, 0, 0),
+        "{c:?}"
+    );
+    let rows = db.rows("events").await;
+    assert_eq!(rows.len(), 1201);
+    assert_eq!(rows["k0"]["body"], "changed", "the copied row came back");
+    assert_eq!(rows["k5000"]["body"], "new");
+}

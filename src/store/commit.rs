@@ -35,7 +35,7 @@ use super::fence::fence;
 use super::kept::KeptConnections;
 use super::mappings::MappingGuard;
 use super::single::{self, Called, Single};
-use super::stage::{Fresh, Stage};
+use super::stage::{Stage, Stages};
 use super::{cdc, db_error_text, documents, is_data_error, typed, StoreError, TableCounts};
 use crate::config::route::Route;
 use crate::config::route_set::RouteSet;
@@ -269,13 +269,13 @@ impl BatchWriter {
                     .await;
             }
         }
-        let stages = batch
+        let used = batch
             .writes
             .iter()
             .zip(routes.iter())
             .filter(|(w, _)| !w.upserts.is_empty() || !w.previous.is_empty())
             .filter_map(|(_, route)| stage_of(route));
-        let (mut begin, fresh) = Fresh::begin(stages);
+        let (mut begin, stages) = Stages::begin(used);
         begin.push_str(self.dialect.begin_settings());
         if self.deferred {
             begin.push_str("SET CONSTRAINTS ALL DEFERRED;");
@@ -293,7 +293,7 @@ impl BatchWriter {
                     isolation,
                     set,
                 };
-                Ok(self.commit_in(tx, fresh, batch, expected, at).await)
+                Ok(self.commit_in(tx, stages, batch, expected, at).await)
             }
             Err(e) => Err(e),
         };
@@ -356,7 +356,7 @@ impl BatchWriter {
     async fn commit_in(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        mut fresh: Fresh,
+        mut stages: Stages,
         batch: &PreparedBatch,
         expected: &[Expected],
         Begun {
@@ -391,7 +391,7 @@ impl BatchWriter {
                 heavy: heavy.get(i).unwrap_or(&NO_HINT),
             };
             match self
-                .write_route(&mut tx, &mut fresh, at, writes, isolation, &mut written)
+                .write_route(&mut tx, &mut stages, at, writes, isolation, &mut written)
                 .await
             {
                 Ok(None) => {}
@@ -406,7 +406,7 @@ impl BatchWriter {
                 Err(e) => return Err(e),
             }
         }
-        self.close_writes(&mut tx, batch, &written).await?;
+        self.close_writes(&mut tx, batch, &written, &stages).await?;
         let written_at = started.elapsed();
         tx.commit().await?;
         // Where a commit's time goes (KAFKA_PG_SINK_LOG=kafka_pg_sink::store=debug).
@@ -421,14 +421,17 @@ impl BatchWriter {
         Ok(Some(CommitOutcome::Committed(written.counts)))
     }
 
-    /// The last statements before COMMIT: the batch's dead letters, and
-    /// `synchronous_commit = off` for a batch that changed no row.
+    /// The last statements before COMMIT: the batch's dead letters, the
+    /// stages it filled emptied, and `synchronous_commit = off` for a batch
+    /// that changed no row.
     async fn close_writes(
         &self,
         conn: &mut PgConnection,
         batch: &PreparedBatch,
         written: &Written,
+        stages: &Stages,
     ) -> Result<(), StoreError> {
+        stages.empty(conn).await?;
         let dead: Vec<&DeadLetter> = batch
             .dead_letters
             .iter()
@@ -466,7 +469,7 @@ impl BatchWriter {
         let routes = set.all();
         let heavy = self.heavy_flags();
         // No stage was created with this transaction's BEGIN.
-        let mut fresh = Fresh::default();
+        let mut stages = Stages::default();
         for (i, writes) in batch.writes.iter().enumerate() {
             let at = RouteAt {
                 route: &routes[i],
@@ -474,7 +477,7 @@ impl BatchWriter {
             };
             self.write_route(
                 conn,
-                &mut fresh,
+                &mut stages,
                 at,
                 writes,
                 Isolation::Savepoints,
@@ -482,6 +485,8 @@ impl BatchWriter {
             )
             .await?;
         }
+        // The caller's transaction may commit: every stage empty again.
+        stages.empty(conn).await?;
         written.counts.rejected.extend(written.uncounted_rejects);
         Ok(written.counts)
     }
@@ -498,7 +503,7 @@ impl BatchWriter {
     async fn write_route(
         &self,
         conn: &mut PgConnection,
-        fresh: &mut Fresh,
+        stages: &mut Stages,
         at: RouteAt<'_>,
         writes: &RouteWrites,
         isolation: Isolation,
@@ -520,9 +525,9 @@ impl BatchWriter {
             let mut counts = TableCounts::default();
             let mut rejected = Vec::new();
             if isolation == Isolation::None {
-                counts = self.apply(conn, fresh, at, chunk).await?;
+                counts = self.apply(conn, stages, at, chunk).await?;
             } else {
-                self.apply_isolating(conn, fresh, at, chunk, &mut counts, &mut rejected)
+                self.apply_isolating(conn, stages, at, chunk, &mut counts, &mut rejected)
                     .await?;
             }
             if self.on_error == OnError::Stop && !rejected.is_empty() {
@@ -560,7 +565,7 @@ impl BatchWriter {
     async fn apply_isolating(
         &self,
         conn: &mut PgConnection,
-        fresh: &mut Fresh,
+        stages: &mut Stages,
         at: RouteAt<'_>,
         chunk: Chunk<'_>,
         counts: &mut TableCounts,
@@ -572,7 +577,7 @@ impl BatchWriter {
             sqlx::query("SAVEPOINT kpgs_write")
                 .execute(&mut *conn)
                 .await?;
-            match self.apply(conn, fresh, at, chunk).await {
+            match self.apply(conn, stages, at, chunk).await {
                 Ok(c) => {
                     sqlx::query("RELEASE SAVEPOINT kpgs_write")
                         .execute(&mut *conn)
@@ -601,17 +606,17 @@ impl BatchWriter {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        fresh: &mut Fresh,
+        stages: &mut Stages,
         at: RouteAt<'_>,
         chunk: Chunk<'_>,
     ) -> Result<TableCounts, sqlx::Error> {
         let route = at.route;
         match (chunk, &route.columns) {
             (Chunk::Upserts(rows, copy), None) => {
-                documents::upsert(conn, fresh, route, rows, copy, at.heavy, self.dialect).await
+                documents::upsert(conn, stages, route, rows, copy, at.heavy, self.dialect).await
             }
             (Chunk::Upserts(rows, _), Some(map)) => {
-                typed::upsert(conn, fresh, route, map, rows, self.dialect).await
+                typed::upsert(conn, stages, route, map, rows, self.dialect).await
             }
             (Chunk::Deletes(keys), None) => documents::delete(conn, route, keys).await,
             (Chunk::Deletes(keys), Some(map)) => typed::delete(conn, route, map, keys).await,

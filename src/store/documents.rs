@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::PgConnection;
 
 use super::dialect::Dialect;
-use super::stage::{BoundUpsert, Fresh, Stage};
+use super::stage::{BoundUpsert, Stage, Stages};
 use super::TableCounts;
 use crate::config::route::Route;
 use crate::event::encode;
@@ -28,7 +28,7 @@ use crate::event::{RowDelete, RowUpsert};
 /// turned into no-ops.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
-    fresh: &mut Fresh,
+    stages: &mut Stages,
     route: &Route,
     rows: &[RowUpsert],
     copy: Option<&[u8]>,
@@ -51,7 +51,7 @@ pub(super) async fn upsert(
                 &encoded
             }
         };
-        counts = upsert_kept(conn, fresh, route, &kept, data, dialect).await?;
+        counts = upsert_kept(conn, stages, route, &kept, data, dialect).await?;
     }
     counts.duplicate_in_table += (rows.len() - kept.len()) as u64 - stale;
     counts.stale_in_table += stale;
@@ -116,14 +116,14 @@ pub(super) fn bound_upsert(
 /// them, counting the outcomes.
 async fn upsert_kept(
     conn: &mut PgConnection,
-    fresh: &mut Fresh,
+    stages: &mut Stages,
     route: &Route,
     kept: &[&RowUpsert],
     data: &[u8],
     dialect: Dialect,
 ) -> Result<TableCounts, sqlx::Error> {
     let loaded = stage(route)
-        .load(conn, fresh, data, !dialect.is_citus())
+        .load(conn, stages, data, !dialect.is_citus())
         .await?;
     // After the change events' target (`$1`), if any.
     let from = loaded.source_sql(usize::from(route.is_cdc()) + 1);

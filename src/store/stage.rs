@@ -12,11 +12,21 @@
 //! the same type modifiers, that COPY would call; only the round trips
 //! differ (docs/performance.md, "Freshness").
 //!
-//! The temporary table lives as long as the connection (`ON COMMIT DELETE
-//! ROWS` empties it at each commit); it is created on first use, so a new
-//! connection after a failover or `pg_terminate_backend` just creates it
-//! again. Its name carries a hash of its columns: a route whose table gained
-//! a column gets a new stage.
+//! The temporary table lives as long as the connection; it is created on
+//! first use, so a new connection after a failover or `pg_terminate_backend`
+//! just creates it again. Its name carries a hash of its columns: a route
+//! whose table gained a column gets a new stage.
+//!
+//! A stage is empty whenever no transaction is open: a transaction that
+//! filled one empties it before its COMMIT ([`Stages::empty_sql`]), and one
+//! that rolls back takes its rows with it. Not `ON COMMIT DELETE ROWS`:
+//! Postgres then truncates every such table of the session at every commit
+//! that touched a temporary object — each one-statement commit, which calls
+//! a temporary function and reads its stage — and each truncation rewrites
+//! catalog rows, so the commit flushes WAL it would not have: measured, a
+//! read-only transaction cost 1.0 ms with one such table against 0.44 ms
+//! without, 3.4 ms with ten and 13 ms with fifty (one per table shape a
+//! sink replicating a database writes; docs/performance.md, "Freshness").
 
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -64,16 +74,16 @@ impl Stage {
     pub async fn load(
         &self,
         conn: &mut PgConnection,
-        fresh: &mut Fresh,
+        stages: &mut Stages,
         data: &[u8],
         bind: bool,
     ) -> Result<Loaded, sqlx::Error> {
-        if bind && fresh.has(&self.name) {
+        if bind && stages.has(&self.name) {
             if let Some(loaded) = self.bound(data) {
                 return Ok(loaded);
             }
         }
-        self.fill(conn, fresh, data).await?;
+        self.fill(conn, stages, data).await?;
         Ok(Loaded {
             name: self.name.clone(),
             records: None,
@@ -97,22 +107,24 @@ impl Stage {
     /// (its "already exists" notice is for the caller to quiet).
     pub fn create_statement(&self) -> String {
         format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
             self.name, self.columns
         )
     }
 
     /// Loads `data`, COPY text lines each ending in `\n`, into the stage,
-    /// empty afterwards but for them. A stage `fresh` lists exists and is
-    /// empty already; any other is created if needed and emptied first (one
-    /// round trip).
+    /// empty afterwards but for them. A stage `stages` lists as fresh exists
+    /// and is empty already; any other is created if needed and emptied
+    /// first (one round trip). Either way `stages` has it emptied before
+    /// the transaction commits.
     async fn fill(
         &self,
         conn: &mut PgConnection,
-        fresh: &mut Fresh,
+        stages: &mut Stages,
         data: &[u8],
     ) -> Result<(), sqlx::Error> {
-        if !fresh.take(&self.name) {
+        stages.filling(&self.name);
+        if !stages.take(&self.name) {
             let setup = format!("{QUIET} {} DELETE FROM {};", self.create_sql(), self.name);
             // A plain string runs as a simple query: several statements allowed.
             sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
@@ -130,15 +142,19 @@ impl Stage {
     }
 }
 
-/// Stages a transaction created at its start (with `BEGIN`, in one round
-/// trip) and has not filled yet: `ON COMMIT DELETE ROWS` left them empty,
-/// so their first fill skips the setup round trip.
+/// One transaction's stages: the fresh ones, created at its start (with
+/// `BEGIN`, in one round trip) and not filled yet — empty, as every stage
+/// is between transactions, so their first fill skips the setup round
+/// trip — and the ones it filled, to empty before it commits.
 #[derive(Debug, Default)]
-pub(super) struct Fresh(Vec<String>);
+pub(super) struct Stages {
+    fresh: Vec<String>,
+    filled: Vec<String>,
+}
 
-impl Fresh {
+impl Stages {
     /// The `BEGIN` that creates `stages`, and those stages as fresh.
-    pub fn begin(stages: impl IntoIterator<Item = Stage>) -> (String, Fresh) {
+    pub fn begin(stages: impl IntoIterator<Item = Stage>) -> (String, Stages) {
         let mut sql = String::from("BEGIN;");
         let mut names = Vec::new();
         for s in stages {
@@ -152,24 +168,55 @@ impl Fresh {
                 names.push(s.name);
             }
         }
-        (sql, Fresh(names))
+        (
+            sql,
+            Stages {
+                fresh: names,
+                filled: Vec::new(),
+            },
+        )
     }
 
     /// Whether `name` is fresh (and stays so: a bound chunk leaves its
     /// stage empty).
     fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|n| n == name)
+        self.fresh.iter().any(|n| n == name)
     }
 
     /// Whether `name` was fresh; it no longer is.
     fn take(&mut self, name: &str) -> bool {
-        match self.0.iter().position(|n| n == name) {
+        match self.fresh.iter().position(|n| n == name) {
             Some(i) => {
-                self.0.swap_remove(i);
+                self.fresh.swap_remove(i);
                 true
             }
             None => false,
         }
+    }
+
+    /// `name` gets rows in this transaction (noted before they are sent:
+    /// emptying a stage whose COPY failed costs nothing).
+    fn filling(&mut self, name: &str) {
+        if !self.filled.iter().any(|n| n == name) {
+            self.filled.push(name.to_owned());
+        }
+    }
+
+    /// The statement that empties the stages this transaction filled, to
+    /// run after their last reader and before COMMIT; `None` when it filled
+    /// none (the usual small commit: bound rows only). `TRUNCATE` rather
+    /// than `DELETE`: no autovacuum reaches a temporary table, and deleted
+    /// rows would stay in it for the connection's life.
+    pub fn empty_sql(&self) -> Option<String> {
+        (!self.filled.is_empty()).then(|| format!("TRUNCATE {}", self.filled.join(", ")))
+    }
+
+    /// Runs [`empty_sql`](Self::empty_sql), if there is one, on `conn`.
+    pub async fn empty(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if let Some(sql) = self.empty_sql() {
+            sqlx::Executor::execute(&mut *conn, sql.as_str()).await?;
+        }
+        Ok(())
     }
 }
 
@@ -271,16 +318,38 @@ mod tests {
         let a = || Stage::new("\"a\" text".into());
         let b = Stage::new("\"b\" integer".into());
         let b_name = b.name.clone();
-        let (sql, mut fresh) = Fresh::begin([a(), b, a()]);
+        let (sql, mut fresh) = Stages::begin([a(), b, a()]);
         assert!(sql.starts_with("BEGIN;"), "{sql}");
         assert_eq!(sql.matches("CREATE TEMP TABLE IF NOT EXISTS").count(), 2);
         assert_eq!(sql.matches(QUIET).count(), 1, "{sql}");
-        assert_eq!(Fresh::begin([]).0, "BEGIN;");
+        assert_eq!(Stages::begin([]).0, "BEGIN;");
         assert!(sql.contains(&format!("{} (\"a\" text)", a().name)), "{sql}");
         assert!(fresh.take(&a().name));
         assert!(!fresh.take(&a().name), "a second fill must empty the stage");
         assert!(fresh.take(&b_name));
-        assert!(!Fresh::default().take(&a().name));
+        assert!(!Stages::default().take(&a().name));
+    }
+
+    #[test]
+    fn a_transaction_empties_each_stage_it_filled_once() {
+        let (a, b) = (
+            Stage::new("\"a\" text".into()),
+            Stage::new("\"b\" int".into()),
+        );
+        let (_, mut stages) = Stages::begin([Stage::new("\"a\" text".into())]);
+        assert_eq!(stages.empty_sql(), None, "created, bound to, never filled");
+        stages.filling(&a.name);
+        stages.filling(&b.name);
+        stages.filling(&a.name);
+        assert_eq!(
+            stages.empty_sql().unwrap(),
+            format!("TRUNCATE {}, {}", a.name, b.name)
+        );
+        assert!(
+            !a.create_statement().contains("ON COMMIT"),
+            "{}",
+            a.create_statement()
+        );
     }
 
     #[test]

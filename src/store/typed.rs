@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sqlx::Row;
 
 use super::dialect::Dialect;
-use super::stage::{BoundUpsert, Fresh, Stage, BIND_MAX_BYTES};
+use super::stage::{BoundUpsert, Stage, Stages, BIND_MAX_BYTES};
 use super::{db_error_text, is_data_error, TableCounts};
 use crate::config::columns::{ColumnMap, ColumnSource, MappedColumn};
 use crate::config::route::Route;
@@ -59,7 +59,7 @@ fn content_of(map: &ColumnMap, alias: &str, dialect: Dialect) -> Option<String> 
 /// `jsonb_to_record` converts instead.
 pub(super) async fn upsert(
     conn: &mut PgConnection,
-    fresh: &mut Fresh,
+    stages: &mut Stages,
     route: &Route,
     map: &ColumnMap,
     rows: &[RowUpsert],
@@ -72,7 +72,7 @@ pub(super) async fn upsert(
     let loaded = match stage_of(route, map) {
         Some(stage) => {
             let data = encode::typed_rows(route, rows);
-            Some(stage.load(conn, fresh, &data, !dialect.is_citus()).await?)
+            Some(stage.load(conn, stages, &data, !dialect.is_citus()).await?)
         }
         None => None,
     };
