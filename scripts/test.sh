@@ -9,6 +9,23 @@ cd "$(dirname "$0")/.."
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 
+# The side services below exist only for the tests: they are stopped when this
+# command exits, pass or fail (KEEP_SERVICES=1 keeps them up for a rerun), so
+# a benchmark run afterwards on the same machine does not share its two cores
+# with a 3-node cluster, a Postgres pair, Citus and MariaDB. Postgres, the
+# broker and the registry stay: the README's first command uses them.
+stop_side_services() {
+  [ "${KEEP_SERVICES:-0}" = 1 ] && return
+  echo "== stopping the tests' side services (KEEP_SERVICES=1 keeps them)"
+  scripts/kafka-cluster.sh stop || true
+  scripts/pg-failover.sh stop || true
+  scripts/citus.sh stop || true
+  scripts/mariadb.sh stop || true
+  scripts/pgbouncer.sh stop || true
+  scripts/connect.sh source-db stop || true
+}
+trap stop_side_services EXIT
+
 echo "== environment"
 scripts/postgres.sh ensure
 scripts/kafka.sh ensure
