@@ -15,9 +15,11 @@ use crate::config::Config;
 use crate::format::registry::RegistryClient;
 use crate::kafka::assignment::{Assignment, Envelope};
 use crate::kafka::consumer;
+use crate::kafka::rebalance::RewindHook;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::Schemas;
+use crate::pipeline::transactions::recall;
 use crate::pipeline::Pipeline;
 use crate::store::active::ActiveMember;
 use crate::store::dialect::Dialect;
@@ -116,8 +118,17 @@ pub async fn run_with(
     // 11116174914137090497, backends terminated while Citus was detected).
     let writer = batch_writer(&cfg, &pool, routes.clone(), guard).await?;
 
-    let (handle, rx, consumer_cancel) =
-        start_consumer(&cfg, &routes, &pool, &assignment, &metrics)?;
+    // Source transactions: partitions assigned or revoked, and what earlier
+    // processes applied, for the pipeline's gate.
+    let rewinds = recall::Inbox::default();
+    let (handle, rx, consumer_cancel) = start_consumer(
+        &cfg,
+        &routes,
+        &pool,
+        &assignment,
+        &metrics,
+        recall::hook(&cfg, rewinds.clone()),
+    )?;
 
     if routes.iter().any(|r| r.is_cdc()) {
         tokio::spawn(purge_delete_markers(
@@ -126,8 +137,15 @@ pub async fn run_with(
             cancel.clone(),
         ));
     }
-    let pipeline = Pipeline::new(&cfg, writer, assignment, metrics, handle.commands.clone())
-        .with_schemas(schemas);
+    let pipeline = Pipeline::new(
+        &cfg,
+        writer,
+        assignment,
+        metrics,
+        handle.commands.clone(),
+        rewinds,
+    )
+    .with_schemas(schemas);
     let result = pipeline.run(rx, cancel.clone()).await;
 
     // Stop order: the pipeline has finished its in-flight commit; now leave
@@ -156,6 +174,7 @@ fn start_consumer(
     pool: &PgPool,
     assignment: &Assignment,
     metrics: &Metrics,
+    on_rewind: Option<RewindHook>,
 ) -> anyhow::Result<(
     consumer::ConsumerHandle,
     mpsc::Receiver<Vec<Envelope>>,
@@ -169,7 +188,10 @@ fn start_consumer(
     let handle = consumer::spawn(
         cfg,
         routes,
-        pool.clone(),
+        consumer::StoredPositions {
+            pool: pool.clone(),
+            on_rewind,
+        },
         assignment.clone(),
         metrics.clone(),
         tx,

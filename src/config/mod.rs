@@ -311,6 +311,12 @@ pub struct SourceTransactions {
     /// (`split`, counted and logged) or stop the sink (`stop`).
     #[serde(default)]
     pub on_overflow: TransactionOverflow,
+    /// Markers read back below the transaction topic's stored position when
+    /// it is assigned: the transactions already applied there, so that a
+    /// process taking over tells a connector's re-sends of them from
+    /// transactions it has not seen whole (0: none).
+    #[serde(default = "default_recall_markers")]
+    pub recall_markers: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -325,12 +331,17 @@ fn default_tx_buffer() -> usize {
     200_000
 }
 
+fn default_recall_markers() -> u64 {
+    100_000
+}
+
 impl Default for SourceTransactions {
     fn default() -> Self {
         SourceTransactions {
             enabled: false,
             max_buffered_events: default_tx_buffer(),
             on_overflow: TransactionOverflow::default(),
+            recall_markers: default_recall_markers(),
         }
     }
 }

@@ -258,6 +258,17 @@ impl Assignment {
         }
     }
 
+    /// The envelopes whose generation is still current (one lock for all).
+    pub fn current(&self, mut envs: Vec<Envelope>) -> Vec<Envelope> {
+        let a = self.lock();
+        envs.retain(|e| {
+            a.parts
+                .get(e.tp())
+                .is_some_and(|s| s.generation == e.generation && !s.seeking)
+        });
+        envs
+    }
+
     /// Whether `generation` is still the current one of `tp`.
     pub fn is_current(&self, tp: &TopicPartition, generation: Generation) -> bool {
         self.lock()

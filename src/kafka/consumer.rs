@@ -27,7 +27,7 @@ use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::client;
 use crate::kafka::lag::LagUpdates;
 use crate::kafka::message::SourceMessage;
-use crate::kafka::rebalance::{seek_target, SinkContext};
+use crate::kafka::rebalance::{seek_target, RewindHook, SinkContext};
 use crate::ops::metrics::Metrics;
 use crate::types::{Offset, TopicPartition};
 
@@ -45,18 +45,26 @@ pub struct ConsumerHandle {
     pub commands: std::sync::mpsc::Sender<Command>,
 }
 
+/// Where assigned partitions start: the database holding their stored
+/// positions, and who else must hear them first.
+pub struct StoredPositions {
+    pub pool: PgPool,
+    pub on_rewind: Option<RewindHook>,
+}
+
 /// Starts the consumer thread. Messages flow into `out` in chunks of up to
 /// [`CHUNK`] (bounded: when the pipeline falls behind, polling pauses —
 /// back-pressure without unbounded memory).
 pub fn spawn(
     cfg: &Config,
     routes: &[Route],
-    pool: PgPool,
+    positions: StoredPositions,
     assignment: Assignment,
     metrics: Metrics,
     out: mpsc::Sender<Vec<Envelope>>,
     cancel: CancellationToken,
 ) -> KafkaResult<ConsumerHandle> {
+    let StoredPositions { pool, on_rewind } = positions;
     let ctx = SinkContext {
         pool,
         group: cfg.kafka.group_id.clone(),
@@ -65,6 +73,7 @@ pub fn spawn(
         metrics: metrics.clone(),
         rt: tokio::runtime::Handle::current(),
         cancel: cancel.clone(),
+        on_rewind,
     };
     let consumer: Arc<BaseConsumer<SinkContext>> =
         Arc::new(client::client_config(cfg).create_with_context(ctx)?);
@@ -309,8 +318,13 @@ impl Poller {
             )?;
         }
         self.consumer.assign(&one)?;
-        for (other, _) in &others {
+        for (other, planned) in &others {
             self.assignment.finish_seek(other);
+            // Read again from where it was planned: the gate of source
+            // transactions forgets what it will read again.
+            if let Some(hook) = &self.consumer.context().on_rewind {
+                hook(other, *planned);
+            }
         }
         Ok(())
     }

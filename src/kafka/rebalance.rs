@@ -36,6 +36,12 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// Told, for each partition assigned, revoked or restarted, where it will
+/// be read from next (`None`: not from a stored position, or not by this
+/// process). Called on the consumer thread after the partition's generation
+/// changed and before that thread delivers a message of the new one.
+pub type RewindHook = std::sync::Arc<dyn Fn(&TopicPartition, Option<Offset>) + Send + Sync>;
+
 /// The consumer's context: what the rebalance callback needs.
 pub struct SinkContext {
     pub(super) pool: PgPool,
@@ -45,6 +51,7 @@ pub struct SinkContext {
     pub(super) metrics: Metrics,
     pub(super) rt: tokio::runtime::Handle,
     pub(super) cancel: CancellationToken,
+    pub(super) on_rewind: Option<RewindHook>,
 }
 
 impl ClientContext for SinkContext {}
@@ -104,6 +111,11 @@ impl SinkContext {
         let tps = partitions_of(tpl);
         let stored = self.read_offsets_blocking(&tps);
         let owned = self.assignment.assign(&tps, &stored, !cooperative);
+        if let Some(hook) = &self.on_rewind {
+            for tp in &tps {
+                hook(tp, stored.get(tp).copied());
+            }
+        }
         self.metrics.assigned_partitions.set(owned as i64);
         for tp in &tps {
             let target = seek_target(stored.get(tp).copied(), self.reset);
@@ -116,6 +128,11 @@ impl SinkContext {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         let tps = partitions_of(tpl);
         let owned = self.assignment.revoke(&tps);
+        if let Some(hook) = &self.on_rewind {
+            for tp in &tps {
+                hook(tp, None);
+            }
+        }
         for tp in &tps {
             self.metrics.forget_partition(tp);
         }

@@ -160,11 +160,14 @@ impl Pipeline {
         assignment: Assignment,
         metrics: Metrics,
         commands: std::sync::mpsc::Sender<Command>,
+        rewinds: transactions::recall::Inbox,
     ) -> Self {
         let admission = transactions::Admission::new(
             &cfg.sink.source_transactions,
             writer.routes(),
             metrics.source_transactions.clone(),
+            rewinds,
+            assignment.clone(),
         );
         Self {
             admission: std::sync::Mutex::new(admission),

@@ -219,7 +219,10 @@ impl Pipeline {
     /// Re-reads stored positions and seeks every given partition there.
     pub(super) async fn resync(&self, tps: &[TopicPartition]) {
         let stored = self.read_stored(tps).await;
-        for (tp, off) in self.assignment.begin_seek(tps, &stored) {
+        let seeks = self.assignment.begin_seek(tps, &stored);
+        // Before the consumer seeks: the gate forgets what it will read again.
+        self.admission.lock().expect("admission").rewound(&seeks);
+        for (tp, off) in seeks {
             let _ = self.commands.send(Command::Seek(tp, off));
         }
     }

@@ -33,10 +33,11 @@ use serde_json::value::RawValue;
 
 use crate::config::route_set::RouteSet;
 use crate::config::TransactionOverflow;
-use crate::kafka::assignment::{Envelope, Generation, Polled};
+use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::message::SourceMessage;
 use crate::ops::metrics::SourceTransactions as SourceTransactionMetrics;
-use crate::types::TopicPartition;
+use crate::types::{Offset, TopicPartition};
+use released::{EndAt, Released};
 
 /// An END's changes per data collection.
 type Counts = Vec<(String, u64)>;
@@ -78,11 +79,19 @@ struct Collection {
 #[derive(Deserialize)]
 struct TxBlock {
     id: String,
+    /// The change's place among its transaction's events: a connector
+    /// restarted gives a re-sent copy its original's (the count lives in
+    /// its offsets), so copies count once towards the END.
+    #[serde(default)]
+    total_order: Option<u64>,
 }
 
 /// The message's value as the JSON converter wrote it, schemas or not.
 fn wire(m: &SourceMessage) -> Option<Wire<'_>> {
-    let bytes = m.payload.as_deref()?;
+    wire_of(m.payload.as_deref()?)
+}
+
+fn wire_of(bytes: &[u8]) -> Option<Wire<'_>> {
     let outer: Wire<'_> = serde_json::from_slice(bytes).ok()?;
     match outer.payload {
         Some(inner) if outer.status.is_none() && outer.op.is_none() => {
@@ -94,7 +103,12 @@ fn wire(m: &SourceMessage) -> Option<Wire<'_>> {
 
 /// The marker `m` is, if it is one.
 pub fn marker(m: &SourceMessage) -> Option<Marker> {
-    let w = wire(m)?;
+    marker_in(m.payload.as_deref()?)
+}
+
+/// The marker a message value is, if it is one.
+pub fn marker_in(value: &[u8]) -> Option<Marker> {
+    let w = wire_of(value)?;
     if w.op.is_some() {
         return None;
     }
@@ -127,6 +141,8 @@ struct Held {
     tx: Option<String>,
     /// A marker: released as a position, not a row.
     marker: Option<Marker>,
+    /// A change's order in its transaction (`transaction.total_order`).
+    order: Option<u64>,
 }
 
 /// What [`Gate::push`] and [`Gate::release`] report for metrics.
@@ -201,13 +217,13 @@ impl Gate {
 
     pub fn push(&mut self, env: Envelope) {
         let tp = env.tp().clone();
-        let (marker, tx) = match &env.item {
+        let (marker, tx, order) = match &env.item {
             Polled::Message(m) if may_carry_markers(&m.tp.topic) => match marker(m) {
-                Some(mk) => (Some(mk.clone()), Some(mk.id)),
-                None => (None, transaction_of(m)),
+                Some(mk) => (Some(mk.clone()), Some(mk.id), None),
+                None => Self::change_of(m),
             },
-            Polled::Message(m) => (None, transaction_of(m)),
-            _ => (None, None),
+            Polled::Message(m) => Self::change_of(m),
+            _ => (None, None, None),
         };
         if marker.is_some() && tp.partition != 0 {
             self.partitioned.get_or_insert(tp.clone());
@@ -232,7 +248,19 @@ impl Gate {
         self.held += 1;
         self.oldest.push_back(Instant::now());
         let entry = self.queues.get_mut(env.tp()).expect("just inserted");
-        entry.1.push_back(Held { env, tx, marker });
+        entry.1.push_back(Held {
+            env,
+            tx,
+            marker,
+            order,
+        });
+    }
+
+    fn change_of(m: &SourceMessage) -> (Option<Marker>, Option<String>, Option<u64>) {
+        match transaction_of(m) {
+            Some((id, order)) => (None, Some(id), order),
+            None => (None, None, None),
+        }
     }
 
     fn forget(&mut self, h: &Held) {
@@ -262,9 +290,9 @@ impl Gate {
         loop {
             self.free_orphan_begins();
             self.release_free(&mut out);
-            if let Some(id) = self.next_complete() {
+            if let Some((id, end)) = self.next_complete() {
                 self.release_tx(&id, &mut out);
-                self.free_rest_of(&id);
+                self.free_rest_of(&id, end);
                 self.applied += 1;
             } else if !self.free_resends_before_first() && !self.presume_resent() {
                 break;
@@ -337,8 +365,8 @@ impl Gate {
 
     /// The transaction whose END is first among the markers held and whose
     /// counted changes are all held at the fronts.
-    fn next_complete(&self) -> Option<String> {
-        let (end_tp, id, counts) = self.first_end()?;
+    fn next_complete(&self) -> Option<(String, EndAt)> {
+        let (end_tp, end, id, counts) = self.first_end()?;
         let expected: u64 = counts
             .iter()
             .filter(|(collection, _)| (self.consumes)(&data_topic(&end_tp.topic, collection)))
@@ -351,36 +379,51 @@ impl Gate {
         // Its changes must be at the fronts of their partitions (commit
         // order per partition). More than the END counts can be held: a
         // connector restarted re-sends transactions, in part, under the
-        // same id, further back in the partitions.
-        let reachable: u64 = self
-            .queues
-            .values()
-            .map(|(_, q)| {
-                q.iter()
-                    .take_while(|h| h.tx.as_deref() == Some(&id) || h.tx.is_none())
-                    .filter(|h| h.marker.is_none() && h.tx.as_deref() == Some(&id))
-                    .count() as u64
-            })
-            .sum();
-        (reachable >= expected).then_some(id)
+        // same id, further back in the partitions — and a copy of a change
+        // held beside its original counts once (by its order), or the
+        // copies would stand in for changes still to come.
+        let mut orders = std::collections::HashSet::new();
+        let mut unordered = 0u64;
+        for (_, q) in self.queues.values() {
+            let reachable = q
+                .iter()
+                .take_while(|h| h.tx.as_deref() == Some(&id) || h.tx.is_none())
+                .filter(|h| h.marker.is_none() && h.tx.as_deref() == Some(&id));
+            for h in reachable {
+                match h.order {
+                    Some(o) => {
+                        orders.insert(o);
+                    }
+                    None => unordered += 1,
+                }
+            }
+        }
+        (orders.len() as u64 + unordered >= expected).then_some((id, Some((end_tp, end))))
     }
 
     /// The first END marker held whose partition holds nothing of another
-    /// transaction before it (its partition, id and counts).
-    fn first_end(&self) -> Option<(TopicPartition, String, Counts)> {
+    /// transaction before it (where it is, its id and counts).
+    fn first_end(&self) -> Option<(TopicPartition, Offset, String, Counts)> {
         let mut marker_queues = self
             .queues
             .iter()
             .filter(|(tp, _)| may_carry_markers(&tp.topic));
         marker_queues.find_map(|(tp, (_, q))| {
-            let (at, id, counts) = q.iter().enumerate().find_map(|(i, h)| match &h.marker {
-                Some(Marker { id, end: Some(c) }) if h.tx.is_some() => Some((i, id, c)),
-                _ => None,
-            })?;
+            let (at, end, id, counts) =
+                q.iter()
+                    .enumerate()
+                    .find_map(|(i, h)| match (&h.marker, &h.env.item) {
+                        (Some(Marker { id, end: Some(c) }), Polled::Message(m))
+                            if h.tx.is_some() =>
+                        {
+                            Some((i, m.offset, id, c))
+                        }
+                        _ => None,
+                    })?;
             q.iter()
                 .take(at)
                 .all(|h| h.tx.is_none() || h.tx.as_ref() == Some(id))
-                .then(|| (tp.clone(), id.clone(), counts.clone()))
+                .then(|| (tp.clone(), end, id.clone(), counts.clone()))
         })
     }
 
@@ -415,7 +458,7 @@ impl Gate {
              applying it in parts; readers can see part of it"
         );
         self.splits += 1;
-        self.free_rest_of(&id);
+        self.free_rest_of(&id, None);
         self.release_free(out);
         Ok(())
     }
@@ -452,7 +495,7 @@ impl Gate {
     /// so their ENDs were read before its END and they were applied — by
     /// this process or one before it. They are re-sends: let them pass.
     fn free_resends_before_first(&mut self) -> bool {
-        let Some((_, id, _)) = self.first_end() else {
+        let Some((_, _, id, _)) = self.first_end() else {
             return false;
         };
         let mut resent = Vec::new();
@@ -472,8 +515,15 @@ impl Gate {
         }
         resent.sort();
         resent.dedup();
+        if !resent.is_empty() {
+            tracing::info!(
+                before = %id,
+                transactions = ?resent,
+                "changes standing before the next transaction's taken for a connector's re-sends"
+            );
+        }
         for t in &resent {
-            self.free_rest_of(t);
+            self.free_rest_of(t, None);
         }
         !resent.is_empty()
     }
@@ -484,7 +534,7 @@ impl Gate {
     /// warning, a metric) and let through; were it an original whose
     /// changes were that late, readers could see part of it.
     fn presume_resent(&mut self) -> bool {
-        let Some((_, id, _)) = self.first_end() else {
+        let Some((end_tp, end, id, _)) = self.first_end() else {
             self.stuck = None;
             return false;
         };
@@ -498,7 +548,7 @@ impl Gate {
                 );
                 self.stuck = None;
                 self.presumed += 1;
-                self.free_rest_of(&id);
+                self.free_rest_of(&id, Some((end_tp, end)));
                 true
             }
             Some((s, _)) if *s == id => false,
@@ -509,11 +559,48 @@ impl Gate {
         }
     }
 
+    /// `tp` will be read again from `at` (a rebalance, a seek; `None`: not
+    /// from a stored position, or not by this process): what it held goes,
+    /// as do the transactions whose END it holds at or after `at` — released
+    /// perhaps, but not committed, or committed and now replayed; read
+    /// again, they are gated again. `recalled`: the ENDs below `at`, released
+    /// by an earlier process (`recall.rs`).
+    pub fn rewind(
+        &mut self,
+        tp: &TopicPartition,
+        at: Option<Offset>,
+        recalled: Vec<(String, Offset)>,
+    ) {
+        if let Some((_, q)) = self.queues.remove(tp) {
+            for h in &q {
+                self.forget(h);
+            }
+        }
+        if !may_carry_markers(&tp.topic) {
+            return;
+        }
+        self.stuck = None;
+        self.done.forget_from(tp, at);
+        let ids: std::collections::HashSet<&str> =
+            recalled.iter().map(|(id, _)| id.as_str()).collect();
+        for (_, q) in self.queues.values_mut() {
+            for h in q.iter_mut() {
+                if h.tx.as_deref().is_some_and(|t| ids.contains(t)) {
+                    h.tx = None;
+                }
+            }
+        }
+        for (id, end) in &recalled {
+            self.held_per_tx.remove(id);
+            self.done.insert(id, Some((tp.clone(), *end)));
+        }
+    }
+
     /// Marks `id` released: what is still held of it (a re-send, or the
     /// rest of a transaction applied in parts) and what comes later passes
     /// freely — re-sent changes never move a row back (source positions).
-    fn free_rest_of(&mut self, id: &str) {
-        self.done.insert(id);
+    fn free_rest_of(&mut self, id: &str, end: EndAt) {
+        self.done.insert(id, end);
         for (_, q) in self.queues.values_mut() {
             for h in q.iter_mut() {
                 if h.tx.as_deref() == Some(id) {
@@ -525,55 +612,49 @@ impl Gate {
     }
 }
 
-/// The ids of the transactions released most recently, to tell re-sends:
-/// bounded, as a connector re-sends only what it had not flushed.
-#[derive(Default)]
-struct Released {
-    order: VecDeque<String>,
-    set: std::collections::HashSet<String>,
-}
-
-impl Released {
-    /// Transactions remembered: a connector re-sends at most what it
-    /// produced since its last offset flush (a minute by default).
-    const CAPACITY: usize = 1 << 18;
-
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
-    }
-
-    fn insert(&mut self, id: &str) {
-        if self.set.insert(id.to_string()) {
-            self.order.push_back(id.to_string());
-            if self.order.len() > Self::CAPACITY {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// What stands between the consumer and the batches: the gate when
 /// source transactions are applied whole; otherwise markers only become
 /// positions (a `^prefix\..*` route also reads `<prefix>.transaction`).
 pub struct Admission {
     gate: Option<Gate>,
     metrics: SourceTransactionMetrics,
+    /// Partitions assigned or revoked, for the gate to take in before the
+    /// next messages (`recall.rs`).
+    rewinds: recall::Inbox,
+    /// Tells which messages belong to an ended generation.
+    assignment: Assignment,
 }
 
 impl Admission {
+    /// `rewinds`: where the rebalance callback leaves the partitions it
+    /// assigned or revoked (`recall.rs`).
     pub fn new(
         cfg: &crate::config::SourceTransactions,
         routes: Arc<RouteSet>,
         metrics: SourceTransactionMetrics,
+        rewinds: recall::Inbox,
+        assignment: Assignment,
     ) -> Admission {
         let gate = cfg.enabled.then(|| {
             Gate::new(cfg.max_buffered_events, cfg.on_overflow, move |topic| {
                 routes.matching(topic).is_some()
             })
         });
-        Admission { gate, metrics }
+        Admission {
+            gate,
+            metrics,
+            rewinds,
+            assignment,
+        }
+    }
+
+    /// Partitions about to be read again from the given positions (a seek).
+    pub fn rewound(&mut self, seeks: &[(TopicPartition, Option<Offset>)]) {
+        if let Some(gate) = &mut self.gate {
+            for (tp, at) in seeks {
+                gate.rewind(tp, *at, Vec::new());
+            }
+        }
     }
 
     /// Batches must hold whole released runs (no split at `max_messages`).
@@ -593,6 +674,13 @@ impl Admission {
             }));
             return Ok(());
         };
+        for r in std::mem::take(&mut *self.rewinds.lock().expect("rewinds")) {
+            gate.rewind(&r.tp, r.at, r.recalled);
+        }
+        // Messages of an ended generation never enter a batch: released now,
+        // their transactions would count as released and, read again, pass
+        // as re-sends of themselves.
+        let chunk = self.assignment.current(chunk);
         let (applied, splits, presumed) = (gate.applied, gate.splits, gate.presumed);
         for env in chunk {
             if let Polled::Message(m) = &env.item {
@@ -626,9 +714,12 @@ fn data_topic(transaction_topic: &str, collection: &str) -> String {
     format!("{prefix}.{collection}")
 }
 
-/// The source transaction a change event names, if any.
-fn transaction_of(m: &SourceMessage) -> Option<String> {
-    wire(m)?.transaction.map(|t| transaction_key(t.id))
+/// The source transaction a change event names, if any, and the change's
+/// order in it.
+fn transaction_of(m: &SourceMessage) -> Option<(String, Option<u64>)> {
+    wire(m)?
+        .transaction
+        .map(|t| (transaction_key(t.id), t.total_order))
 }
 
 /// What names one source transaction in its markers and changes alike.
@@ -665,5 +756,7 @@ fn as_position(env: Envelope) -> Envelope {
     }
 }
 
+pub mod recall;
+mod released;
 #[cfg(test)]
 mod tests;

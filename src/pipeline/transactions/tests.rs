@@ -20,8 +20,10 @@ fn msg(topic: &str, p: i32, offset: i64, value: &str) -> Envelope {
 }
 
 fn change(topic: &str, p: i32, offset: i64, tx: Option<&str>) -> Envelope {
+    // The order is the id's LSN part, as a connector's copy keeps both.
     let tx = tx.map_or("null".to_string(), |t| {
-        format!(r#"{{"id":"{t}","total_order":1}}"#)
+        let order = t.split_once(':').map_or("null", |(_, lsn)| lsn);
+        format!(r#"{{"id":"{t}","total_order":{order}}}"#)
     });
     msg(
         topic,
@@ -279,4 +281,180 @@ fn a_begin_orphaned_by_a_connector_crash_blocks_nothing() {
     assert_eq!(out.len(), 8, "{out:?}");
     assert_eq!(g.applied, 2);
     assert_eq!(g.state().held_events, 0);
+}
+
+/// A process takes over inside a connector's re-send region. The crash cut
+/// B short (its BEGIN and first change written); the restarted connector
+/// re-sent X, which the predecessor had applied, then B whole. B's first
+/// change stands before X's copy: recalled, X passes as the re-send it is
+/// and B waits for all its changes; not recalled, X's copy can only be
+/// told from a new transaction by the partitions' order, which takes B for
+/// the re-send and applies it in parts.
+#[test]
+fn a_takeover_inside_a_resend_region_applies_the_transaction_cut_short_whole() {
+    for recalled in [true, false] {
+        let mut g = gate();
+        if recalled {
+            // The predecessor committed 8: its END is below the position.
+            g.rewind(
+                &tp("db.transaction", 0),
+                Some(Offset(10)),
+                vec![("8".into(), Offset(3))],
+            );
+        }
+        let mut batches = Vec::new();
+        g.push(begin(10, "9:1"));
+        g.push(change("db.public.a", 0, 10, Some("9:2")));
+        g.push(begin(11, "8:1"));
+        g.push(change("db.public.a", 0, 11, Some("8:2")));
+        g.push(end(12, "8:3", &[("public.a", 1)]));
+        g.push(begin(13, "9:1"));
+        g.push(change("db.public.a", 0, 12, Some("9:2")));
+        g.push(change("db.public.a", 0, 13, Some("9:4")));
+        g.push(end(14, "9:5", &[("public.a", 2), ("public.b", 1)]));
+        batches.push(released(&g.release().unwrap()));
+        g.push(change("db.public.b", 0, 5, Some("9:3")));
+        batches.push(released(&g.release().unwrap()));
+        let of_b: Vec<usize> = batches
+            .iter()
+            .map(|out| {
+                out.iter()
+                    .filter(|(t, p, o, pos)| {
+                        !pos && *p == 0
+                            && ((t == "db.public.a" && [10, 12, 13].contains(o))
+                                || (t == "db.public.b" && *o == 5))
+                    })
+                    .count()
+            })
+            .collect();
+        if recalled {
+            assert_eq!(of_b, [0, 4], "{batches:?}");
+            assert_eq!(g.state().held_events, 0);
+        } else {
+            assert_eq!(of_b, [3, 1], "the fallback splits B: {batches:?}");
+        }
+    }
+}
+
+/// The connector crashed inside B after writing its first change and
+/// re-sent B whole: the copy of that change, held beside its original,
+/// counts once, so B waits for its change still to come on another table.
+#[test]
+fn a_copy_held_beside_its_original_does_not_complete_the_transaction() {
+    let mut g = gate();
+    g.push(begin(0, "9:1"));
+    g.push(change("db.public.a", 0, 0, Some("9:2")));
+    g.push(begin(1, "9:1"));
+    g.push(change("db.public.a", 0, 1, Some("9:2")));
+    g.push(change("db.public.a", 0, 2, Some("9:4")));
+    g.push(end(2, "9:5", &[("public.a", 2), ("public.b", 1)]));
+    let first = released(&g.release().unwrap());
+    assert!(first.iter().all(|(_, _, _, pos)| *pos), "{first:?}");
+    g.push(change("db.public.b", 0, 0, Some("9:3")));
+    let second = released(&g.release().unwrap());
+    assert_eq!(second.iter().filter(|(_, _, _, pos)| !pos).count(), 4);
+    assert_eq!(g.state().held_events, 0);
+}
+
+/// A rebalance drops what the gate released and the pipeline had not yet
+/// committed (its generation ended). Read again, that transaction must be
+/// gated again, not let through as a re-send of itself in parts.
+#[test]
+fn a_transaction_released_but_never_committed_is_gated_again_when_read_again() {
+    let mut g = gate();
+    let t = |g: &mut Gate| {
+        g.push(begin(0, "5:1"));
+        g.push(change("db.public.a", 0, 0, Some("5:2")));
+    };
+    t(&mut g);
+    g.push(change("db.public.b", 0, 0, Some("5:3")));
+    g.push(end(1, "5:4", &[("public.a", 1), ("public.b", 1)]));
+    assert_eq!(released(&g.release().unwrap()).len(), 4);
+    // The rebalance: every partition is read again from its stored position.
+    for tp in [
+        tp("db.transaction", 0),
+        tp("db.public.a", 0),
+        tp("db.public.b", 0),
+    ] {
+        g.rewind(&tp, Some(Offset(0)), Vec::new());
+    }
+    t(&mut g);
+    let out = released(&g.release().unwrap());
+    assert!(out.iter().all(|(_, _, _, pos)| *pos), "{out:?}");
+    g.push(change("db.public.b", 0, 0, Some("5:3")));
+    g.push(end(1, "5:4", &[("public.a", 1), ("public.b", 1)]));
+    // Its BEGIN, both changes and its END, together.
+    assert_eq!(released(&g.release().unwrap()).len(), 4);
+    assert_eq!(g.state().held_events, 0);
+}
+
+/// The same through the admission, as the pipeline runs it: the rebalance
+/// ends the generation (messages of the old one still queued are dropped)
+/// and the callback's rewinds reach the gate before the new messages.
+#[test]
+fn after_a_rebalance_the_admission_gates_what_it_reads_again() {
+    use crate::kafka::assignment::Assignment;
+    let parts = [
+        tp("db.transaction", 0),
+        tp("db.public.a", 0),
+        tp("db.public.b", 0),
+    ];
+    let assignment = Assignment::default();
+    assignment.assign(&parts, &Default::default(), true);
+    let rewinds = recall::Inbox::default();
+    let mut admission = Admission {
+        gate: Some(gate()),
+        metrics: crate::ops::metrics::Metrics::new()
+            .source_transactions
+            .clone(),
+        rewinds: rewinds.clone(),
+        assignment: assignment.clone(),
+    };
+    let stamped = |env: Envelope| Envelope {
+        generation: assignment.stamp(env.tp()).unwrap(),
+        ..env
+    };
+    let whole = |stamped: &dyn Fn(Envelope) -> Envelope| {
+        vec![
+            stamped(begin(0, "5:1")),
+            stamped(change("db.public.a", 0, 0, Some("5:2"))),
+            stamped(change("db.public.b", 0, 0, Some("5:3"))),
+            stamped(end(1, "5:4", &[("public.a", 1), ("public.b", 1)])),
+        ]
+    };
+    let mut buf = Vec::new();
+    admission.admit(whole(&stamped), &mut buf).unwrap();
+    assert_eq!(buf.len(), 4, "released before the rebalance");
+    let queued = whole(&stamped); // fetched, not yet taken in
+                                  // The rebalance, as the callback does it: new generations, then rewinds.
+    assignment.assign(&parts, &Default::default(), true);
+    for tp in &parts {
+        rewinds.lock().unwrap().push(recall::Rewind {
+            tp: tp.clone(),
+            at: Some(Offset(0)),
+            recalled: Vec::new(),
+        });
+    }
+    let mut after = Vec::new();
+    admission.admit(queued, &mut after).unwrap();
+    assert!(after.is_empty(), "the old generation is dropped: {after:?}");
+    let stamped = |env: Envelope| Envelope {
+        generation: assignment.stamp(env.tp()).unwrap(),
+        ..env
+    };
+    let mut again = whole(&stamped);
+    let rest = again.split_off(2);
+    admission.admit(again, &mut after).unwrap();
+    assert!(
+        released(&after).iter().all(|(_, _, _, pos)| *pos),
+        "{after:?}"
+    );
+    admission.admit(rest, &mut after).unwrap();
+    assert_eq!(
+        released(&after)
+            .iter()
+            .filter(|(_, _, _, pos)| !pos)
+            .count(),
+        2
+    );
 }
