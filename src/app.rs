@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::format::registry::RegistryClient;
 use crate::kafka::assignment::{Assignment, Envelope};
 use crate::kafka::consumer;
-use crate::kafka::rebalance::RewindHook;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
 use crate::pipeline::schemas::Schemas;
@@ -118,22 +117,16 @@ pub async fn run_with(
     // 11116174914137090497, backends terminated while Citus was detected).
     let writer = batch_writer(&cfg, &pool, routes.clone(), guard).await?;
 
-    // Source transactions: partitions assigned or revoked, and what earlier
-    // processes applied, for the pipeline's gate.
+    // Partitions read again, for the gate of source transactions.
     let rewinds = recall::Inbox::default();
-    let (handle, rx, consumer_cancel) = start_consumer(
-        &cfg,
-        &routes,
-        &pool,
-        &assignment,
-        &metrics,
-        recall::hook(&cfg, rewinds.clone()),
-    )?;
+    let (handle, rx, consumer_cancel) =
+        start_consumer(&cfg, &routes, &pool, &assignment, &metrics, &rewinds)?;
 
     if routes.iter().any(|r| r.is_cdc()) {
+        let retention = cfg.sink.delete_marker_retention;
         tokio::spawn(purge_delete_markers(
             pool.clone(),
-            cfg.sink.delete_marker_retention,
+            retention,
             cancel.clone(),
         ));
     }
@@ -167,14 +160,15 @@ pub async fn run_with(
 }
 
 /// Starts the consumer thread, feeding the returned channel until the
-/// returned token is cancelled.
+/// returned token is cancelled; partitions read again are told to
+/// `rewinds` (source transactions).
 fn start_consumer(
     cfg: &Config,
     routes: &[Route],
     pool: &PgPool,
     assignment: &Assignment,
     metrics: &Metrics,
-    on_rewind: Option<RewindHook>,
+    rewinds: &recall::Inbox,
 ) -> anyhow::Result<(
     consumer::ConsumerHandle,
     mpsc::Receiver<Vec<Envelope>>,
@@ -190,7 +184,7 @@ fn start_consumer(
         routes,
         consumer::StoredPositions {
             pool: pool.clone(),
-            on_rewind,
+            on_rewind: recall::hook(cfg, rewinds.clone()),
         },
         assignment.clone(),
         metrics.clone(),

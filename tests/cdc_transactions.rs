@@ -132,7 +132,7 @@ fn reader(
                     || orphans > 0;
                 if broken_now {
                     let n = broken.fetch_add(1, Ordering::Relaxed) + 1;
-                    if seen.len() < 5 || n % 200 == 0 {
+                    if seen.len() < 5 || n.is_multiple_of(200) {
                         seen.push(format!(
                             "{:?}: {accounts} accounts summing to {sum}, {bad_orders} orders \
                              whose total is not their lines', {orphans} orphan lines; {}",

@@ -27,7 +27,7 @@ use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::client;
 use crate::kafka::lag::LagUpdates;
 use crate::kafka::message::SourceMessage;
-use crate::kafka::rebalance::{seek_target, RewindHook, SinkContext};
+use crate::kafka::rebalance::{seek_target, ReadNext, RewindHook, SinkContext};
 use crate::ops::metrics::Metrics;
 use crate::types::{Offset, TopicPartition};
 
@@ -323,7 +323,7 @@ impl Poller {
             // Read again from where it was planned: the gate of source
             // transactions forgets what it will read again.
             if let Some(hook) = &self.consumer.context().on_rewind {
-                hook(other, *planned);
+                hook(other, ReadNext::From(*planned));
             }
         }
         Ok(())

@@ -37,10 +37,18 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 /// Told, for each partition assigned, revoked or restarted, where it will
-/// be read from next (`None`: not from a stored position, or not by this
-/// process). Called on the consumer thread after the partition's generation
+/// be read from next. Called on the consumer thread after the partition's generation
 /// changed and before that thread delivers a message of the new one.
-pub type RewindHook = std::sync::Arc<dyn Fn(&TopicPartition, Option<Offset>) + Send + Sync>;
+pub type RewindHook = std::sync::Arc<dyn Fn(&TopicPartition, ReadNext) + Send + Sync>;
+
+/// Where a partition will be read from next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadNext {
+    /// From this position (`None`: none stored; the reset policy decides).
+    From(Option<Offset>),
+    /// Not by this process: revoked.
+    Elsewhere,
+}
 
 /// The consumer's context: what the rebalance callback needs.
 pub struct SinkContext {
@@ -113,7 +121,7 @@ impl SinkContext {
         let owned = self.assignment.assign(&tps, &stored, !cooperative);
         if let Some(hook) = &self.on_rewind {
             for tp in &tps {
-                hook(tp, stored.get(tp).copied());
+                hook(tp, ReadNext::From(stored.get(tp).copied()));
             }
         }
         self.metrics.assigned_partitions.set(owned as i64);
@@ -130,7 +138,7 @@ impl SinkContext {
         let owned = self.assignment.revoke(&tps);
         if let Some(hook) = &self.on_rewind {
             for tp in &tps {
-                hook(tp, None);
+                hook(tp, ReadNext::Elsewhere);
             }
         }
         for tp in &tps {

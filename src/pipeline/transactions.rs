@@ -35,6 +35,7 @@ use crate::config::route_set::RouteSet;
 use crate::config::TransactionOverflow;
 use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::message::SourceMessage;
+use crate::kafka::rebalance::ReadNext;
 use crate::ops::metrics::SourceTransactions as SourceTransactionMetrics;
 use crate::types::{Offset, TopicPartition};
 use released::{EndAt, Released};
@@ -559,23 +560,21 @@ impl Gate {
         }
     }
 
-    /// `tp` will be read again from `at` (a rebalance, a seek; `None`: not
-    /// from a stored position, or not by this process): what it held goes,
-    /// as do the transactions whose END it holds at or after `at` — released
-    /// perhaps, but not committed, or committed and now replayed; read
-    /// again, they are gated again. `recalled`: the ENDs below `at`, released
-    /// by an earlier process (`recall.rs`).
-    pub fn rewind(
-        &mut self,
-        tp: &TopicPartition,
-        at: Option<Offset>,
-        recalled: Vec<(String, Offset)>,
-    ) {
+    /// `tp` will be read next as `next` says (a rebalance, a seek): what it
+    /// held goes. Read again here from `at`, so do the transactions whose
+    /// END is there at or after `at` — released perhaps, but not committed,
+    /// or committed and now replayed; read again, they are gated again.
+    /// `recalled`: the ENDs below `at`, released by an earlier process
+    /// (`recall.rs`).
+    pub fn rewind(&mut self, tp: &TopicPartition, next: ReadNext, recalled: Vec<(String, Offset)>) {
         if let Some((_, q)) = self.queues.remove(tp) {
             for h in &q {
                 self.forget(h);
             }
         }
+        let ReadNext::From(at) = next else {
+            return;
+        };
         if !may_carry_markers(&tp.topic) {
             return;
         }
@@ -652,7 +651,7 @@ impl Admission {
     pub fn rewound(&mut self, seeks: &[(TopicPartition, Option<Offset>)]) {
         if let Some(gate) = &mut self.gate {
             for (tp, at) in seeks {
-                gate.rewind(tp, *at, Vec::new());
+                gate.rewind(tp, ReadNext::From(*at), Vec::new());
             }
         }
     }
@@ -675,7 +674,7 @@ impl Admission {
             return Ok(());
         };
         for r in std::mem::take(&mut *self.rewinds.lock().expect("rewinds")) {
-            gate.rewind(&r.tp, r.at, r.recalled);
+            gate.rewind(&r.tp, r.next, r.recalled);
         }
         // Messages of an ended generation never enter a batch: released now,
         // their transactions would count as released and, read again, pass

@@ -1,8 +1,9 @@
 //! Partitions read again: what the gate must forget, and what earlier
 //! processes applied, read back from the transaction topic.
 //!
-//! On every assignment and revocation the gate drops what it held of the
-//! partition and forgets the transactions whose END it will read again:
+//! On every assignment, revocation and seek the gate drops what it held of
+//! the partition and, read again here, forgets the transactions whose END
+//! it will read again:
 //! released perhaps, but never committed (the batch holding them was
 //! dropped with the old generation), so their changes are gated again
 //! instead of passing as re-sends, in parts.
@@ -32,15 +33,15 @@ use rdkafka::{Message, TopicPartitionList};
 use super::{marker_in, may_carry_markers, Marker};
 use crate::config::Config;
 use crate::kafka::client;
-use crate::kafka::rebalance::RewindHook;
+use crate::kafka::rebalance::{ReadNext, RewindHook};
 use crate::types::{Offset, TopicPartition};
 
-/// A partition to be read again from `at`, with the transactions whose
-/// ENDs below `at` were recalled.
+/// A partition to be read again from `next`, with the transactions whose
+/// ENDs below it were recalled.
 #[derive(Debug)]
 pub struct Rewind {
     pub tp: TopicPartition,
-    pub at: Option<Offset>,
+    pub next: ReadNext,
     pub recalled: Vec<(String, Offset)>,
 }
 
@@ -65,16 +66,16 @@ pub fn hook(cfg: &Config, inbox: Inbox) -> Option<RewindHook> {
     let mut client = client::client_config(cfg);
     // Assigned, never subscribed: this reader joins no group.
     client.set("group.id", format!("{}.recall", cfg.kafka.group_id));
-    Some(Arc::new(move |tp: &TopicPartition, at: Option<Offset>| {
-        let recalled = match at {
-            Some(at) if markers > 0 && at.0 > 0 && may_carry_markers(&tp.topic) => {
+    Some(Arc::new(move |tp: &TopicPartition, next: ReadNext| {
+        let recalled = match next {
+            ReadNext::From(Some(at)) if markers > 0 && at.0 > 0 && may_carry_markers(&tp.topic) => {
                 recall(&client, tp, at, markers)
             }
             _ => Vec::new(),
         };
         inbox.lock().expect("rewinds").push(Rewind {
             tp: tp.clone(),
-            at,
+            next,
             recalled,
         });
     }))

@@ -298,7 +298,7 @@ fn a_takeover_inside_a_resend_region_applies_the_transaction_cut_short_whole() {
             // The predecessor committed 8: its END is below the position.
             g.rewind(
                 &tp("db.transaction", 0),
-                Some(Offset(10)),
+                ReadNext::From(Some(Offset(10))),
                 vec![("8".into(), Offset(3))],
             );
         }
@@ -376,7 +376,7 @@ fn a_transaction_released_but_never_committed_is_gated_again_when_read_again() {
         tp("db.public.a", 0),
         tp("db.public.b", 0),
     ] {
-        g.rewind(&tp, Some(Offset(0)), Vec::new());
+        g.rewind(&tp, ReadNext::From(Some(Offset(0))), Vec::new());
     }
     t(&mut g);
     let out = released(&g.release().unwrap());
@@ -431,7 +431,7 @@ fn after_a_rebalance_the_admission_gates_what_it_reads_again() {
     for tp in &parts {
         rewinds.lock().unwrap().push(recall::Rewind {
             tp: tp.clone(),
-            at: Some(Offset(0)),
+            next: ReadNext::From(Some(Offset(0))),
             recalled: Vec::new(),
         });
     }
