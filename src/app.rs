@@ -123,10 +123,9 @@ pub async fn run_with(
         start_consumer(&cfg, &routes, &pool, &assignment, &metrics, &rewinds)?;
 
     if routes.iter().any(|r| r.is_cdc()) {
-        let retention = cfg.sink.delete_marker_retention;
         tokio::spawn(purge_delete_markers(
             pool.clone(),
-            retention,
+            cfg.sink.delete_marker_retention,
             cancel.clone(),
         ));
     }

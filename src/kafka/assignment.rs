@@ -93,6 +93,14 @@ impl Owned {
         self.next_generation += 1;
         self.next_generation
     }
+
+    /// Whether `generation` is still the current one of `tp` (owned, and
+    /// no seek pending).
+    fn is_current(&self, tp: &TopicPartition, generation: Generation) -> bool {
+        self.parts
+            .get(tp)
+            .is_some_and(|s| s.generation == generation && !s.seeking)
+    }
 }
 
 /// The positions a batch was admitted under, per partition.
@@ -261,20 +269,13 @@ impl Assignment {
     /// The envelopes whose generation is still current (one lock for all).
     pub fn current(&self, mut envs: Vec<Envelope>) -> Vec<Envelope> {
         let a = self.lock();
-        envs.retain(|e| {
-            a.parts
-                .get(e.tp())
-                .is_some_and(|s| s.generation == e.generation && !s.seeking)
-        });
+        envs.retain(|e| a.is_current(e.tp(), e.generation));
         envs
     }
 
     /// Whether `generation` is still the current one of `tp`.
     pub fn is_current(&self, tp: &TopicPartition, generation: Generation) -> bool {
-        self.lock()
-            .parts
-            .get(tp)
-            .is_some_and(|s| s.generation == generation && !s.seeking)
+        self.lock().is_current(tp, generation)
     }
 
     /// The planned position of `tp`, if owned.

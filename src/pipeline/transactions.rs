@@ -580,19 +580,13 @@ impl Gate {
         }
         self.stuck = None;
         self.done.forget_from(tp, at);
+        for (id, end) in &recalled {
+            self.done.insert(id, Some((tp.clone(), *end)));
+            self.held_per_tx.remove(id);
+        }
         let ids: std::collections::HashSet<&str> =
             recalled.iter().map(|(id, _)| id.as_str()).collect();
-        for (_, q) in self.queues.values_mut() {
-            for h in q.iter_mut() {
-                if h.tx.as_deref().is_some_and(|t| ids.contains(t)) {
-                    h.tx = None;
-                }
-            }
-        }
-        for (id, end) in &recalled {
-            self.held_per_tx.remove(id);
-            self.done.insert(id, Some((tp.clone(), *end)));
-        }
+        self.pass_freely(|t| ids.contains(t));
     }
 
     /// Marks `id` released: what is still held of it (a re-send, or the
@@ -600,14 +594,19 @@ impl Gate {
     /// freely — re-sent changes never move a row back (source positions).
     fn free_rest_of(&mut self, id: &str, end: EndAt) {
         self.done.insert(id, end);
+        self.held_per_tx.remove(id);
+        self.pass_freely(|t| t == id);
+    }
+
+    /// What is held of the transactions `released` names passes freely.
+    fn pass_freely(&mut self, released: impl Fn(&str) -> bool) {
         for (_, q) in self.queues.values_mut() {
             for h in q.iter_mut() {
-                if h.tx.as_deref() == Some(id) {
+                if h.tx.as_deref().is_some_and(&released) {
                     h.tx = None;
                 }
             }
         }
-        self.held_per_tx.remove(id);
     }
 }
 
