@@ -355,6 +355,7 @@ fn source_messages(topic: &str, orders: &[Order]) -> Vec<SourceMessage> {
                 payload: Some(o.json.clone().into_bytes()),
                 timestamp: None,
                 headers: Vec::new(),
+                source_commit: None,
             }
         })
         .collect()

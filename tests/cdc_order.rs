@@ -36,6 +36,7 @@ fn change(offset: i64, op: &str, id: i64, customer: &str, lsn: i64) -> SourceMes
         payload: Some(value.to_string().into_bytes()),
         timestamp: None,
         headers: Vec::new(),
+        source_commit: None,
     }
 }
 

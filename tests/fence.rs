@@ -18,6 +18,7 @@ fn msgs(prefix: &str, from: i64, n: i64) -> Vec<SourceMessage> {
             payload: Some(format!(r#"{{"id":"{prefix}-{o}"}}"#).into_bytes()),
             timestamp: None,
             headers: Vec::new(),
+            source_commit: None,
         })
         .collect()
 }

@@ -614,6 +614,7 @@ fn msgs(from: i64, n: i64) -> Vec<SourceMessage> {
             payload: Some(format!(r#"{{"id":"k{}","o":{o}}}"#, o % 3).into_bytes()),
             timestamp: None,
             headers: Vec::new(),
+            source_commit: None,
         })
         .collect()
 }

@@ -22,6 +22,7 @@ fn msg(offset: i64, id: u32, v: i64, body: &str) -> SourceMessage {
         payload: Some(format!(r#"{{"id":"k{id}","v":{v},"body":"{body}"}}"#).into_bytes()),
         timestamp: None,
         headers: Vec::new(),
+        source_commit: None,
     }
 }
 
@@ -192,6 +193,7 @@ async fn a_refused_value_in_the_first_batch_of_a_connection_is_a_dead_letter() {
         payload: Some(format!(r#"{{"id":"i{offset}","n":{n}}}"#).into_bytes()),
         timestamp: None,
         headers: Vec::new(),
+        source_commit: None,
     };
     let first = vec![item(0, "1"), item(1, "\"many\""), item(2, "3")];
     let c = commit_messages(&writer, first, None).await;

@@ -167,7 +167,9 @@ fn version_of<T: JsonTree>(
     let found = match (p.strip_prefix("@source:"), &route.version_pointer) {
         (Some(SOURCE_POSITION), _) => {
             let source = source.ok_or_else(|| bad("the event has no source block".into()))?;
-            return position::of(source, m.offset).map(Some).map_err(bad);
+            return position::of(source, m.offset, m.source_commit)
+                .map(Some)
+                .map_err(bad);
         }
         (Some(field), _) => source.and_then(|s| s.get(field)).and_then(as_integer),
         (None, Some(pointer)) => pointer.get(value).and_then(as_integer),

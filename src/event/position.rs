@@ -3,7 +3,15 @@
 //! the commit path stays one comparison (`numeric` in Postgres).
 //!
 //! By `source.connector` (docs/cdc.md, "Positions"):
-//! * `postgresql`: `lsn`, the WAL position of the change.
+//! * `postgresql`: `lsn`, the WAL position of the change — or, for the last
+//!   change of a row in a source transaction the whole-transactions gate
+//!   released, one below its commit's LSN (the END marker's). Per row, LSNs
+//!   already order changes across transactions (the next change waits for
+//!   the commit), except against an initial snapshot: its rows carry the
+//!   slot's consistent point, and a transaction open across the slot's
+//!   creation commits after it with changes below it. By commit it sorts
+//!   after the snapshot, as it should; its earlier changes of the same row
+//!   keep their LSNs, so the transaction's own order holds.
 //! * `mysql` (MySQL, and MariaDB captured by the MySQL connector):
 //!   (binlog file number, `pos`, `row`) — `pos` is the rows event's offset
 //!   in the file, `row` the row within it; packed as file·2⁹⁶ + pos·2³² +
@@ -27,11 +35,13 @@ use serde_json::Value;
 
 use crate::types::{Offset, Version};
 
-/// The position of a change event (its `source` block; `offset` in Kafka).
-pub fn of(source: &Value, offset: Offset) -> Result<Version, String> {
+/// The position of a change event (its `source` block; `offset` in Kafka;
+/// `commit`, its transaction's commit when the gate stamped it:
+/// `SourceMessage::source_commit`).
+pub fn of(source: &Value, offset: Offset, commit: Option<Version>) -> Result<Version, String> {
     let connector = source.get("connector").and_then(Value::as_str);
     match connector {
-        Some("postgresql") | None => int_field(source, "lsn"),
+        Some("postgresql") | None => postgres(source, commit),
         Some("mysql") | Some("mariadb") => mysql(source),
         Some("sqlserver") => sqlserver(source),
         Some("mongodb") => mongodb(source, offset),
@@ -49,6 +59,17 @@ fn int_field(source: &Value, field: &str) -> Result<Version, String> {
         _ => None,
     }
     .ok_or_else(|| format!("source.{field} is missing or not an integer"))
+}
+
+/// The change's LSN, or just below its transaction's commit (the END's LSN
+/// is the end of the commit record: above every change of the transaction,
+/// at or below every later change of the row).
+fn postgres(source: &Value, commit: Option<Version>) -> Result<Version, String> {
+    let lsn = int_field(source, "lsn")?;
+    Ok(match commit {
+        Some(c) if c > lsn + 1 => c - 1,
+        _ => lsn,
+    })
 }
 
 /// (file number, pos, row).
@@ -115,7 +136,7 @@ mod tests {
     use serde_json::json;
 
     fn at(v: Value) -> Version {
-        of(&v, Offset(7)).unwrap()
+        of(&v, Offset(7), None).unwrap()
     }
 
     #[test]
@@ -131,6 +152,7 @@ mod tests {
         let e = of(
             &json!({"connector": "mysql", "file": "x", "pos": 1, "row": 0}),
             Offset(0),
+            None,
         );
         assert!(e.unwrap_err().contains("binlog number"));
     }
@@ -149,7 +171,7 @@ mod tests {
     fn mongodb_orders_by_cluster_time_then_kafka_offset() {
         let p = |ts_ms: i64, ord: i64, offset: i64| {
             let source = json!({"connector": "mongodb", "ts_ms": ts_ms, "ord": ord, "rs": "rs0"});
-            of(&source, Offset(offset)).unwrap()
+            of(&source, Offset(offset), None).unwrap()
         };
         // A later cluster time wins whatever the offset (a re-sent older
         // transaction arrives at a higher offset).
@@ -157,14 +179,47 @@ mod tests {
         assert!(p(1_796_551_934_000, 2, 10) > p(1_796_551_934_000, 1, 500));
         // One transaction's changes share a cluster time: log order decides.
         assert!(p(1_796_551_934_000, 2, 11) > p(1_796_551_934_000, 2, 10));
-        assert!(of(&json!({"connector": "mongodb", "ord": 1}), Offset(0)).is_err());
+        assert!(of(&json!({"connector": "mongodb", "ord": 1}), Offset(0), None).is_err());
     }
 
     #[test]
     fn postgres_is_the_lsn() {
         assert_eq!(at(json!({"connector": "postgresql", "lsn": 123})), 123);
         assert_eq!(at(json!({"lsn": 5})), 5);
-        let e = of(&json!({"connector": "oracle"}), Offset(0)).unwrap_err();
+        let e = of(&json!({"connector": "oracle"}), Offset(0), None).unwrap_err();
         assert!(e.contains("oracle") && e.contains("@source:"), "{e}");
+    }
+
+    /// The positions of a snapshot row (the slot's consistent point), a
+    /// transaction that straddled it (changes below it, commit above), and
+    /// the next transaction on the same row.
+    #[test]
+    fn a_stamped_postgres_change_sorts_just_below_its_commit() {
+        let pg = |lsn: i64, commit: Option<Version>| {
+            of(
+                &json!({"connector": "postgresql", "lsn": lsn}),
+                Offset(0),
+                commit,
+            )
+            .unwrap()
+        };
+        let snapshot = pg(1_000, None);
+        let (earlier, last) = (pg(900, None), pg(950, Some(1_040)));
+        assert!(
+            earlier < snapshot,
+            "unstamped, the straddler's change loses"
+        );
+        assert!(snapshot < last && last == 1_039);
+        assert!(earlier < last, "its own order within the transaction holds");
+        // The next change of the row starts at or after the commit's end.
+        assert!(last < pg(1_040, None) && last < pg(1_100, Some(1_200)));
+        // Other connectors ignore the stamp; a stamp not above the LSN is
+        // not a commit of this change.
+        let mysql = json!({"connector": "mysql", "file": "b.000001", "pos": 4, "row": 0});
+        assert_eq!(
+            of(&mysql, Offset(0), Some(1 << 100)),
+            of(&mysql, Offset(0), None)
+        );
+        assert_eq!(pg(950, Some(950)), 950);
     }
 }

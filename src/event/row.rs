@@ -292,7 +292,7 @@ fn source_value<'a>(
         }
         // Computed, not read: wider than a JSON integer, so written as text.
         ColumnSource::Source(field) if field == SOURCE_POSITION => source
-            .and_then(|s| position::of(s, m.offset).ok())
+            .and_then(|s| position::of(s, m.offset, m.source_commit).ok())
             .map_or(owned(Value::Null), |p| owned(Value::String(p.to_string()))),
         ColumnSource::Source(field) => match source.and_then(|s| s.get(field)) {
             Some(v) => Cow::Borrowed(v),
@@ -333,6 +333,7 @@ mod tests {
             payload: Some(payload.as_bytes().to_vec()),
             timestamp: Some(1_700_000_000_123),
             headers: vec![("trace".into(), Some(b"abc".to_vec()))],
+            source_commit: None,
         }
     }
 

@@ -101,6 +101,7 @@ fn msg(p: i32, off: i64, payload: Option<&str>) -> SourceMessage {
         payload: payload.map(|s| s.as_bytes().to_vec()),
         timestamp: None,
         headers: Vec::new(),
+        source_commit: None,
     }
 }
 
@@ -468,6 +469,7 @@ mod fold_model {
                 .map(String::into_bytes),
                 timestamp: None,
                 headers: Vec::new(),
+                source_commit: None,
             })
             .collect()
     }
@@ -541,6 +543,7 @@ mod fold_model {
                     payload: Some(body.to_string().into_bytes()),
                     timestamp: None,
                     headers: Vec::new(),
+                    source_commit: None,
                 }
             })
             .collect()

@@ -390,6 +390,7 @@ mod tests {
                 payload: None,
                 timestamp: None,
                 headers: Vec::new(),
+                source_commit: None,
             },
             generation,
         )

@@ -352,6 +352,7 @@ impl Poller {
                 payload: m.payload().map(<[u8]>::to_vec),
                 timestamp: m.timestamp().to_millis(),
                 headers,
+                source_commit: None,
             },
             generation,
         ))

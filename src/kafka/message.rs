@@ -1,7 +1,7 @@
 //! What flows through the sink: a message as consumed from Kafka, and a
 //! message that could not be applied (a dead letter) with its reason.
 
-use crate::types::{Offset, TopicPartition};
+use crate::types::{Offset, TopicPartition, Version};
 
 /// One message as the consumer hands it over (owned; the consumer thread has
 /// already returned librdkafka's buffer).
@@ -14,6 +14,11 @@ pub struct SourceMessage {
     /// Message timestamp, milliseconds since the epoch.
     pub timestamp: Option<i64>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Where its source transaction committed, set by the whole-transactions
+    /// gate on the last change of each row in a transaction whose END it
+    /// read: a Postgres change's position then sorts just before the commit
+    /// (`event::position`), not at the change's own LSN.
+    pub source_commit: Option<Version>,
 }
 
 /// Why a message could not be applied.

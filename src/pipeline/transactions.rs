@@ -37,7 +37,7 @@ use crate::kafka::assignment::{Assignment, Envelope, Generation, Polled};
 use crate::kafka::message::SourceMessage;
 use crate::kafka::rebalance::ReadNext;
 use crate::ops::metrics::SourceTransactions as SourceTransactionMetrics;
-use crate::types::{Offset, TopicPartition};
+use crate::types::{Offset, TopicPartition, Version};
 use released::{EndAt, Released};
 
 /// An END's changes per data collection.
@@ -53,6 +53,10 @@ pub struct Marker {
     pub id: String,
     /// `None` for BEGIN; for END, the changes per data collection.
     pub end: Option<Counts>,
+    /// An END's commit position, where the connector writes one: Postgres
+    /// ids are `<xid>:<lsn>`, and the END's LSN is the end of its commit
+    /// record (Debezium takes the position it received the COMMIT at).
+    pub commit: Option<Version>,
 }
 
 #[derive(Deserialize)]
@@ -113,11 +117,18 @@ pub fn marker_in(value: &[u8]) -> Option<Marker> {
     if w.op.is_some() {
         return None;
     }
-    let id = transaction_key(w.id?);
+    let raw = w.id?;
+    let commit = commit_of(&raw);
+    let id = transaction_key(raw);
     match w.status.as_deref()? {
-        "BEGIN" => Some(Marker { id, end: None }),
+        "BEGIN" => Some(Marker {
+            id,
+            end: None,
+            commit: None,
+        }),
         "END" => Some(Marker {
             id,
+            commit,
             end: Some(
                 w.data_collections
                     .unwrap_or_default()
@@ -144,6 +155,87 @@ struct Held {
     marker: Option<Marker>,
     /// A change's order in its transaction (`transaction.total_order`).
     order: Option<u64>,
+    /// A truncate (`op = "t"`): changes before it in its transaction keep
+    /// their own positions when the rest is stamped with the commit.
+    truncate: bool,
+}
+
+/// The first END held (`Gate::first_end`): where it is, its transaction,
+/// its counts and commit.
+struct FirstEnd {
+    tp: TopicPartition,
+    offset: Offset,
+    id: String,
+    counts: Counts,
+    commit: Option<Version>,
+}
+
+/// What the gate reads of a change event.
+struct Change {
+    id: String,
+    order: Option<u64>,
+    truncate: bool,
+}
+
+/// The source transaction a change event names, if any: its id, the
+/// change's order in it, whether it is a truncate.
+fn change_of(m: &SourceMessage) -> Option<Change> {
+    let w = wire(m)?;
+    let truncate = w.op.as_deref() == Some("t");
+    w.transaction.map(|t| Change {
+        id: transaction_key(t.id),
+        order: t.total_order,
+        truncate,
+    })
+}
+
+/// A change of a transaction as released: where in the output, whether a
+/// truncate, its order in the transaction.
+struct Popped {
+    at: usize,
+    truncate: bool,
+    order: Option<u64>,
+}
+
+/// Stamps a released transaction's commit on the last change of each row
+/// (`changes`: its changes in `out`), so a Postgres change sorts by its
+/// commit where LSNs would misorder it (`event::position`). Rows are told
+/// by topic and Kafka key (the connector keys each row by its primary key,
+/// so one row's changes are in one partition, in order). Changes before the
+/// transaction's last truncate (by `total_order`: a truncate may sit in
+/// another partition) keep their positions, below the truncate's, which
+/// must still remove them; without orders, a truncate stamps nothing.
+fn stamp_commit(out: &mut [Envelope], changes: &[Popped], commit: Version) {
+    let truncates: Vec<Option<u64>> = changes
+        .iter()
+        .filter(|c| c.truncate)
+        .map(|c| c.order)
+        .collect();
+    if truncates.contains(&None) {
+        return;
+    }
+    let after = truncates.into_iter().flatten().max();
+    let mut stamped = std::collections::HashSet::new();
+    for c in changes.iter().rev() {
+        if after.is_some_and(|a| c.order.is_none_or(|o| o <= a)) {
+            continue;
+        }
+        let Polled::Message(m) = &mut out[c.at].item else {
+            continue;
+        };
+        let (Some(key), Some(_)) = (&m.key, &m.payload) else {
+            continue;
+        };
+        if stamped.insert((m.tp.topic.clone(), key.clone())) {
+            m.source_commit = Some(commit);
+        }
+    }
+}
+
+fn stamp(env: &mut Envelope, commit: Version) {
+    if let Polled::Message(m) = &mut env.item {
+        m.source_commit = Some(commit);
+    }
 }
 
 /// What [`Gate::push`] and [`Gate::release`] report for metrics.
@@ -216,16 +308,24 @@ impl Gate {
         }
     }
 
-    pub fn push(&mut self, env: Envelope) {
+    pub fn push(&mut self, mut env: Envelope) {
         let tp = env.tp().clone();
-        let (marker, tx, order) = match &env.item {
+        let (marker, change) = match &env.item {
             Polled::Message(m) if may_carry_markers(&m.tp.topic) => match marker(m) {
-                Some(mk) => (Some(mk.clone()), Some(mk.id), None),
-                None => Self::change_of(m),
+                Some(mk) => (Some(mk), None),
+                None => (None, change_of(m)),
             },
-            Polled::Message(m) => Self::change_of(m),
-            _ => (None, None, None),
+            Polled::Message(m) => (None, change_of(m)),
+            _ => (None, None),
         };
+        let (order, truncate, change_id) = match change {
+            Some(c) => (c.order, c.truncate, Some(c.id)),
+            None => (None, false, None),
+        };
+        let tx = marker
+            .as_ref()
+            .map(|mk| mk.id.clone())
+            .or(change_id.clone());
         if marker.is_some() && tp.partition != 0 {
             self.partitioned.get_or_insert(tp.clone());
         }
@@ -243,6 +343,12 @@ impl Gate {
             }
         }
         let tx = tx.filter(|id| !self.done.contains(id));
+        if let (None, Some(id)) = (&tx, &change_id) {
+            // A copy of a change of a transaction already released.
+            if let Some(commit) = self.done.commit(id) {
+                stamp(&mut env, commit);
+            }
+        }
         if let (Some(id), None) = (&tx, &marker) {
             *self.held_per_tx.entry(id.clone()).or_default() += 1;
         }
@@ -254,14 +360,8 @@ impl Gate {
             tx,
             marker,
             order,
+            truncate,
         });
-    }
-
-    fn change_of(m: &SourceMessage) -> (Option<Marker>, Option<String>, Option<u64>) {
-        match transaction_of(m) {
-            Some((id, order)) => (None, Some(id), order),
-            None => (None, None, None),
-        }
     }
 
     fn forget(&mut self, h: &Held) {
@@ -291,9 +391,10 @@ impl Gate {
         loop {
             self.free_orphan_begins();
             self.release_free(&mut out);
-            if let Some((id, end)) = self.next_complete() {
-                self.release_tx(&id, &mut out);
-                self.free_rest_of(&id, end);
+            if let Some(first) = self.next_complete() {
+                let truncated = self.release_tx(&first.id, first.commit, &mut out);
+                let commit = first.commit.filter(|_| !truncated);
+                self.free_rest_of(&first.id, Some((first.tp, first.offset)), commit);
                 self.applied += 1;
             } else if !self.free_resends_before_first() && !self.presume_resent() {
                 break;
@@ -303,6 +404,13 @@ impl Gate {
             self.release_oldest_in_parts(&mut out)?;
         }
         Ok(out)
+    }
+
+    /// Everything held, partition by partition, markers as positions.
+    pub fn drain(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        self.pop_fronts(&mut out, false, |_| true);
+        out
     }
 
     pub fn state(&self) -> GateState {
@@ -327,18 +435,26 @@ impl Gate {
         }
     }
 
-    fn pop(&mut self, tp: &TopicPartition, out: &mut Vec<Envelope>) {
+    /// Pops `tp`'s front into `out`; what it was if a change of a
+    /// transaction.
+    fn pop(&mut self, tp: &TopicPartition, out: &mut Vec<Envelope>) -> Option<Popped> {
         let held = self
             .queues
             .get_mut(tp)
             .and_then(|(_, q)| q.pop_front())
             .expect("a held front");
         self.forget(&held);
+        let change = (held.tx.is_some() && held.marker.is_none()).then_some(Popped {
+            at: out.len(),
+            truncate: held.truncate,
+            order: held.order,
+        });
         out.push(match held.marker {
             // A marker moves its partition's position, nothing else.
             Some(_) => as_position(held.env),
             None => held.env,
         });
+        change
     }
 
     /// Releases the fronts that belong to no transaction.
@@ -347,8 +463,15 @@ impl Gate {
     }
 
     /// Pops, partition by partition, the fronts `take` accepts, stopping
-    /// after an END when `to_end`.
-    fn pop_fronts(&mut self, out: &mut Vec<Envelope>, to_end: bool, take: impl Fn(&Held) -> bool) {
+    /// after an END when `to_end`. Returns the changes of transactions it
+    /// popped.
+    fn pop_fronts(
+        &mut self,
+        out: &mut Vec<Envelope>,
+        to_end: bool,
+        take: impl Fn(&Held) -> bool,
+    ) -> Vec<Popped> {
+        let mut changes = Vec::new();
         let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
         for tp in tps {
             while let Some(h) = self.queues.get(&tp).and_then(|(_, q)| q.front()) {
@@ -356,24 +479,27 @@ impl Gate {
                     break;
                 }
                 let is_end = matches!(&h.marker, Some(Marker { end: Some(_), .. }));
-                self.pop(&tp, out);
+                changes.extend(self.pop(&tp, out));
                 if to_end && is_end {
                     break;
                 }
             }
         }
+        changes
     }
 
     /// The transaction whose END is first among the markers held and whose
     /// counted changes are all held at the fronts.
-    fn next_complete(&self) -> Option<(String, EndAt)> {
-        let (end_tp, end, id, counts) = self.first_end()?;
-        let expected: u64 = counts
+    fn next_complete(&self) -> Option<FirstEnd> {
+        let first = self.first_end()?;
+        let id = &first.id;
+        let expected: u64 = first
+            .counts
             .iter()
-            .filter(|(collection, _)| (self.consumes)(&data_topic(&end_tp.topic, collection)))
+            .filter(|(collection, _)| (self.consumes)(&data_topic(&first.tp.topic, collection)))
             .map(|(_, n)| n)
             .sum();
-        let held = self.held_per_tx.get(&id).copied().unwrap_or(0);
+        let held = self.held_per_tx.get(id).copied().unwrap_or(0);
         if held < expected {
             return None;
         }
@@ -388,8 +514,8 @@ impl Gate {
         for (_, q) in self.queues.values() {
             let reachable = q
                 .iter()
-                .take_while(|h| h.tx.as_deref() == Some(&id) || h.tx.is_none())
-                .filter(|h| h.marker.is_none() && h.tx.as_deref() == Some(&id));
+                .take_while(|h| h.tx.as_ref() == Some(id) || h.tx.is_none())
+                .filter(|h| h.marker.is_none() && h.tx.as_ref() == Some(id));
             for h in reachable {
                 match h.order {
                     Some(o) => {
@@ -399,38 +525,49 @@ impl Gate {
                 }
             }
         }
-        (orders.len() as u64 + unordered >= expected).then_some((id, Some((end_tp, end))))
+        (orders.len() as u64 + unordered >= expected).then_some(first)
     }
 
     /// The first END marker held whose partition holds nothing of another
     /// transaction before it (where it is, its id and counts).
-    fn first_end(&self) -> Option<(TopicPartition, Offset, String, Counts)> {
+    fn first_end(&self) -> Option<FirstEnd> {
         let mut marker_queues = self
             .queues
             .iter()
             .filter(|(tp, _)| may_carry_markers(&tp.topic));
         marker_queues.find_map(|(tp, (_, q))| {
-            let (at, end, id, counts) =
+            let (at, offset, marker, counts) =
                 q.iter()
                     .enumerate()
                     .find_map(|(i, h)| match (&h.marker, &h.env.item) {
-                        (Some(Marker { id, end: Some(c) }), Polled::Message(m))
+                        (Some(mk @ Marker { end: Some(c), .. }), Polled::Message(m))
                             if h.tx.is_some() =>
                         {
-                            Some((i, m.offset, id, c))
+                            Some((i, m.offset, mk, c))
                         }
                         _ => None,
                     })?;
             q.iter()
                 .take(at)
-                .all(|h| h.tx.is_none() || h.tx.as_ref() == Some(id))
-                .then(|| (tp.clone(), end, id.clone(), counts.clone()))
+                .all(|h| h.tx.is_none() || h.tx.as_ref() == Some(&marker.id))
+                .then(|| FirstEnd {
+                    tp: tp.clone(),
+                    offset,
+                    id: marker.id.clone(),
+                    counts: counts.clone(),
+                    commit: marker.commit,
+                })
         })
     }
 
-    fn release_tx(&mut self, id: &str, out: &mut Vec<Envelope>) {
+    /// Releases `id` up to its END; whether it holds a truncate.
+    fn release_tx(&mut self, id: &str, commit: Option<Version>, out: &mut Vec<Envelope>) -> bool {
         // Up to its END: the transaction topic's next one waits its turn.
-        self.pop_fronts(out, true, |h| h.tx.as_deref() == Some(id) || h.tx.is_none());
+        let changes = self.pop_fronts(out, true, |h| h.tx.as_deref() == Some(id) || h.tx.is_none());
+        if let Some(commit) = commit {
+            stamp_commit(out, &changes, commit);
+        }
+        changes.iter().any(|c| c.truncate)
     }
 
     /// Over the buffer bound: the oldest held transaction goes out as far
@@ -459,7 +596,7 @@ impl Gate {
              applying it in parts; readers can see part of it"
         );
         self.splits += 1;
-        self.free_rest_of(&id, None);
+        self.free_rest_of(&id, None, None);
         self.release_free(out);
         Ok(())
     }
@@ -496,7 +633,7 @@ impl Gate {
     /// so their ENDs were read before its END and they were applied — by
     /// this process or one before it. They are re-sends: let them pass.
     fn free_resends_before_first(&mut self) -> bool {
-        let Some((_, _, id, _)) = self.first_end() else {
+        let Some(FirstEnd { id, .. }) = self.first_end() else {
             return false;
         };
         let mut resent = Vec::new();
@@ -524,7 +661,7 @@ impl Gate {
             );
         }
         for t in &resent {
-            self.free_rest_of(t, None);
+            self.free_rest_of(t, None, None);
         }
         !resent.is_empty()
     }
@@ -535,7 +672,13 @@ impl Gate {
     /// warning, a metric) and let through; were it an original whose
     /// changes were that late, readers could see part of it.
     fn presume_resent(&mut self) -> bool {
-        let Some((end_tp, end, id, _)) = self.first_end() else {
+        let Some(FirstEnd {
+            tp: end_tp,
+            offset: end,
+            id,
+            ..
+        }) = self.first_end()
+        else {
             self.stuck = None;
             return false;
         };
@@ -549,7 +692,7 @@ impl Gate {
                 );
                 self.stuck = None;
                 self.presumed += 1;
-                self.free_rest_of(&id, Some((end_tp, end)));
+                self.free_rest_of(&id, Some((end_tp, end)), None);
                 true
             }
             Some((s, _)) if *s == id => false,
@@ -592,18 +735,27 @@ impl Gate {
     /// Marks `id` released: what is still held of it (a re-send, or the
     /// rest of a transaction applied in parts) and what comes later passes
     /// freely — re-sent changes never move a row back (source positions).
-    fn free_rest_of(&mut self, id: &str, end: EndAt) {
+    /// `commit`: a transaction released whole, without a truncate; copies
+    /// of its changes are stamped with it.
+    fn free_rest_of(&mut self, id: &str, end: EndAt, commit: Option<Version>) {
         self.done.insert(id, end);
+        if let Some(c) = commit {
+            self.done.set_commit(id, c);
+        }
         self.held_per_tx.remove(id);
         self.pass_freely(|t| t == id);
     }
 
-    /// What is held of the transactions `released` names passes freely.
+    /// What is held of the transactions `released` names passes freely,
+    /// copies of changes stamped with their commit where it is known.
     fn pass_freely(&mut self, released: impl Fn(&str) -> bool) {
         for (_, q) in self.queues.values_mut() {
             for h in q.iter_mut() {
-                if h.tx.as_deref().is_some_and(&released) {
-                    h.tx = None;
+                let Some(id) = h.tx.take_if(|id| released(id)) else {
+                    continue;
+                };
+                if let (None, Some(commit)) = (&h.marker, self.done.commit(&id)) {
+                    stamp(&mut h.env, commit);
                 }
             }
         }
@@ -712,12 +864,14 @@ fn data_topic(transaction_topic: &str, collection: &str) -> String {
     format!("{prefix}.{collection}")
 }
 
-/// The source transaction a change event names, if any, and the change's
-/// order in it.
-fn transaction_of(m: &SourceMessage) -> Option<(String, Option<u64>)> {
-    wire(m)?
-        .transaction
-        .map(|t| (transaction_key(t.id), t.total_order))
+/// An END id's commit position: the LSN of Debezium's Postgres
+/// `<xid>:<lsn>`.
+fn commit_of(id: &str) -> Option<Version> {
+    let (xid, lsn) = id.split_once(':')?;
+    (!xid.is_empty() && xid.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| lsn.parse::<u64>().ok())
+        .flatten()
+        .map(Version::from)
 }
 
 /// What names one source transaction in its markers and changes alike.
@@ -727,16 +881,11 @@ fn transaction_of(m: &SourceMessage) -> Option<(String, Option<u64>)> {
 /// connectors' ids are stable as written (MySQL's GTID or `file:pos` of
 /// its BEGIN, SQL Server's three-part commit LSN).
 fn transaction_key(id: String) -> String {
-    match id.split_once(':') {
-        Some((xid, lsn))
-            if !xid.is_empty()
-                && xid.bytes().all(|b| b.is_ascii_digit())
-                && !lsn.is_empty()
-                && lsn.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            xid.to_string()
-        }
-        _ => id,
+    match commit_of(&id) {
+        Some(_) => id
+            .split_once(':')
+            .map_or(id.clone(), |(xid, _)| xid.to_string()),
+        None => id,
     }
 }
 
@@ -754,7 +903,10 @@ fn as_position(env: Envelope) -> Envelope {
     }
 }
 
+mod read_back;
 pub mod recall;
 mod released;
+
+pub use read_back::ReadBack;
 #[cfg(test)]
 mod tests;

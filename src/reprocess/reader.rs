@@ -268,5 +268,6 @@ fn owned(m: &BorrowedMessage<'_>, copy_headers: bool) -> SourceMessage {
         payload: m.payload().map(<[u8]>::to_vec),
         timestamp: m.timestamp().to_millis(),
         headers,
+        source_commit: None,
     }
 }

@@ -43,6 +43,7 @@ use crate::kafka::assignment::Assignment;
 use crate::kafka::message::SourceMessage;
 use crate::ops::http::{self, HttpState};
 use crate::ops::metrics::Metrics;
+use crate::pipeline::transactions::{may_carry_markers, ReadBack};
 use crate::store::compare::{self, Columns};
 use crate::store::dialect::Dialect;
 use crate::store::replica::TableSource;
@@ -157,11 +158,15 @@ pub async fn verify(
     // the log (unless the topic was recreated).
     let logs = partition_logs(&client, &target.routes)?;
     let starts = start_offsets(&client, &logs, opts.start)?;
+    let markers = marker_ranges(cfg, specs, &client, opts.start, &stored)?;
     drop(client);
     let plans = plan(&target.routes, &logs, &starts, &stored)?;
     let positions = !opts.content_only && plans.iter().all(|p| p.mode == Mode::Complete);
     let expected = create_expected(&mut conn, &target, &plans).await?;
-    let (read, dead) = fold(&mut conn, cfg, &target, &plans, &expected, &metrics).await?;
+    let (read, dead) = fold(
+        &mut conn, cfg, &target, &plans, markers, &expected, &metrics,
+    )
+    .await?;
     tracing::info!(
         messages = read,
         seconds = started.elapsed().as_secs_f64(),
@@ -204,6 +209,36 @@ pub async fn verify(
         seconds: started.elapsed().as_secs_f64(),
         routes,
     })
+}
+
+/// With whole source transactions the sink applied what its gate released:
+/// the routes' transaction topics are read too, from the same start to
+/// their stored positions (not compared), so the fold sees the same
+/// transactions, commits and order.
+fn marker_ranges(
+    cfg: &Config,
+    specs: &[RouteSpec],
+    client: &rdkafka::consumer::BaseConsumer,
+    start: Start,
+    stored: &HashMap<TopicPartition, Offset>,
+) -> anyhow::Result<Vec<Range>> {
+    if !cfg.sink.source_transactions.enabled {
+        return Ok(Vec::new());
+    }
+    let logs: Vec<PartitionLog> = partition_logs(client, specs)?
+        .into_iter()
+        .filter(|l| may_carry_markers(&l.tp.topic))
+        .collect();
+    let starts = start_offsets(client, &logs, start)?;
+    Ok(logs
+        .into_iter()
+        .zip(starts)
+        .map(|(l, from)| Range {
+            to: stored.get(&l.tp).copied().unwrap_or(from).max(from),
+            tp: l.tp,
+            from,
+        })
+        .collect())
 }
 
 /// Opens the REPEATABLE READ transaction verify reads in and returns the
@@ -389,10 +424,12 @@ async fn fold(
     cfg: &Config,
     target: &Target,
     plans: &[RoutePlan],
+    markers: Vec<Range>,
     expected: &[Expected],
     metrics: &VerifyMetrics,
 ) -> anyhow::Result<(u64, u64)> {
-    let ranges: Vec<Range> = plans.iter().flat_map(|p| p.ranges.clone()).collect();
+    let mut ranges: Vec<Range> = plans.iter().flat_map(|p| p.ranges.clone()).collect();
+    ranges.extend(markers);
     let total: i64 = ranges.iter().map(Range::len).sum();
     let fold_routes: Vec<Route> = expected.iter().map(|e| e.route.clone()).collect();
     let mut set = Arc::new(RouteSet::new(fold_routes.clone()));
@@ -421,8 +458,21 @@ async fn fold(
     );
     let progress = report::spawn_progress("verify".into(), done.clone(), total, stop.clone());
     let (mut read, mut dead) = (0u64, 0u64);
-    while let Some(chunk) = rx.recv().await {
-        let batch = prepare(&target.pool, &mut set, chunk?, &target.folds).await?;
+    // What the sink's admission would have let through, as it would have.
+    let mut admission = ReadBack::new(&cfg.sink.source_transactions, set.clone());
+    let mut last = false;
+    while !last {
+        let messages = match rx.recv().await {
+            Some(chunk) => admission.admit(chunk?)?,
+            None => {
+                last = true;
+                admission.rest()
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let batch = prepare(&target.pool, &mut set, messages, &target.folds).await?;
         let counts = writer.apply_unfenced(conn, &batch).await?;
         record_keys(conn, &batch, plans).await?;
         read += batch.counts.consumed;

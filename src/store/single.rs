@@ -260,6 +260,7 @@ mod tests {
             payload: payload.map(|p| p.as_bytes().to_vec()),
             timestamp: None,
             headers: Vec::new(),
+            source_commit: None,
         }
     }
 

@@ -149,7 +149,10 @@ fn read_back(
             return Ok((read, ids));
         }
         read += 1;
-        if let Some(Marker { id, end: Some(_) }) = m.payload().and_then(marker_in) {
+        if let Some(Marker {
+            id, end: Some(_), ..
+        }) = m.payload().and_then(marker_in)
+        {
             ids.push((id, Offset(m.offset())));
         }
         if m.offset() + 1 >= at.0 {

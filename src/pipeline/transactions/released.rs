@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::types::{Offset, TopicPartition};
+use crate::types::{Offset, TopicPartition, Version};
 
 /// Where a released transaction's END is (`None`: not known — released in
 /// parts, or taken for a re-send before its END was read).
@@ -15,6 +15,11 @@ pub type EndAt = Option<(TopicPartition, Offset)>;
 pub struct Released {
     order: VecDeque<String>,
     ends: HashMap<String, EndAt>,
+    /// The commit of those released whole without a truncate: a re-sent
+    /// copy of any of their changes is stamped with it as the last change
+    /// of each row was, so it compares equal (a duplicate) where the row
+    /// still holds that transaction's change.
+    commits: HashMap<String, Version>,
 }
 
 impl Released {
@@ -24,6 +29,17 @@ impl Released {
 
     pub fn contains(&self, id: &str) -> bool {
         self.ends.contains_key(id)
+    }
+
+    pub fn commit(&self, id: &str) -> Option<Version> {
+        self.commits.get(id).copied()
+    }
+
+    /// Remembers the commit of `id`, remembered already (`insert`).
+    pub fn set_commit(&mut self, id: &str, commit: Version) {
+        if self.ends.contains_key(id) {
+            self.commits.insert(id.to_string(), commit);
+        }
     }
 
     /// Remembers `id`, its END at the earliest place known (a copy's END
@@ -45,6 +61,7 @@ impl Released {
                 if self.order.len() > Self::CAPACITY {
                     if let Some(old) = self.order.pop_front() {
                         self.ends.remove(&old);
+                        self.commits.remove(&old);
                     }
                 }
             }
@@ -62,6 +79,7 @@ impl Released {
         });
         let ends = &self.ends;
         self.order.retain(|id| ends.contains_key(id));
+        self.commits.retain(|id, _| ends.contains_key(id));
     }
 }
 
@@ -77,11 +95,19 @@ mod tests {
         r.insert("1", Some((tx.clone(), Offset(1))));
         r.insert("5", Some((tx.clone(), Offset(5))));
         r.insert("5", Some((tx.clone(), Offset(9))));
+        r.set_commit("5", 500);
+        r.set_commit("1", 100);
+        r.set_commit("never released", 1);
+        assert_eq!(
+            (r.commit("5"), r.commit("never released")),
+            (Some(500), None)
+        );
         r.insert("7", Some((other.clone(), Offset(7))));
         r.insert("split", None);
         r.forget_from(&tx, Some(Offset(5)));
         assert!(r.contains("1") && r.contains("7"));
         assert!(!r.contains("5") && !r.contains("split"));
+        assert_eq!((r.commit("1"), r.commit("5")), (Some(100), None));
         r.insert("3", Some((tx.clone(), Offset(3))));
         r.forget_from(&tx, None);
         assert!(!r.contains("1") && !r.contains("3") && r.contains("7"));

@@ -1,5 +1,5 @@
 use super::*;
-use crate::types::Offset;
+use crate::types::{Offset, Version};
 
 fn tp(topic: &str, p: i32) -> TopicPartition {
     TopicPartition::new(topic, p)
@@ -14,6 +14,7 @@ fn msg(topic: &str, p: i32, offset: i64, value: &str) -> Envelope {
             payload: Some(value.as_bytes().to_vec()),
             timestamp: None,
             headers: Vec::new(),
+            source_commit: None,
         },
         1,
     )
@@ -86,7 +87,8 @@ fn markers_are_read_with_and_without_schemas() {
         m(r#"{"status":"BEGIN","id":"571:1","event_count":null,"data_collections":null}"#),
         Some(Marker {
             id: "571".into(),
-            end: None
+            end: None,
+            commit: None,
         })
     );
     let with_schema = r#"{"schema":{"type":"struct"},"payload":{"status":"END","id":"571:9","event_count":2,"data_collections":[{"data_collection":"public.a","event_count":2}]}}"#;
@@ -94,7 +96,8 @@ fn markers_are_read_with_and_without_schemas() {
         m(with_schema),
         Some(Marker {
             id: "571".into(),
-            end: Some(vec![("public.a".into(), 2)])
+            end: Some(vec![("public.a".into(), 2)]),
+            commit: Some(9),
         })
     );
     assert_eq!(m(r#"{"op":"c","after":{},"source":{}}"#), None);
@@ -457,4 +460,125 @@ fn after_a_rebalance_the_admission_gates_what_it_reads_again() {
             .count(),
         2
     );
+}
+
+/// A keyed change of `id` (`op` `c` or `t`) in transaction `tx`.
+fn keyed(topic: &str, offset: i64, key: Option<&str>, tx: Option<&str>, op: &str) -> Envelope {
+    let tx = tx.map_or("null".to_string(), |t| {
+        format!(r#"{{"id":"{t}","total_order":{offset}}}"#)
+    });
+    let mut env = msg(
+        topic,
+        0,
+        offset,
+        &format!(r#"{{"op":"{op}","after":{{}},"source":{{"lsn":{offset}}},"transaction":{tx}}}"#),
+    );
+    if let Polled::Message(m) = &mut env.item {
+        m.key = key.map(|k| k.as_bytes().to_vec());
+    }
+    env
+}
+
+/// Each row's last change in a released transaction carries its commit
+/// (the END id's LSN); its earlier changes, changes before a truncate (by
+/// order, whatever the partition), the truncate and changes outside
+/// transactions do not. (`keyed` gives each change its offset as order.)
+#[test]
+fn the_last_change_of_each_row_carries_its_transactions_commit() {
+    let mut g = gate();
+    let (a, b) = ("db.public.a", "db.public.b");
+    for env in [
+        keyed(a, 0, Some("K"), None, "r"),
+        begin(0, "7:1"),
+        keyed(a, 1, Some("K"), Some("7:2"), "c"),
+        keyed(a, 2, Some("J"), Some("7:3"), "c"),
+        keyed(a, 3, Some("K"), Some("7:4"), "c"),
+        keyed(b, 0, Some("K"), Some("7:5"), "c"),
+        end(1, "7:100", &[("public.a", 3), ("public.b", 1)]),
+        begin(2, "8:101"),
+        keyed(a, 4, Some("K"), Some("8:102"), "c"),
+        keyed(a, 5, None, Some("8:103"), "t"),
+        keyed(a, 6, Some("J"), Some("8:104"), "c"),
+        // Released after `a`'s changes, but before the truncate in 8.
+        keyed(b, 1, Some("Z"), Some("8:105"), "c"),
+        end(3, "8:200", &[("public.a", 3), ("public.b", 1)]),
+    ] {
+        g.push(env);
+    }
+    let out = g.release().unwrap();
+    let commits: Vec<(String, i64, Option<Version>)> = out
+        .iter()
+        .filter_map(|e| match &e.item {
+            Polled::Message(m) => Some((m.tp.topic.to_string(), m.offset.0, m.source_commit)),
+            _ => None,
+        })
+        .collect();
+    let at = |t: &str, o: i64| {
+        commits
+            .iter()
+            .find(|(topic, offset, _)| topic == t && *offset == o)
+            .unwrap_or_else(|| panic!("{t}@{o} released: {commits:?}"))
+            .2
+    };
+    assert_eq!(commits.len(), 9, "{commits:?}");
+    assert_eq!(at(a, 0), None, "a snapshot read");
+    assert_eq!(at(a, 1), None, "K changed again later in 7");
+    assert_eq!(
+        (at(a, 2), at(a, 3), at(b, 0)),
+        (Some(100), Some(100), Some(100))
+    );
+    assert_eq!(at(a, 4), None, "before 8's truncate");
+    assert_eq!((at(a, 5), at(a, 6)), (None, Some(200)));
+    assert_eq!(at(b, 1), None, "before 8's truncate by its order");
+}
+
+#[test]
+fn only_postgres_ends_carry_a_commit() {
+    let commit = |id: &str| match end(0, id, &[("public.a", 1)]).item {
+        Polled::Message(m) => marker(&m).unwrap().commit,
+        _ => None,
+    };
+    assert_eq!(commit("756:26511824"), Some(26511824));
+    assert_eq!(commit("3e11fa47-71ca-11e1-9e33-c80aa9429562:23"), None);
+    assert_eq!(commit("mysql-bin.000003:1234"), None);
+    assert_eq!(commit("0000002b:00000be8:0003"), None);
+}
+
+/// A connector's re-send of a transaction released whole carries its
+/// commit on every change (equal to the stored stamp: a duplicate); one
+/// that held a truncate carries none (a row it truncated must stay gone).
+#[test]
+fn copies_of_a_released_transaction_carry_its_commit_unless_it_truncated() {
+    let mut g = gate();
+    let a = "db.public.a";
+    for env in [
+        begin(0, "7:1"),
+        keyed(a, 0, Some("K"), Some("7:2"), "c"),
+        end(1, "7:100", &[("public.a", 1)]),
+        begin(2, "8:101"),
+        keyed(a, 1, None, Some("8:102"), "t"),
+        keyed(a, 2, Some("J"), Some("8:103"), "c"),
+        end(3, "8:200", &[("public.a", 2)]),
+    ] {
+        g.push(env);
+    }
+    assert_eq!(g.release().unwrap().len(), 7);
+    // The re-send.
+    for env in [
+        keyed(a, 3, Some("K"), Some("7:2"), "c"),
+        keyed(a, 4, None, Some("8:102"), "t"),
+        keyed(a, 5, Some("J"), Some("8:103"), "c"),
+    ] {
+        g.push(env);
+    }
+    let commits: Vec<(i64, Option<Version>)> = g
+        .release()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.item {
+            Polled::Message(m) => Some((m.offset.0, m.source_commit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits, vec![(3, Some(100)), (4, None), (5, None)]);
 }
