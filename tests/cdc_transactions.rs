@@ -49,6 +49,29 @@ const TARGET: &str = "CREATE SCHEMA replica; \
         __source_position numeric, PRIMARY KEY (order_id, n), \
         FOREIGN KEY (order_id) REFERENCES replica.orders DEFERRABLE INITIALLY DEFERRED)";
 
+/// The connector's transaction metadata, its transaction topic in one
+/// partition (the ENDs in commit order).
+const TX_METADATA: [&str; 5] = [
+    "provide.transaction.metadata=true",
+    "topic.creation.groups=tx",
+    "topic.creation.tx.include=.*\\.transaction",
+    "topic.creation.tx.partitions=1",
+    "topic.creation.tx.replication.factor=1",
+];
+
+/// The capture `prefix` replicated into `whole` with whole source
+/// transactions and into `parts` without.
+fn sinks(whole: &TestDb, parts: &TestDb, prefix: &str) -> (SinkConfig, SinkConfig) {
+    let route = whole_database_route(prefix, "");
+    let refresh = "[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"2000\"";
+    let on = SinkConfig::with_routes(
+        whole,
+        &route,
+        &format!("[sink.source_transactions]\nenabled = true\n{refresh}"),
+    );
+    (on, SinkConfig::with_routes(parts, &route, refresh))
+}
+
 /// One source transaction keeping both invariants.
 fn transaction(rng: &mut StdRng, next_order: &mut i32) -> String {
     match rng.gen_range(0..4) {
@@ -225,22 +248,12 @@ async fn source_transactions_are_never_seen_in_part() {
             "--schemas",
             "--partitions",
             "2",
-            "provide.transaction.metadata=true",
-            // The transaction topic in one partition: its ENDs in commit order.
-            "topic.creation.groups=tx",
-            "topic.creation.tx.include=.*\\.transaction",
-            "topic.creation.tx.partitions=1",
-            "topic.creation.tx.replication.factor=1",
-        ],
+        ]
+        .into_iter()
+        .chain(TX_METADATA)
+        .collect::<Vec<_>>(),
     );
-    let route = whole_database_route(&prefix, "");
-    let refresh = "[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"2000\"";
-    let on = SinkConfig::with_routes(
-        &whole,
-        &route,
-        &format!("[sink.source_transactions]\nenabled = true\n{refresh}"),
-    );
-    let off = SinkConfig::with_routes(&parts, &route, refresh);
+    let (on, off) = sinks(&whole, &parts, &prefix);
     off.rewrite("max_messages = 500", "max_messages = 2");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -562,12 +575,10 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
                 "--prefix",
                 &pfx,
                 "--schemas",
-                "provide.transaction.metadata=true",
-                "topic.creation.groups=tx",
-                "topic.creation.tx.include=.*\\.transaction",
-                "topic.creation.tx.partitions=1",
-                "topic.creation.tx.replication.factor=1",
-            ],
+            ]
+            .into_iter()
+            .chain(TX_METADATA)
+            .collect::<Vec<_>>(),
         )
     });
     wait_until(T, "the slot's creation to wait for A", || {
@@ -590,14 +601,7 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
     commit(b).await;
     let connector = connector.await.unwrap();
 
-    let route = whole_database_route(&prefix, "");
-    let refresh = "[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = \"2000\"";
-    let on = SinkConfig::with_routes(
-        &whole,
-        &route,
-        &format!("[sink.source_transactions]\nenabled = true\n{refresh}"),
-    );
-    let off = SinkConfig::with_routes(&parts, &route, refresh);
+    let (on, off) = sinks(&whole, &parts, &prefix);
     let (_on, _off) = (SinkProcess::start(&on), SinkProcess::start(&off));
     let snapshot = "1=1000 2=1000 3=1000 4=1000";
     for db in [&whole, &parts] {
