@@ -508,12 +508,15 @@ async fn commit(mut c: sqlx::PgConnection) {
     sqlx::raw_sql("COMMIT").execute(&mut c).await.unwrap();
 }
 
-/// Whether a walsender (creating a slot) waits for the transaction of the
-/// backend `pid` to end.
+/// Whether the walsender creating a slot on this database waits for the
+/// transaction of the backend `pid` to end. (Slots being created for other
+/// databases of the cluster wait for it too: it is in every running-xacts
+/// record.)
 async fn slot_creation_waits_for(source: &PgPool, pid: i32) -> bool {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity w ON w.pid = l.pid \
-           WHERE w.backend_type = 'walsender' AND NOT l.granted \
+           WHERE w.backend_type = 'walsender' AND w.datname = current_database() \
+             AND NOT l.granted \
              AND l.locktype = 'transactionid' \
              AND l.transactionid = (SELECT backend_xid FROM pg_stat_activity WHERE pid = $1))",
     )

@@ -73,6 +73,15 @@ struct Wire<'a> {
     op: Option<String>,
     #[serde(default)]
     transaction: Option<TxBlock>,
+    #[serde(default)]
+    source: Option<SourceName>,
+}
+
+/// A change's `source.name`: the connector's `topic.prefix`.
+#[derive(Deserialize)]
+struct SourceName {
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,18 +117,19 @@ fn wire_of(bytes: &[u8]) -> Option<Wire<'_>> {
 
 /// The marker `m` is, if it is one.
 pub fn marker(m: &SourceMessage) -> Option<Marker> {
-    marker_in(m.payload.as_deref()?)
+    marker_in(&m.tp.topic, m.payload.as_deref()?)
 }
 
-/// The marker a message value is, if it is one.
-pub fn marker_in(value: &[u8]) -> Option<Marker> {
+/// The marker a message value on `topic` is, if it is one.
+pub fn marker_in(topic: &str, value: &[u8]) -> Option<Marker> {
     let w = wire_of(value)?;
     if w.op.is_some() {
         return None;
     }
     let raw = w.id?;
     let commit = commit_of(&raw);
-    let id = transaction_key(raw);
+    let capture = topic.strip_suffix(".transaction").unwrap_or(topic);
+    let id = scoped(capture, transaction_key(raw));
     match w.status.as_deref()? {
         "BEGIN" => Some(Marker {
             id,
@@ -182,11 +192,24 @@ struct Change {
 fn change_of(m: &SourceMessage) -> Option<Change> {
     let w = wire(m)?;
     let truncate = w.op.as_deref() == Some("t");
+    let name = w.source.and_then(|s| s.name);
+    // Without a name, the prefix of Debezium's `<prefix>.<schema>.<table>`.
+    let capture = name.as_deref().unwrap_or_else(|| {
+        let topic: &str = &m.tp.topic;
+        topic.rsplitn(3, '.').nth(2).unwrap_or(topic)
+    });
     w.transaction.map(|t| Change {
-        id: transaction_key(t.id),
+        id: scoped(capture, transaction_key(t.id)),
         order: t.total_order,
         truncate,
     })
+}
+
+/// A transaction id within its capture (`topic.prefix`): two source
+/// databases behind one sink count their own xids, so the same id from
+/// two captures names two transactions.
+fn scoped(capture: &str, id: String) -> String {
+    format!("{capture}/{id}")
 }
 
 /// A change of a transaction as released: where in the output, whether a

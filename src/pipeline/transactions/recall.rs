@@ -151,7 +151,7 @@ fn read_back(
         read += 1;
         if let Some(Marker {
             id, end: Some(_), ..
-        }) = m.payload().and_then(marker_in)
+        }) = m.payload().and_then(|v| marker_in(&tp.topic, v))
         {
             ids.push((id, Offset(m.offset())));
         }

@@ -86,7 +86,7 @@ fn markers_are_read_with_and_without_schemas() {
     assert_eq!(
         m(r#"{"status":"BEGIN","id":"571:1","event_count":null,"data_collections":null}"#),
         Some(Marker {
-            id: "571".into(),
+            id: "db/571".into(),
             end: None,
             commit: None,
         })
@@ -95,7 +95,7 @@ fn markers_are_read_with_and_without_schemas() {
     assert_eq!(
         m(with_schema),
         Some(Marker {
-            id: "571".into(),
+            id: "db/571".into(),
             end: Some(vec![("public.a".into(), 2)]),
             commit: Some(9),
         })
@@ -302,7 +302,7 @@ fn a_takeover_inside_a_resend_region_applies_the_transaction_cut_short_whole() {
             g.rewind(
                 &tp("db.transaction", 0),
                 ReadNext::From(Some(Offset(10))),
-                vec![("8".into(), Offset(3))],
+                vec![("db/8".into(), Offset(3))],
             );
         }
         let mut batches = Vec::new();
@@ -581,4 +581,46 @@ fn copies_of_a_released_transaction_carry_its_commit_unless_it_truncated() {
         })
         .collect();
     assert_eq!(commits, vec![(3, Some(100)), (4, None), (5, None)]);
+}
+
+/// Two source databases behind one sink count xids of their own: the same
+/// xid in two captures is two transactions, each held for its own END, and
+/// one released does not let the other's changes pass.
+#[test]
+fn the_same_xid_in_two_captures_is_two_transactions() {
+    let mut g = gate();
+    let (one, two) = ("one.public.a", "two.public.a");
+    let marker = |topic: &str, offset: i64, env: Envelope| match env.item {
+        Polled::Message(mut m) => {
+            m.tp = tp(topic, 0);
+            m.offset = Offset(offset);
+            Envelope::message(m, 1)
+        }
+        other => Envelope {
+            item: other,
+            generation: 1,
+        },
+    };
+    for env in [
+        marker("one.transaction", 0, begin(0, "7:1")),
+        keyed(one, 0, Some("K"), Some("7:2"), "c"),
+        marker("one.transaction", 1, end(0, "7:100", &[("public.a", 1)])),
+        marker("two.transaction", 0, begin(0, "7:1")),
+        keyed(two, 0, Some("K"), Some("7:2"), "c"),
+    ] {
+        g.push(env);
+    }
+    let out = released(&g.release().unwrap());
+    assert!(
+        out.iter().all(|(topic, ..)| !topic.starts_with("two.")),
+        "capture two's 7 passed as a re-send of capture one's: {out:?}"
+    );
+    g.push(keyed(two, 1, Some("J"), Some("7:3"), "c"));
+    g.push(marker(
+        "two.transaction",
+        1,
+        end(0, "7:100", &[("public.a", 2)]),
+    ));
+    let out = released(&g.release().unwrap());
+    assert_eq!(out.len(), 4, "{out:?}");
 }
