@@ -11,7 +11,9 @@
 //!   slot's consistent point, and a transaction open across the slot's
 //!   creation commits after it with changes below it. By commit it sorts
 //!   after the snapshot, as it should; its earlier changes of the same row
-//!   keep their LSNs, so the transaction's own order holds.
+//!   keep their LSNs, so the transaction's own order holds. A connector's
+//!   re-send of such a transaction gets the stamp on every change, so it
+//!   compares equal to what the row holds (a duplicate) or lower.
 //! * `mysql` (MySQL, and MariaDB captured by the MySQL connector):
 //!   (binlog file number, `pos`, `row`) — `pos` is the rows event's offset
 //!   in the file, `row` the row within it; packed as file·2⁹⁶ + pos·2³² +

@@ -16,7 +16,8 @@ pub struct SourceMessage {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Where its source transaction committed, set by the whole-transactions
     /// gate on the last change of each row in a transaction whose END it
-    /// read: a Postgres change's position then sorts just before the commit
+    /// read, and on every change of a connector's re-send of one: a Postgres
+    /// change's position then sorts just before the commit
     /// (`event::position`), not at the change's own LSN.
     pub source_commit: Option<Version>,
 }
