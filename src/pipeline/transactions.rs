@@ -127,9 +127,9 @@ pub fn marker_in(topic: &str, value: &[u8]) -> Option<Marker> {
         return None;
     }
     let raw = w.id?;
-    let commit = commit_of(&raw);
+    let (key, commit) = transaction_key(raw);
     let capture = topic.strip_suffix(".transaction").unwrap_or(topic);
-    let id = scoped(capture, transaction_key(raw));
+    let id = scoped(capture, key);
     match w.status.as_deref()? {
         "BEGIN" => Some(Marker {
             id,
@@ -199,7 +199,7 @@ fn change_of(m: &SourceMessage) -> Option<Change> {
         topic.rsplitn(3, '.').nth(2).unwrap_or(topic)
     });
     w.transaction.map(|t| Change {
-        id: scoped(capture, transaction_key(t.id)),
+        id: scoped(capture, transaction_key(t.id).0),
         order: t.total_order,
         truncate,
     })
@@ -839,7 +839,7 @@ impl Admission {
     pub fn admit(&mut self, chunk: Vec<Envelope>, buf: &mut Vec<Envelope>) -> Result<(), Overflow> {
         let Some(gate) = &mut self.gate else {
             buf.extend(chunk.into_iter().map(|env| match &env.item {
-                Polled::Message(m) if may_carry_markers(&m.tp.topic) && marker(m).is_some() => {
+                Polled::Message(m) if is_marker(m) => {
                     self.metrics.markers.inc();
                     as_position(env)
                 }
@@ -857,7 +857,7 @@ impl Admission {
         let (applied, splits, presumed) = (gate.applied, gate.splits, gate.presumed);
         for env in chunk {
             if let Polled::Message(m) = &env.item {
-                if may_carry_markers(&m.tp.topic) && marker(m).is_some() {
+                if is_marker(m) {
                     self.metrics.markers.inc();
                 }
             }
@@ -887,29 +887,28 @@ fn data_topic(transaction_topic: &str, collection: &str) -> String {
     format!("{prefix}.{collection}")
 }
 
-/// An END id's commit position: the LSN of Debezium's Postgres
-/// `<xid>:<lsn>`.
-fn commit_of(id: &str) -> Option<Version> {
-    let (xid, lsn) = id.split_once(':')?;
-    (!xid.is_empty() && xid.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| lsn.parse::<u64>().ok())
-        .flatten()
-        .map(Version::from)
+/// What names one source transaction in its markers and changes alike, and
+/// the LSN the id carries (an END's: its commit position). Debezium's
+/// Postgres connector writes `<xid>:<lsn>` with the LSN of the event at
+/// hand — BEGIN, END and each change differ — so there the xid alone names
+/// the transaction (unique among those in flight). Other connectors' ids
+/// are stable as written (MySQL's GTID or `file:pos` of its BEGIN, SQL
+/// Server's three-part commit LSN) and carry no LSN.
+fn transaction_key(id: String) -> (String, Option<Version>) {
+    let postgres = id.split_once(':').and_then(|(xid, lsn)| {
+        let xid_ok = !xid.is_empty() && xid.bytes().all(|b| b.is_ascii_digit());
+        let lsn = lsn.parse::<u64>().ok().filter(|_| xid_ok)?;
+        Some((xid.to_string(), Version::from(lsn)))
+    });
+    match postgres {
+        Some((xid, lsn)) => (xid, Some(lsn)),
+        None => (id, None),
+    }
 }
 
-/// What names one source transaction in its markers and changes alike.
-/// Debezium's Postgres connector writes `<xid>:<lsn>` with the LSN of the
-/// event at hand — BEGIN, END and each change differ — so there the xid
-/// alone names the transaction (unique among those in flight). Other
-/// connectors' ids are stable as written (MySQL's GTID or `file:pos` of
-/// its BEGIN, SQL Server's three-part commit LSN).
-fn transaction_key(id: String) -> String {
-    match commit_of(&id) {
-        Some(_) => id
-            .split_once(':')
-            .map_or(id.clone(), |(xid, _)| xid.to_string()),
-        None => id,
-    }
+/// Whether `m` is a transaction marker (on `<prefix>.transaction`).
+pub fn is_marker(m: &SourceMessage) -> bool {
+    may_carry_markers(&m.tp.topic) && marker(m).is_some()
 }
 
 /// A marker's envelope as the position past it.

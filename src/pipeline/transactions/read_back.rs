@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{marker, may_carry_markers, Gate, Overflow};
+use super::{is_marker, Gate, Overflow};
 use crate::config::route_set::RouteSet;
 use crate::config::SourceTransactions;
 use crate::kafka::assignment::{Envelope, Polled};
@@ -31,22 +31,12 @@ impl ReadBack {
     /// apply of what was read so far, markers left out.
     pub fn admit(&mut self, chunk: Vec<SourceMessage>) -> Result<Vec<SourceMessage>, Overflow> {
         let Some(gate) = &mut self.gate else {
-            return Ok(chunk
-                .into_iter()
-                .filter(|m| !(may_carry_markers(&m.tp.topic) && marker(m).is_some()))
-                .collect());
+            return Ok(chunk.into_iter().filter(|m| !is_marker(m)).collect());
         };
         for m in chunk {
             gate.push(Envelope::message(m, 1));
         }
-        Ok(gate
-            .release()?
-            .into_iter()
-            .filter_map(|env| match env.item {
-                Polled::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect())
+        Ok(messages(gate.release()?))
     }
 
     /// At the end of the ranges: what the gate still holds, as read. The
@@ -57,14 +47,7 @@ impl ReadBack {
         let Some(gate) = &mut self.gate else {
             return Vec::new();
         };
-        let rest: Vec<SourceMessage> = gate
-            .drain()
-            .into_iter()
-            .filter_map(|env| match env.item {
-                Polled::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect();
+        let rest = messages(gate.drain());
         if !rest.is_empty() {
             tracing::warn!(
                 changes = rest.len(),
@@ -74,4 +57,16 @@ impl ReadBack {
         }
         rest
     }
+}
+
+/// The messages among what the gate released (markers come out as
+/// positions, which a range read has no use for).
+fn messages(released: Vec<Envelope>) -> Vec<SourceMessage> {
+    released
+        .into_iter()
+        .filter_map(|env| match env.item {
+            Polled::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
 }

@@ -107,7 +107,10 @@ fn markers_are_read_with_and_without_schemas() {
 /// each event's own LSN; other connectors' ids are kept whole.
 #[test]
 fn postgres_ids_are_matched_by_xid_and_others_as_written() {
-    assert_eq!(transaction_key("7450:650259568".into()), "7450");
+    assert_eq!(
+        transaction_key("7450:650259568".into()),
+        ("7450".to_string(), Some(650259568))
+    );
     for kept in [
         "mysql-bin.000003:1234",
         "3e11fa47-71ca-11e1-9e33-c80aa9429562:23",
@@ -115,7 +118,7 @@ fn postgres_ids_are_matched_by_xid_and_others_as_written() {
         "00000025:00000d10:0025",
         ":12",
     ] {
-        assert_eq!(transaction_key(kept.into()), kept);
+        assert_eq!(transaction_key(kept.into()), (kept.to_string(), None));
     }
     let mut g = gate();
     g.push(begin(0, "7450:100"));
