@@ -103,7 +103,13 @@ pub(crate) async fn commits_alone(b: &Bench, out: &mut Results) -> anyhow::Resul
             .msgs
             .chunks(b.batch_size()?)
             .map(|chunk| {
-                prepare_for_commit(&routes, chunk.to_vec(), &SchemaSet::default(), &[false])
+                prepare_for_commit(
+                    &routes,
+                    chunk.to_vec(),
+                    &SchemaSet::default(),
+                    &[false],
+                    None,
+                )
             })
             .collect();
         let pool = PgPoolOptions::new()

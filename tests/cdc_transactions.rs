@@ -72,6 +72,15 @@ fn sinks(whole: &TestDb, parts: &TestDb, prefix: &str) -> (SinkConfig, SinkConfi
     (on, SinkConfig::with_routes(parts, &route, refresh))
 }
 
+/// `off`'s sink (its database and group) with whole source transactions.
+fn gated_like(db: &TestDb, off: &SinkConfig, prefix: &str) -> SinkConfig {
+    let (mut gated, _) = sinks(db, db, prefix);
+    let text = std::fs::read_to_string(&gated.path).unwrap();
+    std::fs::write(&gated.path, text.replace(&gated.group, &off.group)).unwrap();
+    gated.group = off.group.clone();
+    gated
+}
+
 /// One source transaction keeping both invariants.
 fn transaction(rng: &mut StdRng, next_order: &mut i32) -> String {
     match rng.gen_range(0..4) {
@@ -605,7 +614,7 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
     let connector = connector.await.unwrap();
 
     let (on, off) = sinks(&whole, &parts, &prefix);
-    let (_on, _off) = (SinkProcess::start(&on), SinkProcess::start(&off));
+    let (on_sink, off_sink) = (SinkProcess::start(&on), SinkProcess::start(&off));
     let snapshot = "1=1000 2=1000 3=1000 4=1000";
     for db in [&whole, &parts] {
         wait_until(T, "the snapshot in the target", || async {
@@ -634,7 +643,7 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
         panic!(
             "whole transactions: the target is {:?}, the source {expected:?}\n{}\n{}",
             balances(&whole.pool, "replica").await,
-            _on.logs(),
+            on_sink.logs(),
             connector.log_tail(40)
         );
     }
@@ -647,6 +656,43 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
         "1=1000 2=1000 3=1000 4=1001",
         "without whole transactions C was expected refused (its LSNs are below the snapshot's)"
     );
+    // ...and that sink says so: C's three changes, each below the snapshot's
+    // consistent point, counted once and named in its log.
+    let straddles = || async {
+        metric(
+            &off_sink.metrics().await.unwrap_or_default(),
+            "kafka_pg_sink_snapshot_straddles_total",
+        )
+    };
+    wait_until(T, "the straddlers to be counted", || async {
+        straddles().await >= 3.0
+    })
+    .await;
+    assert_eq!(straddles().await, 3.0, "{}", off_sink.logs());
+    assert!(
+        off_sink
+            .logs()
+            .contains("open across the replication slot's creation"),
+        "{}",
+        off_sink.logs()
+    );
+    let on_metrics = on_sink.metrics().await.expect("metrics");
+    assert_eq!(
+        metric(&on_metrics, "kafka_pg_sink_snapshot_straddles_total"),
+        0.0,
+        "the gate orders them: nothing to report"
+    );
+    // What the log advises mends it: the same group with the gate turned on
+    // and the topic replayed.
+    let mut off_sink = off_sink;
+    off_sink.kill9();
+    let gated = gated_like(&parts, &off, &prefix);
+    replay_to_earliest(&gated);
+    let _gated_sink = SinkProcess::start(&gated);
+    wait_until(T, "the replay with the gate to mend the target", || async {
+        balances(&parts.pool, "replica").await == expected
+    })
+    .await;
     // verify folds the log as the sink applied it (gated, each row's last
     // change of a transaction at its commit): positions included, equal.
     let (code, report) = verify(&on.path, &[]);

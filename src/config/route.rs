@@ -241,6 +241,11 @@ impl<C> Route<C> {
     /// can pass 2⁶³ (a MySQL binlog position packs three numbers): its
     /// columns and binds are `numeric`. Other versions are `bigint`.
     pub fn version_is_wide(&self) -> bool {
+        self.orders_by_source_position()
+    }
+
+    /// Changes are ordered by their source position (`@source:position`).
+    pub fn orders_by_source_position(&self) -> bool {
         self.version
             .as_deref()
             .and_then(|v| v.strip_prefix("@source:"))

@@ -26,6 +26,7 @@ pub mod fold;
 pub mod identity;
 pub mod position;
 pub mod row;
+pub mod straddle;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ use crate::types::{LastEvents, Offset, TableName, TopicPartition};
 use decode::{Body, Event, EventSchema, Skip};
 use fold::Fold;
 use identity::Identified;
+use straddle::{SnapshotPoints, Straddles};
 
 /// Per-message outcomes decided before the database is involved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,6 +87,9 @@ pub struct PreparedBatch {
     pub event_times: Vec<Vec<i64>>,
     /// The timestamp of each partition's last message.
     pub last_events: LastEvents,
+    /// Postgres changes below their partition's snapshot point, and the
+    /// points this batch's snapshot rows set (`straddle.rs`).
+    pub straddles: Straddles,
 }
 
 impl PreparedBatch {
@@ -108,7 +113,7 @@ pub struct Demand {
 /// commit (tests, `verify`).
 pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch {
     let set = RouteSet::new(routes.to_vec());
-    fold_batch(&set, messages, &SchemaSet::default())
+    fold_batch(&set, messages, &SchemaSet::default(), None)
 }
 
 /// Prepares a batch as the committer takes it: decoded, identified, folded,
@@ -116,14 +121,17 @@ pub fn prepare(routes: &[Route], messages: Vec<SourceMessage>) -> PreparedBatch 
 /// last batch was mostly no-ops (`duplicate_heavy[i]`: the commit's
 /// pre-filter would leave most of it unsent). `messages` must be in offset
 /// order within each partition; `schemas` holds the writer schemas their
-/// schema'd values and keys name.
+/// schema'd values and keys name. With `snapshot_points` (the points of the
+/// batches before, in order) Postgres changes that straddle a snapshot are
+/// looked for (`straddle.rs`).
 pub fn prepare_for_commit(
     routes: &Arc<RouteSet>,
     messages: Vec<SourceMessage>,
     schemas: &SchemaSet,
     duplicate_heavy: &[bool],
+    snapshot_points: Option<&SnapshotPoints>,
 ) -> PreparedBatch {
-    let mut b = fold_batch(routes, messages, schemas);
+    let mut b = fold_batch(routes, messages, schemas, snapshot_points);
     for ((w, route), heavy) in b.writes.iter_mut().zip(routes.all()).zip(duplicate_heavy) {
         w.upserts_copy = encode::document_upserts(route, &w.upserts, *heavy);
     }
@@ -132,7 +140,12 @@ pub fn prepare_for_commit(
 }
 
 /// Decode, identity and fold, message by message.
-fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet) -> PreparedBatch {
+fn fold_batch(
+    set: &RouteSet,
+    messages: Vec<SourceMessage>,
+    schemas: &SchemaSet,
+    snapshot_points: Option<&SnapshotPoints>,
+) -> PreparedBatch {
     let routes = set.all();
     let mut batch = PreparedBatch {
         writes: vec![RouteWrites::default(); routes.len()],
@@ -143,6 +156,7 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
     let capacity = messages.len();
     let mut folds: Vec<Fold> = routes.iter().map(|r| Fold::new(r, capacity)).collect();
     let mut route_of = RouteCache::default();
+    let mut straddles = snapshot_points.map(straddle::Watch::new);
     for mut m in messages {
         let ri = route_of.lookup(set, &m.tp.topic);
         note_message(&mut batch, &m, ri);
@@ -164,6 +178,9 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
         if let Some(op) = event.op {
             batch.counts.change_ops[op as usize] += 1;
         }
+        if let Some(w) = &mut straddles {
+            w.observe(route, &event);
+        }
         let slot = match slot_of(set, ri, &event) {
             Ok(Slot::At(slot)) => slot,
             Ok(Slot::Missing(demand)) => {
@@ -184,6 +201,7 @@ fn fold_batch(set: &RouteSet, messages: Vec<SourceMessage>, schemas: &SchemaSet)
     for (fold, writes) in folds.into_iter().zip(&mut batch.writes) {
         fold.finish(writes);
     }
+    batch.straddles = straddles.map(straddle::Watch::finish).unwrap_or_default();
     batch
 }
 

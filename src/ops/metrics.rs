@@ -123,6 +123,7 @@ pub struct Metrics {
     pub freshness: Freshness,
     pub source_transactions: SourceTransactions,
     pub change_events: IntCounterVec,
+    pub snapshot_straddles: IntCounterVec,
     pub rows_truncated: IntCounter,
     pub schema_registry_up: IntGauge,
     pub registry_errors: IntCounter,
@@ -232,6 +233,7 @@ impl Metrics {
             source_transactions: SourceTransactions::new(&mut f),
             change_events: f.counter_vec("change_events_total", "Debezium change events committed, by op (c create, r snapshot read, u update, d delete, t truncate)", &["op"]),
             rows_truncated: f.counter("rows_truncated_total", "Rows removed by truncate change events"),
+            snapshot_straddles: f.counter_vec("snapshot_straddles_total", "Postgres changes streamed after an initial snapshot at an LSN below its consistent point (a transaction open across the slot's creation): the position guard refuses them where the row holds its snapshot value; [sink.source_transactions] orders them right", &["topic"]),
             schema_registry_up: f.add(
                 IntGauge::new(format!("{PREFIX}schema_registry_up"), "1 while the schema registry answers (or none is used), 0 while batches wait for it")
                     .expect("valid metric"),

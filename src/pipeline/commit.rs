@@ -68,6 +68,7 @@ impl Pipeline {
                         .inc_by(batch.message_count());
                     self.metrics.messages_consumed.inc_by(batch.message_count());
                     self.record_ages(batch);
+                    self.report_straddles(batch);
                     self.after_commit(expected);
                     return Ok(());
                 }
@@ -189,6 +190,36 @@ impl Pipeline {
         self.metrics
             .record_batch(&batch.counts, counts, &dead, seconds);
         self.record_ages(batch);
+        self.report_straddles(batch);
+    }
+
+    /// Counts the batch's changes that straddle a snapshot, and says what
+    /// they mean once per partition and batch.
+    fn report_straddles(&self, batch: &PreparedBatch) {
+        let mut reported: Vec<&TopicPartition> = Vec::new();
+        for s in &batch.straddles.found {
+            self.metrics
+                .snapshot_straddles
+                .with_label_values(&[&*s.tp.topic])
+                .inc();
+            if reported.contains(&&s.tp) {
+                continue;
+            }
+            reported.push(&s.tp);
+            let in_batch = batch
+                .straddles
+                .found
+                .iter()
+                .filter(|o| o.tp == s.tp)
+                .count();
+            tracing::warn!(
+                tp = %s.tp, offset = s.offset.0, lsn = s.lsn, consistent_point = s.point, changes = in_batch,
+                "changes of a transaction open across the replication slot's creation: streamed after the \
+                 initial snapshot, at LSNs below its consistent point. Where a row still holds its snapshot \
+                 value the position guard refused them and the row is stale. Turn on \
+                 [sink.source_transactions] and replay the topic (docs/cdc.md, \"What is not covered\")"
+            );
+        }
     }
 
     /// The age of the batch's events now that they are visible.

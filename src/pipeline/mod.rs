@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::route::OnTableError;
 use crate::config::{Config, OnError, OutOfRangePolicy};
+use crate::event::straddle::SnapshotPoints;
 use crate::event::{self, PreparedBatch};
 use crate::format::connect::ConnectCache;
 use crate::format::SchemaSet;
@@ -145,6 +146,11 @@ pub struct Pipeline {
     connect: std::sync::Mutex<ConnectCache>,
     /// Source transactions held until whole (`transactions.rs`).
     admission: std::sync::Mutex<transactions::Admission>,
+    /// The consistent point of the last Postgres snapshot read per
+    /// partition, as of the last batch prepared; `None` with whole source
+    /// transactions, which order straddling changes by their commit
+    /// (`event::straddle`).
+    snapshot_points: Option<std::sync::Mutex<Arc<SnapshotPoints>>>,
     /// Stops waits inside batch preparation (an unreachable registry).
     cancel: CancellationToken,
     /// Fault injection for tests: hold each prepared batch this long before
@@ -171,6 +177,7 @@ impl Pipeline {
         );
         Self {
             admission: std::sync::Mutex::new(admission),
+            snapshot_points: (!cfg.sink.source_transactions.enabled).then(Default::default),
             writer,
             max_messages: cfg.batch.max_messages,
             max_wait: cfg.batch.max_wait,
@@ -439,13 +446,24 @@ impl Pipeline {
             );
             let small =
                 pending.iter().map(|(_, m, _)| m.len()).sum::<usize>() <= PREPARE_INLINE_UP_TO;
+            let points = self
+                .snapshot_points
+                .as_ref()
+                .map(|p| p.lock().expect("snapshot points").clone());
             let jobs: Vec<_> = pending
                 .drain(..)
                 .map(|(lane, messages, claim)| {
                     let copy = dynamic.then(|| messages.clone());
                     let (routes, schemas, heavy) = (routes.clone(), shared.clone(), heavy.clone());
+                    let points = points.clone();
                     let job = Job::start(small, move || {
-                        event::prepare_for_commit(&routes, messages, &schemas, &heavy)
+                        event::prepare_for_commit(
+                            &routes,
+                            messages,
+                            &schemas,
+                            &heavy,
+                            points.as_deref(),
+                        )
                     });
                     (lane, claim, copy, job)
                 })
@@ -533,6 +551,14 @@ impl Pipeline {
         if self.on_error == OnError::Stop {
             if let Some(d) = batch.dead_letters.first() {
                 return Err(d.clone().into());
+            }
+        }
+        // Batches are handed over one at a time, in offset order per
+        // partition: the next one is prepared against these points.
+        if let Some(points) = &self.snapshot_points {
+            if !batch.straddles.points.is_empty() {
+                let mut points = points.lock().expect("snapshot points");
+                batch.straddles.absorb_into(Arc::make_mut(&mut points));
             }
         }
         let expected = claim.expected(&batch.ranges);

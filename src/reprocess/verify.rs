@@ -496,7 +496,7 @@ async fn prepare(
     loop {
         let (s, m) = (set.clone(), messages.clone());
         let batch = tokio::task::spawn_blocking(move || {
-            event::prepare_for_commit(&s, m, &SchemaSet::default(), &[])
+            event::prepare_for_commit(&s, m, &SchemaSet::default(), &[], None)
         })
         .await?;
         if batch.demands.is_empty() {
