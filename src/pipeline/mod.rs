@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::route::OnTableError;
+use crate::config::route_set::RouteSet;
 use crate::config::{Config, OnError, OutOfRangePolicy};
 use crate::event::straddle::SnapshotPoints;
 use crate::event::{self, PreparedBatch};
@@ -84,6 +85,28 @@ pub enum PipelineError {
 /// it. Larger ones go to blocking threads: several lanes' batches are then
 /// prepared in parallel, and no async thread is held for milliseconds.
 const PREPARE_INLINE_UP_TO: usize = 64;
+
+/// What a round of lanes' batches is prepared with, shared by its jobs.
+#[derive(Clone)]
+struct Inputs {
+    routes: Arc<RouteSet>,
+    schemas: Arc<SchemaSet>,
+    /// Per write slot: the route's last batch was mostly no-ops.
+    heavy: Arc<Vec<bool>>,
+    snapshot_points: Option<Arc<SnapshotPoints>>,
+}
+
+impl Inputs {
+    fn prepare(&self, messages: Vec<SourceMessage>) -> PreparedBatch {
+        event::prepare_for_commit(
+            &self.routes,
+            messages,
+            &self.schemas,
+            &self.heavy,
+            self.snapshot_points.as_deref(),
+        )
+    }
+}
 
 /// A lane's batch being prepared.
 enum Job {
@@ -435,36 +458,16 @@ impl Pipeline {
     ) -> Result<Vec<(usize, Prepared)>, PipelineError> {
         let mut out = Vec::with_capacity(pending.len());
         for round in 0.. {
-            let routes = self.writer.routes();
-            let dynamic = routes.configured().iter().any(|r| r.is_dynamic());
-            schemas.connect = self.connect.lock().expect("connect lock").clone();
-            let shared = Arc::new(schemas.clone());
-            let heavy: Arc<Vec<bool>> = Arc::new(
-                (0..routes.all().len())
-                    .map(|i| self.writer.duplicate_heavy(i))
-                    .collect(),
-            );
+            let inputs = self.inputs(&mut schemas);
+            let dynamic = inputs.routes.configured().iter().any(|r| r.is_dynamic());
             let small =
                 pending.iter().map(|(_, m, _)| m.len()).sum::<usize>() <= PREPARE_INLINE_UP_TO;
-            let points = self
-                .snapshot_points
-                .as_ref()
-                .map(|p| p.lock().expect("snapshot points").clone());
             let jobs: Vec<_> = pending
                 .drain(..)
                 .map(|(lane, messages, claim)| {
                     let copy = dynamic.then(|| messages.clone());
-                    let (routes, schemas, heavy) = (routes.clone(), shared.clone(), heavy.clone());
-                    let points = points.clone();
-                    let job = Job::start(small, move || {
-                        event::prepare_for_commit(
-                            &routes,
-                            messages,
-                            &schemas,
-                            &heavy,
-                            points.as_deref(),
-                        )
-                    });
+                    let inputs = inputs.clone();
+                    let job = Job::start(small, move || inputs.prepare(messages));
                     (lane, claim, copy, job)
                 })
                 .collect();
@@ -502,6 +505,24 @@ impl Pipeline {
             pending.retain(|(_, m, c)| !m.is_empty() || c.advances_past_skipped());
         }
         Ok(out)
+    }
+
+    /// What this round's batches are prepared with.
+    fn inputs(&self, schemas: &mut SchemaSet) -> Inputs {
+        let routes = self.writer.routes();
+        schemas.connect = self.connect.lock().expect("connect lock").clone();
+        let heavy = (0..routes.all().len())
+            .map(|i| self.writer.duplicate_heavy(i))
+            .collect();
+        Inputs {
+            routes,
+            schemas: Arc::new(schemas.clone()),
+            heavy: Arc::new(heavy),
+            snapshot_points: self
+                .snapshot_points
+                .as_ref()
+                .map(|p| p.lock().expect("snapshot points").clone()),
+        }
     }
 
     /// A table that cannot take its events: its messages become dead letters
