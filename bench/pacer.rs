@@ -28,7 +28,10 @@ impl Pacer {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &b.brokers)
             // Small, so the event leaves at once; the send time is in the event.
-            .set("linger.ms", "1")
+            .set(
+                "linger.ms",
+                std::env::var("BENCH_PACER_LINGER_MS").unwrap_or_else(|_| "1".into()),
+            )
             .create()?;
         Ok(Pacer {
             producer: std::sync::Arc::new(producer),
