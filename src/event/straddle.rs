@@ -64,6 +64,9 @@ impl Straddles {
 pub(super) struct Watch<'a> {
     before: &'a SnapshotPoints,
     out: Straddles,
+    /// The partition looked at last and its point: messages come in runs
+    /// of one partition, and a snapshot is all such messages.
+    current: Option<(TopicPartition, Option<Version>)>,
 }
 
 impl<'a> Watch<'a> {
@@ -71,6 +74,7 @@ impl<'a> Watch<'a> {
         Watch {
             before,
             out: Straddles::default(),
+            current: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl<'a> Watch<'a> {
                     Some(e) => e.1 = lsn,
                     None => self.out.points.push((tp.clone(), lsn)),
                 }
+                self.current = Some((tp.clone(), Some(lsn)));
             }
         } else if let Some(point) = point.filter(|p| lsn < *p) {
             self.out.found.push(Straddler {
@@ -102,13 +107,21 @@ impl<'a> Watch<'a> {
     }
 
     /// The partition's point: this batch's, else the batches' before it.
-    fn point(&self, tp: &TopicPartition) -> Option<Version> {
-        self.out
+    fn point(&mut self, tp: &TopicPartition) -> Option<Version> {
+        if let Some((t, p)) = &self.current {
+            if t == tp {
+                return *p;
+            }
+        }
+        let p = self
+            .out
             .points
             .iter()
             .find(|(t, _)| t == tp)
             .map(|(_, p)| *p)
-            .or_else(|| self.before.get(tp).copied())
+            .or_else(|| self.before.get(tp).copied());
+        self.current = Some((tp.clone(), p));
+        p
     }
 
     pub fn finish(self) -> Straddles {
