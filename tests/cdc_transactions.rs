@@ -682,6 +682,12 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
         0.0,
         "the gate orders them: nothing to report"
     );
+    // verify folds the log as that sink did: the table equals it, and the
+    // report names the straddlers, so a table can be checked after the fact
+    // (a restart loses the sink's watch).
+    let (code, report) = verify(&off.path, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["snapshot_straddles"], 3, "{report}");
     // What the log advises mends it: the same group with the gate turned on
     // and the topic replayed.
     let mut off_sink = off_sink;
@@ -698,4 +704,5 @@ async fn a_transaction_open_across_the_slots_creation_applies_over_the_snapshot(
     let (code, report) = verify(&on.path, &[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["routes"][0]["different"], 0, "{report}");
+    assert_eq!(report["snapshot_straddles"], 0, "{report}");
 }

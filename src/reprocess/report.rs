@@ -58,6 +58,12 @@ pub struct VerifyReport {
     pub messages_read: u64,
     /// Messages the fold could not apply (as the sink would dead-letter them).
     pub dead_letters: u64,
+    /// Postgres changes streamed below their partition's snapshot point
+    /// (a transaction open across the slot's creation; docs/cdc.md). Without
+    /// whole source transactions the sink and this fold both refuse them
+    /// where a row holds its snapshot value: the table can equal the log
+    /// and still differ from the source.
+    pub snapshot_straddles: u64,
     pub seconds: f64,
     pub routes: Vec<RouteReport>,
 }
@@ -67,6 +73,16 @@ impl VerifyReport {
         let mut s = String::new();
         for r in &self.routes {
             render_route(&mut s, r, &self.group);
+        }
+        if self.snapshot_straddles > 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: {} change(s) streamed below their partition's snapshot point (a transaction \
+                 open across the replication slot's creation): the sink refused them where a row held \
+                 its snapshot value, and so does this fold. The table can differ from the source; turn \
+                 on [sink.source_transactions] and replay (docs/cdc.md, \"What is not covered\")",
+                self.snapshot_straddles
+            );
         }
         let _ = writeln!(
             s,

@@ -37,6 +37,7 @@ use crate::config::fingerprint;
 use crate::config::route::{Route, RouteSpec};
 use crate::config::route_set::RouteSet;
 use crate::config::{Config, OnError};
+use crate::event::straddle::SnapshotPoints;
 use crate::event::{self, PreparedBatch};
 use crate::format::SchemaSet;
 use crate::kafka::assignment::Assignment;
@@ -163,12 +164,12 @@ pub async fn verify(
     let plans = plan(&target.routes, &logs, &starts, &stored)?;
     let positions = !opts.content_only && plans.iter().all(|p| p.mode == Mode::Complete);
     let expected = create_expected(&mut conn, &target, &plans).await?;
-    let (read, dead) = fold(
+    let folded = fold(
         &mut conn, cfg, &target, &plans, markers, &expected, &metrics,
     )
     .await?;
     tracing::info!(
-        messages = read,
+        messages = folded.read,
         seconds = started.elapsed().as_secs_f64(),
         "verify: range folded into temporary copies; comparing"
     );
@@ -204,8 +205,9 @@ pub async fn verify(
         ok: routes.iter().all(|r| r.equal),
         group: target.group,
         snapshot_at,
-        messages_read: read,
-        dead_letters: dead,
+        messages_read: folded.read,
+        dead_letters: folded.dead,
+        snapshot_straddles: folded.straddles,
         seconds: started.elapsed().as_secs_f64(),
         routes,
     })
@@ -417,8 +419,16 @@ async fn create_expected(
     Ok(out)
 }
 
-/// Reads every range and folds it into the temporary copies; returns
-/// (messages read, dead letters).
+/// What folding the ranges met.
+struct Folded {
+    read: u64,
+    dead: u64,
+    /// Postgres changes below their partition's snapshot point, with the
+    /// snapshot in the range and without whole source transactions.
+    straddles: u64,
+}
+
+/// Reads every range and folds it into the temporary copies.
 async fn fold(
     conn: &mut PgConnection,
     cfg: &Config,
@@ -427,7 +437,7 @@ async fn fold(
     markers: Vec<Range>,
     expected: &[Expected],
     metrics: &VerifyMetrics,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<Folded> {
     let mut ranges: Vec<Range> = plans.iter().flat_map(|p| p.ranges.clone()).collect();
     ranges.extend(markers);
     let total: i64 = ranges.iter().map(Range::len).sum();
@@ -457,7 +467,9 @@ async fn fold(
         stop.clone(),
     );
     let progress = report::spawn_progress("verify".into(), done.clone(), total, stop.clone());
-    let (mut read, mut dead) = (0u64, 0u64);
+    let (mut read, mut dead, mut straddles) = (0u64, 0u64, 0u64);
+    // The sink's straddle watch, over the whole range (event::straddle).
+    let mut points = (!cfg.sink.source_transactions.enabled).then(SnapshotPoints::new);
     // What the sink's admission would have let through, as it would have.
     let mut admission = ReadBack::new(&cfg.sink.source_transactions, set.clone());
     let mut last = false;
@@ -472,7 +484,11 @@ async fn fold(
         if messages.is_empty() {
             continue;
         }
-        let batch = prepare(&target.pool, &mut set, messages, &target.folds).await?;
+        let batch = prepare(&target.pool, &mut set, messages, &target.folds, &points).await?;
+        if let Some(points) = &mut points {
+            batch.straddles.absorb_into(points);
+            straddles += batch.straddles.found.len() as u64;
+        }
         let counts = writer.apply_unfenced(conn, &batch).await?;
         record_keys(conn, &batch, plans).await?;
         read += batch.counts.consumed;
@@ -482,7 +498,11 @@ async fn fold(
     stop.cancel();
     let _ = progress.await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    Ok((read, dead))
+    Ok(Folded {
+        read,
+        dead,
+        straddles,
+    })
 }
 
 /// A chunk prepared the way the sink prepares it; the mapping of a
@@ -492,11 +512,12 @@ async fn prepare(
     set: &mut Arc<RouteSet>,
     messages: Vec<SourceMessage>,
     folds: &[(Route, Option<TableSource>)],
+    points: &Option<SnapshotPoints>,
 ) -> anyhow::Result<PreparedBatch> {
     loop {
-        let (s, m) = (set.clone(), messages.clone());
+        let (s, m, p) = (set.clone(), messages.clone(), points.clone());
         let batch = tokio::task::spawn_blocking(move || {
-            event::prepare_for_commit(&s, m, &SchemaSet::default(), &[], None)
+            event::prepare_for_commit(&s, m, &SchemaSet::default(), &[], p.as_ref())
         })
         .await?;
         if batch.demands.is_empty() {
