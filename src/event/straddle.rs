@@ -199,13 +199,11 @@ mod tests {
     }
 
     fn prepare(messages: Vec<SourceMessage>, points: &SnapshotPoints) -> Straddles {
-        let b = prepare_for_commit(
-            &routes(),
-            messages,
-            &SchemaSet::default(),
-            &[false],
-            Some(points),
-        );
+        prepare_watched(messages, Some(points))
+    }
+
+    fn prepare_watched(messages: Vec<SourceMessage>, points: Option<&SnapshotPoints>) -> Straddles {
+        let b = prepare_for_commit(&routes(), messages, &SchemaSet::default(), &[false], points);
         assert!(b.dead_letters.is_empty(), "{:?}", b.dead_letters);
         b.straddles
     }
@@ -298,13 +296,10 @@ mod tests {
 
     #[test]
     fn without_points_nothing_is_watched() {
-        let b = prepare_for_commit(
-            &routes(),
+        let s = prepare_watched(
             vec![change(0, 0, 1, 1000, "true"), change(0, 1, 1, 900, "false")],
-            &SchemaSet::default(),
-            &[false],
             None,
         );
-        assert!(b.straddles.points.is_empty() && b.straddles.found.is_empty());
+        assert!(s.points.is_empty() && s.found.is_empty());
     }
 }

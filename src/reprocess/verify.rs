@@ -420,12 +420,31 @@ async fn create_expected(
 }
 
 /// What folding the ranges met.
+#[derive(Default)]
 struct Folded {
     read: u64,
     dead: u64,
     /// Postgres changes below their partition's snapshot point, with the
     /// snapshot in the range and without whole source transactions.
     straddles: u64,
+}
+
+impl Folded {
+    /// Counts a folded batch (`rejected`: its rows the database refused) and
+    /// moves its snapshot points into `points`.
+    fn count(
+        &mut self,
+        batch: &PreparedBatch,
+        rejected: usize,
+        points: &mut Option<SnapshotPoints>,
+    ) {
+        self.read += batch.counts.consumed;
+        self.dead += (batch.dead_letters.len() + rejected) as u64;
+        if let Some(points) = points {
+            batch.straddles.absorb_into(points);
+            self.straddles += batch.straddles.found.len() as u64;
+        }
+    }
 }
 
 /// Reads every range and folds it into the temporary copies.
@@ -467,7 +486,7 @@ async fn fold(
         stop.clone(),
     );
     let progress = report::spawn_progress("verify".into(), done.clone(), total, stop.clone());
-    let (mut read, mut dead, mut straddles) = (0u64, 0u64, 0u64);
+    let mut folded = Folded::default();
     // The sink's straddle watch, over the whole range (event::straddle).
     let mut points = (!cfg.sink.source_transactions.enabled).then(SnapshotPoints::new);
     // What the sink's admission would have let through, as it would have.
@@ -485,24 +504,15 @@ async fn fold(
             continue;
         }
         let batch = prepare(&target.pool, &mut set, messages, &target.folds, &points).await?;
-        if let Some(points) = &mut points {
-            batch.straddles.absorb_into(points);
-            straddles += batch.straddles.found.len() as u64;
-        }
         let counts = writer.apply_unfenced(conn, &batch).await?;
         record_keys(conn, &batch, plans).await?;
-        read += batch.counts.consumed;
-        dead += (batch.dead_letters.len() + counts.rejected.len()) as u64;
-        metrics.progress(read, done.load(Ordering::Relaxed), total);
+        folded.count(&batch, counts.rejected.len(), &mut points);
+        metrics.progress(folded.read, done.load(Ordering::Relaxed), total);
     }
     stop.cancel();
     let _ = progress.await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    Ok(Folded {
-        read,
-        dead,
-        straddles,
-    })
+    Ok(folded)
 }
 
 /// A chunk prepared the way the sink prepares it; the mapping of a
